@@ -1,0 +1,59 @@
+//! The Prometheus recorder (one per process, installed on first use) and the descriptions of
+//! every rotagate metric. Labels are bounded sets; no label ever carries a credential.
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process's metrics recorder once and returns a handle to render it.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0,
+                ])
+                .expect("static bucket list is valid")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may exist when rotagate is embedded (tests); ours still renders.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_gauge!(
+        "rotagate_client_connections",
+        "Client connections currently open."
+    );
+    describe_gauge!(
+        "rotagate_server_connections",
+        "Upstream connections by state (active, idle)."
+    );
+    describe_gauge!(
+        "rotagate_credential_generation",
+        "Generation number of the credential being served."
+    );
+    describe_counter!(
+        "rotagate_transactions_total",
+        "Transactions (and autocommit statements) completed through the proxy."
+    );
+    describe_counter!(
+        "rotagate_backend_auth_failures_total",
+        "Upstream logins refused with 28P01/28000."
+    );
+    describe_counter!(
+        "rotagate_server_logins_total",
+        "Upstream login attempts by result."
+    );
+    describe_histogram!(
+        "rotagate_pool_wait_seconds",
+        Unit::Seconds,
+        "Time spent waiting for an upstream connection."
+    );
+}

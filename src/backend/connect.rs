@@ -1,0 +1,170 @@
+//! Making an upstream connection, as named steps: tcp, tls, startup, authenticate, read params.
+
+use super::stream::Stream;
+use super::{BackendError, ServerConn, ServerParams, auth, query};
+use crate::config::{UpstreamConfig, UpstreamTls};
+use crate::secrets::Credentials;
+use bytes::{BufMut, BytesMut};
+use postgres_protocol::message::{backend::Message, frontend};
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// Where and how to connect upstream; built once from config, shared by every pool generation.
+#[derive(Clone)]
+pub struct UpstreamTarget {
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub mode: UpstreamTls,
+    pub tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+    pub connect_timeout: Duration,
+}
+
+impl UpstreamTarget {
+    pub fn from_config(cfg: &UpstreamConfig) -> Result<Self, super::tls::TlsConfigError> {
+        let tls = match super::tls::client_config(cfg)? {
+            Some(c) => Some((c, super::tls::server_name(&cfg.host)?)),
+            None => None,
+        };
+        Ok(Self {
+            host: cfg.host.clone(),
+            port: cfg.port,
+            database: cfg.database.clone(),
+            mode: cfg.tls,
+            tls,
+            connect_timeout: cfg.connect_timeout,
+        })
+    }
+}
+
+/// Connects and logs in as `creds`, stamping the connection with `generation`.
+pub async fn connect(
+    target: &UpstreamTarget,
+    creds: &Credentials,
+    generation: u64,
+) -> Result<ServerConn, BackendError> {
+    let work = async {
+        let stream = open(target).await?;
+        let mut conn = ServerConn {
+            stream,
+            rbuf: BytesMut::with_capacity(8192),
+            pid: 0,
+            key: 0,
+            params: ServerParams::default(),
+            generation,
+            created: Instant::now(),
+            broken: false,
+            tx_status: b'I',
+        };
+        startup(&mut conn, target, creds).await?;
+        auth::authenticate(&mut conn, creds).await?;
+        read_params(&mut conn).await?;
+        Ok(conn)
+    };
+    tokio::time::timeout(target.connect_timeout, work)
+        .await
+        .map_err(|_| BackendError::Timeout(target.connect_timeout))?
+}
+
+/// tcp, then tls as the mode says.
+async fn open(target: &UpstreamTarget) -> Result<Stream, BackendError> {
+    let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
+    tcp.set_nodelay(true)?;
+    tls(tcp, target).await
+}
+
+async fn tls(mut tcp: TcpStream, target: &UpstreamTarget) -> Result<Stream, BackendError> {
+    let Some((config, name)) = &target.tls else {
+        return Ok(Stream::Plain(tcp));
+    };
+    let mut buf = BytesMut::new();
+    frontend::ssl_request(&mut buf);
+    tcp.write_all(&buf).await?;
+    let answer = tcp.read_u8().await?;
+    match answer {
+        b'S' => {
+            let tls = TlsConnector::from(config.clone())
+                .connect(name.clone(), tcp)
+                .await
+                .map_err(|e| BackendError::Tls(e.to_string()))?;
+            Ok(Stream::Tls(Box::new(tls)))
+        }
+        b'N' if target.mode == UpstreamTls::Prefer => Ok(Stream::Plain(tcp)),
+        b'N' => Err(BackendError::Tls(format!(
+            "the server does not accept TLS, and upstream.tls is {:?}",
+            target.mode
+        ))),
+        other => Err(BackendError::Protocol(format!(
+            "unexpected answer {other:#x} to SSLRequest"
+        ))),
+    }
+}
+
+async fn startup(
+    conn: &mut ServerConn,
+    target: &UpstreamTarget,
+    creds: &Credentials,
+) -> Result<(), BackendError> {
+    let mut buf = BytesMut::new();
+    let params = [
+        ("user", creds.username.as_str()),
+        ("database", target.database.as_str()),
+    ];
+    frontend::startup_message(params.iter().copied(), &mut buf)?;
+    conn.stream.write_all(&buf).await?;
+    Ok(())
+}
+
+/// After AuthenticationOk: ParameterStatus and BackendKeyData until ReadyForQuery.
+async fn read_params(conn: &mut ServerConn) -> Result<(), BackendError> {
+    loop {
+        match query::next_message(conn).await? {
+            Message::ParameterStatus(p) => {
+                let name = p.name().map_err(BackendError::Io)?;
+                let value = p.value().map_err(BackendError::Io)?;
+                conn.params.report(name, value);
+            }
+            Message::BackendKeyData(k) => {
+                conn.pid = k.process_id();
+                conn.key = k.secret_key();
+            }
+            Message::ReadyForQuery(r) => {
+                conn.tx_status = r.status();
+                return Ok(());
+            }
+            Message::ErrorResponse(e) => return Err(query::server_error(&e)),
+            Message::NoticeResponse(_) => {}
+            _ => {
+                return Err(BackendError::Protocol(
+                    "unexpected message during startup".into(),
+                ));
+            }
+        }
+    }
+}
+
+/// Sends a CancelRequest for (`pid`, `key`) on a fresh connection, TLS as configured.
+pub async fn cancel(target: &UpstreamTarget, pid: i32, key: i32) -> Result<(), BackendError> {
+    let work = async {
+        let mut stream = open(target).await?;
+        let mut buf = BytesMut::with_capacity(16);
+        buf.put_u32(16);
+        buf.put_u32(80_877_102);
+        buf.put_i32(pid);
+        buf.put_i32(key);
+        stream.write_all(&buf).await?;
+        stream.flush().await?;
+        // The server closes the connection when done; wait for that so the cancel is sent.
+        let mut sink = [0u8; 1];
+        let _ = stream.read(&mut sink).await;
+        Ok(())
+    };
+    tokio::time::timeout(target.connect_timeout, work)
+        .await
+        .map_err(|_| BackendError::Timeout(target.connect_timeout))?
+}

@@ -1,0 +1,115 @@
+//! The upstream side: one raw PostgreSQL connection ([`ServerConn`]) and how it is made
+//! ([`connect`]: tcp -> tls -> startup -> authenticate -> read params). Knows nothing of
+//! clients or pools; the only policy here is the wire protocol and the TLS mode.
+
+mod auth;
+mod connect;
+pub mod query;
+pub mod stream;
+pub mod tls;
+
+pub use connect::{UpstreamTarget, cancel, connect};
+
+use bytes::BytesMut;
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+use stream::Stream;
+
+/// An authenticated upstream connection, ready for queries.
+pub struct ServerConn {
+    pub stream: Stream,
+    /// Bytes read from the server and not yet consumed; empty whenever the connection is idle.
+    pub rbuf: BytesMut,
+    pub pid: i32,
+    pub key: i32,
+    pub params: ServerParams,
+    /// The credential generation that logged this connection in.
+    pub generation: u64,
+    pub created: Instant,
+    /// Set when the connection must not be reused (I/O error, dirty state, protocol surprise).
+    pub broken: bool,
+    /// The last ReadyForQuery status: b'I', b'T' or b'E'.
+    pub tx_status: u8,
+}
+
+impl std::fmt::Debug for ServerConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConn")
+            .field("pid", &self.pid)
+            .field("generation", &self.generation)
+            .field("broken", &self.broken)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Session settings of one upstream connection, as the server reported them and as rotagate
+/// set them. Keys of `current` are lowercase.
+#[derive(Debug, Default, Clone)]
+pub struct ServerParams {
+    /// ParameterStatus values in the server's own spelling, in arrival order.
+    pub reported: Vec<(String, String)>,
+    /// Effective values by lowercase name: reported ones plus those rotagate SET.
+    pub current: HashMap<String, String>,
+    /// Non-reported names rotagate SET on this connection (to RESET for another client).
+    pub set_by_us: HashSet<String>,
+}
+
+impl ServerParams {
+    /// Records a ParameterStatus.
+    pub fn report(&mut self, name: &str, value: &str) {
+        match self.reported.iter_mut().find(|(n, _)| n == name) {
+            Some(slot) => slot.1 = value.to_owned(),
+            None => self.reported.push((name.to_owned(), value.to_owned())),
+        }
+        self.current
+            .insert(name.to_ascii_lowercase(), value.to_owned());
+    }
+
+    pub fn is_reported(&self, lower: &str) -> bool {
+        self.reported
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(lower))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("cannot reach the upstream server: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the upstream server did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("upstream TLS: {0}")]
+    Tls(String),
+    #[error("the upstream server refused the login ({code}): {message}")]
+    Auth { code: String, message: String },
+    #[error("the upstream server reported an error ({code}): {message}")]
+    Server { code: String, message: String },
+    #[error("upstream protocol error: {0}")]
+    Protocol(String),
+}
+
+impl BackendError {
+    /// The upstream refused the credential (wrong password, role gone): a reason to refetch.
+    pub fn is_auth_failure(&self) -> bool {
+        matches!(self, BackendError::Auth { code, .. } if code == "28P01" || code == "28000")
+    }
+
+    /// Worth retrying as is: network trouble, a server starting or shutting down.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            BackendError::Io(_) | BackendError::Timeout(_) => true,
+            BackendError::Server { code, .. } | BackendError::Auth { code, .. } => {
+                code.starts_with("57P") || code.starts_with("08") || code == "53300"
+            }
+            _ => false,
+        }
+    }
+
+    /// The SQLSTATE the server sent, when it sent one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            BackendError::Auth { code, .. } | BackendError::Server { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! Reading upstream messages outside the relay, and running rotagate's own short queries
+//! (parameter sync, DISCARD ALL, health checks) on an idle connection.
+
+use super::{BackendError, ServerConn};
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::message::backend::{ErrorResponseBody, Message};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The next whole message from the server, reading as needed.
+pub async fn next_message(conn: &mut ServerConn) -> Result<Message, BackendError> {
+    loop {
+        if let Some(m) = Message::parse(&mut conn.rbuf)? {
+            return Ok(m);
+        }
+        if conn.stream.read_buf(&mut conn.rbuf).await? == 0 {
+            return Err(BackendError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+    }
+}
+
+pub fn server_error(e: &ErrorResponseBody) -> BackendError {
+    let (mut code, mut message) = (String::new(), String::new());
+    let mut fields = e.fields();
+    while let Ok(Some(f)) = fields.next() {
+        match f.type_() {
+            b'C' => code = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+            b'M' => message = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+            _ => {}
+        }
+    }
+    if code.starts_with("28") {
+        BackendError::Auth { code, message }
+    } else {
+        BackendError::Server { code, message }
+    }
+}
+
+/// Runs `sql` with the simple protocol and waits for ReadyForQuery. ParameterStatus messages
+/// update the connection's params. The first error is returned after the server is ready again;
+/// any error leaves the connection usable unless it is an I/O error.
+pub async fn simple(conn: &mut ServerConn, sql: &str) -> Result<(), BackendError> {
+    let mut buf = bytes::BytesMut::new();
+    crate::wire::msg::query(&mut buf, sql);
+    if let Err(e) = conn.stream.write_all(&buf).await {
+        conn.broken = true;
+        return Err(e.into());
+    }
+    let mut first_error = None;
+    loop {
+        let m = match next_message(conn).await {
+            Ok(m) => m,
+            Err(e) => {
+                conn.broken = true;
+                return Err(e);
+            }
+        };
+        match m {
+            Message::ParameterStatus(p) => {
+                if let (Ok(n), Ok(v)) = (p.name(), p.value()) {
+                    conn.params.report(n, v);
+                }
+            }
+            Message::ErrorResponse(e) => {
+                first_error.get_or_insert(server_error(&e));
+            }
+            Message::ReadyForQuery(r) => {
+                conn.tx_status = r.status();
+                return first_error.map_or(Ok(()), Err);
+            }
+            _ => {}
+        }
+    }
+}

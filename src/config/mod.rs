@@ -1,0 +1,198 @@
+//! Configuration: TOML (plus `ROTAGATE_<SECTION>__<KEY>` environment overrides) parsed into
+//! [`raw`] structs, then validated once into typed sub-configs. Every error is collected with
+//! its field path and reported together. No other module reads the file or the environment.
+
+mod env;
+mod raw;
+mod validate;
+
+use crate::secrets::SecretString;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use validate::validate;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: ListenConfig,
+    pub admin: AdminConfig,
+    pub clients: Vec<ClientUser>,
+    pub upstream: UpstreamConfig,
+    pub pool: PoolConfig,
+    pub credentials: CredentialsConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenConfig {
+    pub addr: SocketAddr,
+    pub tls: Option<TlsFiles>,
+    pub require_tls: bool,
+    pub max_clients: usize,
+    pub auth_timeout: Duration,
+    /// Largest message a client may send (bytes); larger ones are refused.
+    pub max_message_size: usize,
+    /// How long shutdown waits for open transactions before closing sessions.
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub addr: SocketAddr,
+    pub token_file: Option<PathBuf>,
+}
+
+/// A static client login. Its secret is a plain password or a stored SCRAM verifier.
+#[derive(Debug, Clone)]
+pub struct ClientUser {
+    pub user: String,
+    pub secret: ClientSecret,
+}
+
+#[derive(Clone)]
+pub enum ClientSecret {
+    Password(SecretString),
+    Scram(SecretString),
+}
+
+impl fmt::Debug for ClientSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Password(_) => f.write_str("Password(***)"),
+            Self::Scram(_) => f.write_str("Scram(***)"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub tls: UpstreamTls,
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamTls {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolMode {
+    Session,
+    Transaction,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub mode: PoolMode,
+    pub size: u32,
+    pub min_idle: u32,
+    pub acquire_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_lifetime: Duration,
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    File,
+    Aws,
+    Vault,
+}
+
+#[derive(Debug, Clone)]
+pub struct CredentialsConfig {
+    pub source: SourceKind,
+    pub refresh_interval: Duration,
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Duration,
+    pub cache_file: Option<PathBuf>,
+    pub cache_key_file: Option<PathBuf>,
+    pub allow_endpoint_change: bool,
+    pub file: Option<FileSourceConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FileSourceConfig {
+    pub path: PathBuf,
+}
+
+/// Every problem found in a config, each with the path of the field it concerns.
+#[derive(Debug, Default)]
+pub struct ConfigErrors(pub Vec<FieldError>);
+
+#[derive(Debug)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}: {}", e.path, e.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl ConfigErrors {
+    fn one(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self(vec![FieldError {
+            path: path.into(),
+            message: message.into(),
+        }])
+    }
+}
+
+/// Loads `path`, applies `ROTAGATE_*` overrides from `vars`, and validates.
+pub fn load(
+    path: &Path,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors::one("config", format!("cannot read {}: {e}", path.display())))?;
+    parse(&text, vars)
+}
+
+/// Parses TOML text, applies overrides, validates.
+pub fn parse(
+    text: &str,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigErrors> {
+    let mut value: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigErrors::one("config", toml_message(&e)))?;
+    env::apply_overrides(&mut value, vars)?;
+    let raw: raw::RawConfig = serde_path_error(value)?;
+    validate(raw)
+}
+
+fn serde_path_error(value: toml::Table) -> Result<raw::RawConfig, ConfigErrors> {
+    toml::Value::Table(value)
+        .try_into()
+        .map_err(|e: toml::de::Error| ConfigErrors::one("config", toml_message(&e)))
+}
+
+fn toml_message(e: &toml::de::Error) -> String {
+    e.message().trim().to_owned()
+}

@@ -1,0 +1,417 @@
+//! The one validation pass: raw config in, typed config out, or every error at once.
+
+use super::raw::*;
+use super::*;
+
+/// Collects errors while converting; each conversion returns a fallback so checking goes on.
+struct Check {
+    errors: Vec<FieldError>,
+}
+
+impl Check {
+    fn err(&mut self, path: &str, message: impl Into<String>) {
+        self.errors.push(FieldError {
+            path: path.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, path: &str, v: Option<&String>, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => match humantime::parse_duration(s) {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => {
+                    self.err(path, "must be longer than zero");
+                    default
+                }
+                Err(e) => {
+                    self.err(
+                        path,
+                        format!("{s:?} is not a duration like \"5s\" or \"10m\" ({e})"),
+                    );
+                    default
+                }
+            },
+        }
+    }
+
+    fn addr(&mut self, path: &str, v: Option<&String>, default: &str) -> SocketAddr {
+        let s = v.map(String::as_str).unwrap_or(default);
+        s.parse().unwrap_or_else(|_| {
+            self.err(
+                path,
+                format!("{s:?} is not an address like \"0.0.0.0:6432\""),
+            );
+            default.parse().expect("default address parses")
+        })
+    }
+
+    fn range(&mut self, path: &str, v: Option<i64>, default: i64, min: i64, max: i64) -> i64 {
+        match v {
+            None => default,
+            Some(n) if (min..=max).contains(&n) => n,
+            Some(n) => {
+                self.err(path, format!("{n} is out of range {min}..={max}"));
+                default
+            }
+        }
+    }
+
+    fn required<'a>(&mut self, path: &str, v: Option<&'a String>) -> &'a str {
+        match v {
+            Some(s) if !s.trim().is_empty() => s,
+            _ => {
+                self.err(path, "is required");
+                ""
+            }
+        }
+    }
+}
+
+pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
+    let mut c = Check { errors: Vec::new() };
+    let listen = listen(&mut c, raw.listen.unwrap_or_default());
+    let admin = admin(&mut c, raw.admin.unwrap_or_default());
+    let clients = clients(&mut c, raw.clients);
+    let upstream = upstream(&mut c, raw.upstream);
+    let pool = pool(&mut c, raw.pool.unwrap_or_default());
+    let credentials = credentials(&mut c, raw.credentials);
+    if c.errors.is_empty() {
+        Ok(Config {
+            listen,
+            admin,
+            clients,
+            upstream,
+            pool,
+            credentials,
+        })
+    } else {
+        Err(ConfigErrors(c.errors))
+    }
+}
+
+fn listen(c: &mut Check, r: RawListen) -> ListenConfig {
+    let tls = match (r.tls_cert, r.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert: cert.into(),
+            key: key.into(),
+        }),
+        (None, None) => None,
+        (Some(_), None) => {
+            c.err("listen.tls_key", "is required when listen.tls_cert is set");
+            None
+        }
+        (None, Some(_)) => {
+            c.err("listen.tls_cert", "is required when listen.tls_key is set");
+            None
+        }
+    };
+    let require_tls = r.require_tls.unwrap_or(false);
+    if require_tls && tls.is_none() {
+        c.err(
+            "listen.require_tls",
+            "needs listen.tls_cert and listen.tls_key",
+        );
+    }
+    ListenConfig {
+        addr: c.addr("listen.addr", r.addr.as_ref(), "0.0.0.0:6432"),
+        tls,
+        require_tls,
+        max_clients: c.range("listen.max_clients", r.max_clients, 10_000, 1, 1_000_000) as usize,
+        auth_timeout: c.duration(
+            "listen.auth_timeout",
+            r.auth_timeout.as_ref(),
+            Duration::from_secs(10),
+        ),
+        max_message_size: c.range(
+            "listen.max_message_size",
+            r.max_message_size,
+            64 << 20,
+            1024,
+            1 << 30,
+        ) as usize,
+        shutdown_timeout: c.duration(
+            "listen.shutdown_timeout",
+            r.shutdown_timeout.as_ref(),
+            Duration::from_secs(20),
+        ),
+    }
+}
+
+fn admin(c: &mut Check, r: RawAdmin) -> AdminConfig {
+    AdminConfig {
+        addr: c.addr("admin.addr", r.addr.as_ref(), "127.0.0.1:9930"),
+        token_file: r.token_file.map(PathBuf::from),
+    }
+}
+
+fn clients(c: &mut Check, raw: Vec<RawClient>) -> Vec<ClientUser> {
+    if raw.is_empty() {
+        c.err("clients", "at least one [[clients]] entry is required");
+    }
+    let mut out: Vec<ClientUser> = Vec::new();
+    for (i, r) in raw.into_iter().enumerate() {
+        let path = format!("clients[{i}]");
+        let user = c
+            .required(&format!("{path}.user"), r.user.as_ref())
+            .to_owned();
+        if out.iter().any(|u| u.user == user) {
+            c.err(&format!("{path}.user"), format!("{user:?} is listed twice"));
+        }
+        let secret = match (r.password, r.scram) {
+            (Some(p), None) if !p.is_empty() => ClientSecret::Password(SecretString::new(p)),
+            (None, Some(s)) => {
+                if crate::frontend::scram::parse_verifier(&s).is_none() {
+                    c.err(
+                        &format!("{path}.scram"),
+                        "is not a SCRAM-SHA-256 verifier (see `rotagate hash-password`)",
+                    );
+                }
+                ClientSecret::Scram(SecretString::new(s))
+            }
+            (Some(_), Some(_)) => {
+                c.err(&path, "set either password or scram, not both");
+                continue;
+            }
+            _ => {
+                c.err(&format!("{path}.password"), "password or scram is required");
+                continue;
+            }
+        };
+        out.push(ClientUser { user, secret });
+    }
+    out
+}
+
+fn upstream(c: &mut Check, r: Option<RawUpstream>) -> UpstreamConfig {
+    let r = r.unwrap_or_else(|| {
+        c.err("upstream", "the [upstream] section is required");
+        RawUpstream::default()
+    });
+    let host = c.required("upstream.host", r.host.as_ref()).to_owned();
+    let loopback = is_loopback(&host);
+    let tls = match r.tls.as_deref() {
+        None if loopback => UpstreamTls::Prefer,
+        None => UpstreamTls::VerifyFull,
+        Some("disable") => UpstreamTls::Disable,
+        Some("prefer") => UpstreamTls::Prefer,
+        Some("require") => UpstreamTls::Require,
+        Some("verify-ca") => UpstreamTls::VerifyCa,
+        Some("verify-full") => UpstreamTls::VerifyFull,
+        Some(other) => {
+            c.err(
+                "upstream.tls",
+                format!("{other:?} is not one of disable, prefer, require, verify-ca, verify-full"),
+            );
+            UpstreamTls::VerifyFull
+        }
+    };
+    UpstreamConfig {
+        port: c.range("upstream.port", r.port, 5432, 1, 65535) as u16,
+        database: c
+            .required("upstream.database", r.database.as_ref())
+            .to_owned(),
+        tls,
+        ca_file: r.ca_file.map(PathBuf::from),
+        connect_timeout: c.duration(
+            "upstream.connect_timeout",
+            r.connect_timeout.as_ref(),
+            Duration::from_secs(10),
+        ),
+        host,
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn pool(c: &mut Check, r: RawPool) -> PoolConfig {
+    let mode = match r.mode.as_deref() {
+        None | Some("transaction") => PoolMode::Transaction,
+        Some("session") => PoolMode::Session,
+        Some(other) => {
+            c.err(
+                "pool.mode",
+                format!("{other:?} is not one of transaction, session"),
+            );
+            PoolMode::Transaction
+        }
+    };
+    let size = c.range("pool.size", r.size, 20, 1, 10_000) as u32;
+    let min_idle = c.range("pool.min_idle", r.min_idle, 0, 0, 10_000) as u32;
+    if min_idle > size {
+        c.err(
+            "pool.min_idle",
+            format!("{min_idle} is larger than pool.size ({size})"),
+        );
+    }
+    PoolConfig {
+        mode,
+        size,
+        min_idle,
+        acquire_timeout: c.duration(
+            "pool.acquire_timeout",
+            r.acquire_timeout.as_ref(),
+            Duration::from_secs(30),
+        ),
+        idle_timeout: c.duration(
+            "pool.idle_timeout",
+            r.idle_timeout.as_ref(),
+            Duration::from_secs(600),
+        ),
+        max_lifetime: c.duration(
+            "pool.max_lifetime",
+            r.max_lifetime.as_ref(),
+            Duration::from_secs(3600),
+        ),
+        drain_timeout: c.duration(
+            "pool.drain_timeout",
+            r.drain_timeout.as_ref(),
+            Duration::from_secs(300),
+        ),
+    }
+}
+
+fn credentials(c: &mut Check, r: Option<RawCredentials>) -> CredentialsConfig {
+    let r = r.unwrap_or_else(|| {
+        c.err("credentials", "the [credentials] section is required");
+        RawCredentials::default()
+    });
+    let source = match r.source.as_deref() {
+        Some("file") => SourceKind::File,
+        Some("aws") => SourceKind::Aws,
+        Some("vault") => SourceKind::Vault,
+        Some(other) => {
+            c.err(
+                "credentials.source",
+                format!("{other:?} is not one of file, aws, vault"),
+            );
+            SourceKind::File
+        }
+        None => {
+            c.err("credentials.source", "is required (file, aws or vault)");
+            SourceKind::File
+        }
+    };
+    let file = r.file.map(|f| FileSourceConfig {
+        path: c.required("credentials.file.path", f.path.as_ref()).into(),
+    });
+    match source {
+        SourceKind::File if file.is_none() => c.err(
+            "credentials.file",
+            "[credentials.file] with a path is required when source = \"file\"",
+        ),
+        SourceKind::Aws => c.err(
+            "credentials.source",
+            "\"aws\" is not supported by this build yet",
+        ),
+        SourceKind::Vault => c.err(
+            "credentials.source",
+            "\"vault\" is not supported by this build yet",
+        ),
+        SourceKind::File => {}
+    }
+    CredentialsConfig {
+        source,
+        refresh_interval: c.duration(
+            "credentials.refresh_interval",
+            r.refresh_interval.as_ref(),
+            Duration::from_secs(300),
+        ),
+        breaker_failures: c.range(
+            "credentials.breaker_failures",
+            r.breaker_failures,
+            3,
+            1,
+            1000,
+        ) as u32,
+        breaker_cooldown: c.duration(
+            "credentials.breaker_cooldown",
+            r.breaker_cooldown.as_ref(),
+            Duration::from_secs(300),
+        ),
+        cache_file: r.cache_file.map(PathBuf::from),
+        cache_key_file: r.cache_key_file.map(PathBuf::from),
+        allow_endpoint_change: r.allow_endpoint_change.unwrap_or(false),
+        file,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse;
+
+    const GOOD: &str = r#"
+[listen]
+addr = "127.0.0.1:6432"
+[[clients]]
+user = "app"
+password = "pw"
+[upstream]
+host = "db.example.com"
+database = "app"
+[credentials]
+source = "file"
+[credentials.file]
+path = "/run/secrets/db.json"
+"#;
+
+    #[test]
+    fn good_config_gets_defaults() {
+        let c = parse(GOOD, []).unwrap();
+        assert_eq!(c.pool.size, 20);
+        assert_eq!(c.pool.mode, super::PoolMode::Transaction);
+        assert_eq!(c.upstream.tls, super::UpstreamTls::VerifyFull);
+        assert_eq!(c.upstream.port, 5432);
+        assert_eq!(c.listen.auth_timeout.as_secs(), 10);
+    }
+
+    #[test]
+    fn every_bad_field_is_reported_with_its_path() {
+        let bad = "[listen]\naddr = \"not an address\"\n[pool]\nmode = \"sometimes\"\nacquire_timeout = \"soon\"\n";
+        let e = parse(bad, []).unwrap_err().to_string();
+        for path in [
+            "listen.addr",
+            "pool.mode",
+            "pool.acquire_timeout",
+            "upstream",
+            "clients",
+            "credentials",
+        ] {
+            assert!(e.contains(path), "{path} missing from: {e}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let e = parse(&format!("{GOOD}\n[admin]\nport = 1\n"), [])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("port"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_apply_before_validation() {
+        let vars = [("ROTAGATE_POOL__SIZE".to_owned(), "7".to_owned())];
+        assert_eq!(parse(GOOD, vars).unwrap().pool.size, 7);
+        let vars = [("ROTAGATE_POOL__MODE".to_owned(), "nope".to_owned())];
+        assert!(
+            parse(GOOD, vars)
+                .unwrap_err()
+                .to_string()
+                .contains("pool.mode")
+        );
+    }
+
+    #[test]
+    fn config_errors_never_echo_client_passwords() {
+        let text = GOOD.replace("password = \"pw\"", "password = \"pw-leak\"\nscram = \"x\"");
+        let e = parse(&text, []).unwrap_err().to_string();
+        assert!(!e.contains("pw-leak"), "{e}");
+    }
+}

@@ -1,0 +1,128 @@
+//! Client authentication material: SCRAM-SHA-256 verifiers for the static `[[clients]]`.
+//! A plain password is turned into a verifier once, at load, so no login re-runs PBKDF2 on
+//! rotagate's side. The exchange itself is pgwire's SCRAM server state machine.
+
+use crate::config::{ClientSecret, ClientUser};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use pgwire::api::auth::sasl::scram::ScramSecret;
+use std::collections::HashMap;
+use zeroize::Zeroizing;
+
+/// A parsed `SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>` verifier.
+pub struct Verifier {
+    pub iterations: usize,
+    pub salt: Vec<u8>,
+    stored_key: Zeroizing<Vec<u8>>,
+    server_key: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Verifier(***)")
+    }
+}
+
+impl Verifier {
+    /// The pgwire secret for one exchange (it wants owned key material).
+    pub fn secret(&self) -> ScramSecret {
+        ScramSecret::Verifier {
+            salt: self.salt.clone(),
+            iterations: self.iterations,
+            stored_key: self.stored_key.to_vec(),
+            server_key: self.server_key.to_vec(),
+        }
+    }
+}
+
+/// Parses a PostgreSQL SCRAM-SHA-256 verifier.
+pub fn parse_verifier(s: &str) -> Option<Verifier> {
+    let rest = s.strip_prefix("SCRAM-SHA-256$")?;
+    let (iter_salt, keys) = rest.split_once('$')?;
+    let (iter, salt) = iter_salt.split_once(':')?;
+    let (stored, server) = keys.split_once(':')?;
+    let v = Verifier {
+        iterations: iter.parse().ok().filter(|i| *i > 0)?,
+        salt: STANDARD.decode(salt).ok()?,
+        stored_key: Zeroizing::new(STANDARD.decode(stored).ok()?),
+        server_key: Zeroizing::new(STANDARD.decode(server).ok()?),
+    };
+    (v.stored_key.len() == 32 && v.server_key.len() == 32 && !v.salt.is_empty()).then_some(v)
+}
+
+/// A new verifier for `password` (random salt, 4096 iterations), as PostgreSQL stores it.
+pub fn hash_password(password: &str) -> String {
+    postgres_protocol::password::scram_sha_256(password.as_bytes())
+}
+
+/// The client logins rotagate accepts, by user name.
+#[derive(Debug, Default)]
+pub struct ClientAuth {
+    users: HashMap<String, Verifier>,
+    /// Salt seed for the mock exchange with unknown users (so they look like known ones).
+    mock_seed: [u8; 16],
+}
+
+impl ClientAuth {
+    pub fn from_config(clients: &[ClientUser]) -> Self {
+        let users = clients
+            .iter()
+            .filter_map(|c| {
+                let v = match &c.secret {
+                    ClientSecret::Password(p) => parse_verifier(&hash_password(p.expose())),
+                    ClientSecret::Scram(s) => parse_verifier(s.expose()),
+                };
+                v.map(|v| (c.user.clone(), v))
+            })
+            .collect();
+        Self {
+            users,
+            mock_seed: rand::random(),
+        }
+    }
+
+    pub fn get(&self, user: &str) -> Option<&Verifier> {
+        self.users.get(user)
+    }
+
+    /// A verifier no password matches, with a stable per-user salt: PostgreSQL's mock auth.
+    pub fn mock(&self, user: &str) -> ScramSecret {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(&self.mock_seed);
+        ctx.update(user.as_bytes());
+        let salt = ctx.finish().as_ref()[..16].to_vec();
+        let key: [u8; 32] = rand::random();
+        ScramSecret::Verifier {
+            salt,
+            iterations: 4096,
+            stored_key: key.to_vec(),
+            server_key: key.to_vec(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_password_output_parses_back() {
+        let v = hash_password("pw");
+        assert!(v.starts_with("SCRAM-SHA-256$4096:"));
+        let parsed = parse_verifier(&v).unwrap();
+        assert_eq!(parsed.iterations, 4096);
+        assert_eq!(format!("{parsed:?}"), "Verifier(***)");
+    }
+
+    #[test]
+    fn rejects_malformed_verifiers() {
+        for bad in [
+            "",
+            "md5abc",
+            "SCRAM-SHA-256$x:c2FsdA==$a:b",
+            "SCRAM-SHA-256$4096:c2FsdA==$YQ==:YQ==",
+        ] {
+            assert!(parse_verifier(bad).is_none(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! A client's first messages: TLS negotiation (pgwire's `negotiate_tls`: SSLRequest, direct
+//! TLS, GSSENC refused), the StartupMessage or a CancelRequest, then the SCRAM-SHA-256
+//! exchange. Ends by handing back the raw stream and any bytes already read.
+
+use super::error::FrontendError;
+use super::scram::ClientAuth;
+use crate::wire::{self, WireError, msg};
+use bytes::{Buf, BytesMut};
+use futures::StreamExt;
+use pgwire::api::ClientInfo;
+use pgwire::api::auth::sasl::scram::ScramServerAuth;
+use pgwire::messages::PgWireFrontendMessage;
+use pgwire::messages::startup::SecretKey;
+use pgwire::tokio::server::MaybeTls;
+use std::net::SocketAddr;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+
+pub type ClientStream = MaybeTls;
+
+/// What a new connection asked for.
+pub enum Hello {
+    Login(Login),
+    Cancel {
+        pid: i32,
+        key: i32,
+    },
+    /// Direct TLS without a configured certificate, or a closed socket: nothing to answer.
+    Nothing,
+}
+
+/// A client that sent its StartupMessage, not yet authenticated.
+pub struct Login {
+    pub stream: ClientStream,
+    pub rbuf: BytesMut,
+    pub user: String,
+    pub database: String,
+    /// Startup parameters other than user, database and replication, as sent.
+    pub params: Vec<(String, String)>,
+    pub tls: bool,
+    pub peer: SocketAddr,
+}
+
+/// TLS negotiation and the startup packet.
+pub async fn hello(tcp: TcpStream, acceptor: Option<TlsAcceptor>) -> Result<Hello, FrontendError> {
+    let peer = tcp.peer_addr().map_err(WireError::Io)?;
+    let Some(mut framed) = pgwire::tokio::server::negotiate_tls::<()>(tcp, acceptor)
+        .await
+        .map_err(WireError::Io)?
+    else {
+        return Ok(Hello::Nothing);
+    };
+    let tls = framed.is_secure();
+    let first = match framed.next().await {
+        None => return Ok(Hello::Nothing),
+        Some(Err(e)) => return Err(FrontendError::Protocol(e.to_string())),
+        Some(Ok(m)) => m,
+    };
+    let startup = match first {
+        PgWireFrontendMessage::Startup(s) => s,
+        PgWireFrontendMessage::CancelRequest(c) => {
+            let key = match c.secret_key {
+                SecretKey::I32(k) => k,
+                SecretKey::Bytes(b) if b.len() == 4 => i32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+                SecretKey::Bytes(_) => return Ok(Hello::Nothing),
+            };
+            return Ok(Hello::Cancel { pid: c.pid, key });
+        }
+        _ => return Err(FrontendError::Protocol("expected a startup message".into())),
+    };
+    if startup.protocol_number_major != 3 {
+        return Err(FrontendError::Unsupported(format!(
+            "unsupported frontend protocol {}.{}",
+            startup.protocol_number_major, startup.protocol_number_minor
+        )));
+    }
+    let mut params = startup.parameters;
+    let user = params
+        .remove("user")
+        .ok_or_else(|| FrontendError::Protocol("no user name in the startup message".into()))?;
+    let database = params.remove("database").unwrap_or_else(|| user.clone());
+    if params
+        .remove("replication")
+        .is_some_and(|r| r != "false" && r != "off" && r != "0")
+    {
+        return Err(FrontendError::Unsupported(
+            "rotagate does not proxy replication connections".into(),
+        ));
+    }
+    let parts = framed.into_parts();
+    Ok(Hello::Login(Login {
+        stream: parts.io,
+        rbuf: parts.read_buf,
+        user,
+        database,
+        params: params.into_iter().collect(),
+        tls,
+        peer,
+    }))
+}
+
+/// SCRAM-SHA-256 against the static client logins. Unknown users go through a mock exchange
+/// and fail exactly like a wrong password.
+pub async fn authenticate(
+    login: &mut Login,
+    auth: &ClientAuth,
+    max_len: usize,
+) -> Result<(), FrontendError> {
+    let secret = match auth.get(&login.user) {
+        Some(v) => v.secret(),
+        None => auth.mock(&login.user),
+    };
+    let mut out = BytesMut::new();
+    msg::auth_sasl(&mut out);
+    login.stream.write_all(&out).await.map_err(WireError::Io)?;
+    out.clear();
+
+    let mut first = expect_password(login, max_len).await?;
+    let mechanism = wire::get_cstr(&mut first)?;
+    if mechanism != "SCRAM-SHA-256" {
+        return Err(FrontendError::Protocol(format!(
+            "unsupported SASL mechanism {mechanism:?}"
+        )));
+    }
+    if first.remaining() < 4 {
+        return Err(FrontendError::Protocol("short SASLInitialResponse".into()));
+    }
+    first.advance(4);
+    let server = ScramServerAuth::new();
+    let (server_first, waiting) = server
+        .on_client_first_message_with_secret(&first, secret)
+        .map_err(|e| FrontendError::Protocol(e.to_string()))?;
+    msg::auth_sasl_data(&mut out, 11, server_first.as_bytes());
+    login.stream.write_all(&out).await.map_err(WireError::Io)?;
+    out.clear();
+
+    let last = expect_password(login, max_len).await?;
+    let server_final = waiting
+        .on_client_final_message(&last)
+        .map_err(|_| FrontendError::AuthFailed(login.user.clone()))?;
+    if auth.get(&login.user).is_none() {
+        return Err(FrontendError::AuthFailed(login.user.clone()));
+    }
+    msg::auth_sasl_data(&mut out, 12, server_final.as_bytes());
+    login.stream.write_all(&out).await.map_err(WireError::Io)?;
+    Ok(())
+}
+
+async fn expect_password(login: &mut Login, max_len: usize) -> Result<BytesMut, FrontendError> {
+    let m = wire::read_message(&mut login.stream, &mut login.rbuf, max_len.min(64 * 1024)).await?;
+    if m.tag != b'p' {
+        return Err(FrontendError::Protocol("expected a SASL response".into()));
+    }
+    Ok(m.body)
+}

@@ -1,0 +1,28 @@
+//! rotagate: a PostgreSQL wire-protocol proxy. Applications log in with static credentials;
+//! rotagate holds the upstream pool and the real, rotating credentials.
+//!
+//! - [`config`] owns the file format, environment overrides and validation; nothing else reads
+//!   configuration from outside.
+//! - [`frontend`] owns the client side: TLS, client authentication, sessions and the relay. It
+//!   borrows upstream connections from [`pool`] and never decides which credential is used.
+//! - [`backend`] owns one upstream connection: connect, TLS, startup, authentication. It knows
+//!   nothing of clients or pools.
+//! - [`pool`] owns upstream connections grouped by credential generation; it publishes a new
+//!   generation only when told to and retires old ones as they drain.
+//! - [`secrets`] owns credential types (zeroized, redacted) and the sources they come from.
+//! - [`admin`] owns the HTTP listener: health, readiness, metrics, status. It only reads.
+//! - [`wire`] owns the bytes of the PostgreSQL protocol that rotagate writes or scans; no I/O
+//!   policy lives there.
+//! - [`app`] wires everything from a [`config::Config`] and owns the shutdown order.
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod admin;
+pub mod app;
+pub mod backend;
+pub mod config;
+pub mod frontend;
+pub mod pool;
+pub mod secrets;
+pub mod wire;

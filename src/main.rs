@@ -1,0 +1,153 @@
+//! The `rotagate` binary: parse the command line, load config, start telemetry, run.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "rotagate",
+    version,
+    about = "PostgreSQL proxy with rotating upstream credentials"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        /// Config file (default: $ROTAGATE_CONFIG, else rotagate.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file and list every problem; exits 1 when there is one.
+    CheckConfig {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Read a password on stdin and print a SCRAM-SHA-256 verifier for [[clients]] scram = ...
+    HashPassword,
+}
+
+fn config_path(arg: Option<PathBuf>) -> PathBuf {
+    arg.or_else(|| std::env::var_os("ROTAGATE_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("rotagate.toml"))
+}
+
+fn load(arg: Option<PathBuf>) -> Result<rotagate::config::Config, ExitCode> {
+    let path = config_path(arg);
+    rotagate::config::load(&path, std::env::vars()).map_err(|errors| {
+        eprintln!("{}: invalid configuration:", path.display());
+        for e in &errors.0 {
+            eprintln!("  {}: {}", e.path, e.message);
+        }
+        ExitCode::from(1)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => match load(config) {
+            Ok(_) => {
+                println!("configuration is valid");
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::HashPassword => hash_password(),
+        Command::Run { config } => {
+            let cfg = match load(config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            init_tracing(cli.log_format);
+            run(cfg)
+        }
+    }
+}
+
+fn hash_password() -> ExitCode {
+    let mut input = zeroize::Zeroizing::new(String::new());
+    if let Err(e) = std::io::stdin().read_to_string(&mut input) {
+        eprintln!("cannot read the password from stdin: {e}");
+        return ExitCode::from(1);
+    }
+    let password = input.strip_suffix('\n').unwrap_or(&input);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        eprintln!("the password on stdin is empty");
+        return ExitCode::from(1);
+    }
+    println!("{}", rotagate::frontend::scram::hash_password(password));
+    ExitCode::SUCCESS
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn run(cfg: rotagate::config::Config) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        let app = rotagate::app::App::bind(cfg).await?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(signals(shutdown.clone()));
+        app.run(shutdown).await
+    });
+    // Sessions still open after the shutdown deadline are dropped with the runtime.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "rotagate stopped");
+            eprintln!("rotagate: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// SIGTERM or SIGINT starts a graceful shutdown.
+async fn signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    shutdown.cancel();
+}
