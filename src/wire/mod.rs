@@ -76,7 +76,7 @@ mod tests {
 
     #[tokio::test]
     async fn reads_split_messages_and_refuses_oversized() {
-        let mut data: &[u8] = b"Z\0\0\0\x05IQ\0\0\0\x09abcd";
+        let mut data: &[u8] = b"Z\0\0\0\x05IQ\0\0\0\x08abcd";
         let mut buf = BytesMut::new();
         let m = read_message(&mut data, &mut buf, 1024).await.unwrap();
         assert_eq!((m.tag, &m.body[..]), (b'Z', &b"I"[..]));
