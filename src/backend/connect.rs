@@ -135,6 +135,7 @@ async fn read_params(conn: &mut ServerConn) -> Result<(), BackendError> {
             }
             Message::ReadyForQuery(r) => {
                 conn.tx_status = r.status();
+                conn.params.defaults = conn.params.current.clone();
                 return Ok(());
             }
             Message::ErrorResponse(e) => return Err(query::server_error(&e)),

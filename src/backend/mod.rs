@@ -52,6 +52,8 @@ pub struct ServerParams {
     pub current: HashMap<String, String>,
     /// Non-reported names rotagate SET on this connection (to RESET for another client).
     pub set_by_us: HashSet<String>,
+    /// Reported values right after login: what a client that names none of them gets.
+    pub defaults: HashMap<String, String>,
 }
 
 impl ServerParams {

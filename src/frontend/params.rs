@@ -36,19 +36,25 @@ impl Expected {
         Ok(Self(out))
     }
 
-    /// After the login's SETs ran: take the server's spelling of reported values and add the
-    /// settable reported ones the client did not name.
+    /// Before the login's SETs: the settable reported parameters the client did not name get
+    /// the server's login defaults (not whatever a previous client left on the connection).
+    pub fn fill_defaults(&mut self, server: &ServerParams) {
+        for name in SETTABLE_REPORTED {
+            if !self.0.iter().any(|(n, _)| n == name) {
+                if let Some(v) = server.defaults.get(*name) {
+                    self.0.push(((*name).to_owned(), v.clone()));
+                }
+            }
+        }
+    }
+
+    /// After the login's SETs ran: take the server's spelling of reported values.
     pub fn settle(&mut self, server: &ServerParams) {
         for (name, value) in &mut self.0 {
             if server.is_reported(name) {
                 if let Some(v) = server.current.get(name.as_str()) {
                     value.clone_from(v);
                 }
-            }
-        }
-        for name in SETTABLE_REPORTED {
-            if let Some(v) = server.current.get(*name) {
-                put(&mut self.0, name, v.clone());
             }
         }
     }
@@ -161,6 +167,7 @@ mod tests {
         for (n, v) in pairs {
             p.report(n, v);
         }
+        p.defaults = p.current.clone();
         p
     }
 
@@ -193,6 +200,7 @@ mod tests {
             ("search_path".into(), "x".into()),
         ])
         .unwrap();
+        a.fill_defaults(&s);
         let sql = a.sync_sql(&s).unwrap();
         assert!(
             sql.contains("SET \"application_name\" = 'a'")
@@ -203,17 +211,17 @@ mod tests {
         s.report("application_name", "a");
         a.settle(&s);
         assert_eq!(a.sync_sql(&s), None);
+        s.report("TimeZone", "Asia/Tokyo");
+        assert_eq!(a.sync_sql(&s).as_deref(), Some("SET \"timezone\" = 'UTC';"));
         let mut b = Expected::from_startup(&[]).unwrap();
-        b.settle(&server(&[
-            ("application_name", ""),
-            ("TimeZone", "UTC"),
-            ("DateStyle", "ISO, MDY"),
-        ]));
+        b.fill_defaults(&s);
         let sql = b.sync_sql(&s).unwrap();
         assert!(
-            sql.contains("SET \"application_name\" = ''") && sql.contains("RESET \"search_path\""),
+            sql.contains("SET \"application_name\" = ''")
+                && sql.contains("SET \"timezone\" = 'UTC'")
+                && sql.contains("RESET \"search_path\""),
             "{sql}"
         );
-        assert!(!sql.contains("timezone"), "{sql}");
+        assert!(!sql.contains("datestyle"), "{sql}");
     }
 }

@@ -52,6 +52,7 @@ async fn run(
     client.stream.write_all(&out).await.map_err(wire_io)?;
 
     let mut server = acquire(fe).await?;
+    expected.fill_defaults(&server.params);
     apply(&expected, &mut server).await?;
     expected.settle(&server.params);
     client.expected = expected;

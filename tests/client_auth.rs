@@ -1,0 +1,145 @@
+//! Client login: SCRAM against static credentials, refusals with the SQLSTATEs libpq users
+//! know, limits on clients and on the time to authenticate.
+
+mod common;
+
+use common::*;
+use tokio::io::AsyncReadExt;
+
+fn code(e: &tokio_postgres::Error) -> String {
+    e.code()
+        .map(|c| c.code().to_owned())
+        .unwrap_or_else(|| format!("no SQLSTATE: {e}"))
+}
+
+fn text(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_else(|| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_in_with_static_credentials_as_the_upstream_user() {
+    let pg = app_cluster();
+    for mode in ["transaction", "session"] {
+        let proxy = TestProxy::builder(&pg).mode(mode).start().await;
+        let client = proxy.client().await;
+        let rows = client.simple_query("SELECT current_user").await.unwrap();
+        let user = match &rows[1] {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).unwrap().to_owned(),
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_eq!(user, APP_USER, "{mode}");
+        let row = client
+            .query_typed_one(
+                "SELECT $1::int + 1",
+                &[(&41i32, tokio_postgres::types::Type::INT4)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, i32>(0), 42, "{mode}");
+        proxy.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_carry_postgres_sqlstates_and_texts() {
+    let pg = app_cluster();
+    let proxy = TestProxy::builder(&pg).start().await;
+
+    let e = proxy
+        .connect(&proxy.url_as(CLIENT_USER, "wrong", "appdb"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "28P01");
+    assert_eq!(text(&e), "password authentication failed for user \"app\"");
+
+    let e = proxy
+        .connect(&proxy.url_as("nobody", "x", "appdb"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "28P01", "unknown users fail like wrong passwords");
+
+    let e = proxy
+        .connect(&proxy.url_as(CLIENT_USER, CLIENT_PASSWORD, "nosuchdb"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "3D000");
+    assert_eq!(text(&e), "database \"nosuchdb\" does not exist");
+
+    // The proxy still serves after refusals.
+    proxy.client().await.simple_query("SELECT 1").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_scram_verifier_from_hash_password_logs_in() {
+    let pg = app_cluster();
+    let verifier = rotagate::frontend::scram::hash_password("verifier-pw");
+    let proxy = TestProxy::builder(&pg)
+        .clients(&format!(
+            "[[clients]]\nuser = \"svc\"\nscram = \"{verifier}\"\n"
+        ))
+        .start()
+        .await;
+    let client = proxy
+        .connect(&proxy.url_as("svc", "verifier-pw", "appdb"))
+        .await
+        .unwrap();
+    client.simple_query("SELECT 1").await.unwrap();
+    assert!(
+        proxy
+            .connect(&proxy.url_as("svc", "other", "appdb"))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_clients_get_53300() {
+    let pg = app_cluster();
+    let proxy = TestProxy::builder(&pg)
+        .listen("max_clients = 2")
+        .start()
+        .await;
+    let a = proxy.client().await;
+    let b = proxy.client().await;
+    let e = proxy.connect(&proxy.url()).await.unwrap_err();
+    assert_eq!(code(&e), "53300");
+    assert_eq!(text(&e), "sorry, too many clients already");
+    drop((a, b));
+    wait_until(10, "a slot to free up", || async {
+        proxy.connect(&proxy.url()).await.is_ok()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_closed_at_auth_timeout() {
+    let pg = app_cluster();
+    let proxy = TestProxy::builder(&pg)
+        .listen("auth_timeout = \"300ms\"")
+        .start()
+        .await;
+    let mut raw = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    // The proxy must close the socket by itself; the bound only keeps a broken build from hanging.
+    let n = tokio::time::timeout(std::time::Duration::from_secs(20), raw.read(&mut buf))
+        .await
+        .expect("closed by the proxy");
+    assert_eq!(n.unwrap_or(0), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_messages_are_refused_without_harm() {
+    let pg = app_cluster();
+    let proxy = TestProxy::builder(&pg)
+        .listen("max_message_size = 2048")
+        .start()
+        .await;
+    let client = proxy.client().await;
+    let big = format!("SELECT '{}'", "x".repeat(4096));
+    let e = client.simple_query(&big).await.unwrap_err();
+    assert_eq!(code(&e), "54000", "{e}");
+    let small = format!("SELECT '{}'", "x".repeat(1000));
+    proxy.client().await.simple_query(&small).await.unwrap();
+}

@@ -1,0 +1,280 @@
+//! Test harness: a private PostgreSQL ([`pg::Pg`]) and rotagate running in-process on port 0
+//! ([`TestProxy`]). Waits poll a condition with a deadline; nothing sleeps to synchronise.
+#![allow(dead_code)]
+
+pub mod pg;
+
+use pg::Pg;
+use rotagate::app::App;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+pub const APP_USER: &str = "app_owner";
+pub const APP_PASSWORD: &str = "upstream-pw-1";
+pub const CLIENT_USER: &str = "app";
+pub const CLIENT_PASSWORD: &str = "static-client-pw";
+
+/// Polls `cond` until it holds or `secs` pass.
+pub async fn wait_until<F, Fut>(secs: u64, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A cluster with the application role and database.
+pub fn app_cluster() -> Pg {
+    let pg = Pg::start();
+    pg.app_db(APP_USER, APP_PASSWORD);
+    pg
+}
+
+pub fn write_secret(path: &std::path::Path, pg: &Pg, user: &str, password: &str) {
+    let tmp = path.with_extension("tmp");
+    let json = format!(
+        r#"{{"engine":"postgres","username":"{user}","password":"{password}","host":"127.0.0.1","port":{},"dbname":"appdb"}}"#,
+        pg.port
+    );
+    std::fs::write(&tmp, json).unwrap();
+    std::fs::rename(tmp, path).unwrap();
+}
+
+pub struct Builder<'a> {
+    pg: &'a Pg,
+    mode: &'static str,
+    pool_size: u32,
+    listen_extra: String,
+    pool_extra: String,
+    upstream_tls: String,
+    clients: String,
+}
+
+impl<'a> Builder<'a> {
+    pub fn mode(mut self, mode: &'static str) -> Self {
+        self.mode = mode;
+        self
+    }
+    pub fn pool_size(mut self, n: u32) -> Self {
+        self.pool_size = n;
+        self
+    }
+    pub fn listen(mut self, line: &str) -> Self {
+        self.listen_extra.push_str(line);
+        self.listen_extra.push('\n');
+        self
+    }
+    pub fn pool(mut self, line: &str) -> Self {
+        self.pool_extra.push_str(line);
+        self.pool_extra.push('\n');
+        self
+    }
+    /// The `[upstream]` TLS lines (default `tls = "disable"`).
+    pub fn upstream_tls(mut self, lines: &str) -> Self {
+        self.upstream_tls = lines.to_owned();
+        self
+    }
+    /// Replaces the `[[clients]]` sections.
+    pub fn clients(mut self, toml: &str) -> Self {
+        self.clients = toml.to_owned();
+        self
+    }
+
+    pub fn config_text(&self, secret: &std::path::Path) -> String {
+        format!(
+            "[listen]\naddr = \"127.0.0.1:0\"\n{}\n[admin]\naddr = \"127.0.0.1:0\"\n\n{}\n\
+             [upstream]\nhost = \"127.0.0.1\"\nport = {}\ndatabase = \"appdb\"\n{}\n\n\
+             [pool]\nmode = \"{}\"\nsize = {}\n{}\n\n[credentials]\nsource = \"file\"\n\
+             [credentials.file]\npath = \"{}\"\n",
+            self.listen_extra,
+            self.clients,
+            self.pg.port,
+            self.upstream_tls,
+            self.mode,
+            self.pool_size,
+            self.pool_extra,
+            secret.display()
+        )
+    }
+
+    pub async fn start(self) -> TestProxy {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret.json");
+        write_secret(&secret, self.pg, APP_USER, APP_PASSWORD);
+        let text = self.config_text(&secret);
+        let cfg = rotagate::config::parse(&text, [])
+            .unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
+        let app = App::bind(cfg).await.unwrap();
+        let (addr, admin) = (app.proxy_addr(), app.admin_addr());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(app.run(shutdown.clone()));
+        let proxy = TestProxy {
+            addr,
+            admin,
+            shutdown,
+            task: Some(task),
+            dir,
+            secret,
+        };
+        wait_until(30, "/readyz to answer 200", || async {
+            proxy.get("/readyz").await.0 == 200
+        })
+        .await;
+        proxy
+    }
+}
+
+pub struct TestProxy {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    dir: tempfile::TempDir,
+    pub secret: PathBuf,
+}
+
+impl TestProxy {
+    pub fn builder(pg: &Pg) -> Builder<'_> {
+        Builder {
+            pg,
+            mode: "transaction",
+            pool_size: 4,
+            listen_extra: String::new(),
+            pool_extra: String::new(),
+            upstream_tls: "tls = \"disable\"".into(),
+            clients: format!(
+                "[[clients]]\nuser = \"{CLIENT_USER}\"\npassword = \"{CLIENT_PASSWORD}\"\n"
+            ),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        self.url_as(CLIENT_USER, CLIENT_PASSWORD, "appdb")
+    }
+
+    pub fn url_as(&self, user: &str, password: &str, db: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname={db} sslmode=disable",
+            self.addr.port()
+        )
+    }
+
+    /// A tokio-postgres client through the proxy (its connection task runs in the background).
+    pub async fn client(&self) -> tokio_postgres::Client {
+        self.connect(&self.url())
+            .await
+            .expect("connect through the proxy")
+    }
+
+    pub async fn connect(
+        &self,
+        url: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
+
+    /// GET on the admin listener: (status, body).
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        http(self.admin, "GET", path).await
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Graceful shutdown; returns the app's result.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.task.take().unwrap().await.unwrap()
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A minimal HTTP/1.0 request; (0, "") when the listener does not answer.
+pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return (0, String::new());
+    };
+    let req = format!("{method} {path} HTTP/1.0\r\nHost: test\r\nContent-Length: 0\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return (0, String::new());
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Runs psql against the proxy; (success, stdout, stderr).
+pub async fn psql(proxy: &TestProxy, conn_extra: &str, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new("psql")
+        .env("PGPASSWORD", CLIENT_PASSWORD)
+        .arg("-X")
+        .arg(format!(
+            "host=127.0.0.1 port={} user={CLIENT_USER} dbname=appdb {conn_extra}",
+            proxy.addr.port()
+        ))
+        .args(args)
+        .output()
+        .await
+        .expect("psql must be installed (apt-get install postgresql-client)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs pgbench against the proxy; (success, combined output).
+pub async fn pgbench(proxy: &TestProxy, args: &[&str]) -> (bool, String) {
+    let out = tokio::process::Command::new("pgbench")
+        .env("PGPASSWORD", CLIENT_PASSWORD)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &proxy.addr.port().to_string(),
+            "-U",
+            CLIENT_USER,
+        ])
+        .args(args)
+        .arg("appdb")
+        .output()
+        .await
+        .expect(
+            "pgbench must be installed (apt-get install postgresql-contrib or postgresql-client)",
+        );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// pgbench's output shows no failed or aborted transaction.
+pub fn pgbench_clean(out: &str) -> bool {
+    out.contains("failed transactions: 0 ") && !out.contains("aborted")
+}
