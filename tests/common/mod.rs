@@ -54,6 +54,7 @@ pub struct Builder<'a> {
     listen_extra: String,
     pool_extra: String,
     upstream_tls: String,
+    upstream_host: String,
     clients: String,
 }
 
@@ -81,6 +82,10 @@ impl<'a> Builder<'a> {
         self.upstream_tls = lines.to_owned();
         self
     }
+    pub fn upstream_host(mut self, host: &str) -> Self {
+        self.upstream_host = host.to_owned();
+        self
+    }
     /// Replaces the `[[clients]]` sections.
     pub fn clients(mut self, toml: &str) -> Self {
         self.clients = toml.to_owned();
@@ -90,11 +95,12 @@ impl<'a> Builder<'a> {
     pub fn config_text(&self, secret: &std::path::Path) -> String {
         format!(
             "[listen]\naddr = \"127.0.0.1:0\"\n{}\n[admin]\naddr = \"127.0.0.1:0\"\n\n{}\n\
-             [upstream]\nhost = \"127.0.0.1\"\nport = {}\ndatabase = \"appdb\"\n{}\n\n\
+             [upstream]\nhost = \"{}\"\nport = {}\ndatabase = \"appdb\"\n{}\n\n\
              [pool]\nmode = \"{}\"\nsize = {}\n{}\n\n[credentials]\nsource = \"file\"\n\
              [credentials.file]\npath = \"{}\"\n",
             self.listen_extra,
             self.clients,
+            self.upstream_host,
             self.pg.port,
             self.upstream_tls,
             self.mode,
@@ -105,6 +111,16 @@ impl<'a> Builder<'a> {
     }
 
     pub async fn start(self) -> TestProxy {
+        let proxy = self.start_unready().await;
+        wait_until(30, "/readyz to answer 200", || async {
+            proxy.get("/readyz").await.0 == 200
+        })
+        .await;
+        proxy
+    }
+
+    /// Starts without waiting for readiness (for upstreams that are meant to fail).
+    pub async fn start_unready(self) -> TestProxy {
         let dir = tempfile::tempdir().unwrap();
         let secret = dir.path().join("secret.json");
         write_secret(&secret, self.pg, APP_USER, APP_PASSWORD);
@@ -115,19 +131,14 @@ impl<'a> Builder<'a> {
         let (addr, admin) = (app.proxy_addr(), app.admin_addr());
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(app.run(shutdown.clone()));
-        let proxy = TestProxy {
+        TestProxy {
             addr,
             admin,
             shutdown,
             task: Some(task),
             dir,
             secret,
-        };
-        wait_until(30, "/readyz to answer 200", || async {
-            proxy.get("/readyz").await.0 == 200
-        })
-        .await;
-        proxy
+        }
     }
 }
 
@@ -142,6 +153,14 @@ pub struct TestProxy {
 
 impl TestProxy {
     pub fn builder(pg: &Pg) -> Builder<'_> {
+        // Logs go to the test's captured output; RUST_LOG=debug for more.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "info".into()),
+            )
+            .with_test_writer()
+            .try_init();
         Builder {
             pg,
             mode: "transaction",
@@ -149,6 +168,7 @@ impl TestProxy {
             listen_extra: String::new(),
             pool_extra: String::new(),
             upstream_tls: "tls = \"disable\"".into(),
+            upstream_host: "127.0.0.1".into(),
             clients: format!(
                 "[[clients]]\nuser = \"{CLIENT_USER}\"\npassword = \"{CLIENT_PASSWORD}\"\n"
             ),

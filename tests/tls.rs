@@ -1,0 +1,208 @@
+//! TLS on both sides: clients to rotagate (optional or required), rotagate to PostgreSQL in
+//! every `upstream.tls` mode, with certificates made by the test.
+
+mod common;
+
+use common::pg::{Pg, give_to_pg};
+use common::*;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use std::path::{Path, PathBuf};
+
+struct Pki {
+    ca: PathBuf,
+    other_ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn make_ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+}
+
+/// A CA and a server certificate for "localhost" only (not for 127.0.0.1).
+fn pki(dir: &Path) -> Pki {
+    let ca = make_ca("rotagate test CA");
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let cert = params.signed_by(&key, &ca).unwrap();
+    let p = Pki {
+        ca: dir.join("ca.pem"),
+        other_ca: dir.join("other-ca.pem"),
+        cert: dir.join("server.crt"),
+        key: dir.join("server.key"),
+    };
+    std::fs::write(&p.ca, ca.pem()).unwrap();
+    std::fs::write(&p.other_ca, make_ca("someone else").pem()).unwrap();
+    std::fs::write(&p.cert, cert.pem()).unwrap();
+    std::fs::write(&p.key, key.serialize_pem()).unwrap();
+    std::fs::set_permissions(&p.key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    p
+}
+
+fn tls_cluster(dir: &Path) -> (Pg, Pki) {
+    let pki = pki(dir);
+    give_to_pg(dir);
+    let pg = Pg::start_with(&[
+        ("ssl", "on".into()),
+        ("ssl_cert_file", pki.cert.display().to_string()),
+        ("ssl_key_file", pki.key.display().to_string()),
+    ]);
+    pg.app_db(APP_USER, APP_PASSWORD);
+    (pg, pki)
+}
+
+async fn upstream_uses_ssl(proxy: &TestProxy) -> bool {
+    let client = proxy.client().await;
+    let rows = client
+        .simple_query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .await
+        .unwrap();
+    matches!(&rows[1], tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("t"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_tls_modes_encrypt_and_verify_as_libpq_does() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let (pg, pki) = tls_cluster(dir.path());
+    let ca = pki.ca.display();
+    let good = [
+        ("127.0.0.1", "tls = \"require\"".to_owned()),
+        ("127.0.0.1", "tls = \"prefer\"".to_owned()),
+        (
+            "127.0.0.1",
+            format!("tls = \"verify-ca\"\nca_file = \"{ca}\""),
+        ),
+        (
+            "localhost",
+            format!("tls = \"verify-full\"\nca_file = \"{ca}\""),
+        ),
+    ];
+    for (host, tls) in good {
+        let proxy = TestProxy::builder(&pg)
+            .upstream_host(host)
+            .upstream_tls(&tls)
+            .start()
+            .await;
+        assert!(
+            upstream_uses_ssl(&proxy).await,
+            "{tls}: the upstream connection is not encrypted"
+        );
+        proxy.stop().await.unwrap();
+    }
+    let bad = [
+        (
+            "127.0.0.1",
+            format!("tls = \"verify-full\"\nca_file = \"{ca}\""),
+            "certificate not valid for name",
+        ),
+        (
+            "localhost",
+            format!(
+                "tls = \"verify-full\"\nca_file = \"{}\"",
+                pki.other_ca.display()
+            ),
+            "invalid peer certificate",
+        ),
+        (
+            "localhost",
+            format!(
+                "tls = \"verify-ca\"\nca_file = \"{}\"",
+                pki.other_ca.display()
+            ),
+            "invalid peer certificate",
+        ),
+    ];
+    for (host, tls, why) in bad {
+        let proxy = TestProxy::builder(&pg)
+            .upstream_host(host)
+            .upstream_tls(&tls)
+            .pool("acquire_timeout = \"1s\"")
+            .start_unready()
+            .await;
+        let e = proxy.connect(&proxy.url()).await.unwrap_err();
+        let msg = e
+            .as_db_error()
+            .map(|d| d.message().to_owned())
+            .unwrap_or_default();
+        assert!(msg.contains(why), "{tls}: expected {why} in {msg:?}");
+        assert_eq!(proxy.get("/readyz").await.0, 503);
+        proxy.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_tls_upstream_refuses_a_plain_server() {
+    let pg = app_cluster();
+    let proxy = TestProxy::builder(&pg)
+        .upstream_tls("tls = \"require\"")
+        .pool("acquire_timeout = \"1s\"")
+        .start_unready()
+        .await;
+    let e = proxy.connect(&proxy.url()).await.unwrap_err();
+    let msg = e
+        .as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_default();
+    assert!(msg.contains("does not accept TLS"), "{msg}");
+    proxy.stop().await.unwrap();
+    // prefer falls back to plain.
+    let proxy = TestProxy::builder(&pg)
+        .upstream_tls("tls = \"prefer\"")
+        .start()
+        .await;
+    assert!(!upstream_uses_ssl(&proxy).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_can_use_tls_and_require_tls_refuses_plain_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let pg = app_cluster();
+    let proxy = TestProxy::builder(&pg)
+        .listen(&format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"",
+            pki.cert.display(),
+            pki.key.display()
+        ))
+        .start()
+        .await;
+    let (ok, out, err) = psql(&proxy, "sslmode=require", &["-c", "\\conninfo"]).await;
+    assert!(ok && out.contains("SSL connection"), "{out}{err}");
+    let (ok, out, err) = psql(
+        &proxy,
+        &format!(
+            "sslmode=verify-full host=localhost sslrootcert={}",
+            pki.ca.display()
+        ),
+        &["-qAt", "-c", "SELECT 1"],
+    )
+    .await;
+    assert!(ok && out.trim() == "1", "{out}{err}");
+    let (ok, _, _) = psql(&proxy, "sslmode=disable", &["-c", "SELECT 1"]).await;
+    assert!(ok, "TLS is optional unless required");
+    proxy.stop().await.unwrap();
+
+    let proxy = TestProxy::builder(&pg)
+        .listen(&format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"\nrequire_tls = true",
+            pki.cert.display(),
+            pki.key.display()
+        ))
+        .start()
+        .await;
+    let (ok, _, err) = psql(&proxy, "sslmode=disable", &["-c", "SELECT 1"]).await;
+    assert!(!ok && err.contains("rotagate requires TLS"), "{err}");
+    let (ok, _, err) = psql(&proxy, "sslmode=require", &["-c", "SELECT 1"]).await;
+    assert!(ok, "{err}");
+}
