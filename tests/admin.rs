@@ -1,0 +1,63 @@
+//! The admin listener: health, readiness, metrics and status.
+
+mod common;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_metrics_and_status() {
+    let pg = app_cluster();
+    let proxy = TestProxy::builder(&pg).pool_size(3).start().await;
+    assert_eq!(proxy.get("/healthz").await.0, 200);
+    assert_eq!(proxy.get("/readyz").await.0, 200);
+    let client = proxy.client().await;
+    for _ in 0..5 {
+        client.simple_query("SELECT 1").await.unwrap();
+    }
+    let (status, metrics) = proxy.get("/metrics").await;
+    assert_eq!(status, 200);
+    for name in [
+        "rotagate_client_connections",
+        "rotagate_server_connections{state=\"idle\"}",
+        "rotagate_server_connections{state=\"active\"}",
+        "rotagate_transactions_total",
+        "rotagate_pool_wait_seconds_bucket",
+        "rotagate_credential_generation 1",
+        "# HELP rotagate_transactions_total",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
+    }
+    let (status, body) = proxy.get("/status").await;
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["generation"], 1);
+    assert_eq!(json["credential"]["source"], "file");
+    assert_eq!(json["credential"]["username"], APP_USER);
+    assert!(json["pools"][0]["connections"].as_u64().unwrap() >= 1);
+    assert_eq!(proxy.get("/nope").await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_while_the_upstream_refuses_the_credential() {
+    let pg = app_cluster();
+    pg.sql(&format!("ALTER ROLE {APP_USER} PASSWORD 'something-else'"));
+    let proxy = TestProxy::builder(&pg)
+        .pool("acquire_timeout = \"1s\"")
+        .start_unready()
+        .await;
+    assert_eq!(proxy.get("/healthz").await.0, 200);
+    wait_until(20, "an auth failure to be counted", || async {
+        proxy
+            .get("/metrics")
+            .await
+            .1
+            .contains("rotagate_backend_auth_failures_total")
+    })
+    .await;
+    assert_eq!(proxy.get("/readyz").await.0, 503);
+    pg.sql(&format!("ALTER ROLE {APP_USER} PASSWORD '{APP_PASSWORD}'"));
+    wait_until(30, "readiness once the password matches again", || async {
+        proxy.get("/readyz").await.0 == 200
+    })
+    .await;
+}

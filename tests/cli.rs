@@ -1,0 +1,183 @@
+//! The binary as users run it: check-config, hash-password, and a whole run whose logs,
+//! metrics and status must never contain a password.
+
+mod common;
+
+use common::*;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rotagate"))
+}
+
+#[test]
+fn check_config_lists_every_bad_field_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[listen]\naddr = \"nowhere\"\n[pool]\nmode = \"sometimes\"\nsize = 0\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for field in [
+        "listen.addr",
+        "pool.mode",
+        "pool.size",
+        "upstream",
+        "clients",
+        "credentials.source",
+    ] {
+        assert!(err.contains(field), "{field} not named in:\n{err}");
+    }
+}
+
+#[test]
+fn check_config_reads_rotagate_config_and_env_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("good.toml");
+    std::fs::write(
+        &path,
+        "[[clients]]\nuser = \"a\"\npassword = \"p\"\n[upstream]\nhost = \"db\"\ndatabase = \"d\"\n\
+         [credentials]\nsource = \"file\"\n[credentials.file]\npath = \"/x\"\n",
+    )
+    .unwrap();
+    let ok = bin()
+        .arg("check-config")
+        .env("ROTAGATE_CONFIG", &path)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let bad = bin()
+        .arg("check-config")
+        .env("ROTAGATE_CONFIG", &path)
+        .env("ROTAGATE_POOL__SIZE", "-3")
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("pool.size"));
+}
+
+#[test]
+fn hash_password_prints_a_verifier_and_hides_nothing_else() {
+    let mut child = bin()
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"s3cret-input\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("SCRAM-SHA-256$4096:"), "{text}");
+    assert!(!text.contains("s3cret-input"));
+    assert!(rotagate::frontend::scram::parse_verifier(text.trim()).is_some());
+}
+
+/// Runs the real binary through logins (good and bad), queries and a shutdown, then searches
+/// everything it printed and served for every password involved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_password_reaches_logs_metrics_or_status() {
+    let pg = app_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret.json");
+    write_secret(&secret, &pg, APP_USER, APP_PASSWORD);
+    let (port, admin) = (pg::free_port(), pg::free_port());
+    let config = dir.path().join("rotagate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\naddr = \"127.0.0.1:{port}\"\n[admin]\naddr = \"127.0.0.1:{admin}\"\n\
+             [[clients]]\nuser = \"{CLIENT_USER}\"\npassword = \"{CLIENT_PASSWORD}\"\n\
+             [upstream]\nhost = \"127.0.0.1\"\nport = {}\ndatabase = \"appdb\"\ntls = \"disable\"\n\
+             [pool]\nsize = 2\nacquire_timeout = \"2s\"\n[credentials]\nsource = \"file\"\n[credentials.file]\npath = \"{}\"\n",
+            pg.port,
+            secret.display()
+        ),
+    )
+    .unwrap();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rotagate"))
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let admin_addr = format!("127.0.0.1:{admin}").parse().unwrap();
+    wait_until(30, "readiness", || async {
+        http(admin_addr, "GET", "/readyz").await.0 == 200
+    })
+    .await;
+    let url = |pw: &str| {
+        format!("host=127.0.0.1 port={port} user={CLIENT_USER} password={pw} dbname=appdb")
+    };
+    let (client, conn) = tokio_postgres::connect(&url(CLIENT_PASSWORD), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client.simple_query("SELECT 1").await.unwrap();
+    assert!(
+        tokio_postgres::connect(&url("wrong-guess-pw"), tokio_postgres::NoTls)
+            .await
+            .is_err()
+    );
+    // A broken upstream password: logins fail upstream and are logged.
+    pg.sql(&format!("ALTER ROLE {APP_USER} PASSWORD 'rotated-away-pw'"));
+    pg.sql(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{APP_USER}'"
+    ));
+    let _ = client.simple_query("SELECT 1").await;
+    let served = [
+        http(admin_addr, "GET", "/metrics").await.1,
+        http(admin_addr, "GET", "/status").await.1,
+    ]
+    .join("\n");
+    assert!(served.contains("rotagate_"), "{served}");
+    nix_term(child.id().unwrap());
+    let out = child.wait_with_output().await.unwrap();
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        logs.contains("upstream login failed"),
+        "the failure path was exercised:\n{logs}"
+    );
+    for pw in [
+        APP_PASSWORD,
+        CLIENT_PASSWORD,
+        "wrong-guess-pw",
+        "rotated-away-pw",
+    ] {
+        assert!(!logs.contains(pw), "{pw} in logs:\n{logs}");
+        assert!(!served.contains(pw), "{pw} served by the admin listener");
+    }
+}
+
+fn nix_term(pid: u32) {
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+}
