@@ -110,7 +110,19 @@ fn init_tracing(format: LogFormat) {
 }
 
 fn run(cfg: rotagate::config::Config) -> ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
+    // One event-loop thread by default: on a proxy, cross-thread wake-ups cost more CPU per
+    // transaction than they buy (measured in benches/proxy.rs); `listen.workers` adds threads.
+    let runtime = if cfg.listen.workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cfg.listen.workers)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

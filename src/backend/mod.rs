@@ -54,11 +54,15 @@ pub struct ServerParams {
     pub set_by_us: HashSet<String>,
     /// Reported values right after login: what a client that names none of them gets.
     pub defaults: HashMap<String, String>,
+    /// Fingerprint of the client settings this connection was last made to match; cleared by
+    /// any reported change.
+    pub synced_to: Option<u64>,
 }
 
 impl ServerParams {
     /// Records a ParameterStatus.
     pub fn report(&mut self, name: &str, value: &str) {
+        self.synced_to = None;
         match self.reported.iter_mut().find(|(n, _)| n == name) {
             Some(slot) => slot.1 = value.to_owned(),
             None => self.reported.push((name.to_owned(), value.to_owned())),

@@ -35,6 +35,9 @@ pub struct ListenConfig {
     pub max_message_size: usize,
     /// How long shutdown waits for open transactions before closing sessions.
     pub shutdown_timeout: Duration,
+    /// Threads running the event loop. 1 is a single-threaded loop (as PgBouncer's), the most
+    /// CPU-efficient per transaction; more spread clients over more cores.
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -26,6 +26,7 @@ pub struct RawListen {
     pub auth_timeout: Option<String>,
     pub max_message_size: Option<i64>,
     pub shutdown_timeout: Option<String>,
+    pub workers: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -131,6 +131,7 @@ fn listen(c: &mut Check, r: RawListen) -> ListenConfig {
             1024,
             1 << 30,
         ) as usize,
+        workers: c.range("listen.workers", r.workers, 1, 1, 256) as usize,
         shutdown_timeout: c.duration(
             "listen.shutdown_timeout",
             r.shutdown_timeout.as_ref(),

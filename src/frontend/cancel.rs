@@ -3,19 +3,26 @@
 //! transactions, and then a CancelRequest is dropped, as it would have nothing to cancel).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Where a client's CancelRequest goes right now: an upstream (pid, secret key), or nowhere.
+/// Set twice per transaction, so it is one atomic word: pid in the high half (0 = none; no
+/// PostgreSQL backend has pid 0), key in the low half.
 #[derive(Debug, Default)]
-pub struct CancelSlot(Mutex<Option<(i32, i32)>>);
+pub struct CancelSlot(AtomicU64);
 
 impl CancelSlot {
     pub fn set(&self, target: Option<(i32, i32)>) {
-        *self.0.lock().expect("cancel slot lock") = target;
+        let word = target.map_or(0, |(pid, key)| {
+            (u64::from(pid as u32) << 32) | u64::from(key as u32)
+        });
+        self.0.store(word, Ordering::Release);
     }
 
     pub fn get(&self) -> Option<(i32, i32)> {
-        *self.0.lock().expect("cancel slot lock")
+        let word = self.0.load(Ordering::Acquire);
+        (word >> 32 != 0).then_some(((word >> 32) as u32 as i32, word as u32 as i32))
     }
 }
 
@@ -82,8 +89,11 @@ mod tests {
         let k = reg.register(Some(42));
         assert_eq!(k.pid, 42);
         assert_eq!(reg.lookup(42, k.key), None);
+        k.slot.set(Some((7, -8)));
+        assert_eq!(reg.lookup(42, k.key), Some((7, -8)));
+        k.slot.set(None);
+        assert_eq!(reg.lookup(42, k.key), None);
         k.slot.set(Some((7, 8)));
-        assert_eq!(reg.lookup(42, k.key), Some((7, 8)));
         assert_eq!(reg.lookup(42, k.key.wrapping_add(1)), None);
         let key = k.key;
         drop(k);

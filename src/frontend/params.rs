@@ -21,6 +21,15 @@ const SETTABLE_REPORTED: &[&str] = &[
 pub struct Expected(pub Vec<(String, String)>);
 
 impl Expected {
+    /// Identifies this exact set of values. A connection remembers the fingerprint it was last
+    /// synced to, so handing it to a client with identical settings needs no comparison.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.0.hash(&mut h);
+        h.finish()
+    }
+
     /// The client's startup parameters, with `options` expanded.
     pub fn from_startup(params: &[(String, String)]) -> Result<Self, FrontendError> {
         let mut out = Vec::new();

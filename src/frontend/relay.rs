@@ -32,6 +32,8 @@ pub struct ClientSide {
     pub ready: usize,
     pub scan: Scanner,
     pub expected: Expected,
+    /// `expected.fingerprint()`, kept current.
+    pub fingerprint: u64,
 }
 
 /// How a relay ended.

@@ -35,6 +35,7 @@ pub async fn serve(mut login: Login, fe: &Frontend) {
         ready: 0,
         scan: Scanner::default(),
         expected: Expected::default(),
+        fingerprint: 0,
     };
     if let Err(e) = run(&mut client, expected, fe).await {
         tracing::info!(user = %login.user, error = %e, "client session ended with an error");
@@ -53,8 +54,10 @@ async fn run(
 
     let mut server = acquire(fe).await?;
     expected.fill_defaults(&server.params);
-    apply(&expected, &mut server).await?;
+    apply(&expected, expected.fingerprint(), &mut server).await?;
     expected.settle(&server.params);
+    client.fingerprint = expected.fingerprint();
+    server.params.synced_to = Some(client.fingerprint);
     client.expected = expected;
     let session_pid = (fe.mode == PoolMode::Session).then_some(server.pid);
     let cancel = fe.cancels.register(session_pid);
@@ -80,7 +83,14 @@ async fn acquire(fe: &Frontend) -> Result<Pooled, FrontendError> {
 }
 
 /// Makes the upstream session match what the client expects.
-async fn apply(expected: &Expected, server: &mut Pooled) -> Result<(), FrontendError> {
+async fn apply(
+    expected: &Expected,
+    fingerprint: u64,
+    server: &mut Pooled,
+) -> Result<(), FrontendError> {
+    if server.params.synced_to == Some(fingerprint) {
+        return Ok(());
+    }
     if let Some(sql) = expected.sync_sql(&server.params) {
         if let Err(e) = query::simple(server, &sql).await {
             if server.broken {
@@ -90,6 +100,7 @@ async fn apply(expected: &Expected, server: &mut Pooled) -> Result<(), FrontendE
         }
         expected.applied(&mut server.params);
     }
+    server.params.synced_to = Some(fingerprint);
     Ok(())
 }
 
@@ -136,6 +147,7 @@ async fn session_mode(
 async fn reset(server: &mut Pooled) {
     match query::simple(server, "DISCARD ALL").await {
         Ok(()) => {
+            server.params.synced_to = None;
             let ours: Vec<String> = server.params.set_by_us.drain().collect();
             for name in ours {
                 server.params.current.remove(&name);
@@ -173,7 +185,7 @@ async fn transaction_mode(
             return Ok(());
         }
         let mut server = acquire(fe).await?;
-        apply(&client.expected, &mut server).await?;
+        apply(&client.expected, client.fingerprint, &mut server).await?;
         cancel.slot.set(Some((server.pid, server.key)));
         let end = relay(client, &mut server, &ctx(fe)).await;
         cancel.slot.set(None);

@@ -52,6 +52,7 @@ pub struct Pools {
     current_id: Arc<AtomicU64>,
     current: ArcSwap<Generation>,
     draining: Mutex<Vec<Arc<Generation>>>,
+    wait_seconds: metrics::Histogram,
 }
 
 impl Pools {
@@ -66,6 +67,7 @@ impl Pools {
             current_id,
             current: ArcSwap::from_pointee(first),
             draining: Mutex::new(Vec::new()),
+            wait_seconds: metrics::histogram!("rotagate_pool_wait_seconds"),
         }
     }
 
@@ -74,7 +76,7 @@ impl Pools {
         let generation = self.current.load_full();
         let started = Instant::now();
         let result = generation.pool.get_owned().await;
-        metrics::histogram!("rotagate_pool_wait_seconds").record(started.elapsed().as_secs_f64());
+        self.wait_seconds.record(started.elapsed().as_secs_f64());
         result.map_err(|e| match e {
             RunError::User(e) => PoolError::Backend(e),
             RunError::TimedOut => PoolError::Timeout {

@@ -1,0 +1,358 @@
+//! pgbench through direct PostgreSQL, rotagate and (when installed) PgBouncer, side by side in
+//! one run against the same private cluster, with the same pool size and client auth (SCRAM).
+//! Prints TPS, mean latency and proxy CPU per transaction, and rotagate/PgBouncer ratios.
+//!
+//!     cargo bench --bench proxy                 # 10 s per run
+//!     BENCH_SECONDS=30 cargo bench --bench proxy
+//!
+//! PgBouncer: `apt-get install pgbouncer`; it runs as the `postgres` user when we are root.
+
+#[path = "../tests/common/pg.rs"]
+#[allow(dead_code)]
+mod pg;
+
+use pg::{Pg, free_port, give_to_pg};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const USER: &str = "app";
+const PASSWORD: &str = "static-client-pw";
+const UP_USER: &str = "app_owner";
+const UP_PASSWORD: &str = "upstream-pw-1";
+/// Pool size for both proxies. Session mode gets one connection per client (40 >= 32
+/// clients): a session-mode client holds its connection, and pgbench connects every client
+/// before it starts.
+const POOL: u32 = 16;
+const SESSION_POOL: u32 = 40;
+
+fn pool_for(mode: &str) -> u32 {
+    if mode == "session" {
+        SESSION_POOL
+    } else {
+        POOL
+    }
+}
+
+struct Target {
+    name: &'static str,
+    port: u16,
+    user: &'static str,
+    password: &'static str,
+    pid: Option<u32>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Result {
+    tps: f64,
+    latency_ms: f64,
+    cpu_us_per_tx: Option<f64>,
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after "(comm) ".
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+fn ticks_per_second() -> f64 {
+    let out = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .expect("getconf");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(100.0)
+}
+
+fn pgbench(t: &Target, args: &[&str], secs: u64) -> Result {
+    let before = t.pid.map(cpu_ticks);
+    let out = Command::new("pgbench")
+        .env("PGPASSWORD", t.password)
+        .args([
+            "-n",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &t.port.to_string(),
+            "-U",
+            t.user,
+            "-T",
+            &secs.to_string(),
+        ])
+        .args(args)
+        .arg("appdb")
+        .output()
+        .expect("pgbench");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let grab = |key: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l[key.len()..].split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    if !out.status.success() || !text.contains("failed transactions: 0 ") {
+        eprintln!("{}: pgbench {:?} had failures:\n{text}", t.name, args);
+    }
+    let tps = grab("tps = ");
+    let txs = tps * secs as f64;
+    let cpu = match (t.pid, before) {
+        (Some(pid), Some(b)) if txs > 0.0 => {
+            Some((cpu_ticks(pid) - b) as f64 / ticks_per_second() * 1e6 / txs)
+        }
+        _ => None,
+    };
+    Result {
+        tps,
+        latency_ms: grab("latency average = "),
+        cpu_us_per_tx: cpu,
+    }
+}
+
+fn wait_port(port: u16, child: &mut Child, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(child.try_wait().unwrap().is_none(), "{what} exited early");
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn start_rotagate(dir: &Path, pg: &Pg, mode: &str) -> (Child, u16) {
+    let (port, admin) = (free_port(), free_port());
+    let secret = dir.join("secret.json");
+    std::fs::write(
+        &secret,
+        format!(r#"{{"username":"{UP_USER}","password":"{UP_PASSWORD}"}}"#),
+    )
+    .unwrap();
+    let config = dir.join(format!("rotagate-{mode}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\naddr = \"127.0.0.1:{port}\"\n[admin]\naddr = \"127.0.0.1:{admin}\"\n\
+             [[clients]]\nuser = \"{USER}\"\npassword = \"{PASSWORD}\"\n\
+             [upstream]\nhost = \"127.0.0.1\"\nport = {}\ndatabase = \"appdb\"\ntls = \"disable\"\n\
+             [pool]\nmode = \"{mode}\"\nsize = {}\n\
+             [credentials]\nsource = \"file\"\n[credentials.file]\npath = \"{}\"\n",
+            pg.port,
+            pool_for(mode),
+            secret.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rotagate"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(port, &mut child, "rotagate");
+    (child, port)
+}
+
+fn start_pgbouncer(dir: &Path, pg: &Pg, mode: &str) -> Option<(Child, u16)> {
+    let bin = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())?;
+    let port = free_port();
+    let bdir = dir.join(format!("pgbouncer-{mode}"));
+    std::fs::create_dir_all(&bdir).unwrap();
+    std::fs::write(
+        bdir.join("userlist.txt"),
+        format!("\"{USER}\" \"{PASSWORD}\"\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        bdir.join("pgbouncer.ini"),
+        format!(
+            "[databases]\nappdb = host=127.0.0.1 port={} dbname=appdb user={UP_USER} password={UP_PASSWORD}\n\
+             [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+             auth_type = scram-sha-256\nauth_file = {}/userlist.txt\npool_mode = {mode}\n\
+             default_pool_size = {}\nmax_client_conn = 2000\nlogfile = {}/pgbouncer.log\n",
+            pg.port,
+            bdir.display(),
+            pool_for(mode),
+            bdir.display()
+        ),
+    )
+    .unwrap();
+    give_to_pg(&bdir);
+    let mut cmd = if Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+    {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", bin]);
+        c
+    } else {
+        Command::new(bin)
+    };
+    let mut child = cmd
+        .arg(bdir.join("pgbouncer.ini"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(port, &mut child, "pgbouncer");
+    Some((child, port))
+}
+
+/// The pgbouncer process itself (runuser forks it as a child).
+fn real_pid(child: &Child) -> u32 {
+    let children =
+        std::fs::read_to_string(format!("/proc/{}/task/{}/children", child.id(), child.id()))
+            .unwrap_or_default();
+    children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(child.id())
+}
+
+fn fmt_cpu(r: &Result) -> String {
+    r.cpu_us_per_tx
+        .map(|c| format!("{c:.1}"))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn main() {
+    // `cargo test --benches` runs this with --test-ish args; only `cargo bench` measures.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let secs: u64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let pg = Pg::start_with(&[("max_connections", "400".into())]);
+    pg.app_db(UP_USER, UP_PASSWORD);
+    pg.sql(&format!("CREATE ROLE {USER} LOGIN PASSWORD '{PASSWORD}'"));
+    pg.sql_in("appdb", &format!("GRANT pg_read_all_data TO {USER}"));
+    pg.pgbench_init(UP_USER, UP_PASSWORD);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+
+    println!(
+        "pgbench -T {secs} against PostgreSQL {} (pool size {POOL}, session mode {SESSION_POOL}; SCRAM client auth everywhere)",
+        pg.sql("SHOW server_version")
+    );
+    println!(
+        "{:<34} {:>10} {:>10} {:>10} {:>8} {:>9} {:>9} {:>9} {:>9}",
+        "scenario",
+        "direct",
+        "rotagate",
+        "pgbouncer",
+        "rg/pgb",
+        "rg ms",
+        "pgb ms",
+        "rg us/tx",
+        "pgb us/tx"
+    );
+    let direct = Target {
+        name: "direct",
+        port: pg.port,
+        user: USER,
+        password: PASSWORD,
+        pid: None,
+    };
+    let mut scenarios: Vec<(&str, String, Vec<String>)> = Vec::new();
+    for mode in ["transaction", "session"] {
+        for proto in ["simple", "extended"] {
+            for clients in ["8", "32"] {
+                let args = vec![
+                    "-S".into(),
+                    "-M".into(),
+                    proto.into(),
+                    "-c".into(),
+                    clients.into(),
+                    "-j".into(),
+                    "2".into(),
+                ];
+                scenarios.push((mode, format!("{mode} -S -M {proto} -c {clients}"), args));
+            }
+        }
+        let churn = vec![
+            "-S".into(),
+            "-C".into(),
+            "-c".into(),
+            "8".into(),
+            "-j".into(),
+            "2".into(),
+        ];
+        scenarios.push((mode, format!("{mode} -S -C -c 8 (new conn/tx)"), churn));
+    }
+    for mode in ["transaction", "session"] {
+        let (mut rg, rg_port) = start_rotagate(dir.path(), &pg, mode);
+        let bouncer = start_pgbouncer(dir.path(), &pg, mode);
+        let rg_t = Target {
+            name: "rotagate",
+            port: rg_port,
+            user: USER,
+            password: PASSWORD,
+            pid: Some(rg.id()),
+        };
+        let pgb_t = bouncer.as_ref().map(|(c, p)| Target {
+            name: "pgbouncer",
+            port: *p,
+            user: USER,
+            password: PASSWORD,
+            pid: Some(real_pid(c)),
+        });
+        let filter = std::env::var("BENCH_FILTER").unwrap_or_default();
+        for (_, label, args) in scenarios
+            .iter()
+            .filter(|s| s.0 == mode && s.1.contains(&filter))
+        {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let d = pgbench(&direct, &args, secs);
+            let r = pgbench(&rg_t, &args, secs);
+            let b = pgb_t
+                .as_ref()
+                .map(|t| pgbench(t, &args, secs))
+                .unwrap_or_default();
+            let ratio = if b.tps > 0.0 {
+                format!("{:.2}x", r.tps / b.tps)
+            } else {
+                "-".into()
+            };
+            println!(
+                "{label:<34} {:>10.0} {:>10.0} {:>10.0} {ratio:>8} {:>9.3} {:>9.3} {:>9} {:>9}",
+                d.tps,
+                r.tps,
+                b.tps,
+                r.latency_ms,
+                b.latency_ms,
+                fmt_cpu(&r),
+                fmt_cpu(&b)
+            );
+        }
+        let _ = rg.kill();
+        let _ = rg.wait();
+        if let Some((mut c, _)) = bouncer {
+            let _ = Command::new("kill").arg(real_pid(&c).to_string()).status();
+            let _ = c.wait();
+        }
+    }
+    if !["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+        .iter()
+        .any(|p| Path::new(p).exists())
+    {
+        println!("(PgBouncer not installed: apt-get install pgbouncer for the comparison)");
+    }
+}
