@@ -221,6 +221,56 @@ fn real_pid(child: &Child) -> u32 {
         .unwrap_or(child.id())
 }
 
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Opens `n` idle clients (logged in, then silent) and reports rotagate's memory per client.
+fn idle_clients(port: u16, pid: u32, n: usize) {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let before = rss_kib(pid);
+    let url = format!(
+        "host=127.0.0.1 port={port} user={USER} password={PASSWORD} dbname=appdb sslmode=disable"
+    );
+    let held = rt.block_on(async {
+        use futures::StreamExt;
+        futures::stream::iter(0..n)
+            .map(|_| {
+                let url = url.clone();
+                async move {
+                    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                        .await
+                        .ok()?;
+                    tokio::spawn(conn);
+                    Some(client)
+                }
+            })
+            .buffer_unordered(64)
+            .filter_map(|c| async move { c })
+            .collect::<Vec<_>>()
+            .await
+    });
+    let after = rss_kib(pid);
+    println!(
+        "idle clients: {} of {n} held open; rotagate RSS {before} KiB -> {after} KiB = {:.1} KiB per idle client",
+        held.len(),
+        (after.saturating_sub(before)) as f64 / held.len().max(1) as f64
+    );
+    drop(held);
+    drop(rt);
+}
+
 fn fmt_cpu(r: &Result) -> String {
     r.cpu_us_per_tx
         .map(|c| format!("{c:.1}"))
@@ -341,6 +391,13 @@ fn main() {
                 fmt_cpu(&r),
                 fmt_cpu(&b)
             );
+        }
+        if mode == "transaction" {
+            let n = std::env::var("BENCH_IDLE")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(10_000);
+            idle_clients(rg_port, rg.id(), n);
         }
         let _ = rg.kill();
         let _ = rg.wait();

@@ -110,6 +110,7 @@ fn init_tracing(format: LogFormat) {
 }
 
 fn run(cfg: rotagate::config::Config) -> ExitCode {
+    raise_open_files(cfg.listen.max_clients);
     // One event-loop thread by default: on a proxy, cross-thread wake-ups cost more CPU per
     // transaction than they buy (measured in benches/proxy.rs); `listen.workers` adds threads.
     let runtime = if cfg.listen.workers == 1 {
@@ -144,6 +145,21 @@ fn run(cfg: rotagate::config::Config) -> ExitCode {
             eprintln!("rotagate: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Each client takes a file descriptor and so does its upstream connection: raise the soft
+/// limit to the hard one, and say so when even that is below what `max_clients` needs.
+fn raise_open_files(max_clients: usize) {
+    let wanted = max_clients as u64 + 1024;
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < wanted => tracing::warn!(
+            limit,
+            max_clients,
+            "the open-files limit is below listen.max_clients; raise it (ulimit -n, LimitNOFILE) or lower max_clients"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
     }
 }
 
