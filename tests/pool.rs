@@ -5,17 +5,6 @@ mod common;
 
 use common::*;
 use std::time::Duration;
-use tokio_postgres::SimpleQueryMessage;
-
-async fn one(client: &tokio_postgres::Client, sql: &str) -> String {
-    let rows = client.simple_query(sql).await.unwrap();
-    rows.iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("NULL").to_owned()),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("no row from {sql}"))
-}
 
 fn upstream_count(pg: &common::pg::Pg) -> usize {
     pg.sql(&format!(

@@ -8,16 +8,6 @@ use futures::future::join_all;
 use tokio_postgres::SimpleQueryMessage;
 use tokio_postgres::types::Type;
 
-async fn one(client: &tokio_postgres::Client, sql: &str) -> String {
-    let rows = client.simple_query(sql).await.unwrap();
-    rows.iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("NULL").to_owned()),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("no row from {sql}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn named_prepared_statements_work_in_session_mode_and_are_refused_clearly_in_transaction_mode()
  {

@@ -298,3 +298,16 @@ pub async fn pgbench(proxy: &TestProxy, args: &[&str]) -> (bool, String) {
 pub fn pgbench_clean(out: &str) -> bool {
     out.contains("failed transactions: 0 ") && !out.contains("aborted")
 }
+
+/// The first column of the first row of a simple query.
+pub async fn one(client: &tokio_postgres::Client, sql: &str) -> String {
+    let rows = client.simple_query(sql).await.unwrap();
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some(r.get(0).unwrap_or("NULL").to_owned())
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no row from {sql}"))
+}
