@@ -7,17 +7,21 @@
 //! 4. the admin listener stops last.
 
 use crate::admin::{self, AdminState};
-use crate::backend::{UpstreamTarget, query};
+use crate::backend::UpstreamTarget;
 use crate::config::{Config, SourceKind};
 use crate::frontend::{self, Frontend, cancel::CancelRegistry, scram::ClientAuth};
 use crate::pool::Pools;
-use crate::secrets;
+use crate::rotation::breaker::Breaker;
+use crate::rotation::{Engine, EngineParts, RotationHandle, RotationStatus};
+use crate::secrets::cache::{Cache, CacheKey};
+use crate::secrets::provider::{EventSource, FileProvider, FileWatcher, SecretProvider, Stage};
+use crate::secrets::{Credentials, SecretString};
 use anyhow::Context;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -58,25 +62,49 @@ impl App {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let prometheus = admin::metrics::install();
         let cfg = self.cfg;
-        let creds = initial_credentials(&cfg)?;
-        tracing::info!(source = "file", version = %creds.version, username = %creds.username, "credential loaded");
+        let (provider, events) = source(&cfg)?;
+        let cache = cache(&cfg)?;
+        let creds = initial_credentials(provider.as_ref(), cache.as_ref()).await?;
+        tracing::info!(source = provider.kind(), version = %creds.version, username = %creds.username, "credential loaded");
+        let status = Arc::new(RotationStatus::new(
+            provider.kind(),
+            creds.version.clone(),
+            creds.username.clone(),
+        ));
         let target = Arc::new(UpstreamTarget::from_config(&cfg.upstream)?);
         let pools = Arc::new(Pools::new(cfg.pool.clone(), target, creds));
         let ready = Arc::new(AtomicBool::new(false));
         let tracker = TaskTracker::new();
-        let admin_stop = CancellationToken::new();
-
-        let state = AdminState {
+        let (rotate_tx, rotate_rx) = tokio::sync::mpsc::channel(8);
+        let engine = Engine::new(EngineParts {
+            provider,
+            events,
+            pools: pools.clone(),
+            upstream: cfg.upstream.clone(),
+            allow_endpoint_change: cfg.credentials.allow_endpoint_change,
+            refresh_interval: cfg.credentials.refresh_interval,
+            breaker: Breaker::new(
+                cfg.credentials.breaker_failures,
+                cfg.credentials.breaker_cooldown,
+            ),
+            cache,
+            status: status.clone(),
             ready: ready.clone(),
+        });
+        tracker.spawn(engine.run(rotate_rx, shutdown.clone(), tracker.clone()));
+
+        let admin_stop = CancellationToken::new();
+        let state = AdminState {
+            ready,
             shutdown: shutdown.clone(),
             prometheus,
             pools: pools.clone(),
-            source: "file",
+            status,
+            rotation: RotationHandle::new(rotate_tx),
+            token: admin_token(&cfg)?,
             started: SystemTime::now(),
         };
         let admin_task = tokio::spawn(serve_admin(self.admin, state, admin_stop.clone()));
-        tracker.spawn(first_check(pools.clone(), ready.clone(), shutdown.clone()));
-
         let fe = Arc::new(Frontend {
             tls: client_tls(&cfg)?,
             auth: ClientAuth::from_config(&cfg.clients),
@@ -105,40 +133,82 @@ impl App {
     }
 }
 
-fn initial_credentials(cfg: &Config) -> anyhow::Result<secrets::Credentials> {
+type Source = (Arc<dyn SecretProvider>, Vec<Box<dyn EventSource>>);
+
+/// The configured credential source and the events that say it may have changed.
+fn source(cfg: &Config) -> anyhow::Result<Source> {
     match (cfg.credentials.source, &cfg.credentials.file) {
-        (SourceKind::File, Some(f)) => Ok(secrets::file::read_credentials(&f.path)?),
+        (SourceKind::File, Some(f)) => {
+            let watcher = FileWatcher {
+                path: f.path.clone(),
+                interval: Duration::from_millis(250),
+            };
+            Ok((
+                Arc::new(FileProvider {
+                    path: f.path.clone(),
+                }),
+                vec![Box::new(watcher)],
+            ))
+        }
         (kind, _) => anyhow::bail!("credential source {kind:?} is not available in this build"),
     }
 }
 
-/// Readiness: the credential logs in and answers `SELECT 1`. Retries until it does.
-async fn first_check(pools: Arc<Pools>, ready: Arc<AtomicBool>, shutdown: CancellationToken) {
-    let mut delay = Duration::from_millis(200);
-    while !shutdown.is_cancelled() {
-        let attempt = async {
-            let mut conn = pools.acquire().await.map_err(|e| e.to_string())?;
-            query::simple(&mut conn, "SELECT 1")
-                .await
-                .map_err(|e| e.to_string())
-        };
-        match attempt.await {
-            Ok(()) => {
-                ready.store(true, Ordering::Release);
-                tracing::info!(
-                    generation = pools.generation(),
-                    "upstream login validated; ready"
-                );
-                return;
-            }
-            Err(e) => tracing::warn!(error = %e, "upstream not usable yet; retrying"),
+fn cache(cfg: &Config) -> anyhow::Result<Option<Cache>> {
+    let Some(path) = &cfg.credentials.cache_file else {
+        return Ok(None);
+    };
+    let key = match (&cfg.credentials.cache_key, &cfg.credentials.cache_key_file) {
+        (Some(k), _) => CacheKey::from_base64(k)?,
+        (None, Some(file)) => CacheKey::from_file(file)?,
+        (None, None) => anyhow::bail!(
+            "credentials.cache_file needs ROTAGATE_CACHE_KEY or credentials.cache_key_file"
+        ),
+    };
+    Ok(Some(Cache::new(path.clone(), key)))
+}
+
+/// The source's credential; when the source cannot be read, the last-known-good cache's. A
+/// cache that does not decrypt stops the start: it is never served.
+async fn initial_credentials(
+    provider: &dyn SecretProvider,
+    cache: Option<&Cache>,
+) -> anyhow::Result<Credentials> {
+    let err = match provider.fetch(Stage::Current).await {
+        Ok(c) => return Ok(c),
+        Err(e) => e,
+    };
+    let Some(cache) = cache else {
+        anyhow::bail!(
+            "cannot read the credential from the {} source: {err}",
+            provider.kind()
+        );
+    };
+    match cache.load()? {
+        Some(c) => {
+            tracing::warn!(error = %err, version = %c.version, "credential source unavailable; starting from the encrypted cache");
+            Ok(c)
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(10));
+        None => anyhow::bail!(
+            "cannot read the credential from the {} source ({err}) and the cache is empty",
+            provider.kind()
+        ),
     }
+}
+
+fn admin_token(cfg: &Config) -> anyhow::Result<Option<SecretString>> {
+    let Some(path) = &cfg.admin.token_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read admin.token_file {}", path.display()))?;
+    let token = text.trim().to_owned();
+    anyhow::ensure!(
+        !token.is_empty(),
+        "admin.token_file {} is empty",
+        path.display()
+    );
+    Ok(Some(SecretString::new(token)))
 }
 
 async fn serve_admin(listener: TcpListener, state: AdminState, stop: CancellationToken) {

@@ -9,6 +9,8 @@
 //!   nothing of clients or pools.
 //! - [`pool`] owns upstream connections grouped by credential generation; it publishes a new
 //!   generation only when told to and retires old ones as they drain.
+//! - [`rotation`] owns the rotation engine, the only writer of pool generations: triggers ->
+//!   fetch -> validate -> health-check -> publish -> persist -> audit; breaker and backoff.
 //! - [`secrets`] owns credential types (zeroized, redacted) and the sources they come from.
 //! - [`admin`] owns the HTTP listener: health, readiness, metrics, status. It only reads.
 //! - [`wire`] owns the bytes of the PostgreSQL protocol that rotagate writes or scans; no I/O
@@ -24,5 +26,6 @@ pub mod backend;
 pub mod config;
 pub mod frontend;
 pub mod pool;
+pub mod rotation;
 pub mod secrets;
 pub mod wire;

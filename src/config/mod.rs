@@ -127,6 +127,8 @@ pub struct CredentialsConfig {
     pub cache_key_file: Option<PathBuf>,
     pub allow_endpoint_change: bool,
     pub file: Option<FileSourceConfig>,
+    /// From `ROTAGATE_CACHE_KEY` (base64 of 32 bytes), when set.
+    pub cache_key: Option<SecretString>,
 }
 
 #[derive(Debug, Clone)]
@@ -185,9 +187,25 @@ pub fn parse(
     let mut value: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| ConfigErrors::one("config", toml_message(&e)))?;
+    let vars: Vec<(String, String)> = vars.into_iter().collect();
+    let cache_key = vars
+        .iter()
+        .find(|(k, _)| k == "ROTAGATE_CACHE_KEY")
+        .map(|(_, v)| SecretString::new(v.clone()));
     env::apply_overrides(&mut value, vars)?;
     let raw: raw::RawConfig = serde_path_error(value)?;
-    validate(raw)
+    let mut cfg = validate(raw)?;
+    if let Some(key) = cache_key {
+        crate::secrets::cache::CacheKey::from_base64(&key)
+            .map_err(|e| ConfigErrors::one("ROTAGATE_CACHE_KEY", e.to_string()))?;
+        cfg.credentials.cache_key = Some(key);
+    } else if cfg.credentials.cache_file.is_some() && cfg.credentials.cache_key_file.is_none() {
+        return Err(ConfigErrors::one(
+            "credentials.cache_file",
+            "needs a key: set ROTAGATE_CACHE_KEY (base64 of 32 bytes) or credentials.cache_key_file",
+        ));
+    }
+    Ok(cfg)
 }
 
 fn serde_path_error(value: toml::Table) -> Result<raw::RawConfig, ConfigErrors> {

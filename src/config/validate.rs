@@ -340,6 +340,7 @@ fn credentials(c: &mut Check, r: Option<RawCredentials>) -> CredentialsConfig {
         cache_key_file: r.cache_key_file.map(PathBuf::from),
         allow_endpoint_change: r.allow_endpoint_change.unwrap_or(false),
         file,
+        cache_key: None,
     }
 }
 

@@ -17,6 +17,8 @@ pub struct Manager {
     pub current: Arc<AtomicU64>,
     /// The most recent connect failure, for errors that would otherwise only say "timed out".
     pub last_error: Arc<Mutex<Option<String>>>,
+    /// Told when a login of the current generation is refused, so rotation refetches at once.
+    pub auth_failed: Arc<tokio::sync::Notify>,
 }
 
 impl bb8::ManageConnection for Manager {
@@ -33,6 +35,9 @@ impl bb8::ManageConnection for Manager {
             Err(e) => {
                 if e.is_auth_failure() {
                     metrics::counter!("rotagate_backend_auth_failures_total").increment(1);
+                    if self.generation == self.current.load(Ordering::Acquire) {
+                        self.auth_failed.notify_one();
+                    }
                 }
                 metrics::counter!("rotagate_server_logins_total", "result" => "failure")
                     .increment(1);

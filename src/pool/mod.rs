@@ -12,7 +12,8 @@ use bb8::{PooledConnection, RunError};
 use manager::Manager;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{Notify, watch};
 
 /// A checked-out upstream connection; dropping it checks it in (or closes it when broken).
 pub type Pooled = PooledConnection<'static, Manager>;
@@ -23,6 +24,7 @@ pub struct Generation {
     pub creds: Arc<Credentials>,
     pub pool: bb8::Pool<Manager>,
     pub published: Instant,
+    pub published_at: SystemTime,
     last_error: Arc<Mutex<Option<String>>>,
 }
 
@@ -53,6 +55,10 @@ pub struct Pools {
     current: ArcSwap<Generation>,
     draining: Mutex<Vec<Arc<Generation>>>,
     wait_seconds: metrics::Histogram,
+    /// The current generation id, for waiters that must move to a newly published pool.
+    changed: watch::Sender<u64>,
+    /// Signalled when an upstream login of the current generation is refused (28P01/28000).
+    pub auth_failed: Arc<Notify>,
 }
 
 impl Pools {
@@ -60,7 +66,8 @@ impl Pools {
     /// `min_idle` asks for some).
     pub fn new(cfg: PoolConfig, target: Arc<UpstreamTarget>, creds: Credentials) -> Self {
         let current_id = Arc::new(AtomicU64::new(1));
-        let first = build(&cfg, &target, &current_id, Arc::new(creds), 1);
+        let auth_failed = Arc::new(Notify::new());
+        let first = build(&cfg, &target, &current_id, &auth_failed, Arc::new(creds), 1);
         Self {
             cfg,
             target,
@@ -68,26 +75,41 @@ impl Pools {
             current: ArcSwap::from_pointee(first),
             draining: Mutex::new(Vec::new()),
             wait_seconds: metrics::histogram!("rotagate_pool_wait_seconds"),
+            changed: watch::channel(1).0,
+            auth_failed,
         }
     }
 
-    /// A connection from the current generation, waiting up to `pool.acquire_timeout`.
+    /// A connection from the current generation, waiting up to `pool.acquire_timeout` in all.
+    /// A waiter moves to a generation published while it waits: during a rotation window the
+    /// old credential's logins fail, and the new pool is where connections will come from.
     pub async fn acquire(&self) -> Result<Pooled, PoolError> {
-        let generation = self.current.load_full();
         let started = Instant::now();
-        let result = generation.pool.get_owned().await;
+        let deadline = tokio::time::Instant::now() + self.cfg.acquire_timeout;
+        let mut changed = self.changed.subscribe();
+        let result = loop {
+            let generation = self.current.load_full();
+            changed.borrow_and_update();
+            let got = tokio::select! {
+                biased;
+                r = tokio::time::timeout_at(deadline, generation.pool.get_owned()) => r,
+                _ = changed.changed() => continue,
+            };
+            break match got {
+                Ok(Ok(conn)) => Ok(conn),
+                Ok(Err(RunError::User(e))) => Err(PoolError::Backend(e)),
+                Ok(Err(RunError::TimedOut)) | Err(_) => Err(PoolError::Timeout {
+                    waited: self.cfg.acquire_timeout,
+                    last: generation
+                        .last_error
+                        .lock()
+                        .expect("last_error lock")
+                        .clone(),
+                }),
+            };
+        };
         self.wait_seconds.record(started.elapsed().as_secs_f64());
-        result.map_err(|e| match e {
-            RunError::User(e) => PoolError::Backend(e),
-            RunError::TimedOut => PoolError::Timeout {
-                waited: self.cfg.acquire_timeout,
-                last: generation
-                    .last_error
-                    .lock()
-                    .expect("last_error lock")
-                    .clone(),
-            },
-        })
+        result
     }
 
     pub fn generation(&self) -> u64 {
@@ -112,25 +134,53 @@ impl Pools {
         out
     }
 
-    /// Makes `creds` the current generation. The caller has validated them.
+    /// Makes `creds` the current generation; `validated` is the connection that proved them and
+    /// becomes the new pool's first. Only the rotation engine calls this.
     ///
-    /// 1. build the new generation's pool (connections open lazily);
+    /// 1. build the new generation's pool and give it the validated connection;
     /// 2. raise the current-generation mark, so older connections close on check-in;
-    /// 3. swap the pool clients acquire from;
-    /// 4. keep the old generation listed until its last connection is gone.
-    pub fn publish(&self, creds: Credentials) -> u64 {
+    /// 3. swap the pool clients acquire from, and wake waiters so they move to it;
+    /// 4. close the old generation's idle connections now; in-flight ones close when checked
+    ///    in; the old generation stays listed until its last connection is gone.
+    pub fn publish(&self, creds: Credentials, validated: ServerConn) -> u64 {
         let id = self.current_id.load(Ordering::Acquire) + 1;
         let next = Arc::new(build(
             &self.cfg,
             &self.target,
             &self.current_id,
+            &self.auth_failed,
             Arc::new(creds),
             id,
         ));
+        let mut validated = validated;
+        validated.generation = id;
+        if next.pool.add(validated).is_err() {
+            tracing::debug!("the new pool refused its first connection; it will open its own");
+        }
         self.current_id.store(id, Ordering::Release);
         let old = self.current.swap(next);
+        self.changed.send_replace(id);
+        tokio::spawn(close_idle(old.clone()));
         self.draining.lock().expect("draining lock").push(old);
         id
+    }
+
+    /// Retired generations whose connections are not all closed yet.
+    pub fn draining(&self) -> Vec<Arc<Generation>> {
+        let mut draining = self.draining.lock().expect("draining lock");
+        draining.retain(|g| g.pool.state().connections > 0);
+        draining.clone()
+    }
+}
+
+/// Checks out and drops a retired pool's idle connections, so they close now rather than at
+/// `idle_timeout`. Only idle ones: a checkout when none is idle would open a new connection.
+async fn close_idle(generation: Arc<Generation>) {
+    while generation.pool.state().idle_connections > 0 {
+        match tokio::time::timeout(Duration::from_millis(50), generation.pool.get()).await {
+            Ok(Ok(conn)) => drop(conn),
+            _ => break,
+        }
     }
 }
 
@@ -148,6 +198,7 @@ fn build(
     cfg: &PoolConfig,
     target: &Arc<UpstreamTarget>,
     current: &Arc<AtomicU64>,
+    auth_failed: &Arc<Notify>,
     creds: Arc<Credentials>,
     id: u64,
 ) -> Generation {
@@ -158,6 +209,7 @@ fn build(
         generation: id,
         current: current.clone(),
         last_error: last_error.clone(),
+        auth_failed: auth_failed.clone(),
     };
     let pool = bb8::Pool::builder()
         .max_size(cfg.size)
@@ -173,6 +225,7 @@ fn build(
         creds,
         pool,
         published: Instant::now(),
+        published_at: SystemTime::now(),
         last_error,
     }
 }

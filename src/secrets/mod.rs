@@ -2,8 +2,10 @@
 //! is one upstream login (the RDS secret JSON) tagged with the version it came from.
 //! Nothing here logs, and no type here implements `Display` or `Serialize` for a secret.
 
+pub mod cache;
 mod credentials;
 pub mod file;
+pub mod provider;
 
 pub use credentials::{Credentials, CredentialsError};
 

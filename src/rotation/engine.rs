@@ -1,0 +1,437 @@
+//! The rotation engine: one task that turns triggers into attempts, in order, and is the only
+//! caller of [`Pools::publish`].
+
+use super::Request;
+use super::backoff::Backoff;
+use super::breaker::Breaker;
+use super::status::{Outcome, Report, RotationStatus, Trigger};
+use crate::backend::{self, BackendError, ServerConn, UpstreamTarget, query};
+use crate::config::UpstreamConfig;
+use crate::pool::Pools;
+use crate::secrets::Credentials;
+use crate::secrets::cache::Cache;
+use crate::secrets::provider::{EventSource, SecretProvider, SourceError, Stage};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// A refused upstream login triggers at most one refetch per this interval.
+const AUTH_REFETCH_EVERY: Duration = Duration::from_secs(1);
+
+/// Everything the engine is built from (see `app.rs`).
+pub struct EngineParts {
+    pub provider: Arc<dyn SecretProvider>,
+    pub events: Vec<Box<dyn EventSource>>,
+    pub pools: Arc<Pools>,
+    pub upstream: UpstreamConfig,
+    pub allow_endpoint_change: bool,
+    pub refresh_interval: Duration,
+    pub breaker: Breaker,
+    pub cache: Option<Cache>,
+    pub status: Arc<RotationStatus>,
+    pub ready: Arc<AtomicBool>,
+}
+
+pub struct Engine {
+    p: EngineParts,
+    backoff: Backoff,
+    retry_at: Option<Instant>,
+    last_auth_refetch: Option<Instant>,
+    validated: bool,
+}
+
+/// What one attempt produced, before it becomes a [`Report`].
+struct Step {
+    outcome: Outcome,
+    version: Option<String>,
+    username: Option<String>,
+    reason: Option<String>,
+}
+
+impl Step {
+    fn about(outcome: Outcome, creds: &Credentials, reason: Option<String>) -> Self {
+        Self {
+            outcome,
+            version: Some(creds.version.clone()),
+            username: Some(creds.username.clone()),
+            reason,
+        }
+    }
+}
+
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Engine {
+    pub fn new(parts: EngineParts) -> Self {
+        Self {
+            p: parts,
+            backoff: Backoff::default(),
+            retry_at: None,
+            last_auth_refetch: None,
+            validated: false,
+        }
+    }
+
+    /// Runs until `stop`: validates the starting credential, then serves triggers in order.
+    pub async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<Request>,
+        stop: CancellationToken,
+        tracker: TaskTracker,
+    ) {
+        let (note_tx, mut notes) = mpsc::channel(16);
+        for source in std::mem::take(&mut self.p.events) {
+            tracker.spawn(source.run(note_tx.clone(), stop.clone()));
+        }
+        drop(note_tx);
+        self.handle(Trigger::Start, None).await;
+        let mut next_refresh = Instant::now() + self.p.refresh_interval;
+        let auth_failed = self.p.pools.auth_failed.clone();
+        loop {
+            let reopen = self.p.breaker.reopens_at().map(Instant::from_std);
+            let (trigger, reply) = tokio::select! {
+                _ = stop.cancelled() => return,
+                Some(req) = requests.recv() => (req.trigger, req.reply),
+                Some(_) = notes.recv() => (Trigger::Watch, None),
+                _ = auth_failed.notified() => {
+                    if self.last_auth_refetch.is_some_and(|t| t.elapsed() < AUTH_REFETCH_EVERY) {
+                        continue;
+                    }
+                    self.last_auth_refetch = Some(Instant::now());
+                    (Trigger::AuthFailure, None)
+                }
+                _ = tokio::time::sleep_until(next_refresh) => {
+                    next_refresh = Instant::now() + self.p.refresh_interval;
+                    (Trigger::Refresh, None)
+                }
+                _ = until(reopen) => (Trigger::HalfOpen, None),
+                _ = until(self.retry_at) => {
+                    self.retry_at = None;
+                    (Trigger::Retry, None)
+                }
+            };
+            self.handle(trigger, reply).await;
+        }
+    }
+
+    async fn handle(&mut self, trigger: Trigger, reply: Option<oneshot::Sender<Report>>) {
+        let started = Instant::now();
+        let step = self.attempt(trigger).await;
+        let report = Report {
+            outcome: step.outcome,
+            trigger,
+            source: self.p.provider.kind(),
+            generation: self.p.pools.generation(),
+            version: step.version,
+            username: step.username,
+            reason: step.reason,
+            duration_ms: started.elapsed().as_millis() as u64,
+        };
+        self.record(&report, started.elapsed());
+        if let Some(reply) = reply {
+            let _ = reply.send(report);
+        }
+    }
+
+    async fn attempt(&mut self, trigger: Trigger) -> Step {
+        let now = Instant::now();
+        if !self.p.breaker.allows(now.into_std()) {
+            return Step {
+                outcome: Outcome::BreakerOpen,
+                version: None,
+                username: None,
+                reason: Some("circuit breaker open".into()),
+            };
+        }
+        let current = self.p.pools.current().creds.clone();
+        let step = match self.fetch(trigger, &current).await {
+            Err(e) if !self.validated && e.is_transient() => self.check_current(&current).await,
+            Err(e) => {
+                if e.is_transient() {
+                    self.retry_at = Some(now + self.backoff.next_delay());
+                }
+                let outcome = if e.is_transient() {
+                    Outcome::Failed
+                } else {
+                    Outcome::Rejected
+                };
+                Step {
+                    outcome,
+                    version: None,
+                    username: None,
+                    reason: Some(e.to_string()),
+                }
+            }
+            Ok(c) if same(&c, &current) && self.validated => {
+                Step::about(Outcome::Unchanged, &c, None)
+            }
+            Ok(c) if same(&c, &current) => self.check_current(&current).await,
+            Ok(c) => self.rotate(c).await,
+        };
+        self.account(&step, now);
+        step
+    }
+
+    /// Breaker and backoff bookkeeping. Before the first validation, failures only retry: the
+    /// breaker guards a serving proxy from bad secrets, not a starting one from its upstream.
+    fn account(&mut self, step: &Step, now: Instant) {
+        match step.outcome {
+            Outcome::Applied | Outcome::Validated | Outcome::Unchanged => {
+                self.p.breaker.record_success();
+                self.backoff.reset();
+            }
+            Outcome::Rejected | Outcome::Failed if !self.validated => {
+                self.retry_at = Some(now + self.backoff.next_delay());
+            }
+            Outcome::Rejected | Outcome::Failed => {
+                if self.p.breaker.record_failure(now.into_std()) {
+                    tracing::warn!(
+                        failures = self.p.breaker.consecutive_failures(),
+                        "circuit breaker opened"
+                    );
+                }
+            }
+            Outcome::BreakerOpen => {}
+        }
+    }
+
+    /// The current version; after a refused login, the pending one too when current is what
+    /// is already served.
+    async fn fetch(
+        &self,
+        trigger: Trigger,
+        current: &Credentials,
+    ) -> Result<Credentials, SourceError> {
+        let c = self.p.provider.fetch(Stage::Current).await?;
+        if trigger == Trigger::AuthFailure && same(&c, current) {
+            if let Ok(p) = self.p.provider.fetch(Stage::Pending).await {
+                return Ok(p);
+            }
+        }
+        Ok(c)
+    }
+
+    /// Validate, then publish, then retire:
+    ///
+    /// 1. the secret may not move the endpoint unless `allow_endpoint_change`;
+    /// 2. log in with it and run `SELECT 1`, within `upstream.connect_timeout`;
+    /// 3. publish it as the next generation, with that connection as the pool's first
+    ///    (`Pools::publish` swaps atomically and starts draining the old generation);
+    /// 4. persist it to the encrypted cache.
+    async fn rotate(&mut self, candidate: Credentials) -> Step {
+        if let Err(why) = check_endpoint(&candidate, &self.p.upstream, self.p.allow_endpoint_change)
+        {
+            return Step::about(Outcome::Rejected, &candidate, Some(why));
+        }
+        let next = self.p.pools.generation() + 1;
+        match health_check(self.p.pools.target(), &candidate, next).await {
+            Err(e) => Step::about(
+                Outcome::Rejected,
+                &candidate,
+                Some(format!("health check failed: {e}")),
+            ),
+            Ok(conn) => {
+                let step = Step::about(Outcome::Applied, &candidate, None);
+                self.persist(&candidate);
+                self.p.pools.publish(candidate, conn);
+                self.mark_validated();
+                step
+            }
+        }
+    }
+
+    /// The credential being served (from the source at start, or from the cache) must work.
+    async fn check_current(&mut self, current: &Credentials) -> Step {
+        match health_check(self.p.pools.target(), current, self.p.pools.generation()).await {
+            Ok(conn) => {
+                let _ = self.p.pools.current().pool.add(conn);
+                self.persist(current);
+                self.mark_validated();
+                Step::about(Outcome::Validated, current, None)
+            }
+            Err(e) => Step::about(
+                Outcome::Rejected,
+                current,
+                Some(format!("health check failed: {e}")),
+            ),
+        }
+    }
+
+    fn mark_validated(&mut self) {
+        self.validated = true;
+        self.p.ready.store(true, Ordering::Release);
+    }
+
+    fn persist(&self, creds: &Credentials) {
+        if let Some(cache) = &self.p.cache {
+            if let Err(e) = cache.store(creds) {
+                tracing::warn!(error = %e, "could not update the credential cache");
+            }
+        }
+    }
+
+    fn record(&self, r: &Report, took: Duration) {
+        if let Some(result) = r.outcome.metric_result() {
+            metrics::counter!("rotagate_rotations_total", "result" => result).increment(1);
+            metrics::histogram!("rotagate_rotation_duration_seconds").record(took.as_secs_f64());
+        }
+        if r.trigger == Trigger::Watch {
+            let outcome = match r.outcome {
+                Outcome::Applied => "applied",
+                Outcome::Rejected | Outcome::Failed => "invalid",
+                _ => "ignored",
+            };
+            metrics::counter!("rotagate_events_total", "source" => r.source, "outcome" => outcome)
+                .increment(1);
+        }
+        let breaker = self.p.breaker.state(std::time::Instant::now());
+        metrics::gauge!("rotagate_breaker_open").set(
+            if breaker == super::breaker::BreakerState::Open {
+                1.0
+            } else {
+                0.0
+            },
+        );
+        let current = self.p.pools.current();
+        self.p.status.update(|s| {
+            if matches!(r.outcome, Outcome::Applied | Outcome::Validated) {
+                s.validated = true;
+                s.validated_at = Some(SystemTime::now());
+            }
+            s.version = current.creds.version.clone();
+            s.username = current.creds.username.clone();
+            s.breaker = breaker;
+            s.consecutive_failures = self.p.breaker.consecutive_failures();
+            s.last_attempt = Some(r.clone());
+        });
+        audit(r);
+    }
+}
+
+/// One structured event per attempt. Never a password: only source, trigger, version, user.
+fn audit(r: &Report) {
+    let (version, username, reason) = (
+        r.version.as_deref().unwrap_or(""),
+        r.username.as_deref().unwrap_or(""),
+        r.reason.as_deref().unwrap_or(""),
+    );
+    macro_rules! event {
+        ($level:ident) => {
+            tracing::$level!(target: "rotagate::audit", event = "rotation", source = r.source, trigger = ?r.trigger,
+                version, username, outcome = ?r.outcome, reason, generation = r.generation, duration_ms = r.duration_ms,
+                "rotation attempt")
+        };
+    }
+    match r.outcome {
+        Outcome::Rejected | Outcome::Failed => event!(warn),
+        Outcome::Unchanged | Outcome::BreakerOpen => event!(debug),
+        Outcome::Applied | Outcome::Validated => event!(info),
+    }
+}
+
+fn same(a: &Credentials, b: &Credentials) -> bool {
+    a.version == b.version && a.username == b.username
+}
+
+/// A secret may name the endpoint; it must be the configured one unless allowed.
+pub(crate) fn check_endpoint(
+    c: &Credentials,
+    up: &UpstreamConfig,
+    allow: bool,
+) -> Result<(), String> {
+    if allow {
+        return Ok(());
+    }
+    if let Some(host) = &c.host {
+        if !host.eq_ignore_ascii_case(&up.host) {
+            return Err(format!(
+                "the secret's host {host:?} is not upstream.host {:?} (allow_endpoint_change = false)",
+                up.host
+            ));
+        }
+    }
+    if let Some(port) = c.port {
+        if port != up.port {
+            return Err(format!(
+                "the secret's port {port} is not upstream.port {} (allow_endpoint_change = false)",
+                up.port
+            ));
+        }
+    }
+    if let Some(db) = &c.dbname {
+        if *db != up.database {
+            return Err(format!(
+                "the secret's dbname {db:?} is not upstream.database {:?} (allow_endpoint_change = false)",
+                up.database
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Logs in the way clients' connections will, and runs `SELECT 1`.
+async fn health_check(
+    target: &UpstreamTarget,
+    creds: &Credentials,
+    generation: u64,
+) -> Result<ServerConn, BackendError> {
+    let mut conn = backend::connect(target, creds, generation)
+        .await
+        .inspect_err(|e| {
+            if e.is_auth_failure() {
+                metrics::counter!("rotagate_backend_auth_failures_total").increment(1);
+            }
+        })?;
+    tokio::time::timeout(target.connect_timeout, query::simple(&mut conn, "SELECT 1"))
+        .await
+        .map_err(|_| BackendError::Timeout(target.connect_timeout))??;
+    Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn up() -> UpstreamConfig {
+        UpstreamConfig {
+            host: "db.example.com".into(),
+            port: 5432,
+            database: "app".into(),
+            tls: crate::config::UpstreamTls::Disable,
+            ca_file: None,
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn creds(json: &str) -> Credentials {
+        Credentials::from_json(json.as_bytes(), "v".into()).unwrap()
+    }
+
+    #[test]
+    fn endpoint_must_match_unless_allowed() {
+        assert!(check_endpoint(&creds(r#"{"username":"u","password":"p"}"#), &up(), false).is_ok());
+        let same = creds(
+            r#"{"username":"u","password":"p","host":"DB.example.com","port":"5432","dbname":"app"}"#,
+        );
+        assert!(check_endpoint(&same, &up(), false).is_ok());
+        for other in [
+            r#"{"username":"u","password":"p","host":"evil.example.com"}"#,
+            r#"{"username":"u","password":"p","port":6432}"#,
+            r#"{"username":"u","password":"p","dbname":"other"}"#,
+        ] {
+            let c = creds(other);
+            let e = check_endpoint(&c, &up(), false).unwrap_err();
+            assert!(!e.contains('p') || !e.contains("\"p\""), "{e}");
+            assert!(check_endpoint(&c, &up(), true).is_ok());
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! Credential rotation: the only writer of pool generations. Triggers (a source's change
+//! events, the periodic check, `POST /rotate`, a refused upstream login, the breaker's
+//! half-open moment) become attempts: fetch -> parse and validate -> health-check -> publish ->
+//! drain -> persist -> audit. The breaker and backoff are pure state machines.
+
+pub mod backoff;
+pub mod breaker;
+mod engine;
+mod status;
+
+pub use engine::{Engine, EngineParts};
+pub use status::{Outcome, Report, RotationStatus, Trigger};
+
+use tokio::sync::{mpsc, oneshot};
+
+/// A request to the engine, with somewhere to send the result when the caller waits for it.
+pub struct Request {
+    pub trigger: Trigger,
+    pub reply: Option<oneshot::Sender<Report>>,
+}
+
+/// What the admin listener holds to ask for a rotation.
+#[derive(Clone)]
+pub struct RotationHandle {
+    tx: mpsc::Sender<Request>,
+}
+
+impl RotationHandle {
+    pub fn new(tx: mpsc::Sender<Request>) -> Self {
+        Self { tx }
+    }
+
+    /// Runs one attempt now and returns its report (None when the engine has stopped).
+    pub async fn rotate_now(&self) -> Option<Report> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request {
+                trigger: Trigger::Manual,
+                reply: Some(reply),
+            })
+            .await
+            .ok()?;
+        rx.await.ok()
+    }
+}

@@ -1,0 +1,115 @@
+//! The seams the rotation engine reads through: a [`SecretProvider`] fetches the credential,
+//! an [`EventSource`] says when it may have changed. The file implementations live here; AWS
+//! and Vault plug into the same traits.
+
+use super::Credentials;
+use super::file::{FileSourceError, read_credentials};
+use futures::future::BoxFuture;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Why fetching failed: the source could not be read, or what it holds is not a credential.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl SourceError {
+    /// Worth retrying with backoff (network, missing file during a swap, throttling).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SourceError::Unavailable(_))
+    }
+}
+
+/// Which version a fetch asks for. After an upstream login is refused, the engine asks for the
+/// current one first, then the pending one (sources without stages treat both alike).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Current,
+    Pending,
+}
+
+pub trait SecretProvider: Send + Sync {
+    /// Short name for logs, metrics and /status ("file", "aws", "vault").
+    fn kind(&self) -> &'static str;
+    fn fetch(&self, stage: Stage) -> BoxFuture<'_, Result<Credentials, SourceError>>;
+}
+
+/// Something that says "look again": a file watcher, an SQS listener, a lease timer.
+pub trait EventSource: Send + Sync {
+    /// Runs until `stop`, sending a note on `tx` whenever the secret may have changed.
+    fn run(
+        self: Box<Self>,
+        tx: mpsc::Sender<&'static str>,
+        stop: CancellationToken,
+    ) -> BoxFuture<'static, ()>;
+}
+
+pub struct FileProvider {
+    pub path: PathBuf,
+}
+
+impl SecretProvider for FileProvider {
+    fn kind(&self) -> &'static str {
+        "file"
+    }
+
+    fn fetch(&self, _stage: Stage) -> BoxFuture<'_, Result<Credentials, SourceError>> {
+        Box::pin(async move {
+            let path = self.path.clone();
+            let read = tokio::task::spawn_blocking(move || read_credentials(&path))
+                .await
+                .map_err(|e| SourceError::Unavailable(format!("reading the secret file: {e}")))?;
+            read.map_err(|e| match e {
+                FileSourceError::Read { .. } => SourceError::Unavailable(e.to_string()),
+                FileSourceError::Invalid { .. } => SourceError::Invalid(e.to_string()),
+            })
+        })
+    }
+}
+
+/// Watches a file by polling its metadata (inode, size, mtime): an atomic rename, an in-place
+/// write and a Kubernetes secret's symlink swap all change it, and polling needs no inotify
+/// limit. The interval is short; each poll is one `stat`.
+pub struct FileWatcher {
+    pub path: PathBuf,
+    pub interval: Duration,
+}
+
+type Stamp = Option<(u64, u64, SystemTime)>;
+
+fn stamp(path: &std::path::Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.ino(), m.len(), m.modified().ok()?))
+}
+
+impl EventSource for FileWatcher {
+    fn run(
+        self: Box<Self>,
+        tx: mpsc::Sender<&'static str>,
+        stop: CancellationToken,
+    ) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let mut last = stamp(&self.path);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(self.interval) => {}
+                }
+                let now = stamp(&self.path);
+                if now != last {
+                    last = now;
+                    if tx.send("file_change").await.is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+    }
+}
