@@ -140,6 +140,19 @@ async fn no_password_reaches_logs_metrics_or_status() {
             .await
             .is_err()
     );
+    // A rotation, then a secret whose password the database refuses.
+    pg.sql(&format!("ALTER ROLE {APP_USER} PASSWORD 'rotated-in-pw'"));
+    write_secret(&secret, &pg, APP_USER, "rotated-in-pw");
+    let status = || async { http(admin_addr, "GET", "/status").await.1 };
+    wait_until(20, "the rotation", || async {
+        status().await.contains("\"generation\":2")
+    })
+    .await;
+    write_secret(&secret, &pg, APP_USER, "rejected-pw-xyz");
+    wait_until(20, "the rejection", || async {
+        status().await.contains("\"outcome\":\"rejected\"")
+    })
+    .await;
     // A broken upstream password: logins fail upstream and are logged.
     pg.sql(&format!("ALTER ROLE {APP_USER} PASSWORD 'rotated-away-pw'"));
     pg.sql(&format!(

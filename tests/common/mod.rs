@@ -56,6 +56,10 @@ pub struct Builder<'a> {
     upstream_tls: String,
     upstream_host: String,
     clients: String,
+    credentials_extra: String,
+    admin_extra: String,
+    vars: Vec<(String, String)>,
+    secret_at: Option<PathBuf>,
 }
 
 impl<'a> Builder<'a> {
@@ -82,6 +86,28 @@ impl<'a> Builder<'a> {
         self.upstream_tls = lines.to_owned();
         self
     }
+    /// A line for `[credentials]` (breaker, cache, refresh settings).
+    pub fn credentials(mut self, line: &str) -> Self {
+        self.credentials_extra.push_str(line);
+        self.credentials_extra.push('\n');
+        self
+    }
+    /// A line for `[admin]`.
+    pub fn admin(mut self, line: &str) -> Self {
+        self.admin_extra.push_str(line);
+        self.admin_extra.push('\n');
+        self
+    }
+    /// An environment variable as the binary would see it (ROTAGATE_CACHE_KEY, overrides).
+    pub fn var(mut self, name: &str, value: &str) -> Self {
+        self.vars.push((name.to_owned(), value.to_owned()));
+        self
+    }
+    /// Use this secret file as it is (it may be missing), instead of writing a fresh one.
+    pub fn secret_at(mut self, path: &std::path::Path) -> Self {
+        self.secret_at = Some(path.to_owned());
+        self
+    }
     pub fn upstream_host(mut self, host: &str) -> Self {
         self.upstream_host = host.to_owned();
         self
@@ -94,11 +120,12 @@ impl<'a> Builder<'a> {
 
     pub fn config_text(&self, secret: &std::path::Path) -> String {
         format!(
-            "[listen]\naddr = \"127.0.0.1:0\"\n{}\n[admin]\naddr = \"127.0.0.1:0\"\n\n{}\n\
+            "[listen]\naddr = \"127.0.0.1:0\"\n{}\n[admin]\naddr = \"127.0.0.1:0\"\n{}\n{}\n\
              [upstream]\nhost = \"{}\"\nport = {}\ndatabase = \"appdb\"\n{}\n\n\
-             [pool]\nmode = \"{}\"\nsize = {}\n{}\n\n[credentials]\nsource = \"file\"\n\
+             [pool]\nmode = \"{}\"\nsize = {}\n{}\n\n[credentials]\nsource = \"file\"\n{}\n\
              [credentials.file]\npath = \"{}\"\n",
             self.listen_extra,
+            self.admin_extra,
             self.clients,
             self.upstream_host,
             self.pg.port,
@@ -106,6 +133,7 @@ impl<'a> Builder<'a> {
             self.mode,
             self.pool_size,
             self.pool_extra,
+            self.credentials_extra,
             secret.display()
         )
     }
@@ -122,10 +150,16 @@ impl<'a> Builder<'a> {
     /// Starts without waiting for readiness (for upstreams that are meant to fail).
     pub async fn start_unready(self) -> TestProxy {
         let dir = tempfile::tempdir().unwrap();
-        let secret = dir.path().join("secret.json");
-        write_secret(&secret, self.pg, APP_USER, APP_PASSWORD);
+        let secret = match &self.secret_at {
+            Some(path) => path.clone(),
+            None => {
+                let secret = dir.path().join("secret.json");
+                write_secret(&secret, self.pg, APP_USER, APP_PASSWORD);
+                secret
+            }
+        };
         let text = self.config_text(&secret);
-        let cfg = rotagate::config::parse(&text, [])
+        let cfg = rotagate::config::parse(&text, self.vars.clone())
             .unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
         let app = App::bind(cfg).await.unwrap();
         let (addr, admin) = (app.proxy_addr(), app.admin_addr());
@@ -169,6 +203,10 @@ impl TestProxy {
             pool_extra: String::new(),
             upstream_tls: "tls = \"disable\"".into(),
             upstream_host: "127.0.0.1".into(),
+            credentials_extra: String::new(),
+            admin_extra: String::new(),
+            vars: Vec::new(),
+            secret_at: None,
             clients: format!(
                 "[[clients]]\nuser = \"{CLIENT_USER}\"\npassword = \"{CLIENT_PASSWORD}\"\n"
             ),
@@ -202,6 +240,32 @@ impl TestProxy {
         Ok(client)
     }
 
+    /// POST on the admin listener with optional extra headers: (status, body).
+    pub async fn post(&self, path: &str, headers: &str) -> (u16, String) {
+        http_with(self.admin, "POST", path, headers).await
+    }
+
+    /// The generation /status reports.
+    pub async fn generation(&self) -> u64 {
+        let body = self.get("/status").await.1;
+        serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["generation"].as_u64())
+            .unwrap_or(0)
+    }
+
+    /// Rotates the way single-user rotation does: the database first, then the secret; waits
+    /// until the proxy serves the new generation.
+    pub async fn rotate_to(&self, pg: &Pg, user: &str, password: &str) {
+        let before = self.generation().await;
+        pg.sql(&format!("ALTER ROLE {user} PASSWORD '{password}'"));
+        write_secret(&self.secret, pg, user, password);
+        wait_until(20, "the new generation", || async {
+            self.generation().await > before
+        })
+        .await;
+    }
+
     /// GET on the admin listener: (status, body).
     pub async fn get(&self, path: &str) -> (u16, String) {
         http(self.admin, "GET", path).await
@@ -226,10 +290,16 @@ impl Drop for TestProxy {
 
 /// A minimal HTTP/1.0 request; (0, "") when the listener does not answer.
 pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    http_with(addr, method, path, "").await
+}
+
+/// `headers` are whole lines, each ending in CRLF.
+pub async fn http_with(addr: SocketAddr, method: &str, path: &str, headers: &str) -> (u16, String) {
     let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
         return (0, String::new());
     };
-    let req = format!("{method} {path} HTTP/1.0\r\nHost: test\r\nContent-Length: 0\r\n\r\n");
+    let req =
+        format!("{method} {path} HTTP/1.0\r\nHost: test\r\n{headers}Content-Length: 0\r\n\r\n");
     if s.write_all(req.as_bytes()).await.is_err() {
         return (0, String::new());
     }
