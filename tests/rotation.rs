@@ -276,3 +276,33 @@ async fn a_restart_without_the_source_serves_from_the_encrypted_cache() {
         .unwrap_err();
     assert!(format!("{e:#}").contains("does not decrypt"), "{e:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_clients_of_a_retired_generation_are_closed_at_drain_timeout() {
+    let pg = app_cluster();
+    let proxy = TestProxy::builder(&pg)
+        .mode("session")
+        .pool("drain_timeout = \"300ms\"")
+        .start()
+        .await;
+    let old = proxy.client().await;
+    let old_pid = one(&old, "SELECT pg_backend_pid()").await;
+    proxy.rotate_to(&pg, APP_USER, "drained-pw").await;
+    wait_until(20, "the old-generation connection to be closed", || async {
+        pg.sql(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = {old_pid}"
+        )) == "0"
+    })
+    .await;
+    assert!(
+        old.simple_query("SELECT 1").await.is_err(),
+        "the retired session is closed"
+    );
+    let status: serde_json::Value = serde_json::from_str(&proxy.get("/status").await.1).unwrap();
+    assert_eq!(
+        status["pools"].as_array().unwrap().len(),
+        1,
+        "nothing left draining: {status}"
+    );
+    assert_eq!(one(&proxy.client().await, "SELECT 1").await, "1");
+}

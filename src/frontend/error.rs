@@ -35,6 +35,10 @@ pub enum FrontendError {
     UpstreamLost,
     #[error("terminating connection due to administrator command")]
     Shutdown,
+    #[error(
+        "terminating connection: the upstream credential was rotated and pool.drain_timeout has passed; reconnect"
+    )]
+    Retired,
 }
 
 impl FrontendError {
@@ -56,7 +60,7 @@ impl FrontendError {
                 _ => "08006",
             },
             FrontendError::UpstreamLost => "08006",
-            FrontendError::Shutdown => "57P01",
+            FrontendError::Shutdown | FrontendError::Retired => "57P01",
         }
     }
 

@@ -47,10 +47,13 @@ pub enum End {
     ServerGone(String),
     /// Shutdown was requested and the session is between transactions.
     Shutdown,
+    /// The connection's credential generation was retired `pool.drain_timeout` ago.
+    Retired,
 }
 
 pub struct RelayCtx<'a> {
     pub mode: PoolMode,
+    pub pools: &'a crate::pool::Pools,
     pub max_client_message: usize,
     pub shutdown: &'a CancellationToken,
     pub transactions: &'a metrics::Counter,
@@ -81,6 +84,7 @@ enum Io {
     ClientFailed,
     ServerFailed(io::Error),
     Shutdown,
+    Retired,
 }
 
 /// Relays until the transaction ends (transaction mode), the client leaves, the server fails
@@ -92,6 +96,7 @@ pub async fn relay(
 ) -> Result<End, FrontendError> {
     let mut f = Flow::default();
     let mut shutdown = pin!(ctx.shutdown.cancelled());
+    let mut retired = pin!(ctx.pools.retirement(s.generation));
     loop {
         scan_client(c, &mut f, ctx)?;
         scan_server(c, s, &mut f, ctx)?;
@@ -113,7 +118,13 @@ pub async fn relay(
                 return Ok(End::Shutdown);
             }
         }
-        let io = poll_fn(|cx| poll_io(cx, c, s, &f, rest, shutdown.as_mut())).await;
+        let io = poll_fn(|cx| {
+            if retired.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Io::Retired);
+            }
+            poll_io(cx, c, s, &f, rest, shutdown.as_mut())
+        })
+        .await;
         match io {
             Io::WroteServer(n) => {
                 c.buf.advance(n);
@@ -138,6 +149,10 @@ pub async fn relay(
                 ));
             }
             Io::ServerFailed(e) => return Ok(server_gone(s, e.to_string())),
+            Io::Retired => {
+                s.broken = true;
+                return Ok(End::Retired);
+            }
             Io::ReadClient(_) | Io::ReadServer(_) | Io::Shutdown => {}
         }
     }

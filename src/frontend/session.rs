@@ -122,6 +122,7 @@ async fn greet(
 fn ctx(fe: &Frontend) -> RelayCtx<'_> {
     RelayCtx {
         mode: fe.mode,
+        pools: &fe.pools,
         max_client_message: fe.listen.max_message_size,
         shutdown: &fe.shutdown,
         transactions: &fe.transactions,
@@ -167,6 +168,7 @@ async fn finish(
     match end? {
         End::Released | End::ClientGone => Ok(()),
         End::Shutdown => Err(FrontendError::Shutdown),
+        End::Retired => Err(FrontendError::Retired),
         End::ServerGone(why) => {
             tracing::warn!(reason = %why, "upstream connection lost under a client");
             let _ = client.stream.flush().await;

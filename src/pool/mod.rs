@@ -112,6 +112,24 @@ impl Pools {
         result
     }
 
+    /// Resolves `pool.drain_timeout` after a generation newer than `generation` is published:
+    /// the moment a connection of `generation` must close even if it is in use.
+    pub fn retirement(
+        &self,
+        generation: u64,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut changed = self.changed.subscribe();
+        let drain = self.cfg.drain_timeout;
+        async move {
+            while *changed.borrow_and_update() <= generation {
+                if changed.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            tokio::time::sleep(drain).await;
+        }
+    }
+
     pub fn generation(&self) -> u64 {
         self.current_id.load(Ordering::Acquire)
     }
