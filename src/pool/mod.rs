@@ -144,11 +144,8 @@ impl Pools {
 
     /// Connection counts of the current and every still-draining generation.
     pub fn counts(&self) -> Vec<GenerationCounts> {
-        let current = self.current.load_full();
-        let mut out = vec![counts(&current, true)];
-        let mut draining = self.draining.lock().expect("draining lock");
-        draining.retain(|g| g.pool.state().connections > 0);
-        out.extend(draining.iter().map(|g| counts(g, false)));
+        let mut out = vec![counts(&self.current.load_full(), true)];
+        out.extend(self.draining().iter().map(|g| counts(g, false)));
         out
     }
 
