@@ -7,18 +7,13 @@
 //!
 //! PgBouncer: `apt-get install pgbouncer`; it runs as the `postgres` user when we are root.
 
-#[path = "../tests/common/pg.rs"]
-#[allow(dead_code)]
-mod pg;
+mod support;
 
-use pg::{Pg, free_port, give_to_pg};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use support::pg::{Pg, free_port, give_to_pg};
+use support::{PASSWORD, USER, wait_port};
 
-const USER: &str = "app";
-const PASSWORD: &str = "static-client-pw";
 const UP_USER: &str = "app_owner";
 const UP_PASSWORD: &str = "upstream-pw-1";
 /// Pool size for both proxies. Session mode gets one connection per client (40 >= 32
@@ -116,50 +111,14 @@ fn pgbench(t: &Target, args: &[&str], secs: u64) -> Result {
     }
 }
 
-fn wait_port(port: u16, child: &mut Child, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(child.try_wait().unwrap().is_none(), "{what} exited early");
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not listen within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn start_rotagate(dir: &Path, pg: &Pg, mode: &str) -> (Child, u16) {
-    let (port, admin) = (free_port(), free_port());
     let secret = dir.join("secret.json");
     std::fs::write(
         &secret,
         format!(r#"{{"username":"{UP_USER}","password":"{UP_PASSWORD}"}}"#),
     )
     .unwrap();
-    let config = dir.join(format!("rotagate-{mode}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "[listen]\naddr = \"127.0.0.1:{port}\"\n[admin]\naddr = \"127.0.0.1:{admin}\"\n\
-             [[clients]]\nuser = \"{USER}\"\npassword = \"{PASSWORD}\"\n\
-             [upstream]\nhost = \"127.0.0.1\"\nport = {}\ndatabase = \"appdb\"\ntls = \"disable\"\n\
-             [pool]\nmode = \"{mode}\"\nsize = {}\n\
-             [credentials]\nsource = \"file\"\n[credentials.file]\npath = \"{}\"\n",
-            pg.port,
-            pool_for(mode),
-            secret.display()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rotagate"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_port(port, &mut child, "rotagate");
-    (child, port)
+    support::start_rotagate(dir, pg, &secret, mode, pool_for(mode))
 }
 
 fn start_pgbouncer(dir: &Path, pg: &Pg, mode: &str) -> Option<(Child, u16)> {

@@ -5,18 +5,13 @@
 //!
 //!     cargo bench --bench rotation
 
-#[path = "../tests/common/pg.rs"]
-#[allow(dead_code)]
-mod pg;
+mod support;
 
-use pg::{Pg, free_port};
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-const USER: &str = "app";
-const PASSWORD: &str = "static-client-pw";
+use std::process::Command;
+use std::time::Duration;
+use support::pg::{self, Pg};
+use support::{PASSWORD, USER};
 
 fn write_secret(path: &Path, pg: &Pg, password: &str) {
     let tmp = path.with_extension("tmp");
@@ -106,32 +101,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("secret.json");
     write_secret(&secret, &pg, "pw-0");
-    let (port, admin) = (free_port(), free_port());
-    let config = dir.path().join("rotagate.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[listen]\naddr = \"127.0.0.1:{port}\"\n[admin]\naddr = \"127.0.0.1:{admin}\"\n\
-             [[clients]]\nuser = \"{USER}\"\npassword = \"{PASSWORD}\"\n\
-             [upstream]\nhost = \"127.0.0.1\"\nport = {}\ndatabase = \"appdb\"\ntls = \"disable\"\n\
-             [pool]\nsize = 16\n[credentials]\nsource = \"file\"\n[credentials.file]\npath = \"{}\"\n",
-            pg.port,
-            secret.display()
-        ),
-    )
-    .unwrap();
-    let mut rg = Command::new(env!("CARGO_BIN_EXE_rotagate"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "rotagate did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (mut rg, port) = support::start_rotagate(dir.path(), &pg, &secret, "transaction", 16);
     let logs = tempfile::tempdir().unwrap();
     println!(
         "pgbench -M extended -c 16 -T {secs} (TPC-B-like, read-write) through rotagate, transaction mode, pool 16"

@@ -1,0 +1,57 @@
+//! What the pgbench-driven benches share: a private PostgreSQL (the test harness's) and
+//! starting the rotagate binary in front of it.
+
+#[path = "../../tests/common/pg.rs"]
+#[allow(dead_code)]
+pub mod pg;
+
+use pg::{Pg, free_port};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const USER: &str = "app";
+pub const PASSWORD: &str = "static-client-pw";
+
+/// Waits until `port` accepts connections; panics if `child` exits or 30 s pass.
+pub fn wait_port(port: u16, child: &mut Child, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(child.try_wait().unwrap().is_none(), "{what} exited early");
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts rotagate in front of `pg` with the file secret at `secret`, in `mode` with a pool of
+/// `pool`; returns the process and its client port.
+pub fn start_rotagate(dir: &Path, pg: &Pg, secret: &Path, mode: &str, pool: u32) -> (Child, u16) {
+    let (port, admin) = (free_port(), free_port());
+    let config = dir.join(format!("rotagate-{mode}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\naddr = \"127.0.0.1:{port}\"\n[admin]\naddr = \"127.0.0.1:{admin}\"\n\
+             [[clients]]\nuser = \"{USER}\"\npassword = \"{PASSWORD}\"\n\
+             [upstream]\nhost = \"127.0.0.1\"\nport = {}\ndatabase = \"appdb\"\ntls = \"disable\"\n\
+             [pool]\nmode = \"{mode}\"\nsize = {pool}\n\
+             [credentials]\nsource = \"file\"\n[credentials.file]\npath = \"{}\"\n",
+            pg.port,
+            secret.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rotagate"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(port, &mut child, "rotagate");
+    (child, port)
+}
