@@ -87,7 +87,7 @@ impl App {
                 cfg.credentials.breaker_failures,
                 cfg.credentials.breaker_cooldown,
             ),
-            cache,
+            cache: cache.map(Arc::new),
             status: status.clone(),
             ready: ready.clone(),
         });

@@ -31,7 +31,7 @@ pub struct EngineParts {
     pub allow_endpoint_change: bool,
     pub refresh_interval: Duration,
     pub breaker: Breaker,
-    pub cache: Option<Cache>,
+    pub cache: Option<Arc<Cache>>,
     pub status: Arc<RotationStatus>,
     pub ready: Arc<AtomicBool>,
 }
@@ -42,6 +42,7 @@ pub struct Engine {
     retry_at: Option<Instant>,
     last_auth_refetch: Option<Instant>,
     validated: bool,
+    persisted: u64,
 }
 
 /// What one attempt produced, before it becomes a [`Report`].
@@ -78,6 +79,7 @@ impl Engine {
             retry_at: None,
             last_auth_refetch: None,
             validated: false,
+            persisted: 0,
         }
     }
 
@@ -271,11 +273,16 @@ impl Engine {
         self.p.ready.store(true, Ordering::Release);
     }
 
-    fn persist(&self, creds: &Credentials) {
-        if let Some(cache) = &self.p.cache {
-            if let Err(e) = cache.store(creds) {
-                tracing::warn!(error = %e, "could not update the credential cache");
-            }
+    /// Writes the cache off the event loop (it fsyncs); a failure is logged, not fatal.
+    fn persist(&mut self, creds: &Credentials) {
+        if let Some(cache) = self.p.cache.clone() {
+            self.persisted += 1;
+            let (seq, creds) = (self.persisted, creds.clone());
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = cache.store_newer(seq, &creds) {
+                    tracing::warn!(error = %e, "could not update the credential cache");
+                }
+            });
         }
     }
 

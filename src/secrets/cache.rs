@@ -75,11 +75,28 @@ struct Stored {
 pub struct Cache {
     path: PathBuf,
     key: CacheKey,
+    /// Sequence number of the newest credential written; writes may run on other threads.
+    written: std::sync::Mutex<u64>,
 }
 
 impl Cache {
     pub fn new(path: PathBuf, key: CacheKey) -> Self {
-        Self { path, key }
+        Self {
+            path,
+            key,
+            written: std::sync::Mutex::new(0),
+        }
+    }
+
+    /// Stores `creds` unless a credential with a higher `seq` was stored already.
+    pub fn store_newer(&self, seq: u64, creds: &Credentials) -> Result<(), CacheError> {
+        let mut written = self.written.lock().expect("cache lock");
+        if seq <= *written {
+            return Ok(());
+        }
+        self.store(creds)?;
+        *written = seq;
+        Ok(())
     }
 
     fn cipher(&self) -> Aes256Gcm {
@@ -182,6 +199,17 @@ mod tests {
         let raw = std::fs::read(dir.path().join("lkg.bin")).unwrap();
         let text = String::from_utf8_lossy(&raw);
         assert!(!text.contains("cache-pw-123") && !text.contains("cache_user"));
+    }
+
+    #[test]
+    fn an_older_write_never_replaces_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path().join("lkg.bin"), key());
+        let newer =
+            Credentials::from_json(br#"{"username":"u","password":"new"}"#, "v2".into()).unwrap();
+        cache.store_newer(2, &newer).unwrap();
+        cache.store_newer(1, &creds()).unwrap();
+        assert_eq!(cache.load().unwrap().unwrap().version, "v2");
     }
 
     #[test]
