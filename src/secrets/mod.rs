@@ -2,6 +2,7 @@
 //! is one upstream login (the RDS secret JSON) tagged with the version it came from.
 //! Nothing here logs, and no type here implements `Display` or `Serialize` for a secret.
 
+pub mod aws;
 pub mod cache;
 mod credentials;
 pub mod file;

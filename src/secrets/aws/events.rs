@@ -1,0 +1,260 @@
+//! Secrets Manager change events as they arrive on an SQS queue, from EventBridge directly or
+//! through an SNS topic. Understood (design.md section 5):
+//!
+//! - `Secret Label Updated` with `detail.labelUpdated = "AWSCURRENT"`;
+//! - `AWS Service Event via CloudTrail` with `eventName = RotationSucceeded` (secret id in
+//!   `additionalEventData.SecretId`, `serviceEventDetails.secretId` or `resources`);
+//! - `AWS API Call via CloudTrail` with `UpdateSecretVersionStage` to AWSCURRENT (secret id in
+//!   `requestParameters.secretId`, or `responseElements.arn` / `aRN`);
+//! - `PutSecretValue` to AWSPENDING, which only warrants a prefetch.
+//!
+//! Anything else is ignored; a body that is not such JSON is invalid. Neither is ever retried.
+
+use super::SecretMatcher;
+use serde_json::Value;
+
+/// What to do with one queue message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventAction {
+    /// AWSCURRENT moved for our secret: fetch and rotate (version id when the event names it).
+    Rotate { version: Option<String> },
+    /// A new AWSPENDING version of our secret: fetch it ahead of the switch.
+    Prefetch { version: Option<String> },
+    /// A well-formed event that is not for us or not a change of AWSCURRENT.
+    Ignore(String),
+    /// Not an event rotagate can read.
+    Invalid(String),
+}
+
+impl EventAction {
+    /// The `outcome` label of `rotagate_events_total` before the attempt's own result.
+    pub fn label(&self) -> &'static str {
+        match self {
+            EventAction::Rotate { .. } | EventAction::Prefetch { .. } => "applied",
+            EventAction::Ignore(_) => "ignored",
+            EventAction::Invalid(_) => "invalid",
+        }
+    }
+}
+
+/// Classifies one message body for the secret `ours`.
+pub fn classify(body: &str, ours: &SecretMatcher) -> EventAction {
+    let Ok(mut v) = serde_json::from_str::<Value>(body) else {
+        return EventAction::Invalid("the message body is not JSON".into());
+    };
+    // An SNS envelope carries the EventBridge event as a JSON string in `Message`.
+    if v.get("Type").and_then(Value::as_str) == Some("Notification") {
+        match v
+            .get("Message")
+            .and_then(Value::as_str)
+            .map(serde_json::from_str::<Value>)
+        {
+            Some(Ok(inner)) => v = inner,
+            _ => {
+                return EventAction::Invalid("an SNS notification whose Message is not JSON".into());
+            }
+        }
+    }
+    let Some(detail_type) = v.get("detail-type").and_then(Value::as_str) else {
+        return EventAction::Invalid("no detail-type: not an EventBridge event".into());
+    };
+    let detail = v.get("detail").cloned().unwrap_or(Value::Null);
+    let ids = secret_ids(&v, &detail);
+    if ids.is_empty() {
+        return EventAction::Invalid(format!("a {detail_type:?} event that names no secret"));
+    }
+    if !ids.iter().any(|id| ours.matches(id)) {
+        return EventAction::Ignore("an event for another secret".into());
+    }
+    action(detail_type, &detail)
+}
+
+fn action(detail_type: &str, d: &Value) -> EventAction {
+    let s = |path: &[&str]| {
+        path.iter()
+            .try_fold(d, |v, k| v.get(*k))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    let event_name = s(&["eventName"]).unwrap_or_default();
+    match (detail_type, event_name.as_str()) {
+        ("Secret Label Updated", _) if s(&["labelUpdated"]).as_deref() == Some("AWSCURRENT") => {
+            EventAction::Rotate {
+                version: s(&["versionId"]),
+            }
+        }
+        ("AWS Service Event via CloudTrail", "RotationSucceeded") => {
+            EventAction::Rotate { version: None }
+        }
+        ("AWS API Call via CloudTrail", "UpdateSecretVersionStage")
+            if s(&["requestParameters", "versionStage"]).as_deref() == Some("AWSCURRENT") =>
+        {
+            EventAction::Rotate {
+                version: s(&["requestParameters", "moveToVersionId"]),
+            }
+        }
+        ("AWS API Call via CloudTrail", "PutSecretValue")
+            if stages(d).iter().any(|st| st == "AWSPENDING") =>
+        {
+            EventAction::Prefetch {
+                version: s(&["responseElements", "versionId"]),
+            }
+        }
+        _ => EventAction::Ignore(format!(
+            "{detail_type} {event_name} does not move AWSCURRENT"
+        )),
+    }
+}
+
+/// PutSecretValue's stages: `versionStages` as given, AWSCURRENT when none is given.
+fn stages(d: &Value) -> Vec<String> {
+    match d
+        .pointer("/requestParameters/versionStages")
+        .and_then(Value::as_array)
+    {
+        Some(list) => list
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        None => vec!["AWSCURRENT".into()],
+    }
+}
+
+/// Every place these events name a secret.
+fn secret_ids(event: &Value, d: &Value) -> Vec<String> {
+    let pointers = [
+        "/secretId",
+        "/secretArn",
+        "/additionalEventData/SecretId",
+        "/serviceEventDetails/secretId",
+        "/requestParameters/secretId",
+        "/responseElements/arn",
+        "/responseElements/aRN",
+    ];
+    let mut ids: Vec<String> = pointers
+        .iter()
+        .filter_map(|p| d.pointer(p))
+        .filter_map(Value::as_str)
+        .map(str::to_owned)
+        .collect();
+    if let Some(resources) = event.get("resources").and_then(Value::as_array) {
+        ids.extend(
+            resources
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned),
+        );
+    }
+    ids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ARN: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/app/db-AbC123";
+
+    fn fixture(name: &str) -> String {
+        let path = format!(
+            "{}/tests/fixtures/aws/{name}.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    fn sns(inner: &str) -> String {
+        serde_json::json!({"Type": "Notification", "MessageId": "m-1", "TopicArn": "arn:aws:sns:us-east-1:123456789012:rotagate", "Message": inner}).to_string()
+    }
+
+    #[test]
+    fn every_event_shape_is_understood_directly_and_through_sns() {
+        let ours = SecretMatcher::new("prod/app/db");
+        let expected = [
+            (
+                "label-updated",
+                EventAction::Rotate {
+                    version: Some("v-new".into()),
+                },
+            ),
+            (
+                "rotation-succeeded-additional",
+                EventAction::Rotate { version: None },
+            ),
+            (
+                "rotation-succeeded-service-details",
+                EventAction::Rotate { version: None },
+            ),
+            (
+                "rotation-succeeded-resources",
+                EventAction::Rotate { version: None },
+            ),
+            (
+                "update-stage-secret-id",
+                EventAction::Rotate {
+                    version: Some("v-new".into()),
+                },
+            ),
+            (
+                "update-stage-arn",
+                EventAction::Rotate {
+                    version: Some("v-new".into()),
+                },
+            ),
+            (
+                "update-stage-arn-upper",
+                EventAction::Rotate {
+                    version: Some("v-new".into()),
+                },
+            ),
+            (
+                "put-pending",
+                EventAction::Prefetch {
+                    version: Some("v-pending".into()),
+                },
+            ),
+        ];
+        for (name, action) in expected {
+            let body = fixture(name);
+            assert_eq!(classify(&body, &ours), action, "{name}");
+            assert_eq!(classify(&sns(&body), &ours), action, "{name} via SNS");
+            assert_eq!(
+                classify(&body, &SecretMatcher::new(ARN)),
+                action,
+                "{name} matched by ARN"
+            );
+        }
+    }
+
+    #[test]
+    fn other_secrets_other_stages_and_garbage_are_not_rotations() {
+        let ours = SecretMatcher::new("prod/app/db");
+        let other = fixture("label-updated").replace("prod/app/db", "prod/other/db");
+        assert!(matches!(classify(&other, &ours), EventAction::Ignore(_)));
+        let pending_label = fixture("label-updated").replace("\"AWSCURRENT\"", "\"AWSPENDING\"");
+        assert!(matches!(
+            classify(&pending_label, &ours),
+            EventAction::Ignore(_)
+        ));
+        let to_previous =
+            fixture("update-stage-secret-id").replace("\"AWSCURRENT\"", "\"AWSPREVIOUS\"");
+        assert!(matches!(
+            classify(&to_previous, &ours),
+            EventAction::Ignore(_)
+        ));
+        for garbage in [
+            "",
+            "not json",
+            "{}",
+            "[1,2]",
+            r#"{"detail-type":"Secret Label Updated","detail":{}}"#,
+            &sns("not json"),
+        ] {
+            assert!(
+                matches!(classify(garbage, &ours), EventAction::Invalid(_)),
+                "{garbage:?}"
+            );
+        }
+        assert_eq!(classify("nope", &ours).label(), "invalid");
+    }
+}

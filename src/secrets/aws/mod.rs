@@ -1,0 +1,95 @@
+//! AWS Secrets Manager as a credential source. This part is the pure core, free of the SDK:
+//! [`events`] understands the change events that arrive over SQS (EventBridge and CloudTrail
+//! shapes, optionally inside an SNS envelope) and [`SecretMatcher`] decides whether an event
+//! names the configured secret. The SDK provider and the SQS listener build on these.
+
+pub mod events;
+
+/// The configured secret, by name or ARN, matched against the names and ARNs events carry.
+/// Secrets Manager ARNs end in the name plus a random 6-character suffix (`prod/db-AbC123`).
+#[derive(Debug, Clone)]
+pub struct SecretMatcher {
+    name: String,
+    arn: Option<String>,
+}
+
+impl SecretMatcher {
+    pub fn new(secret_id: &str) -> Self {
+        match name_from_arn(secret_id) {
+            Some(name) => Self {
+                name,
+                arn: Some(secret_id.to_owned()),
+            },
+            None => Self {
+                name: secret_id.to_owned(),
+                arn: None,
+            },
+        }
+    }
+
+    pub fn matches(&self, id: &str) -> bool {
+        if let (Some(arn), true) = (&self.arn, id.starts_with("arn:")) {
+            if arn == id {
+                return true;
+            }
+        }
+        match name_from_arn(id) {
+            Some(name) => name == self.name,
+            None => id == self.name,
+        }
+    }
+}
+
+/// The secret name in a Secrets Manager ARN, without the random suffix when there is one.
+/// Full ARNs always carry the suffix; a partial ARN of a name that itself ends in `-` and six
+/// letters or digits would lose them, so configure secrets by name or by full ARN.
+fn name_from_arn(id: &str) -> Option<String> {
+    let rest = id.strip_prefix("arn:")?;
+    let (_, resource) = rest.split_once(":secret:")?;
+    Some(strip_suffix(resource).to_owned())
+}
+
+fn strip_suffix(resource: &str) -> &str {
+    match resource.rsplit_once('-') {
+        Some((name, suffix))
+            if suffix.len() == 6 && suffix.chars().all(|c| c.is_ascii_alphanumeric()) =>
+        {
+            name
+        }
+        _ => resource,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ARN: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/app/db-AbC123";
+
+    #[test]
+    fn names_and_arns_match_each_other() {
+        let by_name = SecretMatcher::new("prod/app/db");
+        assert!(by_name.matches("prod/app/db"));
+        assert!(by_name.matches(ARN));
+        assert!(
+            by_name.matches("arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/app/db")
+        );
+        assert!(!by_name.matches("prod/app/db2"));
+        assert!(
+            !by_name.matches(
+                "arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/app/other-AbC123"
+            )
+        );
+        let by_arn = SecretMatcher::new(ARN);
+        assert!(by_arn.matches(ARN));
+        assert!(by_arn.matches("prod/app/db"));
+        assert!(!by_arn.matches("prod/app"));
+    }
+
+    #[test]
+    fn a_name_ending_in_a_hyphenated_word_is_not_mistaken_for_a_suffix_only_when_short() {
+        let m = SecretMatcher::new("svc-db");
+        assert!(m.matches("svc-db"));
+        assert!(m.matches("arn:aws:secretsmanager:eu-west-1:1:secret:svc-db-x9Y8z7"));
+    }
+}
