@@ -143,3 +143,48 @@ async fn oversized_messages_are_refused_without_harm() {
     let small = format!("SELECT '{}'", "x".repeat(1000));
     proxy.client().await.simple_query(&small).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_md5_and_cleartext_logins_work() {
+    let pg = app_cluster();
+    // An md5-hashed password, so PostgreSQL can ask for md5.
+    pg.sql(&format!(
+        "SET password_encryption = 'md5'; ALTER ROLE {APP_USER} PASSWORD '{APP_PASSWORD}'"
+    ));
+    assert!(
+        pg.sql(&format!(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = '{APP_USER}'"
+        ))
+        .starts_with("md5")
+    );
+    for method in ["md5", "password"] {
+        pg.set_hba_method(method);
+        let proxy = TestProxy::builder(&pg).start().await;
+        let client = proxy.client().await;
+        assert_eq!(
+            one(&client, "SELECT current_user").await,
+            APP_USER,
+            "{method}"
+        );
+        proxy.stop().await.unwrap();
+    }
+    pg.set_hba_method("scram-sha-256");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gssapi_encryption_is_refused_and_the_client_may_go_on() {
+    use tokio::io::AsyncWriteExt;
+    let pg = app_cluster();
+    let proxy = TestProxy::builder(&pg).start().await;
+    let mut raw = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    // GSSENCRequest: length 8, code 80877104.
+    raw.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30])
+        .await
+        .unwrap();
+    let mut answer = [0u8; 1];
+    raw.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"N");
+    // libpq's default (gssencmode=prefer) then carries on in the clear.
+    let (ok, out, err) = psql(&proxy, "gssencmode=prefer", &["-qAt", "-c", "SELECT 7"]).await;
+    assert!(ok && out.trim() == "7", "{err}");
+}

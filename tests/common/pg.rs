@@ -210,6 +210,15 @@ impl Pg {
         Self::start_with(&[])
     }
 
+    /// Replaces pg_hba.conf's TCP rule with `method` (md5, password, scram-sha-256) and reloads.
+    pub fn set_hba_method(&self, method: &str) {
+        let hba = format!("local all all scram-sha-256\nhost all all 127.0.0.1/32 {method}\n");
+        let path = self.dir.path().join("data/pg_hba.conf");
+        std::fs::write(&path, hba).unwrap();
+        give_to_pg(&path);
+        self.sql("SELECT pg_reload_conf()");
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }

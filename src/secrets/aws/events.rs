@@ -51,7 +51,9 @@ pub fn classify(body: &str, ours: &SecretMatcher) -> EventAction {
         {
             Some(Ok(inner)) => v = inner,
             _ => {
-                return EventAction::Invalid("an SNS notification whose Message is not JSON".into());
+                return EventAction::Invalid(
+                    "an SNS notification whose Message is not JSON".into(),
+                );
             }
         }
     }
