@@ -206,3 +206,53 @@ async fn clients_can_use_tls_and_require_tls_refuses_plain_clients() {
     let (ok, _, err) = psql(&proxy, "sslmode=require", &["-c", "SELECT 1"]).await;
     assert!(ok, "{err}");
 }
+
+/// PostgreSQL 17's direct TLS (`sslnegotiation=direct`): a TLS ClientHello with ALPN
+/// `postgresql` instead of an SSLRequest. psql 15 cannot do it, so the test speaks it itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_tls_with_alpn_reaches_authentication() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let pg = app_cluster();
+    let proxy = TestProxy::builder(&pg)
+        .listen(&format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"",
+            pki.cert.display(),
+            pki.key.display()
+        ))
+        .start()
+        .await;
+    let mut roots = rustls::RootCertStore::empty();
+    let ca_pem = std::fs::read(&pki.ca).unwrap();
+    let ca = rustls::pki_types::pem::PemObject::from_pem_slice(&ca_pem).unwrap();
+    roots.add(ca).unwrap();
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(rotagate::backend::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    config.alpn_protocols = vec![b"postgresql".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let mut startup = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::startup_message(
+        [("user", CLIENT_USER), ("database", "appdb")],
+        &mut startup,
+    )
+    .unwrap();
+    tls.write_all(&startup).await.unwrap();
+    let mut head = [0u8; 9];
+    tls.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[0], b'R', "an authentication request over direct TLS");
+    assert_eq!(
+        u32::from_be_bytes([head[5], head[6], head[7], head[8]]),
+        10,
+        "SASL"
+    );
+}
