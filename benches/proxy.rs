@@ -236,6 +236,67 @@ fn fmt_cpu(r: &Result) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// (mode, label, pgbench arguments) for every measured run.
+fn scenarios() -> Vec<(&'static str, String, Vec<String>)> {
+    let mut scenarios: Vec<(&'static str, String, Vec<String>)> = Vec::new();
+    for mode in ["transaction", "session"] {
+        for proto in ["simple", "extended"] {
+            for clients in ["8", "32"] {
+                let args = vec![
+                    "-S".into(),
+                    "-M".into(),
+                    proto.into(),
+                    "-c".into(),
+                    clients.into(),
+                    "-j".into(),
+                    "2".into(),
+                ];
+                scenarios.push((mode, format!("{mode} -S -M {proto} -c {clients}"), args));
+            }
+        }
+        let churn = vec![
+            "-S".into(),
+            "-C".into(),
+            "-c".into(),
+            "8".into(),
+            "-j".into(),
+            "2".into(),
+        ];
+        scenarios.push((mode, format!("{mode} -S -C -c 8 (new conn/tx)"), churn));
+    }
+    scenarios
+}
+
+/// One scenario against each target, printed as one table row.
+fn row(
+    label: &str,
+    args: &[String],
+    direct: &Target,
+    rg_t: &Target,
+    pgb_t: Option<&Target>,
+    secs: u64,
+) {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let d = pgbench(direct, &args, secs);
+    let r = pgbench(rg_t, &args, secs);
+    let b = pgb_t.map(|t| pgbench(t, &args, secs)).unwrap_or_default();
+    let ratio = if b.tps > 0.0 {
+        format!("{:.2}x", r.tps / b.tps)
+    } else {
+        "-".into()
+    };
+    println!(
+        "{label:<34} {:>10.0} {:>10.0} {:>10.0} {ratio:>8} {:>9.3} {:>9.3} {:>9} {:>9}",
+        d.tps,
+        r.tps,
+        b.tps,
+        r.latency_ms,
+        b.latency_ms,
+        fmt_cpu(&r),
+        fmt_cpu(&b)
+    );
+}
+
 fn main() {
     // `cargo test --benches` runs this with --test-ish args; only `cargo bench` measures.
     if !std::env::args().any(|a| a == "--bench") {
@@ -280,32 +341,7 @@ fn main() {
         password: PASSWORD,
         pid: None,
     };
-    let mut scenarios: Vec<(&str, String, Vec<String>)> = Vec::new();
-    for mode in ["transaction", "session"] {
-        for proto in ["simple", "extended"] {
-            for clients in ["8", "32"] {
-                let args = vec![
-                    "-S".into(),
-                    "-M".into(),
-                    proto.into(),
-                    "-c".into(),
-                    clients.into(),
-                    "-j".into(),
-                    "2".into(),
-                ];
-                scenarios.push((mode, format!("{mode} -S -M {proto} -c {clients}"), args));
-            }
-        }
-        let churn = vec![
-            "-S".into(),
-            "-C".into(),
-            "-c".into(),
-            "8".into(),
-            "-j".into(),
-            "2".into(),
-        ];
-        scenarios.push((mode, format!("{mode} -S -C -c 8 (new conn/tx)"), churn));
-    }
+    let scenarios = scenarios();
     for mode in ["transaction", "session"] {
         let (mut rg, rg_port) = start_rotagate(dir.path(), &pg, mode);
         let bouncer = start_pgbouncer(dir.path(), &pg, mode);
@@ -328,28 +364,7 @@ fn main() {
             .iter()
             .filter(|s| s.0 == mode && s.1.contains(&filter))
         {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let d = pgbench(&direct, &args, secs);
-            let r = pgbench(&rg_t, &args, secs);
-            let b = pgb_t
-                .as_ref()
-                .map(|t| pgbench(t, &args, secs))
-                .unwrap_or_default();
-            let ratio = if b.tps > 0.0 {
-                format!("{:.2}x", r.tps / b.tps)
-            } else {
-                "-".into()
-            };
-            println!(
-                "{label:<34} {:>10.0} {:>10.0} {:>10.0} {ratio:>8} {:>9.3} {:>9.3} {:>9} {:>9}",
-                d.tps,
-                r.tps,
-                b.tps,
-                r.latency_ms,
-                b.latency_ms,
-                fmt_cpu(&r),
-                fmt_cpu(&b)
-            );
+            row(label, args, &direct, &rg_t, pgb_t.as_ref(), secs);
         }
         if mode == "transaction" {
             let n = std::env::var("BENCH_IDLE")

@@ -75,8 +75,7 @@ impl App {
         let pools = Arc::new(Pools::new(cfg.pool.clone(), target, creds));
         let ready = Arc::new(AtomicBool::new(false));
         let tracker = TaskTracker::new();
-        let (rotate_tx, rotate_rx) = tokio::sync::mpsc::channel(8);
-        let engine = Engine::new(EngineParts {
+        let parts = EngineParts {
             provider,
             events,
             pools: pools.clone(),
@@ -90,8 +89,8 @@ impl App {
             cache: cache.map(Arc::new),
             status: status.clone(),
             ready: ready.clone(),
-        });
-        tracker.spawn(engine.run(rotate_rx, shutdown.clone(), tracker.clone()));
+        };
+        let rotation = spawn_engine(parts, &shutdown, &tracker);
 
         let admin_stop = CancellationToken::new();
         let state = AdminState {
@@ -100,22 +99,12 @@ impl App {
             prometheus,
             pools: pools.clone(),
             status,
-            rotation: RotationHandle::new(rotate_tx),
+            rotation,
             token: admin_token(&cfg)?,
             started: SystemTime::now(),
         };
         let admin_task = tokio::spawn(serve_admin(self.admin, state, admin_stop.clone()));
-        let fe = Arc::new(Frontend {
-            tls: client_tls(&cfg)?,
-            auth: ClientAuth::from_config(&cfg.clients),
-            mode: cfg.pool.mode,
-            database: cfg.upstream.database.clone(),
-            listen: cfg.listen.clone(),
-            pools,
-            cancels: Arc::new(CancelRegistry::default()),
-            shutdown: shutdown.clone(),
-            transactions: metrics::counter!("rotagate_transactions_total"),
-        });
+        let fe = frontend(&cfg, pools, &shutdown)?;
         tracing::info!(addr = %self.proxy.local_addr()?, mode = ?cfg.pool.mode, "accepting clients");
         frontend::serve(self.proxy, fe, tracker.clone()).await;
 
@@ -131,6 +120,35 @@ impl App {
         let _ = admin_task.await;
         Ok(())
     }
+}
+
+/// Starts the rotation engine (the only writer of pool generations) as a tracked task.
+fn spawn_engine(
+    parts: EngineParts,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) -> RotationHandle {
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tracker.spawn(Engine::new(parts).run(rx, shutdown.clone(), tracker.clone()));
+    RotationHandle::new(tx)
+}
+
+fn frontend(
+    cfg: &Config,
+    pools: Arc<Pools>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Arc<Frontend>> {
+    Ok(Arc::new(Frontend {
+        tls: client_tls(cfg)?,
+        auth: ClientAuth::from_config(&cfg.clients),
+        mode: cfg.pool.mode,
+        database: cfg.upstream.database.clone(),
+        listen: cfg.listen.clone(),
+        pools,
+        cancels: Arc::new(CancelRegistry::default()),
+        shutdown: shutdown.clone(),
+        transactions: metrics::counter!("rotagate_transactions_total"),
+    }))
 }
 
 type Source = (Arc<dyn SecretProvider>, Vec<Box<dyn EventSource>>);

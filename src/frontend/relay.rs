@@ -125,37 +125,51 @@ pub async fn relay(
             poll_io(cx, c, s, &f, rest, shutdown.as_mut())
         })
         .await;
-        match io {
-            Io::WroteServer(n) => {
-                c.buf.advance(n);
-                c.ready -= n;
-                f.flush_server = c.ready == 0;
-            }
-            Io::WroteClient(n) => {
-                s.rbuf.advance(n);
-                f.server_ready -= n;
-                f.flush_client = f.server_ready == 0;
-            }
-            Io::FlushedServer => f.flush_server = false,
-            Io::FlushedClient => f.flush_client = false,
-            Io::ReadClient(0) | Io::ClientFailed => {
-                s.broken |= !(drained && at_rest(c, s, &f));
-                return Ok(End::ClientGone);
-            }
-            Io::ReadServer(0) => {
-                return Ok(server_gone(
-                    s,
-                    "the upstream server closed the connection".into(),
-                ));
-            }
-            Io::ServerFailed(e) => return Ok(server_gone(s, e.to_string())),
-            Io::Retired => {
-                s.broken = true;
-                return Ok(End::Retired);
-            }
-            Io::ReadClient(_) | Io::ReadServer(_) | Io::Shutdown => {}
+        if let Some(end) = progress(io, c, s, &mut f, drained) {
+            return Ok(end);
         }
     }
+}
+
+/// Books one I/O step; the end of the relay when the step ends it.
+fn progress(
+    io: Io,
+    c: &mut ClientSide,
+    s: &mut ServerConn,
+    f: &mut Flow,
+    drained: bool,
+) -> Option<End> {
+    match io {
+        Io::WroteServer(n) => {
+            c.buf.advance(n);
+            c.ready -= n;
+            f.flush_server = c.ready == 0;
+        }
+        Io::WroteClient(n) => {
+            s.rbuf.advance(n);
+            f.server_ready -= n;
+            f.flush_client = f.server_ready == 0;
+        }
+        Io::FlushedServer => f.flush_server = false,
+        Io::FlushedClient => f.flush_client = false,
+        Io::ReadClient(0) | Io::ClientFailed => {
+            s.broken |= !(drained && at_rest(c, s, f));
+            return Some(End::ClientGone);
+        }
+        Io::ReadServer(0) => {
+            return Some(server_gone(
+                s,
+                "the upstream server closed the connection".into(),
+            ));
+        }
+        Io::ServerFailed(e) => return Some(server_gone(s, e.to_string())),
+        Io::Retired => {
+            s.broken = true;
+            return Some(End::Retired);
+        }
+        Io::ReadClient(_) | Io::ReadServer(_) | Io::Shutdown => {}
+    }
+    None
 }
 
 fn server_gone(s: &mut ServerConn, why: String) -> End {
