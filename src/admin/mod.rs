@@ -84,7 +84,7 @@ async fn status(State(s): State<AdminState>) -> Response {
             "source": rotation.source,
             "version": rotation.version,
             "username": rotation.username,
-            "validated_at": serde_json::to_value(&rotation).ok().and_then(|v| v.get("validated_at").cloned()),
+            "validated_at": rotation.validated_at_unix(),
         },
         "breaker": {
             "state": rotation.breaker,

@@ -100,17 +100,6 @@ impl BackendError {
         matches!(self, BackendError::Auth { code, .. } if code == "28P01" || code == "28000")
     }
 
-    /// Worth retrying as is: network trouble, a server starting or shutting down.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            BackendError::Io(_) | BackendError::Timeout(_) => true,
-            BackendError::Server { code, .. } | BackendError::Auth { code, .. } => {
-                code.starts_with("57P") || code.starts_with("08") || code == "53300"
-            }
-            _ => false,
-        }
-    }
-
     /// The SQLSTATE the server sent, when it sent one.
     pub fn code(&self) -> Option<&str> {
         match self {

@@ -193,7 +193,7 @@ pub fn parse(
         .find(|(k, _)| k == "ROTAGATE_CACHE_KEY")
         .map(|(_, v)| SecretString::new(v.clone()));
     env::apply_overrides(&mut value, vars)?;
-    let raw: raw::RawConfig = serde_path_error(value)?;
+    let raw: raw::RawConfig = deserialize(value)?;
     let mut cfg = validate(raw)?;
     if let Some(key) = cache_key {
         crate::secrets::cache::CacheKey::from_base64(&key)
@@ -208,7 +208,7 @@ pub fn parse(
     Ok(cfg)
 }
 
-fn serde_path_error(value: toml::Table) -> Result<raw::RawConfig, ConfigErrors> {
+fn deserialize(value: toml::Table) -> Result<raw::RawConfig, ConfigErrors> {
     toml::Value::Table(value)
         .try_into()
         .map_err(|e: toml::de::Error| ConfigErrors::one("config", toml_message(&e)))

@@ -12,7 +12,7 @@ use bb8::{PooledConnection, RunError};
 use manager::Manager;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 
 /// A checked-out upstream connection; dropping it checks it in (or closes it when broken).
@@ -23,8 +23,6 @@ pub struct Generation {
     pub id: u64,
     pub creds: Arc<Credentials>,
     pub pool: bb8::Pool<Manager>,
-    pub published: Instant,
-    pub published_at: SystemTime,
     last_error: Arc<Mutex<Option<String>>>,
 }
 
@@ -239,13 +237,6 @@ fn build(
         id,
         creds,
         pool,
-        published: Instant::now(),
-        published_at: SystemTime::now(),
         last_error,
     }
-}
-
-/// Marks a connection so that checking it in closes it.
-pub fn discard(conn: &mut ServerConn) {
-    conn.broken = true;
 }

@@ -59,23 +59,25 @@ pub struct Report {
     pub duration_ms: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct StatusView {
     pub source: &'static str,
     pub version: String,
     pub username: String,
     pub validated: bool,
-    #[serde(serialize_with = "unix_seconds")]
     pub validated_at: Option<SystemTime>,
     pub breaker: BreakerState,
     pub consecutive_failures: u32,
     pub last_attempt: Option<Report>,
 }
 
-fn unix_seconds<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
-    match t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()) {
-        Some(d) => s.serialize_u64(d.as_secs()),
-        None => s.serialize_none(),
+impl StatusView {
+    /// `validated_at` as Unix seconds, for JSON.
+    pub fn validated_at_unix(&self) -> Option<u64> {
+        self.validated_at?
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_secs())
     }
 }
 

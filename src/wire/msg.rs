@@ -86,11 +86,6 @@ pub fn query(buf: &mut BytesMut, sql: &str) {
     finish(buf, at);
 }
 
-pub fn terminate(buf: &mut BytesMut) {
-    let at = begin(buf, b'X');
-    finish(buf, at);
-}
-
 /// `"name"` with embedded quotes doubled.
 pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
