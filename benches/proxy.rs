@@ -298,14 +298,9 @@ fn row(
 }
 
 fn main() {
-    // `cargo test --benches` runs this with --test-ish args; only `cargo bench` measures.
-    if !std::env::args().any(|a| a == "--bench") {
+    let Some(secs) = support::bench_seconds(10) else {
         return;
-    }
-    let secs: u64 = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+    };
     let pg = Pg::start_with(&[("max_connections", "400".into())]);
     pg.app_db(UP_USER, UP_PASSWORD);
     pg.sql(&format!("CREATE ROLE {USER} LOGIN PASSWORD '{PASSWORD}'"));

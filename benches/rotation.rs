@@ -88,13 +88,9 @@ fn pgbench(port: u16, secs: u64, logdir: &Path) -> (f64, u64, f64, f64) {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
+    let Some(secs) = support::bench_seconds(60) else {
         return;
-    }
-    let secs: u64 = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(60);
+    };
     let pg = Pg::start_with(&[("max_connections", "300".into())]);
     pg.app_db("app_owner", "pw-0");
     pg.pgbench_init("app_owner", "pw-0");

@@ -235,24 +235,20 @@ async fn a_restart_without_the_source_serves_from_the_encrypted_cache() {
     write_secret(&secret, &pg, APP_USER, APP_PASSWORD);
     let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
     let cache_line = format!("cache_file = \"{}\"", cache.display());
-    let proxy = TestProxy::builder(&pg)
-        .secret_at(&secret)
-        .credentials(&cache_line)
-        .var("ROTAGATE_CACHE_KEY", key)
-        .start()
-        .await;
+    let cached = || {
+        TestProxy::builder(&pg)
+            .secret_at(&secret)
+            .credentials(&cache_line)
+            .var("ROTAGATE_CACHE_KEY", key)
+    };
+    let proxy = cached().start().await;
     proxy.rotate_to(&pg, APP_USER, "cached-pw").await;
     proxy.stop().await.unwrap();
     let raw = std::fs::read(&cache).unwrap();
     assert!(!String::from_utf8_lossy(&raw).contains("cached-pw"));
 
     std::fs::remove_file(&secret).unwrap();
-    let proxy = TestProxy::builder(&pg)
-        .secret_at(&secret)
-        .credentials(&cache_line)
-        .var("ROTAGATE_CACHE_KEY", key)
-        .start()
-        .await;
+    let proxy = cached().start().await;
     assert_eq!(
         one(&proxy.client().await, "SELECT current_user").await,
         APP_USER
@@ -260,10 +256,7 @@ async fn a_restart_without_the_source_serves_from_the_encrypted_cache() {
     proxy.stop().await.unwrap();
 
     let other_key = "HxscGRgXFhUUExIREA8ODQwLCgkIBwYFBAMCAQAfHh0=";
-    let cfg_text = TestProxy::builder(&pg)
-        .secret_at(&secret)
-        .credentials(&cache_line)
-        .config_text(&secret);
+    let cfg_text = cached().config_text(&secret);
     let cfg = rotagate::config::parse(
         &cfg_text,
         [("ROTAGATE_CACHE_KEY".to_owned(), other_key.to_owned())],

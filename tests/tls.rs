@@ -45,6 +45,15 @@ fn pki(dir: &Path) -> Pki {
     p
 }
 
+/// `[listen]` lines serving the test certificate, plus `extra`.
+fn tls_listen(pki: &Pki, extra: &str) -> String {
+    format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"\n{extra}",
+        pki.cert.display(),
+        pki.key.display()
+    )
+}
+
 fn tls_cluster(dir: &Path) -> (Pg, Pki) {
     let pki = pki(dir);
     give_to_pg(dir);
@@ -170,11 +179,7 @@ async fn clients_can_use_tls_and_require_tls_refuses_plain_clients() {
     let pki = pki(dir.path());
     let pg = app_cluster();
     let proxy = TestProxy::builder(&pg)
-        .listen(&format!(
-            "tls_cert = \"{}\"\ntls_key = \"{}\"",
-            pki.cert.display(),
-            pki.key.display()
-        ))
+        .listen(&tls_listen(&pki, ""))
         .start()
         .await;
     let (ok, out, err) = psql(&proxy, "sslmode=require", &["-c", "\\conninfo"]).await;
@@ -194,11 +199,7 @@ async fn clients_can_use_tls_and_require_tls_refuses_plain_clients() {
     proxy.stop().await.unwrap();
 
     let proxy = TestProxy::builder(&pg)
-        .listen(&format!(
-            "tls_cert = \"{}\"\ntls_key = \"{}\"\nrequire_tls = true",
-            pki.cert.display(),
-            pki.key.display()
-        ))
+        .listen(&tls_listen(&pki, "require_tls = true"))
         .start()
         .await;
     let (ok, _, err) = psql(&proxy, "sslmode=disable", &["-c", "SELECT 1"]).await;
@@ -216,11 +217,7 @@ async fn direct_tls_with_alpn_reaches_authentication() {
     let pki = pki(dir.path());
     let pg = app_cluster();
     let proxy = TestProxy::builder(&pg)
-        .listen(&format!(
-            "tls_cert = \"{}\"\ntls_key = \"{}\"",
-            pki.cert.display(),
-            pki.key.display()
-        ))
+        .listen(&tls_listen(&pki, ""))
         .start()
         .await;
     let mut roots = rustls::RootCertStore::empty();

@@ -14,6 +14,20 @@ use std::time::{Duration, Instant};
 pub const USER: &str = "app";
 pub const PASSWORD: &str = "static-client-pw";
 
+/// The run length in seconds (BENCH_SECONDS, else `default`), or None when this binary was
+/// not started by `cargo bench` (`cargo test --benches` runs it too, and must not measure).
+pub fn bench_seconds(default: u64) -> Option<u64> {
+    if !std::env::args().any(|a| a == "--bench") {
+        return None;
+    }
+    Some(
+        std::env::var("BENCH_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default),
+    )
+}
+
 /// Waits until `port` accepts connections; panics if `child` exits or 30 s pass.
 pub fn wait_port(port: u16, child: &mut Child, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
