@@ -15,7 +15,7 @@ use crate::rotation::breaker::Breaker;
 use crate::rotation::{Engine, EngineParts, RotationHandle, RotationStatus};
 use crate::secrets::cache::{Cache, CacheKey};
 use crate::secrets::provider::{EventSource, FileProvider, FileWatcher, SecretProvider, Stage};
-use crate::secrets::{Credentials, SecretString};
+use crate::secrets::{Credentials, SecretString, aws};
 use anyhow::Context;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -62,7 +62,7 @@ impl App {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let prometheus = admin::metrics::install();
         let cfg = self.cfg;
-        let (provider, events) = source(&cfg)?;
+        let (provider, events) = source(&cfg).await?;
         let cache = cache(&cfg)?;
         let creds = initial_credentials(provider.as_ref(), cache.as_ref()).await?;
         tracing::info!(source = provider.kind(), version = %creds.version, username = %creds.username, "credential loaded");
@@ -154,21 +154,31 @@ fn frontend(
 type Source = (Arc<dyn SecretProvider>, Vec<Box<dyn EventSource>>);
 
 /// The configured credential source and the events that say it may have changed.
-fn source(cfg: &Config) -> anyhow::Result<Source> {
-    match (cfg.credentials.source, &cfg.credentials.file) {
-        (SourceKind::File, Some(f)) => {
+async fn source(cfg: &Config) -> anyhow::Result<Source> {
+    let c = &cfg.credentials;
+    match (c.source, &c.file, &c.aws) {
+        (SourceKind::File, Some(f), _) => {
             let watcher = FileWatcher {
                 path: f.path.clone(),
                 interval: Duration::from_millis(250),
             };
-            Ok((
-                Arc::new(FileProvider {
-                    path: f.path.clone(),
-                }),
-                vec![Box::new(watcher)],
-            ))
+            let provider = FileProvider {
+                path: f.path.clone(),
+            };
+            Ok((Arc::new(provider), vec![Box::new(watcher)]))
         }
-        (kind, _) => anyhow::bail!("credential source {kind:?} is not available in this build"),
+        (SourceKind::Aws, _, Some(a)) => {
+            let (provider, listener) = aws::source(a).await?;
+            let events: Vec<Box<dyn EventSource>> = match listener {
+                Some(l) => vec![Box::new(l)],
+                None => {
+                    tracing::info!(every = ?c.refresh_interval, "no credentials.aws.queue_url: rotations are noticed by the periodic check only");
+                    vec![]
+                }
+            };
+            Ok((Arc::new(provider), events))
+        }
+        (kind, _, _) => anyhow::bail!("credential source {kind:?} is not available in this build"),
     }
 }
 

@@ -2,6 +2,7 @@
 //! [`raw`] structs, then validated once into typed sub-configs. Every error is collected with
 //! its field path and reported together. No other module reads the file or the environment.
 
+mod credentials;
 mod env;
 mod raw;
 mod validate;
@@ -127,6 +128,7 @@ pub struct CredentialsConfig {
     pub cache_key_file: Option<PathBuf>,
     pub allow_endpoint_change: bool,
     pub file: Option<FileSourceConfig>,
+    pub aws: Option<AwsSourceConfig>,
     /// From `ROTAGATE_CACHE_KEY` (base64 of 32 bytes), when set.
     pub cache_key: Option<SecretString>,
 }
@@ -134,6 +136,17 @@ pub struct CredentialsConfig {
 #[derive(Debug, Clone)]
 pub struct FileSourceConfig {
     pub path: PathBuf,
+}
+
+/// `[credentials.aws]`: the secret (name or ARN), and where to reach AWS. Without `region`
+/// the region comes from the secret's ARN, else from the SDK's usual chain (`AWS_REGION`, the
+/// profile, instance metadata). Without `queue_url` only the periodic check notices rotations.
+#[derive(Debug, Clone)]
+pub struct AwsSourceConfig {
+    pub secret_id: String,
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub queue_url: Option<String>,
 }
 
 /// Every problem found in a config, each with the path of the field it concerns.

@@ -4,19 +4,24 @@ use super::raw::*;
 use super::*;
 
 /// Collects errors while converting; each conversion returns a fallback so checking goes on.
-struct Check {
-    errors: Vec<FieldError>,
+pub(super) struct Check {
+    pub(super) errors: Vec<FieldError>,
 }
 
 impl Check {
-    fn err(&mut self, path: &str, message: impl Into<String>) {
+    pub(super) fn err(&mut self, path: &str, message: impl Into<String>) {
         self.errors.push(FieldError {
             path: path.to_owned(),
             message: message.into(),
         });
     }
 
-    fn duration(&mut self, path: &str, v: Option<&String>, default: Duration) -> Duration {
+    pub(super) fn duration(
+        &mut self,
+        path: &str,
+        v: Option<&String>,
+        default: Duration,
+    ) -> Duration {
         match v {
             None => default,
             Some(s) => match humantime::parse_duration(s) {
@@ -36,7 +41,7 @@ impl Check {
         }
     }
 
-    fn addr(&mut self, path: &str, v: Option<&String>, default: &str) -> SocketAddr {
+    pub(super) fn addr(&mut self, path: &str, v: Option<&String>, default: &str) -> SocketAddr {
         let s = v.map(String::as_str).unwrap_or(default);
         s.parse().unwrap_or_else(|_| {
             self.err(
@@ -47,7 +52,14 @@ impl Check {
         })
     }
 
-    fn range(&mut self, path: &str, v: Option<i64>, default: i64, min: i64, max: i64) -> i64 {
+    pub(super) fn range(
+        &mut self,
+        path: &str,
+        v: Option<i64>,
+        default: i64,
+        min: i64,
+        max: i64,
+    ) -> i64 {
         match v {
             None => default,
             Some(n) if (min..=max).contains(&n) => n,
@@ -58,7 +70,7 @@ impl Check {
         }
     }
 
-    fn required<'a>(&mut self, path: &str, v: Option<&'a String>) -> &'a str {
+    pub(super) fn required<'a>(&mut self, path: &str, v: Option<&'a String>) -> &'a str {
         match v {
             Some(s) if !s.trim().is_empty() => s,
             _ => {
@@ -76,7 +88,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     let clients = clients(&mut c, raw.clients);
     let upstream = upstream(&mut c, raw.upstream);
     let pool = pool(&mut c, raw.pool.unwrap_or_default());
-    let credentials = credentials(&mut c, raw.credentials);
+    let credentials = super::credentials::credentials(&mut c, raw.credentials);
     if c.errors.is_empty() {
         Ok(Config {
             listen,
@@ -275,72 +287,6 @@ fn pool(c: &mut Check, r: RawPool) -> PoolConfig {
             r.drain_timeout.as_ref(),
             Duration::from_secs(300),
         ),
-    }
-}
-
-fn credentials(c: &mut Check, r: Option<RawCredentials>) -> CredentialsConfig {
-    let r = r.unwrap_or_else(|| {
-        c.err("credentials", "the [credentials] section is required");
-        RawCredentials::default()
-    });
-    let source = match r.source.as_deref() {
-        Some("file") => SourceKind::File,
-        Some("aws") => SourceKind::Aws,
-        Some("vault") => SourceKind::Vault,
-        Some(other) => {
-            c.err(
-                "credentials.source",
-                format!("{other:?} is not one of file, aws, vault"),
-            );
-            SourceKind::File
-        }
-        None => {
-            c.err("credentials.source", "is required (file, aws or vault)");
-            SourceKind::File
-        }
-    };
-    let file = r.file.map(|f| FileSourceConfig {
-        path: c.required("credentials.file.path", f.path.as_ref()).into(),
-    });
-    match source {
-        SourceKind::File if file.is_none() => c.err(
-            "credentials.file",
-            "[credentials.file] with a path is required when source = \"file\"",
-        ),
-        SourceKind::Aws => c.err(
-            "credentials.source",
-            "\"aws\" is not supported by this build yet",
-        ),
-        SourceKind::Vault => c.err(
-            "credentials.source",
-            "\"vault\" is not supported by this build yet",
-        ),
-        SourceKind::File => {}
-    }
-    CredentialsConfig {
-        source,
-        refresh_interval: c.duration(
-            "credentials.refresh_interval",
-            r.refresh_interval.as_ref(),
-            Duration::from_secs(300),
-        ),
-        breaker_failures: c.range(
-            "credentials.breaker_failures",
-            r.breaker_failures,
-            3,
-            1,
-            1000,
-        ) as u32,
-        breaker_cooldown: c.duration(
-            "credentials.breaker_cooldown",
-            r.breaker_cooldown.as_ref(),
-            Duration::from_secs(300),
-        ),
-        cache_file: r.cache_file.map(PathBuf::from),
-        cache_key_file: r.cache_key_file.map(PathBuf::from),
-        allow_endpoint_change: r.allow_endpoint_change.unwrap_or(false),
-        file,
-        cache_key: None,
     }
 }
 

@@ -2,15 +2,15 @@
 //! caller of [`Pools::publish`].
 
 use super::Request;
-use super::backoff::Backoff;
 use super::breaker::Breaker;
 use super::status::{Outcome, Report, RotationStatus, Trigger};
 use crate::backend::{self, BackendError, ServerConn, UpstreamTarget, query};
 use crate::config::UpstreamConfig;
 use crate::pool::Pools;
 use crate::secrets::Credentials;
+use crate::secrets::backoff::Backoff;
 use crate::secrets::cache::Cache;
-use crate::secrets::provider::{EventSource, SecretProvider, SourceError, Stage};
+use crate::secrets::provider::{Change, EventSource, Note, SecretProvider, SourceError, Stage};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
@@ -43,6 +43,8 @@ pub struct Engine {
     last_auth_refetch: Option<Instant>,
     validated: bool,
     persisted: u64,
+    /// A version fetched when it was staged (AWSPENDING), used when it becomes current.
+    prefetched: Option<Credentials>,
 }
 
 /// What one attempt produced, before it becomes a [`Report`].
@@ -80,6 +82,7 @@ impl Engine {
             last_auth_refetch: None,
             validated: false,
             persisted: 0,
+            prefetched: None,
         }
     }
 
@@ -95,7 +98,7 @@ impl Engine {
             tracker.spawn(source.run(note_tx.clone(), stop.clone()));
         }
         drop(note_tx);
-        self.handle(Trigger::Start, None).await;
+        self.handle(Trigger::Start, None, None).await;
         let mut next_refresh = Instant::now() + self.p.refresh_interval;
         let auth_failed = self.p.pools.auth_failed.clone();
         loop {
@@ -103,7 +106,10 @@ impl Engine {
             let (trigger, reply) = tokio::select! {
                 _ = stop.cancelled() => return,
                 Some(req) = requests.recv() => (req.trigger, req.reply),
-                Some(_) = notes.recv() => (Trigger::Watch, None),
+                Some(note) = notes.recv() => {
+                    self.on_note(note).await;
+                    continue;
+                }
                 _ = auth_failed.notified() => {
                     if self.last_auth_refetch.is_some_and(|t| t.elapsed() < AUTH_REFETCH_EVERY) {
                         continue;
@@ -121,13 +127,60 @@ impl Engine {
                     (Trigger::Retry, None)
                 }
             };
-            self.handle(trigger, reply).await;
+            self.handle(trigger, None, reply).await;
         }
     }
 
-    async fn handle(&mut self, trigger: Trigger, reply: Option<oneshot::Sender<Report>>) {
+    /// An event: a staged version is prefetched; a change of the current one is an attempt,
+    /// skipped when the event names the version already served (events repeat).
+    async fn on_note(&mut self, note: Note) {
+        if note.change == Change::Pending {
+            return self.prefetch(note.version.as_deref()).await;
+        }
+        let outcome = self.handle(Trigger::Event, note.version, None).await;
+        if !note.counted {
+            let label = match outcome {
+                Outcome::Applied => "applied",
+                Outcome::Rejected | Outcome::Failed => "invalid",
+                _ => "ignored",
+            };
+            metrics::counter!("rotagate_events_total", "source" => note.origin, "outcome" => label)
+                .increment(1);
+        }
+    }
+
+    /// Fetches the pending version so that the swap, when its event comes, needs no fetch.
+    async fn prefetch(&mut self, version: Option<&str>) {
+        if version.is_some() && self.prefetched.as_ref().map(|c| c.version.as_str()) == version {
+            return;
+        }
+        match self.p.provider.fetch(Stage::Pending).await {
+            Ok(c) => {
+                tracing::info!(source = self.p.provider.kind(), version = %c.version, username = %c.username, "prefetched the pending credential");
+                self.prefetched = Some(c);
+            }
+            Err(e) => {
+                tracing::warn!(source = self.p.provider.kind(), error = %e, "could not prefetch the pending credential")
+            }
+        }
+    }
+
+    /// The prefetched credential, when it is the version wanted (version ids are immutable).
+    fn take_prefetched(&mut self, version: &str) -> Option<Credentials> {
+        if self.prefetched.as_ref()?.version == version {
+            return self.prefetched.take();
+        }
+        None
+    }
+
+    async fn handle(
+        &mut self,
+        trigger: Trigger,
+        expected: Option<String>,
+        reply: Option<oneshot::Sender<Report>>,
+    ) -> Outcome {
         let started = Instant::now();
-        let step = self.attempt(trigger).await;
+        let step = self.attempt(trigger, expected.as_deref()).await;
         let report = Report {
             outcome: step.outcome,
             trigger,
@@ -139,12 +192,14 @@ impl Engine {
             duration_ms: started.elapsed().as_millis() as u64,
         };
         self.record(&report, started.elapsed());
+        let outcome = report.outcome;
         if let Some(reply) = reply {
             let _ = reply.send(report);
         }
+        outcome
     }
 
-    async fn attempt(&mut self, trigger: Trigger) -> Step {
+    async fn attempt(&mut self, trigger: Trigger, expected: Option<&str>) -> Step {
         let now = Instant::now();
         if !self.p.breaker.allows(now.into_std()) {
             return Step {
@@ -155,16 +210,22 @@ impl Engine {
             };
         }
         let current = self.p.pools.current().creds.clone();
-        let step = match self.fetch(trigger, &current).await {
+        if self.validated && expected == Some(current.version.as_str()) {
+            return Step::about(Outcome::Unchanged, &current, Some("already served".into()));
+        }
+        let step = match self.fetch(trigger, expected, &current).await {
             Err(e) if !self.validated && e.is_transient() => self.check_current(&current).await,
             Err(e) => {
                 if e.is_transient() {
                     self.retry_at = Some(now + self.backoff.next_delay());
                 }
-                let outcome = if e.is_transient() {
-                    Outcome::Failed
-                } else {
-                    Outcome::Rejected
+                let outcome = match e {
+                    SourceError::Invalid(_) => Outcome::Rejected,
+                    SourceError::Refused(_) => {
+                        tracing::error!(source = self.p.provider.kind(), error = %e, "the credential source refuses; serving the last good credential until the next event or refresh");
+                        Outcome::Failed
+                    }
+                    SourceError::Unavailable(_) => Outcome::Failed,
                 };
                 Step {
                     outcome,
@@ -207,12 +268,24 @@ impl Engine {
     }
 
     /// The current version; after a refused login, the pending one too when current is what
-    /// is already served.
+    /// is already served. The periodic check first asks the source for the current version id
+    /// and fetches only when it moved; a prefetched version is used when it is the one wanted.
     async fn fetch(
-        &self,
+        &mut self,
         trigger: Trigger,
+        expected: Option<&str>,
         current: &Credentials,
     ) -> Result<Credentials, SourceError> {
+        let mut wanted = expected.map(str::to_owned);
+        if trigger == Trigger::Refresh && self.validated {
+            match self.p.provider.current_version().await? {
+                Some(v) if v == current.version => return Ok(current.clone()),
+                v => wanted = v,
+            }
+        }
+        if let Some(c) = wanted.as_deref().and_then(|v| self.take_prefetched(v)) {
+            return Ok(c);
+        }
         let c = self.p.provider.fetch(Stage::Current).await?;
         if trigger == Trigger::AuthFailure && same(&c, current) {
             if let Ok(p) = self.p.provider.fetch(Stage::Pending).await {
@@ -243,6 +316,7 @@ impl Engine {
             ),
             Ok(conn) => {
                 let step = Step::about(Outcome::Applied, &candidate, None);
+                self.prefetched = None;
                 self.persist(&candidate);
                 self.p.pools.publish(candidate, conn);
                 self.mark_validated();
@@ -290,15 +364,6 @@ impl Engine {
         if let Some(result) = r.outcome.metric_result() {
             metrics::counter!("rotagate_rotations_total", "result" => result).increment(1);
             metrics::histogram!("rotagate_rotation_duration_seconds").record(took.as_secs_f64());
-        }
-        if r.trigger == Trigger::Watch {
-            let outcome = match r.outcome {
-                Outcome::Applied => "applied",
-                Outcome::Rejected | Outcome::Failed => "invalid",
-                _ => "ignored",
-            };
-            metrics::counter!("rotagate_events_total", "source" => r.source, "outcome" => outcome)
-                .increment(1);
         }
         let breaker = self.p.breaker.state(std::time::Instant::now());
         metrics::gauge!("rotagate_breaker_open").set(

@@ -1,9 +1,8 @@
 //! Credential rotation: the only writer of pool generations. Triggers (a source's change
 //! events, the periodic check, `POST /rotate`, a refused upstream login, the breaker's
 //! half-open moment) become attempts: fetch -> parse and validate -> health-check -> publish ->
-//! drain -> persist -> audit. The breaker and backoff are pure state machines.
+//! drain -> persist -> audit. The breaker (and the sources' backoff) are pure state machines.
 
-pub mod backoff;
 pub mod breaker;
 mod engine;
 mod status;

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
     Start,
-    Watch,
+    Event,
     Refresh,
     Manual,
     AuthFailure,

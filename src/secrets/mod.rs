@@ -3,6 +3,7 @@
 //! Nothing here logs, and no type here implements `Display` or `Serialize` for a secret.
 
 pub mod aws;
+pub mod backoff;
 pub mod cache;
 mod credentials;
 pub mod file;

@@ -10,11 +10,18 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Why fetching failed: the source could not be read, or what it holds is not a credential.
+/// Why fetching failed: the source could not be read for now, it refuses us, or what it holds
+/// is not a credential.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
+    /// Network, throttling, a file missing mid-swap: retried with backoff.
     #[error("{0}")]
     Unavailable(String),
+    /// Access denied, no such secret, a key that does not decrypt: retrying soon will not
+    /// help. Counted as failed and logged as an error; the next event or refresh tries again.
+    #[error("{0}")]
+    Refused(String),
+    /// The source answered with something that is not a credential.
     #[error("{0}")]
     Invalid(String),
 }
@@ -24,6 +31,27 @@ impl SourceError {
     pub fn is_transient(&self) -> bool {
         matches!(self, SourceError::Unavailable(_))
     }
+}
+
+/// What an [`EventSource`] tells the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// The `source` label of `rotagate_events_total` ("file", "sqs").
+    pub origin: &'static str,
+    pub change: Change,
+    /// The version the event names, when it names one.
+    pub version: Option<String>,
+    /// The source counted this event in `rotagate_events_total` itself (it knows why it
+    /// ignored one); otherwise the engine counts it by the attempt's outcome.
+    pub counted: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// The current version may have moved: fetch, validate, swap.
+    Current,
+    /// A version was staged to become current: fetch it ahead, do not swap.
+    Pending,
 }
 
 /// Which version a fetch asks for. After an upstream login is refused, the engine asks for the
@@ -38,6 +66,12 @@ pub trait SecretProvider: Send + Sync {
     /// Short name for logs, metrics and /status ("file", "aws", "vault").
     fn kind(&self) -> &'static str;
     fn fetch(&self, stage: Stage) -> BoxFuture<'_, Result<Credentials, SourceError>>;
+
+    /// The current version id when the source can tell it more cheaply than a fetch (AWS:
+    /// DescribeSecret). `None`: it cannot, fetch instead. The periodic check uses this.
+    fn current_version(&self) -> BoxFuture<'_, Result<Option<String>, SourceError>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// Something that says "look again": a file watcher, an SQS listener, a lease timer.
@@ -45,7 +79,7 @@ pub trait EventSource: Send + Sync {
     /// Runs until `stop`, sending a note on `tx` whenever the secret may have changed.
     fn run(
         self: Box<Self>,
-        tx: mpsc::Sender<&'static str>,
+        tx: mpsc::Sender<Note>,
         stop: CancellationToken,
     ) -> BoxFuture<'static, ()>;
 }
@@ -92,7 +126,7 @@ fn stamp(path: &std::path::Path) -> Stamp {
 impl EventSource for FileWatcher {
     fn run(
         self: Box<Self>,
-        tx: mpsc::Sender<&'static str>,
+        tx: mpsc::Sender<Note>,
         stop: CancellationToken,
     ) -> BoxFuture<'static, ()> {
         Box::pin(async move {
@@ -105,7 +139,13 @@ impl EventSource for FileWatcher {
                 let now = stamp(&self.path);
                 if now != last {
                     last = now;
-                    if tx.send("file_change").await.is_err() {
+                    let note = Note {
+                        origin: "file",
+                        change: Change::Current,
+                        version: None,
+                        counted: false,
+                    };
+                    if tx.send(note).await.is_err() {
                         return;
                     }
                 }

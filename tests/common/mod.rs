@@ -2,7 +2,9 @@
 //! ([`TestProxy`]). Waits poll a condition with a deadline; nothing sleeps to synchronise.
 #![allow(dead_code)]
 
+pub mod aws;
 pub mod pg;
+pub mod process;
 
 use pg::Pg;
 use rotagate::app::App;
@@ -60,6 +62,7 @@ pub struct Builder<'a> {
     admin_extra: String,
     vars: Vec<(String, String)>,
     secret_at: Option<PathBuf>,
+    source: Option<(String, String)>,
 }
 
 impl<'a> Builder<'a> {
@@ -112,6 +115,11 @@ impl<'a> Builder<'a> {
         self.upstream_host = host.to_owned();
         self
     }
+    /// Another credential source than the secret file: `source = KIND` and its section.
+    pub fn source(mut self, kind: &str, section: &str) -> Self {
+        self.source = Some((kind.to_owned(), section.to_owned()));
+        self
+    }
     /// Replaces the `[[clients]]` sections.
     pub fn clients(mut self, toml: &str) -> Self {
         self.clients = toml.to_owned();
@@ -119,11 +127,17 @@ impl<'a> Builder<'a> {
     }
 
     pub fn config_text(&self, secret: &std::path::Path) -> String {
+        let (kind, section) = match &self.source {
+            Some((kind, section)) => (kind.clone(), section.clone()),
+            None => (
+                "file".to_owned(),
+                format!("[credentials.file]\npath = \"{}\"\n", secret.display()),
+            ),
+        };
         format!(
             "[listen]\naddr = \"127.0.0.1:0\"\n{}\n[admin]\naddr = \"127.0.0.1:0\"\n{}\n{}\n\
              [upstream]\nhost = \"{}\"\nport = {}\ndatabase = \"appdb\"\n{}\n\n\
-             [pool]\nmode = \"{}\"\nsize = {}\n{}\n\n[credentials]\nsource = \"file\"\n{}\n\
-             [credentials.file]\npath = \"{}\"\n",
+             [pool]\nmode = \"{}\"\nsize = {}\n{}\n\n[credentials]\nsource = \"{kind}\"\n{}\n{section}",
             self.listen_extra,
             self.admin_extra,
             self.clients,
@@ -134,7 +148,6 @@ impl<'a> Builder<'a> {
             self.pool_size,
             self.pool_extra,
             self.credentials_extra,
-            secret.display()
         )
     }
 
@@ -207,51 +220,11 @@ impl TestProxy {
             admin_extra: String::new(),
             vars: Vec::new(),
             secret_at: None,
+            source: None,
             clients: format!(
                 "[[clients]]\nuser = \"{CLIENT_USER}\"\npassword = \"{CLIENT_PASSWORD}\"\n"
             ),
         }
-    }
-
-    pub fn url(&self) -> String {
-        self.url_as(CLIENT_USER, CLIENT_PASSWORD, "appdb")
-    }
-
-    pub fn url_as(&self, user: &str, password: &str, db: &str) -> String {
-        format!(
-            "host=127.0.0.1 port={} user={user} password={password} dbname={db} sslmode=disable",
-            self.addr.port()
-        )
-    }
-
-    /// A tokio-postgres client through the proxy (its connection task runs in the background).
-    pub async fn client(&self) -> tokio_postgres::Client {
-        self.connect(&self.url())
-            .await
-            .expect("connect through the proxy")
-    }
-
-    pub async fn connect(
-        &self,
-        url: &str,
-    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-        tokio::spawn(conn);
-        Ok(client)
-    }
-
-    /// POST on the admin listener with optional extra headers: (status, body).
-    pub async fn post(&self, path: &str, headers: &str) -> (u16, String) {
-        http_with(self.admin, "POST", path, headers).await
-    }
-
-    /// The generation /status reports.
-    pub async fn generation(&self) -> u64 {
-        let body = self.get("/status").await.1;
-        serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["generation"].as_u64())
-            .unwrap_or(0)
     }
 
     /// Rotates the way single-user rotation does: the database first, then the secret; waits
@@ -266,11 +239,6 @@ impl TestProxy {
         .await;
     }
 
-    /// GET on the admin listener: (status, body).
-    pub async fn get(&self, path: &str) -> (u16, String) {
-        http(self.admin, "GET", path).await
-    }
-
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()
     }
@@ -279,6 +247,77 @@ impl TestProxy {
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         self.task.take().unwrap().await.unwrap()
+    }
+}
+
+/// What every running rotagate in these tests offers, in-process ([`TestProxy`]) or as the
+/// real binary ([`process::Rotagate`]): a client address and an admin address.
+#[allow(async_fn_in_trait)]
+pub trait Endpoints {
+    fn proxy_addr(&self) -> SocketAddr;
+    fn admin_addr(&self) -> SocketAddr;
+
+    fn url(&self) -> String {
+        self.url_as(CLIENT_USER, CLIENT_PASSWORD, "appdb")
+    }
+
+    fn url_as(&self, user: &str, password: &str, db: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname={db} sslmode=disable",
+            self.proxy_addr().port()
+        )
+    }
+
+    /// A tokio-postgres client through the proxy (its connection task runs in the background).
+    async fn client(&self) -> tokio_postgres::Client {
+        self.connect(&self.url())
+            .await
+            .expect("connect through the proxy")
+    }
+
+    async fn connect(&self, url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
+
+    /// POST on the admin listener with optional extra headers: (status, body).
+    async fn post(&self, path: &str, headers: &str) -> (u16, String) {
+        http_with(self.admin_addr(), "POST", path, headers).await
+    }
+
+    /// The generation /status reports.
+    async fn generation(&self) -> u64 {
+        let body = self.get("/status").await.1;
+        serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["generation"].as_u64())
+            .unwrap_or(0)
+    }
+
+    /// GET on the admin listener: (status, body).
+    async fn get(&self, path: &str) -> (u16, String) {
+        http(self.admin_addr(), "GET", path).await
+    }
+
+    /// A metric's value from /metrics (the first series whose labels contain `labels`).
+    async fn metric(&self, name: &str, labels: &str) -> f64 {
+        let body = self.get("/metrics").await.1;
+        body.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .find(|l| l.contains(labels))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Endpoints for TestProxy {
+    fn proxy_addr(&self) -> SocketAddr {
+        self.addr
+    }
+    fn admin_addr(&self) -> SocketAddr {
+        self.admin
     }
 }
 
@@ -318,13 +357,17 @@ pub async fn http_with(addr: SocketAddr, method: &str, path: &str, headers: &str
 }
 
 /// Runs psql against the proxy; (success, stdout, stderr).
-pub async fn psql(proxy: &TestProxy, conn_extra: &str, args: &[&str]) -> (bool, String, String) {
+pub async fn psql(
+    proxy: &impl Endpoints,
+    conn_extra: &str,
+    args: &[&str],
+) -> (bool, String, String) {
     let out = tokio::process::Command::new("psql")
         .env("PGPASSWORD", CLIENT_PASSWORD)
         .arg("-X")
         .arg(format!(
             "host=127.0.0.1 port={} user={CLIENT_USER} dbname=appdb {conn_extra}",
-            proxy.addr.port()
+            proxy.proxy_addr().port()
         ))
         .args(args)
         .output()
@@ -338,14 +381,14 @@ pub async fn psql(proxy: &TestProxy, conn_extra: &str, args: &[&str]) -> (bool, 
 }
 
 /// Runs pgbench against the proxy; (success, combined output).
-pub async fn pgbench(proxy: &TestProxy, args: &[&str]) -> (bool, String) {
+pub async fn pgbench(proxy: &impl Endpoints, args: &[&str]) -> (bool, String) {
     let out = tokio::process::Command::new("pgbench")
         .env("PGPASSWORD", CLIENT_PASSWORD)
         .args([
             "-h",
             "127.0.0.1",
             "-p",
-            &proxy.addr.port().to_string(),
+            &proxy.proxy_addr().port().to_string(),
             "-U",
             CLIENT_USER,
         ])

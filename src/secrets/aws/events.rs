@@ -6,7 +6,8 @@
 //!   `additionalEventData.SecretId`, `serviceEventDetails.secretId` or `resources`);
 //! - `AWS API Call via CloudTrail` with `UpdateSecretVersionStage` to AWSCURRENT (secret id in
 //!   `requestParameters.secretId`, or `responseElements.arn` / `aRN`);
-//! - `PutSecretValue` to AWSPENDING, which only warrants a prefetch.
+//! - `PutSecretValue` to AWSPENDING, which only warrants a prefetch; to AWSCURRENT (or with no
+//!   stages, which means AWSCURRENT) it is a change like the others.
 //!
 //! Anything else is ignored; a body that is not such JSON is invalid. Neither is ever retried.
 
@@ -96,6 +97,13 @@ fn action(detail_type: &str, d: &Value) -> EventAction {
             }
         }
         ("AWS API Call via CloudTrail", "PutSecretValue")
+            if stages(d).iter().any(|st| st == "AWSCURRENT") =>
+        {
+            EventAction::Rotate {
+                version: s(&["responseElements", "versionId"]),
+            }
+        }
+        ("AWS API Call via CloudTrail", "PutSecretValue")
             if stages(d).iter().any(|st| st == "AWSPENDING") =>
         {
             EventAction::Prefetch {
@@ -128,6 +136,7 @@ fn secret_ids(event: &Value, d: &Value) -> Vec<String> {
     let pointers = [
         "/secretId",
         "/secretArn",
+        "/name",
         "/additionalEventData/SecretId",
         "/serviceEventDetails/secretId",
         "/requestParameters/secretId",
@@ -258,5 +267,22 @@ mod tests {
             );
         }
         assert_eq!(classify("nope", &ours).label(), "invalid");
+    }
+
+    #[test]
+    fn a_put_secret_value_that_moves_awscurrent_is_a_rotation() {
+        let ours = SecretMatcher::new("prod/app/db");
+        let unstaged = fixture("put-pending")
+            .replace(r#","versionStages":["AWSPENDING"]"#, "")
+            .replace("v-pending", "v-put");
+        let rotate = EventAction::Rotate {
+            version: Some("v-put".into()),
+        };
+        assert_eq!(classify(&unstaged, &ours), rotate);
+        let current = fixture("put-pending").replace("AWSPENDING", "AWSCURRENT");
+        assert!(matches!(
+            classify(&current, &ours),
+            EventAction::Rotate { .. }
+        ));
     }
 }

@@ -1,9 +1,34 @@
-//! AWS Secrets Manager as a credential source. This part is the pure core, free of the SDK:
-//! [`events`] understands the change events that arrive over SQS (EventBridge and CloudTrail
-//! shapes, optionally inside an SNS envelope) and [`SecretMatcher`] decides whether an event
-//! names the configured secret. The SDK provider and the SQS listener build on these.
+//! AWS Secrets Manager as a credential source.
+//!
+//! - [`secrets_manager`]: the provider (GetSecretValue with an explicit stage, DescribeSecret
+//!   for the periodic check);
+//! - [`sqs`]: the event listener (long polling; deletes every message it has read);
+//! - [`events`]: the pure core that understands the change events arriving over SQS
+//!   (EventBridge and CloudTrail shapes, optionally inside an SNS envelope), and
+//!   [`SecretMatcher`], which decides whether an event names the configured secret;
+//! - `sdk`: the SDK's configuration (rustls on ring) and what its errors mean.
 
 pub mod events;
+mod sdk;
+pub mod secrets_manager;
+pub mod sqs;
+
+use crate::config::AwsSourceConfig;
+use secrets_manager::SecretsManager;
+use sqs::SqsListener;
+
+/// The provider for `[credentials.aws]`, and the queue listener when `queue_url` is set.
+pub async fn source(
+    cfg: &AwsSourceConfig,
+) -> anyhow::Result<(SecretsManager, Option<SqsListener>)> {
+    let sdk = sdk::load(cfg).await?;
+    let provider = SecretsManager::new(&sdk, cfg.secret_id.clone());
+    let listener = cfg
+        .queue_url
+        .clone()
+        .map(|url| SqsListener::new(&sdk, url, SecretMatcher::new(&cfg.secret_id)));
+    Ok((provider, listener))
+}
 
 /// The configured secret, by name or ARN, matched against the names and ARNs events carry.
 /// Secrets Manager ARNs end in the name plus a random 6-character suffix (`prod/db-AbC123`).

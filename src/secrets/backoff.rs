@@ -1,4 +1,5 @@
-//! Exponential backoff for source errors: 2 s base, doubling, 60 s cap, with full jitter in the
+//! Exponential backoff for source errors (the rotation engine's fetches, an event source's
+//! reconnects): 2 s base, doubling, 60 s cap, with full jitter in the
 //! upper half (so retries from many replicas spread out). Pure: randomness is injected.
 
 use std::time::Duration;

@@ -1,0 +1,145 @@
+//! rotagate as users run it: the real binary, its config in a file, its environment its own
+//! (the AWS SDK reads credentials from there), its JSON logs kept for the leak checks.
+
+use super::pg::free_port;
+use super::{Builder, Endpoints};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+pub struct Rotagate {
+    child: Option<tokio::process::Child>,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    log: Arc<Mutex<String>>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Builder<'_> {
+    /// Writes the config (on free ports) and runs the binary with the builder's variables as
+    /// its environment. Waits for the admin listener, not for readiness.
+    pub async fn spawn(self) -> Rotagate {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, admin): (SocketAddr, SocketAddr) = (
+            format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        );
+        let text = self
+            .config_text(&PathBuf::from("/nonexistent"))
+            .replacen("addr = \"127.0.0.1:0\"", &format!("addr = \"{addr}\""), 1)
+            .replacen("addr = \"127.0.0.1:0\"", &format!("addr = \"{admin}\""), 1);
+        let config = dir.path().join("rotagate.toml");
+        std::fs::write(&config, &text).unwrap();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rotagate"))
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(&config)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info,rotagate=debug")
+            .envs(self.vars.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("run the rotagate binary");
+        let log = Arc::new(Mutex::new(String::new()));
+        let readers = vec![
+            collect(child.stdout.take().unwrap(), log.clone()),
+            collect(child.stderr.take().unwrap(), log.clone()),
+        ];
+        let mut me = Rotagate {
+            child: Some(child),
+            addr,
+            admin,
+            log,
+            readers,
+            _dir: dir,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while me.get("/healthz").await.0 != 200 {
+            if let Ok(Some(status)) = me.child.as_mut().unwrap().try_wait() {
+                panic!(
+                    "rotagate exited ({status}) at start; log:\n{}",
+                    me.finish().await
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no admin listener after 30 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        me
+    }
+}
+
+fn collect(
+    stream: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    log: Arc<Mutex<String>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stream).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let mut log = log.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    })
+}
+
+impl Rotagate {
+    /// Everything the process has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits for /readyz, failing with the log when the process exits or never gets there.
+    pub async fn ready(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.get("/readyz").await.0 != 200 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not ready after 30 s; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    }
+
+    /// SIGTERM, then the exit; returns the whole log.
+    pub async fn stop(mut self) -> String {
+        if let Some(pid) = self.child.as_ref().and_then(|c| c.id()) {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
+        }
+        self.finish().await
+    }
+
+    /// Waits for the exit and for the last log lines.
+    async fn finish(&mut self) -> String {
+        let mut child = self.child.take().unwrap();
+        let exited = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait()).await;
+        assert!(
+            exited.is_ok(),
+            "rotagate did not exit within 30 s of SIGTERM"
+        );
+        for r in self.readers.drain(..) {
+            let _ = r.await;
+        }
+        self.log()
+    }
+}
+
+impl Endpoints for Rotagate {
+    fn proxy_addr(&self) -> SocketAddr {
+        self.addr
+    }
+    fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+}
