@@ -5,7 +5,7 @@
 mod common;
 
 use common::aws::{Aws, Moto, fixture_event, rds_json};
-use common::pg::Pg;
+use common::pg::{Pg, free_port};
 use common::process::Rotagate;
 use common::*;
 
@@ -151,4 +151,155 @@ async fn a_staged_version_is_prefetched_then_swapped_in_when_its_label_moves() {
     })
     .await;
     assert_eq!(r.generation().await, g);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sns_fans_one_rotation_out_to_two_proxies_each_with_its_own_queue() {
+    let w = world().await;
+    let q1 = w.aws.create_queue("rotagate-fan-1").await;
+    let q2 = w.aws.create_queue("rotagate-fan-2").await;
+    let topic = w.aws.topic("rotagate-secret-rotated", &[&q1, &q2]).await;
+    let a = w.rotagate(SECRET, Some(&q1), "1h").await;
+    let b = w.rotagate(SECRET, Some(&q2), "1h").await;
+    let (ga, gb) = (a.generation().await, b.generation().await);
+    let version = w.rotate(1).await;
+    w.aws
+        .publish(&topic, &fixture_event("label-updated", &w.arn, &version))
+        .await;
+    generation_above(&a, ga, "the first replica's swap").await;
+    generation_above(&b, gb, "the second replica's swap").await;
+    for r in [&a, &b] {
+        assert_eq!(one(&r.client().await, "SELECT 1").await, "1");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_queue_the_periodic_check_picks_up_a_rotation() {
+    let w = world().await;
+    // The secret named by its ARN this time.
+    let r = w.rotagate(&w.arn, None, "1s").await;
+    let g = r.generation().await;
+    w.rotate(1).await;
+    generation_above(&r, g, "the periodic check's swap").await;
+    let log = r.stop().await;
+    assert!(log.contains("periodic check only"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_secrets_repeats_and_garbage_rotate_nothing_and_leave_the_queue() {
+    let w = world().await;
+    let other = w
+        .aws
+        .create_secret(&format!("{SECRET}-old"), rds_json(&w.pg, "app_other", "x"))
+        .await;
+    let queue = w.aws.create_queue("rotagate-noise").await;
+    let r = w.rotagate(SECRET, Some(&queue), "1h").await;
+    let g = r.generation().await;
+    let current = w.aws.current_version(SECRET).await;
+    let bodies = [
+        fixture_event("label-updated", &other, "v-other").to_string(),
+        fixture_event("label-updated", &w.arn, &current).to_string(),
+        fixture_event("label-updated", &w.arn, "v-x")
+            .to_string()
+            .replace("AWSCURRENT", "AWSPREVIOUS"),
+        r#"{"this is": "not an event""#.to_owned(),
+        r#"{"Type":"Notification","Message":"not json"}"#.to_owned(),
+    ];
+    for body in &bodies {
+        w.aws.send(&queue, body).await;
+    }
+    wait_until(30, "the queue to drain", || async {
+        w.aws.depth(&queue).await == 0
+    })
+    .await;
+    wait_until(10, "every message to be counted", || async {
+        let ignored = r
+            .metric("rotagate_events_total", "outcome=\"ignored\"")
+            .await;
+        let invalid = r
+            .metric("rotagate_events_total", "outcome=\"invalid\"")
+            .await;
+        ignored >= 2.0 && invalid >= 2.0
+    })
+    .await;
+    assert_eq!(r.generation().await, g, "nothing rotated");
+    assert_eq!(
+        one(&r.client().await, "SELECT current_user").await,
+        APP_USER
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_queue_does_not_stop_serving_and_is_retried() {
+    let w = world().await;
+    let nowhere = format!(
+        "http://127.0.0.1:{}/123456789012/rotagate-nowhere",
+        free_port()
+    );
+    let r = w.rotagate(SECRET, Some(&nowhere), "1h").await;
+    assert_eq!(
+        one(&r.client().await, "SELECT current_user").await,
+        APP_USER
+    );
+    wait_until(30, "two failed receives", || async {
+        r.log().matches("cannot receive from the SQS queue").count() >= 2
+    })
+    .await;
+    assert!(r.log().contains("retrying with backoff"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_that_disappears_is_a_loud_failure_and_the_last_good_one_keeps_serving() {
+    let w = world().await;
+    let r = w.rotagate(SECRET, None, "1h").await;
+    w.aws
+        .sm
+        .delete_secret()
+        .secret_id(SECRET)
+        .force_delete_without_recovery(true)
+        .send()
+        .await
+        .unwrap();
+    let (code, body) = r.post("/rotate", "").await;
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(report["outcome"], "failed", "{code} {body}");
+    assert!(
+        report["reason"]
+            .as_str()
+            .unwrap()
+            .contains("ResourceNotFound"),
+        "{body}"
+    );
+    assert_eq!(one(&r.client().await, "SELECT 1").await, "1");
+    let log = r.stop().await;
+    assert!(
+        log.contains("\"level\":\"ERROR\"") && log.contains("refuses"),
+        "{log}"
+    );
+}
+
+/// Single-user rotation as AWS runs it (AWSPENDING, ALTER ROLE, AWSCURRENT, the event), three
+/// times under pgbench load: no client sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_user_rotations_under_load_fail_no_transaction() {
+    let w = world().await;
+    w.pg.pgbench_init(APP_USER, APP_PASSWORD);
+    let queue = w.aws.create_queue("rotagate-load").await;
+    w.aws.route(&queue).await;
+    let r = w.rotagate(SECRET, Some(&queue), "1h").await;
+    let g0 = r.generation().await;
+    let load = pgbench(&r, &["-n", "-c", "8", "-j", "2", "-T", "8"]);
+    let rotations = async {
+        for n in 0..3 {
+            let g = r.generation().await;
+            let version = w.rotate(n).await;
+            w.aws
+                .put_event(&fixture_event("label-updated", &w.arn, &version))
+                .await;
+            generation_above(&r, g, "a swap under load").await;
+        }
+    };
+    let ((ok, out), ()) = tokio::join!(load, rotations);
+    assert!(ok && pgbench_clean(&out), "{out}");
+    assert_eq!(r.generation().await, g0 + 3);
 }
