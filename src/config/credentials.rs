@@ -114,3 +114,62 @@ fn http_url(c: &mut Check, path: &str, v: Option<String>) -> Option<String> {
     }
     Some(v)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse;
+
+    const BASE: &str = "[[clients]]\nuser = \"app\"\npassword = \"pw\"\n\
+        [upstream]\nhost = \"db.example.com\"\ndatabase = \"app\"\n[credentials]\nsource = \"aws\"\n";
+
+    #[test]
+    fn an_aws_source_is_read_with_its_defaults() {
+        let c = parse(
+            &format!("{BASE}[credentials.aws]\nsecret_id = \"prod/app/db\"\n"),
+            [],
+        )
+        .unwrap();
+        let aws = c.credentials.aws.unwrap();
+        assert_eq!(aws.secret_id, "prod/app/db");
+        assert!(aws.region.is_none() && aws.endpoint_url.is_none() && aws.queue_url.is_none());
+        let env = [(
+            "ROTAGATE_CREDENTIALS__AWS__QUEUE_URL".to_owned(),
+            "https://sqs.eu-west-1.amazonaws.com/1/q".to_owned(),
+        )];
+        let c = parse(
+            &format!("{BASE}[credentials.aws]\nsecret_id = \"prod/app/db\"\n"),
+            env,
+        )
+        .unwrap();
+        assert_eq!(
+            c.credentials.aws.unwrap().queue_url.as_deref(),
+            Some("https://sqs.eu-west-1.amazonaws.com/1/q")
+        );
+    }
+
+    #[test]
+    fn every_bad_aws_field_is_named() {
+        let e = parse(BASE, []).unwrap_err().to_string();
+        assert!(e.contains("credentials.aws"), "{e}");
+        let bad = format!(
+            "{BASE}[credentials.aws]\nsecret_id = \"arn:aws:sqs:us-east-1:1:q\"\nregion = \"US East\"\n\
+             endpoint_url = \"localhost:4566\"\nqueue_url = \"sqs/q\"\n"
+        );
+        let e = parse(&bad, []).unwrap_err().to_string();
+        for path in [
+            "credentials.aws.secret_id",
+            "credentials.aws.region",
+            "credentials.aws.endpoint_url",
+            "credentials.aws.queue_url",
+        ] {
+            assert!(e.contains(path), "{path} missing from: {e}");
+        }
+        let e = parse(
+            &format!("{BASE}[credentials.aws]\nregion = \"us-east-1\"\n"),
+            [],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("credentials.aws.secret_id"), "{e}");
+    }
+}

@@ -4,6 +4,7 @@
 //! drain -> persist -> audit. The breaker (and the sources' backoff) are pure state machines.
 
 pub mod breaker;
+mod checks;
 mod engine;
 mod status;
 

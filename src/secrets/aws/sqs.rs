@@ -15,7 +15,9 @@ use aws_config::SdkConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::DisplayErrorContext;
-use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName};
+use aws_sdk_sqs::types::{
+    DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName, QueueAttributeName,
+};
 use futures::future::BoxFuture;
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -57,7 +59,10 @@ impl SqsListener {
     async fn listen(mut self, tx: mpsc::Sender<Note>, stop: CancellationToken) {
         let mut backoff = Backoff::default();
         let mut failing = false;
-        tracing::info!(queue = %self.queue_url, "listening for secret change events on SQS");
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = self.check_queue() => {}
+        }
         loop {
             let received = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -90,6 +95,30 @@ impl SqsListener {
                 handled.extend(m.receipt_handle);
             }
             self.delete(handled).await;
+        }
+    }
+
+    /// Names the queue in the log (by ARN, as IAM and the rule's target know it), or says at
+    /// once why it cannot be read; either way the receive loop starts.
+    async fn check_queue(&self) {
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.queue_url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await;
+        match out {
+            Ok(out) => {
+                let arn = out
+                    .attributes()
+                    .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+                    .map_or("?", String::as_str);
+                tracing::info!(queue = %self.queue_url, queue_arn = arn, "listening for secret change events on SQS");
+            }
+            Err(e) => {
+                tracing::warn!(queue = %self.queue_url, error = %DisplayErrorContext(e), "cannot read the SQS queue's attributes; listening anyway, retrying with backoff")
+            }
         }
     }
 
