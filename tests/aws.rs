@@ -303,3 +303,31 @@ async fn single_user_rotations_under_load_fail_no_transaction() {
     assert!(ok && pgbench_clean(&out), "{out}");
     assert_eq!(r.generation().await, g0 + 3);
 }
+
+/// The single-user window with no event at all: the database has the new password, the
+/// secret has it staged as AWSPENDING only. A refused upstream login makes rotagate refetch:
+/// AWSCURRENT (still the old one), then AWSPENDING, which works and is swapped in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_login_tries_awscurrent_then_awspending() {
+    let w = world().await;
+    let r = w.rotagate(SECRET, None, "1h").await;
+    let g = r.generation().await;
+    let version = w
+        .aws
+        .put_pending(SECRET, rds_json(&w.pg, APP_USER, "pending-pw"))
+        .await;
+    w.pg.sql(&format!("ALTER ROLE {APP_USER} PASSWORD 'pending-pw'"));
+    w.pg.sql(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{APP_USER}'"
+    ));
+    // A new client needs a new upstream login, which is refused with the old password.
+    let client = r.client().await;
+    assert_eq!(one(&client, "SELECT current_user").await, APP_USER);
+    generation_above(&r, g, "the swap to AWSPENDING").await;
+    let status: serde_json::Value = serde_json::from_str(&r.get("/status").await.1).unwrap();
+    assert_eq!(
+        status["credential"]["version"],
+        version.as_str(),
+        "{status}"
+    );
+}
