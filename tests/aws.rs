@@ -331,3 +331,28 @@ async fn a_refused_login_tries_awscurrent_then_awspending() {
         "{status}"
     );
 }
+
+/// An event that runs ahead of what Secrets Manager serves (it names a version AWSCURRENT
+/// has not reached yet) is not lost: rotagate looks again shortly, with no further event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_ahead_of_the_source_is_looked_at_again() {
+    let w = world().await;
+    let queue = w.aws.create_queue("rotagate-ahead").await;
+    w.aws.route(&queue).await;
+    let r = w.rotagate(SECRET, Some(&queue), "1h").await;
+    let g = r.generation().await;
+    let version = w
+        .aws
+        .put_pending(SECRET, rds_json(&w.pg, APP_USER, "ahead-pw"))
+        .await;
+    w.pg.sql(&format!("ALTER ROLE {APP_USER} PASSWORD 'ahead-pw'"));
+    w.aws
+        .put_event(&fixture_event("label-updated", &w.arn, &version))
+        .await;
+    wait_until(10, "the early event to be looked at", || async {
+        r.log().contains("does not serve version")
+    })
+    .await;
+    w.aws.promote(SECRET, &version).await;
+    generation_above(&r, g, "the swap on the second look").await;
+}

@@ -235,7 +235,12 @@ impl Engine {
                 }
             }
             Ok(c) if same(&c, &current) && self.validated => {
-                Step::about(Outcome::Unchanged, &c, None)
+                let reason = expected.filter(|v| *v != c.version).map(|v| {
+                    // The event ran ahead of what the source serves: look once more, soon.
+                    self.retry_at = Some(now + self.backoff.next_delay());
+                    format!("the source does not serve version {v} yet; looking again shortly")
+                });
+                Step::about(Outcome::Unchanged, &c, reason)
             }
             Ok(c) if same(&c, &current) => self.check_current(&current).await,
             Ok(c) => self.rotate(c).await,
