@@ -42,12 +42,33 @@ impl World {
         r
     }
 
+    /// A queue fed by the EventBridge rule, and rotagate reading it (no periodic check to
+    /// speak of: only events can bring rotations in time).
+    async fn routed(&self, queue_name: &str) -> Rotagate {
+        let queue = self.aws.create_queue(queue_name).await;
+        self.aws.route(&queue).await;
+        self.rotagate(SECRET, Some(&queue), "1h").await
+    }
+
+    /// Ends every upstream session of the application role.
+    fn cut_upstream(&self) {
+        self.pg.sql(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{APP_USER}'"
+        ));
+    }
+
     /// A rotation to a fresh password; returns the new version id.
     async fn rotate(&self, n: usize) -> String {
         self.aws
             .rotate(&self.pg, SECRET, APP_USER, &format!("rotated-pw-{n}"))
             .await
     }
+}
+
+/// The version /status says is served.
+async fn served_version(r: &Rotagate) -> String {
+    let status: serde_json::Value = serde_json::from_str(&r.get("/status").await.1).unwrap();
+    status["credential"]["version"].as_str().unwrap().to_owned()
 }
 
 async fn generation_above(r: &Rotagate, before: u64, what: &str) {
@@ -57,10 +78,8 @@ async fn generation_above(r: &Rotagate, before: u64, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starts_from_secrets_manager_and_every_event_shape_rotates_through_eventbridge() {
     let w = world().await;
-    let queue = w.aws.create_queue("rotagate-events").await;
-    w.aws.route(&queue).await;
     // An hour between periodic checks: only the events can bring these rotations in time.
-    let r = w.rotagate(SECRET, Some(&queue), "1h").await;
+    let r = w.routed("rotagate-events").await;
     assert_eq!(
         one(&r.client().await, "SELECT current_user").await,
         APP_USER
@@ -88,9 +107,7 @@ async fn starts_from_secrets_manager_and_every_event_shape_rotates_through_event
             >= 7.0
     );
     // New upstream logins use the newest password.
-    w.pg.sql(&format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{APP_USER}'"
-    ));
+    w.cut_upstream();
     wait_until(10, "a fresh upstream login", || async {
         match r.connect(&r.url()).await {
             Ok(c) => c.simple_query("SELECT 1").await.is_ok(),
@@ -111,9 +128,7 @@ async fn starts_from_secrets_manager_and_every_event_shape_rotates_through_event
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_staged_version_is_prefetched_then_swapped_in_when_its_label_moves() {
     let w = world().await;
-    let queue = w.aws.create_queue("rotagate-prefetch").await;
-    w.aws.route(&queue).await;
-    let r = w.rotagate(SECRET, Some(&queue), "1h").await;
+    let r = w.routed("rotagate-prefetch").await;
     let g = r.generation().await;
     let version = w
         .aws
@@ -133,12 +148,7 @@ async fn a_staged_version_is_prefetched_then_swapped_in_when_its_label_moves() {
         .put_event(&fixture_event("label-updated", &w.arn, &version))
         .await;
     generation_above(&r, g, "the swap to the prefetched version").await;
-    let status: serde_json::Value = serde_json::from_str(&r.get("/status").await.1).unwrap();
-    assert_eq!(
-        status["credential"]["version"],
-        version.as_str(),
-        "{status}"
-    );
+    assert_eq!(served_version(&r).await, version);
     // The same event again (SQS delivers at least once) changes nothing.
     let g = r.generation().await;
     w.aws
@@ -284,9 +294,7 @@ async fn a_secret_that_disappears_is_a_loud_failure_and_the_last_good_one_keeps_
 async fn single_user_rotations_under_load_fail_no_transaction() {
     let w = world().await;
     w.pg.pgbench_init(APP_USER, APP_PASSWORD);
-    let queue = w.aws.create_queue("rotagate-load").await;
-    w.aws.route(&queue).await;
-    let r = w.rotagate(SECRET, Some(&queue), "1h").await;
+    let r = w.routed("rotagate-load").await;
     let g0 = r.generation().await;
     let load = pgbench(&r, &["-n", "-c", "8", "-j", "2", "-T", "8"]);
     let rotations = async {
@@ -317,19 +325,12 @@ async fn a_refused_login_tries_awscurrent_then_awspending() {
         .put_pending(SECRET, rds_json(&w.pg, APP_USER, "pending-pw"))
         .await;
     w.pg.sql(&format!("ALTER ROLE {APP_USER} PASSWORD 'pending-pw'"));
-    w.pg.sql(&format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{APP_USER}'"
-    ));
+    w.cut_upstream();
     // A new client needs a new upstream login, which is refused with the old password.
     let client = r.client().await;
     assert_eq!(one(&client, "SELECT current_user").await, APP_USER);
     generation_above(&r, g, "the swap to AWSPENDING").await;
-    let status: serde_json::Value = serde_json::from_str(&r.get("/status").await.1).unwrap();
-    assert_eq!(
-        status["credential"]["version"],
-        version.as_str(),
-        "{status}"
-    );
+    assert_eq!(served_version(&r).await, version);
 }
 
 /// An event that runs ahead of what Secrets Manager serves (it names a version AWSCURRENT
@@ -337,9 +338,7 @@ async fn a_refused_login_tries_awscurrent_then_awspending() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_ahead_of_the_source_is_looked_at_again() {
     let w = world().await;
-    let queue = w.aws.create_queue("rotagate-ahead").await;
-    w.aws.route(&queue).await;
-    let r = w.rotagate(SECRET, Some(&queue), "1h").await;
+    let r = w.routed("rotagate-ahead").await;
     let g = r.generation().await;
     let version = w
         .aws
