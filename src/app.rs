@@ -14,8 +14,9 @@ use crate::pool::Pools;
 use crate::rotation::breaker::Breaker;
 use crate::rotation::{Engine, EngineParts, RotationHandle, RotationStatus};
 use crate::secrets::cache::{Cache, CacheKey};
+use crate::secrets::fallback::Fallback;
 use crate::secrets::provider::{EventSource, FileProvider, FileWatcher, SecretProvider, Stage};
-use crate::secrets::{Credentials, SecretString, aws};
+use crate::secrets::{Credentials, SecretString, aws, vault};
 use anyhow::Context;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -153,11 +154,27 @@ fn frontend(
 
 type Source = (Arc<dyn SecretProvider>, Vec<Box<dyn EventSource>>);
 
-/// The configured credential source and the events that say it may have changed.
+/// The configured credential sources (the primary, then fallbacks in order) and the events
+/// that say the credential may have changed.
 async fn source(cfg: &Config) -> anyhow::Result<Source> {
+    let mut providers = Vec::new();
+    let mut events = Vec::new();
+    for kind in &cfg.credentials.sources {
+        let (provider, mut more) = one_source(cfg, *kind).await?;
+        providers.push(provider);
+        events.append(&mut more);
+    }
+    let provider: Arc<dyn SecretProvider> = match providers.len() {
+        1 => providers.remove(0),
+        _ => Arc::new(Fallback::new(providers)),
+    };
+    Ok((provider, events))
+}
+
+async fn one_source(cfg: &Config, kind: SourceKind) -> anyhow::Result<Source> {
     let c = &cfg.credentials;
-    match (c.source, &c.file, &c.aws) {
-        (SourceKind::File, Some(f), _) => {
+    match (kind, &c.file, &c.aws, &c.vault) {
+        (SourceKind::File, Some(f), _, _) => {
             let watcher = FileWatcher {
                 path: f.path.clone(),
                 interval: Duration::from_millis(250),
@@ -167,7 +184,7 @@ async fn source(cfg: &Config) -> anyhow::Result<Source> {
             };
             Ok((Arc::new(provider), vec![Box::new(watcher)]))
         }
-        (SourceKind::Aws, _, Some(a)) => {
+        (SourceKind::Aws, _, Some(a), _) => {
             let (provider, listener) = aws::source(a).await?;
             let events: Vec<Box<dyn EventSource>> = match listener {
                 Some(l) => vec![Box::new(l)],
@@ -178,7 +195,8 @@ async fn source(cfg: &Config) -> anyhow::Result<Source> {
             };
             Ok((Arc::new(provider), events))
         }
-        (kind, _, _) => anyhow::bail!("credential source {kind:?} is not available in this build"),
+        (SourceKind::Vault, _, _, Some(v)) => vault::source(v).await,
+        (kind, ..) => anyhow::bail!("credential source {kind:?} has no section"),
     }
 }
 

@@ -9,28 +9,27 @@ pub(super) fn credentials(c: &mut Check, r: Option<RawCredentials>) -> Credentia
         c.err("credentials", "the [credentials] section is required");
         RawCredentials::default()
     });
-    let source = source_kind(c, r.source.as_deref());
+    let sources = sources(c, r.source);
     let file = r.file.map(|f| FileSourceConfig {
         path: c.required("credentials.file.path", f.path.as_ref()).into(),
     });
     let aws = r.aws.map(|a| aws(c, a));
-    match source {
-        SourceKind::File if file.is_none() => c.err(
-            "credentials.file",
-            "[credentials.file] with a path is required when source = \"file\"",
-        ),
-        SourceKind::Aws if aws.is_none() => c.err(
-            "credentials.aws",
-            "[credentials.aws] with a secret_id is required when source = \"aws\"",
-        ),
-        SourceKind::Vault => c.err(
-            "credentials.source",
-            "\"vault\" is not supported by this build yet",
-        ),
-        _ => {}
+    let vault = r.vault.map(|v| vault(c, v));
+    for kind in &sources {
+        let (section, missing) = match kind {
+            SourceKind::File => ("file", file.is_none()),
+            SourceKind::Aws => ("aws", aws.is_none()),
+            SourceKind::Vault => ("vault", vault.is_none()),
+        };
+        if missing {
+            c.err(
+                &format!("credentials.{section}"),
+                format!("[credentials.{section}] is required when source includes \"{section}\""),
+            );
+        }
     }
     CredentialsConfig {
-        source,
+        sources,
         refresh_interval: c.duration(
             "credentials.refresh_interval",
             r.refresh_interval.as_ref(),
@@ -53,26 +52,115 @@ pub(super) fn credentials(c: &mut Check, r: Option<RawCredentials>) -> Credentia
         allow_endpoint_change: r.allow_endpoint_change.unwrap_or(false),
         file,
         aws,
+        vault,
         cache_key: None,
     }
 }
 
-fn source_kind(c: &mut Check, v: Option<&str>) -> SourceKind {
-    match v {
-        Some("file") => SourceKind::File,
-        Some("aws") => SourceKind::Aws,
-        Some("vault") => SourceKind::Vault,
-        Some(other) => {
+/// `source`: one name, or a list whose first is the primary and the rest fallbacks in order.
+fn sources(c: &mut Check, v: Option<OneOrMany>) -> Vec<SourceKind> {
+    let names = match v {
+        Some(OneOrMany::One(s)) => vec![s],
+        Some(OneOrMany::Many(list)) => list,
+        None => vec![],
+    };
+    if names.is_empty() {
+        c.err(
+            "credentials.source",
+            "is required (file, aws or vault, or a list of them)",
+        );
+        return vec![SourceKind::File];
+    }
+    let mut kinds = Vec::new();
+    for name in names {
+        let kind = match name.as_str() {
+            "file" => SourceKind::File,
+            "aws" => SourceKind::Aws,
+            "vault" => SourceKind::Vault,
+            other => {
+                c.err(
+                    "credentials.source",
+                    format!("{other:?} is not one of file, aws, vault"),
+                );
+                continue;
+            }
+        };
+        if kinds.contains(&kind) {
+            c.err("credentials.source", format!("{name:?} is listed twice"));
+        }
+        kinds.push(kind);
+    }
+    if kinds.is_empty() {
+        kinds.push(SourceKind::File);
+    }
+    kinds
+}
+
+fn vault(c: &mut Check, r: RawVaultSource) -> VaultSourceConfig {
+    let addr = c
+        .required("credentials.vault.addr", r.addr.as_ref())
+        .to_owned();
+    http_url(c, "credentials.vault.addr", Some(addr.clone()));
+    let auth = match (r.token_file, r.approle_role_id, r.approle_secret_id_file) {
+        (None, Some(role_id), Some(secret_id_file)) => VaultAuth::AppRole {
+            role_id,
+            secret_id_file: secret_id_file.into(),
+        },
+        (None, None, None) => VaultAuth::Token {
+            file: None,
+            env: None,
+        },
+        (Some(file), None, None) => VaultAuth::Token {
+            file: Some(file.into()),
+            env: None,
+        },
+        (Some(_), _, _) => {
             c.err(
-                "credentials.source",
-                format!("{other:?} is not one of file, aws, vault"),
+                "credentials.vault.token_file",
+                "give token_file or approle_role_id + approle_secret_id_file, not both",
             );
-            SourceKind::File
+            VaultAuth::Token {
+                file: None,
+                env: None,
+            }
         }
-        None => {
-            c.err("credentials.source", "is required (file, aws or vault)");
-            SourceKind::File
+        (None, _, _) => {
+            c.err(
+                "credentials.vault.approle_role_id",
+                "AppRole needs both approle_role_id and approle_secret_id_file",
+            );
+            VaultAuth::Token {
+                file: None,
+                env: None,
+            }
         }
+    };
+    let mount = |m: Option<String>, default: &str| m.unwrap_or_else(|| default.to_owned());
+    let mode = match (r.kv_path, r.database_role) {
+        (Some(path), None) => VaultMode::Kv {
+            mount: mount(r.kv_mount, "secret"),
+            path,
+        },
+        (None, Some(role)) => VaultMode::Database {
+            mount: mount(r.database_mount, "database"),
+            role,
+        },
+        _ => {
+            c.err(
+                "credentials.vault",
+                "set exactly one of kv_path (a KV v2 secret) or database_role (dynamic credentials)",
+            );
+            VaultMode::Kv {
+                mount: String::new(),
+                path: String::new(),
+            }
+        }
+    };
+    VaultSourceConfig {
+        addr: addr.trim_end_matches('/').to_owned(),
+        auth,
+        mode,
+        ca_file: r.ca_file.map(PathBuf::from),
     }
 }
 

@@ -120,7 +120,8 @@ pub enum SourceKind {
 
 #[derive(Debug, Clone)]
 pub struct CredentialsConfig {
-    pub source: SourceKind,
+    /// The primary source first, then the fallbacks, in order (at least one, no repeats).
+    pub sources: Vec<SourceKind>,
     pub refresh_interval: Duration,
     pub breaker_failures: u32,
     pub breaker_cooldown: Duration,
@@ -129,6 +130,7 @@ pub struct CredentialsConfig {
     pub allow_endpoint_change: bool,
     pub file: Option<FileSourceConfig>,
     pub aws: Option<AwsSourceConfig>,
+    pub vault: Option<VaultSourceConfig>,
     /// From `ROTAGATE_CACHE_KEY` (base64 of 32 bytes), when set.
     pub cache_key: Option<SecretString>,
 }
@@ -147,6 +149,39 @@ pub struct AwsSourceConfig {
     pub region: Option<String>,
     pub endpoint_url: Option<String>,
     pub queue_url: Option<String>,
+}
+
+/// `[credentials.vault]`: where Vault is, how rotagate logs in, and which secret it reads.
+#[derive(Debug, Clone)]
+pub struct VaultSourceConfig {
+    pub addr: String,
+    pub auth: VaultAuth,
+    pub mode: VaultMode,
+    /// A CA bundle for Vault's TLS certificate; default: the bundled Mozilla roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub enum VaultAuth {
+    /// A token from this file (re-read when it can no longer be renewed), or from
+    /// `VAULT_TOKEN` when no file is configured.
+    Token {
+        file: Option<PathBuf>,
+        /// `VAULT_TOKEN`, read with the configuration.
+        env: Option<SecretString>,
+    },
+    AppRole {
+        role_id: String,
+        secret_id_file: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub enum VaultMode {
+    /// A KV v2 secret holding the RDS JSON, polled for new versions.
+    Kv { mount: String, path: String },
+    /// Dynamic credentials from the database secrets engine, leased and renewed.
+    Database { mount: String, role: String },
 }
 
 /// Every problem found in a config, each with the path of the field it concerns.
@@ -205,9 +240,26 @@ pub fn parse(
         .iter()
         .find(|(k, _)| k == "ROTAGATE_CACHE_KEY")
         .map(|(_, v)| SecretString::new(v.clone()));
+    let vault_token = vars
+        .iter()
+        .find(|(k, v)| k == "VAULT_TOKEN" && !v.is_empty())
+        .map(|(_, v)| SecretString::new(v.clone()));
     env::apply_overrides(&mut value, vars)?;
     let raw: raw::RawConfig = deserialize(value)?;
     let mut cfg = validate(raw)?;
+    if let Some(VaultSourceConfig {
+        auth: VaultAuth::Token { file: None, env },
+        ..
+    }) = &mut cfg.credentials.vault
+    {
+        *env = vault_token;
+        if env.is_none() {
+            return Err(ConfigErrors::one(
+                "credentials.vault",
+                "needs a way to log in: token_file, approle_role_id + approle_secret_id_file, or VAULT_TOKEN",
+            ));
+        }
+    }
     if let Some(key) = cache_key {
         crate::secrets::cache::CacheKey::from_base64(&key)
             .map_err(|e| ConfigErrors::one("ROTAGATE_CACHE_KEY", e.to_string()))?;

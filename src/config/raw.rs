@@ -80,7 +80,7 @@ pub struct RawPool {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCredentials {
-    pub source: Option<String>,
+    pub source: Option<OneOrMany>,
     pub refresh_interval: Option<String>,
     pub breaker_failures: Option<i64>,
     pub breaker_cooldown: Option<String>,
@@ -90,6 +90,14 @@ pub struct RawCredentials {
     pub file: Option<RawFileSource>,
     pub aws: Option<RawAwsSource>,
     pub vault: Option<RawVaultSource>,
+}
+
+/// `source = "aws"` or, with fallbacks in order, `source = ["aws", "vault"]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -118,4 +126,5 @@ pub struct RawVaultSource {
     pub kv_path: Option<String>,
     pub database_mount: Option<String>,
     pub database_role: Option<String>,
+    pub ca_file: Option<String>,
 }

@@ -178,6 +178,16 @@ impl Pools {
         id
     }
 
+    /// Resolves once a retired generation has no connection left, or at `drain_timeout` (when
+    /// the relays close what is left) plus a moment.
+    pub async fn drained(&self, generation: &Generation) {
+        let deadline =
+            tokio::time::Instant::now() + self.cfg.drain_timeout + Duration::from_secs(1);
+        while generation.pool.state().connections > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// Retired generations whose connections are not all closed yet.
     pub fn draining(&self) -> Vec<Arc<Generation>> {
         let mut draining = self.draining.lock().expect("draining lock");

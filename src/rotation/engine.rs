@@ -323,8 +323,10 @@ impl Engine {
                 let step = Step::about(Outcome::Applied, &candidate, None);
                 self.prefetched = None;
                 self.persist(&candidate);
+                let old = self.p.pools.current();
                 self.p.pools.publish(candidate, conn);
                 self.mark_validated();
+                self.retire_when_drained(old);
                 step
             }
         }
@@ -345,6 +347,16 @@ impl Engine {
                 Some(format!("health check failed: {e}")),
             ),
         }
+    }
+
+    /// Tells the source when the old generation's last connection has closed (Vault revokes
+    /// its lease then; other sources hold nothing).
+    fn retire_when_drained(&self, old: Arc<crate::pool::Generation>) {
+        let (pools, provider) = (self.p.pools.clone(), self.p.provider.clone());
+        tokio::spawn(async move {
+            pools.drained(&old).await;
+            provider.retire(&old.creds.version).await;
+        });
     }
 
     fn mark_validated(&mut self) {

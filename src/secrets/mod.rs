@@ -6,8 +6,10 @@ pub mod aws;
 pub mod backoff;
 pub mod cache;
 mod credentials;
+pub mod fallback;
 pub mod file;
 pub mod provider;
+pub mod vault;
 
 pub use credentials::{Credentials, CredentialsError};
 

@@ -72,6 +72,12 @@ pub trait SecretProvider: Send + Sync {
     fn current_version(&self) -> BoxFuture<'_, Result<Option<String>, SourceError>> {
         Box::pin(async { Ok(None) })
     }
+
+    /// The generation serving `version` has drained: release what backs it (Vault: revoke
+    /// the lease). Most sources hold nothing.
+    fn retire(&self, _version: &str) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// Something that says "look again": a file watcher, an SQS listener, a lease timer.
