@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod aws;
+pub mod bao;
 pub mod pg;
 pub mod process;
 
@@ -127,17 +128,19 @@ impl<'a> Builder<'a> {
     }
 
     pub fn config_text(&self, secret: &std::path::Path) -> String {
+        // A source name, or a TOML list of them (primary first).
         let (kind, section) = match &self.source {
-            Some((kind, section)) => (kind.clone(), section.clone()),
+            Some((kind, section)) if kind.starts_with('[') => (kind.clone(), section.clone()),
+            Some((kind, section)) => (format!("\"{kind}\""), section.clone()),
             None => (
-                "file".to_owned(),
+                "\"file\"".to_owned(),
                 format!("[credentials.file]\npath = \"{}\"\n", secret.display()),
             ),
         };
         format!(
             "[listen]\naddr = \"127.0.0.1:0\"\n{}\n[admin]\naddr = \"127.0.0.1:0\"\n{}\n{}\n\
              [upstream]\nhost = \"{}\"\nport = {}\ndatabase = \"appdb\"\n{}\n\n\
-             [pool]\nmode = \"{}\"\nsize = {}\n{}\n\n[credentials]\nsource = \"{kind}\"\n{}\n{section}",
+             [pool]\nmode = \"{}\"\nsize = {}\n{}\n\n[credentials]\nsource = {kind}\n{}\n{section}",
             self.listen_extra,
             self.admin_extra,
             self.clients,
