@@ -260,4 +260,53 @@ mod tests {
         .to_string();
         assert!(e.contains("credentials.aws.secret_id"), "{e}");
     }
+
+    #[test]
+    fn a_vault_source_needs_a_login_and_exactly_one_mode() {
+        let base = BASE.replace("source = \"aws\"", "source = \"vault\"");
+        let kv = format!(
+            "{base}[credentials.vault]\naddr = \"https://vault:8200/\"\n\
+             approle_role_id = \"r\"\napprole_secret_id_file = \"/s\"\nkv_path = \"app/db\"\n"
+        );
+        let v = parse(&kv, []).unwrap().credentials.vault.unwrap();
+        assert_eq!(v.addr, "https://vault:8200");
+        assert!(matches!(v.mode, super::VaultMode::Kv { ref mount, .. } if mount == "secret"));
+        // No login configured: VAULT_TOKEN is the last resort.
+        let token_only = format!(
+            "{base}[credentials.vault]\naddr = \"http://v:8200\"\ndatabase_role = \"app\"\n"
+        );
+        let e = parse(&token_only, []).unwrap_err().to_string();
+        assert!(e.contains("VAULT_TOKEN"), "{e}");
+        let env = [("VAULT_TOKEN".to_owned(), "s.secret-token".to_owned())];
+        let v = parse(&token_only, env).unwrap().credentials.vault.unwrap();
+        assert!(format!("{v:?}").contains("***") && !format!("{v:?}").contains("secret-token"));
+        let both = format!(
+            "{base}[credentials.vault]\naddr = \"v\"\ntoken_file = \"/t\"\napprole_role_id = \"r\"\n\
+             kv_path = \"a\"\ndatabase_role = \"b\"\n"
+        );
+        let e = parse(&both, []).unwrap_err().to_string();
+        for path in [
+            "credentials.vault.addr",
+            "credentials.vault.token_file",
+            "credentials.vault:",
+        ] {
+            assert!(e.contains(path), "{path} missing from: {e}");
+        }
+    }
+
+    #[test]
+    fn sources_are_a_name_or_an_ordered_list() {
+        let list = format!(
+            "{}[credentials.aws]\nsecret_id = \"db\"\n[credentials.file]\npath = \"/s\"\n",
+            BASE.replace("source = \"aws\"", "source = [\"aws\", \"file\"]")
+        );
+        let c = parse(&list, []).unwrap();
+        assert_eq!(
+            c.credentials.sources,
+            [super::SourceKind::Aws, super::SourceKind::File]
+        );
+        let twice = BASE.replace("source = \"aws\"", "source = [\"aws\", \"aws\", \"ftp\"]");
+        let e = parse(&twice, []).unwrap_err().to_string();
+        assert!(e.contains("listed twice") && e.contains("\"ftp\""), "{e}");
+    }
 }
