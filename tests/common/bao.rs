@@ -7,7 +7,6 @@ use super::wait_until;
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ROOT: &str = "test-root";
 
@@ -70,30 +69,12 @@ impl Bao {
 
     /// One API call as root: (status, JSON body or Null).
     pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await else {
-            return (0, Value::Null);
-        };
+        let addr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        let headers = format!("X-Vault-Token: {ROOT}\r\nContent-Type: application/json\r\n");
         let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let req = format!(
-            "{method} /v1/{path} HTTP/1.0\r\nHost: bao\r\nX-Vault-Token: {ROOT}\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        if s.write_all(req.as_bytes()).await.is_err() {
-            return (0, Value::Null);
-        }
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out).await;
-        let status = out
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let json = out
-            .split_once("\r\n\r\n")
-            .and_then(|(_, b)| serde_json::from_str(b).ok())
-            .unwrap_or(Value::Null);
-        (status, json)
+        let (status, text) =
+            super::http_body(addr, method, &format!("/v1/{path}"), &headers, &body).await;
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
     /// A call that must succeed; its JSON answer.

@@ -337,11 +337,24 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
 
 /// `headers` are whole lines, each ending in CRLF.
 pub async fn http_with(addr: SocketAddr, method: &str, path: &str, headers: &str) -> (u16, String) {
+    http_body(addr, method, path, headers, "").await
+}
+
+/// A minimal HTTP/1.0 request with a body; (0, "") when the listener does not answer.
+pub async fn http_body(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String) {
     let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
         return (0, String::new());
     };
-    let req =
-        format!("{method} {path} HTTP/1.0\r\nHost: test\r\n{headers}Content-Length: 0\r\n\r\n");
+    let req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: test\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
     if s.write_all(req.as_bytes()).await.is_err() {
         return (0, String::new());
     }
