@@ -15,6 +15,7 @@
 //! - [`admin`] owns the HTTP listener: health, readiness, metrics, status. It only reads.
 //! - [`wire`] owns the bytes of the PostgreSQL protocol that rotagate writes or scans; no I/O
 //!   policy lives there.
+//! - [`demo`] is `rotagate demo`: a throwaway PostgreSQL and rotations to watch.
 //! - [`app`] wires everything from a [`config::Config`] and owns the shutdown order.
 
 #![forbid(unsafe_code)]
@@ -24,6 +25,7 @@ pub mod admin;
 pub mod app;
 pub mod backend;
 pub mod config;
+pub mod demo;
 pub mod frontend;
 pub mod pool;
 pub mod rotation;

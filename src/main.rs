@@ -41,6 +41,13 @@ enum Command {
     },
     /// Read a password on stdin and print a SCRAM-SHA-256 verifier for [[clients]] scram = ...
     HashPassword,
+    /// Start a throwaway PostgreSQL with rotagate in front of it and rotate its password
+    /// every so often; prints the DATABASE_URL. Ctrl-C removes everything.
+    Demo {
+        /// How often the upstream password rotates.
+        #[arg(long, default_value = "15s")]
+        every: humantime::Duration,
+    },
 }
 
 fn config_path(arg: Option<PathBuf>) -> PathBuf {
@@ -70,6 +77,10 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::HashPassword => hash_password(),
+        Command::Demo { every } => {
+            init_tracing_default(cli.log_format, "warn");
+            demo(every.into())
+        }
         Command::Run { config } => {
             let cfg = match load(config) {
                 Ok(c) => c,
@@ -98,8 +109,13 @@ fn hash_password() -> ExitCode {
 }
 
 fn init_tracing(format: LogFormat) {
+    init_tracing_default(format, "info")
+}
+
+/// Logs to stderr, filtered by `RUST_LOG`, else by `default`.
+fn init_tracing_default(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -143,6 +159,31 @@ fn run(cfg: rotagate::config::Config) -> ExitCode {
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "rotagate stopped");
             eprintln!("rotagate: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn demo(every: std::time::Duration) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(signals(shutdown.clone()));
+        rotagate::demo::run(shutdown, every).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rotagate demo: {e:#}");
             ExitCode::from(1)
         }
     }
