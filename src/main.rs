@@ -41,6 +41,13 @@ enum Command {
     },
     /// Read a password on stdin and print a SCRAM-SHA-256 verifier for [[clients]] scram = ...
     HashPassword,
+    /// Exit 0 when the admin listener answers /healthz with 200 (for container health checks,
+    /// where there is no curl).
+    Healthcheck {
+        /// The admin listener's address.
+        #[arg(long, default_value = "127.0.0.1:9930")]
+        addr: std::net::SocketAddr,
+    },
     /// Start a throwaway PostgreSQL with rotagate in front of it and rotate its password
     /// every so often; prints the DATABASE_URL. Ctrl-C removes everything.
     Demo {
@@ -77,6 +84,7 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::HashPassword => hash_password(),
+        Command::Healthcheck { addr } => healthcheck(addr),
         Command::Demo { every } => {
             init_tracing_default(cli.log_format, "warn");
             demo(every.into())
@@ -106,6 +114,32 @@ fn hash_password() -> ExitCode {
     }
     println!("{}", rotagate::frontend::scram::hash_password(password));
     ExitCode::SUCCESS
+}
+
+fn healthcheck(addr: std::net::SocketAddr) -> ExitCode {
+    use std::io::Write;
+    let timeout = std::time::Duration::from_secs(3);
+    let answer = std::net::TcpStream::connect_timeout(&addr, timeout).and_then(|mut s| {
+        s.set_read_timeout(Some(timeout))?;
+        s.write_all(b"GET /healthz HTTP/1.0\r\nHost: healthcheck\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    });
+    match answer {
+        Ok(out) if out.split_whitespace().nth(1) == Some("200") => ExitCode::SUCCESS,
+        Ok(out) => {
+            eprintln!(
+                "{addr}/healthz: {}",
+                out.lines().next().unwrap_or("no answer")
+            );
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("{addr}/healthz: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn init_tracing(format: LogFormat) {

@@ -194,3 +194,20 @@ fn nix_term(pid: u32) {
         .status()
         .unwrap();
 }
+
+/// `rotagate healthcheck` is the container's HEALTHCHECK: 0 for a live admin listener, 1 for
+/// none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_exits_0_for_a_live_admin_listener_and_1_otherwise() {
+    let pg = app_cluster();
+    let proxy = TestProxy::builder(&pg).start().await;
+    let run = |addr: String| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_rotagate"))
+            .args(["healthcheck", "--addr", &addr])
+            .output()
+    };
+    let live = run(proxy.admin.to_string()).await.unwrap();
+    assert!(live.status.success(), "{live:?}");
+    let dead = run(format!("127.0.0.1:{}", pg::free_port())).await.unwrap();
+    assert_eq!(dead.status.code(), Some(1));
+}
