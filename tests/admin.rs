@@ -48,10 +48,9 @@ async fn not_ready_while_the_upstream_refuses_the_credential() {
     assert_eq!(proxy.get("/healthz").await.0, 200);
     wait_until(20, "an auth failure to be counted", || async {
         proxy
-            .get("/metrics")
+            .metric("rotagate_backend_auth_failures_total", "")
             .await
-            .1
-            .contains("rotagate_backend_auth_failures_total")
+            >= 1.0
     })
     .await;
     assert_eq!(proxy.get("/readyz").await.0, 503);
@@ -60,4 +59,46 @@ async fn not_ready_while_the_upstream_refuses_the_credential() {
         proxy.get("/readyz").await.0 == 200
     })
     .await;
+}
+
+/// Every metric of the contract (design.md section 5) is served with its HELP text once a
+/// rotation has happened, and labels stay within their bounded sets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_contract_metric_has_help_text_and_bounded_labels() {
+    let pg = app_cluster();
+    let proxy = TestProxy::builder(&pg).start().await;
+    proxy.client().await.simple_query("SELECT 1").await.unwrap();
+    proxy.rotate_to(&pg, APP_USER, "rotated-for-metrics").await;
+    let metrics = proxy.get("/metrics").await.1;
+    for name in [
+        "rotagate_credential_generation",
+        "rotagate_rotations_total",
+        "rotagate_breaker_open",
+        "rotagate_events_total",
+        "rotagate_client_connections",
+        "rotagate_server_connections",
+        "rotagate_backend_auth_failures_total",
+        "rotagate_transactions_total",
+        "rotagate_pool_wait_seconds",
+        "rotagate_rotation_duration_seconds",
+        "rotagate_credential_age_seconds",
+    ] {
+        assert!(
+            metrics.contains(&format!("# HELP {name} ")),
+            "no HELP for {name} in:\n{metrics}"
+        );
+    }
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("rotagate_rotations_total{"))
+    {
+        assert!(
+            ["success", "rejected", "failed"]
+                .iter()
+                .any(|r| line.contains(&format!("result=\"{r}\""))),
+            "{line}"
+        );
+    }
+    assert!(metrics.contains("rotagate_events_total{source=\"file\",outcome=\"applied\"}"));
+    assert!(!metrics.contains("rotated-for-metrics"));
 }

@@ -21,9 +21,20 @@ pub fn install() -> PrometheusHandle {
             // Another recorder may exist when rotagate is embedded (tests); ours still renders.
             let _ = metrics::set_global_recorder(recorder);
             describe();
+            zero();
             handle
         })
         .clone()
+}
+
+/// Counters that alerts use with rate() exist from the start, at zero.
+fn zero() {
+    metrics::counter!("rotagate_backend_auth_failures_total").increment(0);
+    metrics::counter!("rotagate_transactions_total").increment(0);
+    for result in ["success", "rejected", "failed"] {
+        metrics::counter!("rotagate_rotations_total", "result" => result).increment(0);
+    }
+    metrics::gauge!("rotagate_breaker_open").set(0.0);
 }
 
 fn describe() {
@@ -50,6 +61,28 @@ fn describe() {
     describe_counter!(
         "rotagate_server_logins_total",
         "Upstream login attempts by result."
+    );
+    describe_counter!(
+        "rotagate_rotations_total",
+        "Rotation attempts by result: success, rejected (validation or health check failed), failed (source error)."
+    );
+    describe_counter!(
+        "rotagate_events_total",
+        "Change events by source (file, sqs, vault) and outcome (applied, ignored, invalid)."
+    );
+    describe_gauge!(
+        "rotagate_breaker_open",
+        "1 while the rotation circuit breaker is open, else 0."
+    );
+    describe_gauge!(
+        "rotagate_credential_age_seconds",
+        Unit::Seconds,
+        "Seconds since the credential being served was validated."
+    );
+    describe_histogram!(
+        "rotagate_rotation_duration_seconds",
+        Unit::Seconds,
+        "Duration of rotation attempts (fetch, validate, health check, publish)."
     );
     describe_histogram!(
         "rotagate_pool_wait_seconds",
