@@ -102,3 +102,30 @@ async fn every_contract_metric_has_help_text_and_bounded_labels() {
     assert!(metrics.contains("rotagate_events_total{source=\"file\",outcome=\"applied\"}"));
     assert!(!metrics.contains("rotated-for-metrics"));
 }
+
+/// The Grafana dashboard in config/ only charts metrics rotagate serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_charts_only_served_metrics() {
+    let pg = app_cluster();
+    let proxy = TestProxy::builder(&pg).start().await;
+    proxy.client().await.simple_query("SELECT 1").await.unwrap();
+    proxy
+        .rotate_to(&pg, APP_USER, "rotated-for-dashboard")
+        .await;
+    let metrics = proxy.get("/metrics").await.1;
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/grafana-dashboard.json");
+    let dashboard = std::fs::read_to_string(path).unwrap();
+    let mut charted = 0;
+    for (i, _) in dashboard.match_indices("rotagate_") {
+        let name: String = dashboard[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+            .collect();
+        charted += 1;
+        assert!(
+            metrics.contains(&format!("\n{name}")) || metrics.contains(&format!("\n{name}{{")),
+            "the dashboard charts {name}, which /metrics does not serve"
+        );
+    }
+    assert!(charted >= 10, "{charted}");
+}
