@@ -11,6 +11,7 @@ use crate::backend::UpstreamTarget;
 use crate::config::{Config, SourceKind};
 use crate::frontend::{self, Frontend, cancel::CancelRegistry, scram::ClientAuth};
 use crate::pool::Pools;
+use crate::reload::Reloader;
 use crate::rotation::breaker::Breaker;
 use crate::rotation::{Engine, EngineParts, RotationHandle, RotationStatus};
 use crate::secrets::cache::{Cache, CacheKey};
@@ -33,6 +34,7 @@ pub struct App {
     cfg: Config,
     proxy: TcpListener,
     admin: TcpListener,
+    reloads: Option<tokio::sync::mpsc::Receiver<Config>>,
 }
 
 impl App {
@@ -44,7 +46,19 @@ impl App {
         let admin = TcpListener::bind(cfg.admin.addr)
             .await
             .with_context(|| format!("cannot listen on {} (admin)", cfg.admin.addr))?;
-        Ok(Self { cfg, proxy, admin })
+        Ok(Self {
+            cfg,
+            proxy,
+            admin,
+            reloads: None,
+        })
+    }
+
+    /// Where new configurations go while running (SIGHUP in `main.rs`): see [`Reloader`].
+    pub fn reloads(&mut self) -> tokio::sync::mpsc::Sender<Config> {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        self.reloads = Some(rx);
+        tx
     }
 
     pub fn proxy_addr(&self) -> SocketAddr {
@@ -100,12 +114,20 @@ impl App {
             prometheus,
             pools: pools.clone(),
             status,
-            rotation,
+            rotation: rotation.clone(),
             token: admin_token(&cfg)?,
             started: SystemTime::now(),
         };
         let admin_task = tokio::spawn(serve_admin(self.admin, state, admin_stop.clone()));
-        let fe = frontend(&cfg, pools, &shutdown)?;
+        let fe = frontend(&cfg, pools.clone(), &shutdown)?;
+        if let Some(mut reloads) = self.reloads {
+            let reloader = Reloader::new(cfg.clone(), fe.clone(), pools, rotation);
+            tokio::spawn(async move {
+                while let Some(new) = reloads.recv().await {
+                    reloader.apply(new).await;
+                }
+            });
+        }
         tracing::info!(addr = %self.proxy.local_addr()?, mode = ?cfg.pool.mode, "accepting clients");
         frontend::serve(self.proxy, fe, tracker.clone()).await;
 
@@ -140,8 +162,8 @@ fn frontend(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Arc<Frontend>> {
     Ok(Arc::new(Frontend {
-        tls: client_tls(cfg)?,
-        auth: ClientAuth::from_config(&cfg.clients),
+        tls: arc_swap::ArcSwapOption::new(client_tls(cfg)?.map(Arc::new)),
+        auth: arc_swap::ArcSwap::from_pointee(ClientAuth::from_config(&cfg.clients)),
         mode: cfg.pool.mode,
         database: cfg.upstream.database.clone(),
         listen: cfg.listen.clone(),
@@ -267,7 +289,7 @@ async fn serve_admin(listener: TcpListener, state: AdminState, stop: Cancellatio
     }
 }
 
-fn client_tls(cfg: &Config) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+pub(crate) fn client_tls(cfg: &Config) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
     let Some(files) = &cfg.listen.tls else {
         return Ok(None);
     };

@@ -16,6 +16,7 @@
 //! - [`wire`] owns the bytes of the PostgreSQL protocol that rotagate writes or scans; no I/O
 //!   policy lives there.
 //! - [`demo`] is `rotagate demo`: a throwaway PostgreSQL and rotations to watch.
+//! - [`reload`] applies a new configuration on SIGHUP where that needs no restart.
 //! - [`app`] wires everything from a [`config::Config`] and owns the shutdown order.
 
 #![forbid(unsafe_code)]
@@ -28,6 +29,7 @@ pub mod config;
 pub mod demo;
 pub mod frontend;
 pub mod pool;
+pub mod reload;
 pub mod rotation;
 pub mod secrets;
 pub mod wire;

@@ -5,6 +5,7 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(
@@ -63,8 +64,11 @@ fn config_path(arg: Option<PathBuf>) -> PathBuf {
 }
 
 fn load(arg: Option<PathBuf>) -> Result<rotagate::config::Config, ExitCode> {
-    let path = config_path(arg);
-    rotagate::config::load(&path, std::env::vars()).map_err(|errors| {
+    load_path(&config_path(arg))
+}
+
+fn load_path(path: &std::path::Path) -> Result<rotagate::config::Config, ExitCode> {
+    rotagate::config::load(path, std::env::vars()).map_err(|errors| {
         eprintln!("{}: invalid configuration:", path.display());
         for e in &errors.0 {
             eprintln!("  {}: {}", e.path, e.message);
@@ -86,16 +90,17 @@ fn main() -> ExitCode {
         Command::HashPassword => hash_password(),
         Command::Healthcheck { addr } => healthcheck(addr),
         Command::Demo { every } => {
-            init_tracing_default(cli.log_format, "warn");
+            init_tracing(cli.log_format, None, "warn");
             demo(every.into())
         }
         Command::Run { config } => {
-            let cfg = match load(config) {
+            let path = config_path(config);
+            let cfg = match load_path(&path) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            init_tracing(cli.log_format);
-            run(cfg)
+            let log = init_tracing(cli.log_format, cfg.log.filter.as_deref(), "info");
+            run(cfg, path, log)
         }
     }
 }
@@ -142,24 +147,27 @@ fn healthcheck(addr: std::net::SocketAddr) -> ExitCode {
     }
 }
 
-fn init_tracing(format: LogFormat) {
-    init_tracing_default(format, "info")
+type LogHandle = tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>;
+
+/// Logs to stderr. The filter is `RUST_LOG` when set, else `filter` (`log.filter`), else
+/// `default`. The handle changes it on reload; None when `RUST_LOG` decides.
+fn init_tracing(format: LogFormat, filter: Option<&str>, default: &str) -> Option<LogHandle> {
+    use tracing_subscriber::prelude::*;
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let env_set = from_env.is_some();
+    let filter = from_env
+        .unwrap_or_else(|| EnvFilter::try_new(filter.unwrap_or(default)).unwrap_or_default());
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Json => fmt.json().boxed(),
+        LogFormat::Text => fmt.boxed(),
+    };
+    tracing_subscriber::registry().with(filter).with(fmt).init();
+    (!env_set).then_some(handle)
 }
 
-/// Logs to stderr, filtered by `RUST_LOG`, else by `default`.
-fn init_tracing_default(format: LogFormat, default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
-fn run(cfg: rotagate::config::Config) -> ExitCode {
+fn run(cfg: rotagate::config::Config, path: PathBuf, log: Option<LogHandle>) -> ExitCode {
     raise_open_files(cfg.listen.max_clients);
     // One event-loop thread by default: on a proxy, cross-thread wake-ups cost more CPU per
     // transaction than they buy (measured in benches/proxy.rs); `listen.workers` adds threads.
@@ -181,9 +189,13 @@ fn run(cfg: rotagate::config::Config) -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let app = rotagate::app::App::bind(cfg).await?;
+        let mut app = rotagate::app::App::bind(cfg).await?;
+        let reloads = app.reloads();
         let shutdown = CancellationToken::new();
-        tokio::spawn(signals(shutdown.clone()));
+        tokio::spawn(signals(
+            shutdown.clone(),
+            Some(Reload { path, reloads, log }),
+        ));
         app.run(shutdown).await
     });
     // Sessions still open after the shutdown deadline are dropped with the runtime.
@@ -211,7 +223,7 @@ fn demo(every: std::time::Duration) -> ExitCode {
     };
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(signals(shutdown.clone()));
+        tokio::spawn(signals(shutdown.clone(), None));
         rotagate::demo::run(shutdown, every).await
     });
     match result {
@@ -238,19 +250,56 @@ fn raise_open_files(max_clients: usize) {
     }
 }
 
-/// SIGTERM or SIGINT starts a graceful shutdown.
-async fn signals(shutdown: CancellationToken) {
+/// What SIGHUP needs: the config file, where a valid new config goes, the log filter.
+struct Reload {
+    path: PathBuf,
+    reloads: tokio::sync::mpsc::Sender<rotagate::config::Config>,
+    log: Option<LogHandle>,
+}
+
+/// SIGTERM or SIGINT starts a graceful shutdown; SIGHUP reloads the configuration.
+async fn signals(shutdown: CancellationToken, reload: Option<Reload>) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         tracing::error!("cannot install signal handlers");
         return;
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    loop {
+        tokio::select! {
+            _ = term.recv() => break tracing::info!("SIGTERM received"),
+            _ = int.recv() => break tracing::info!("SIGINT received"),
+            _ = hup.recv() => match &reload {
+                Some(r) => r.apply().await,
+                None => tracing::info!("SIGHUP ignored"),
+            },
+        }
     }
     shutdown.cancel();
+}
+
+impl Reload {
+    /// Re-reads the config file; an invalid one is reported and the running one stays.
+    async fn apply(&self) {
+        tracing::info!(config = %self.path.display(), "SIGHUP received: reloading the configuration");
+        let cfg = match rotagate::config::load(&self.path, std::env::vars()) {
+            Ok(cfg) => cfg,
+            Err(errors) => {
+                let errors = errors.to_string().replace('\n', "; ");
+                return tracing::error!(%errors, "the new configuration is invalid; keeping the running one");
+            }
+        };
+        if let Some(handle) = &self.log {
+            let filter = cfg.log.filter.as_deref().unwrap_or("info");
+            match EnvFilter::try_new(filter).map(|f| handle.reload(f)) {
+                Ok(Ok(())) => tracing::info!(filter, "log filter applied"),
+                Ok(Err(e)) => tracing::error!(error = %e, "cannot apply log.filter"),
+                Err(e) => tracing::error!(error = %e, "cannot apply log.filter"),
+            }
+        }
+        let _ = self.reloads.send(cfg).await;
+    }
 }

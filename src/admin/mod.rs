@@ -117,7 +117,9 @@ async fn rotate(State(s): State<AdminState>, headers: HeaderMap) -> Response {
             .into_response();
     };
     let code = match report.outcome {
-        Outcome::Applied | Outcome::Validated | Outcome::Unchanged => StatusCode::OK,
+        Outcome::Applied | Outcome::Validated | Outcome::Unchanged | Outcome::Reconfigured => {
+            StatusCode::OK
+        }
         Outcome::Rejected => StatusCode::UNPROCESSABLE_ENTITY,
         Outcome::Failed => StatusCode::BAD_GATEWAY,
         Outcome::BreakerOpen => StatusCode::SERVICE_UNAVAILABLE,

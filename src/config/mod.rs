@@ -23,6 +23,14 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub pool: PoolConfig,
     pub credentials: CredentialsConfig,
+    pub log: LogConfig,
+}
+
+/// `[log]`: the log filter (`RUST_LOG` syntax), reloaded on SIGHUP. `RUST_LOG`, when set,
+/// wins.
+#[derive(Debug, Clone, Default)]
+pub struct LogConfig {
+    pub filter: Option<String>,
 }
 
 #[derive(Debug, Clone)]

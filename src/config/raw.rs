@@ -13,6 +13,13 @@ pub struct RawConfig {
     pub upstream: Option<RawUpstream>,
     pub pool: Option<RawPool>,
     pub credentials: Option<RawCredentials>,
+    pub log: Option<RawLog>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub filter: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -89,6 +89,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     let upstream = upstream(&mut c, raw.upstream);
     let pool = pool(&mut c, raw.pool.unwrap_or_default());
     let credentials = super::credentials::credentials(&mut c, raw.credentials);
+    let log = log(&mut c, raw.log.unwrap_or_default());
     if c.errors.is_empty() {
         Ok(Config {
             listen,
@@ -97,10 +98,23 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             upstream,
             pool,
             credentials,
+            log,
         })
     } else {
         Err(ConfigErrors(c.errors))
     }
+}
+
+fn log(c: &mut Check, r: RawLog) -> LogConfig {
+    if let Some(f) = &r.filter {
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(f) {
+            c.err(
+                "log.filter",
+                format!("{f:?} is not a filter like \"info,rotagate=debug\" ({e})"),
+            );
+        }
+    }
+    LogConfig { filter: r.filter }
 }
 
 fn listen(c: &mut Check, r: RawListen) -> ListenConfig {

@@ -31,10 +31,12 @@ pub struct Frontend {
     pub listen: ListenConfig,
     pub mode: PoolMode,
     pub database: String,
-    pub auth: ClientAuth,
+    /// Swapped whole on reload (SIGHUP); each login reads the current one.
+    pub auth: arc_swap::ArcSwap<ClientAuth>,
     pub pools: Arc<Pools>,
     pub cancels: Arc<CancelRegistry>,
-    pub tls: Option<TlsAcceptor>,
+    /// Swapped on reload, so renewed certificates apply to new connections.
+    pub tls: arc_swap::ArcSwapOption<TlsAcceptor>,
     pub shutdown: CancellationToken,
     pub transactions: metrics::Counter,
 }
@@ -67,7 +69,12 @@ pub async fn serve(listener: TcpListener, fe: Arc<Frontend>, tracker: TaskTracke
 /// One client connection from accept to close.
 async fn connection(tcp: TcpStream, fe: Arc<Frontend>, permit: Option<OwnedSemaphorePermit>) {
     let deadline = tokio::time::Instant::now() + fe.listen.auth_timeout;
-    let hello = match tokio::time::timeout_at(deadline, startup::hello(tcp, fe.tls.clone())).await {
+    let hello = match tokio::time::timeout_at(
+        deadline,
+        startup::hello(tcp, fe.tls.load_full().map(|t| (*t).clone())),
+    )
+    .await
+    {
         Ok(Ok(h)) => h,
         Ok(Err(e)) => return tracing::debug!(error = %e, "client handshake failed"),
         Err(_) => return tracing::debug!("client handshake timed out"),
@@ -84,7 +91,7 @@ async fn connection(tcp: TcpStream, fe: Arc<Frontend>, permit: Option<OwnedSemap
     } else {
         match tokio::time::timeout_at(
             deadline,
-            startup::authenticate(&mut login, &fe.auth, fe.listen.max_message_size),
+            startup::authenticate(&mut login, &fe.auth.load(), fe.listen.max_message_size),
         )
         .await
         {

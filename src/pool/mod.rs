@@ -47,7 +47,8 @@ pub struct GenerationCounts {
 }
 
 pub struct Pools {
-    cfg: PoolConfig,
+    /// Swapped on reload; each new generation is built from the current one.
+    cfg: arc_swap::ArcSwap<PoolConfig>,
     target: Arc<UpstreamTarget>,
     current_id: Arc<AtomicU64>,
     current: ArcSwap<Generation>,
@@ -66,6 +67,7 @@ impl Pools {
         let current_id = Arc::new(AtomicU64::new(1));
         let auth_failed = Arc::new(Notify::new());
         let first = build(&cfg, &target, &current_id, &auth_failed, Arc::new(creds), 1);
+        let cfg = arc_swap::ArcSwap::from_pointee(cfg);
         Self {
             cfg,
             target,
@@ -83,7 +85,7 @@ impl Pools {
     /// old credential's logins fail, and the new pool is where connections will come from.
     pub async fn acquire(&self) -> Result<Pooled, PoolError> {
         let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + self.cfg.acquire_timeout;
+        let deadline = tokio::time::Instant::now() + self.cfg.load().acquire_timeout;
         let mut changed = self.changed.subscribe();
         let result = loop {
             let generation = self.current.load_full();
@@ -97,7 +99,7 @@ impl Pools {
                 Ok(Ok(conn)) => Ok(conn),
                 Ok(Err(RunError::User(e))) => Err(PoolError::Backend(e)),
                 Ok(Err(RunError::TimedOut)) | Err(_) => Err(PoolError::Timeout {
-                    waited: self.cfg.acquire_timeout,
+                    waited: self.cfg.load().acquire_timeout,
                     last: generation
                         .last_error
                         .lock()
@@ -117,7 +119,7 @@ impl Pools {
         generation: u64,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut changed = self.changed.subscribe();
-        let drain = self.cfg.drain_timeout;
+        let drain = self.cfg.load().drain_timeout;
         async move {
             while *changed.borrow_and_update() <= generation {
                 if changed.changed().await.is_err() {
@@ -158,7 +160,7 @@ impl Pools {
     pub fn publish(&self, creds: Credentials, validated: ServerConn) -> u64 {
         let id = self.current_id.load(Ordering::Acquire) + 1;
         let next = Arc::new(build(
-            &self.cfg,
+            &self.cfg.load(),
             &self.target,
             &self.current_id,
             &self.auth_failed,
@@ -182,10 +184,21 @@ impl Pools {
     /// the relays close what is left) plus a moment.
     pub async fn drained(&self, generation: &Generation) {
         let deadline =
-            tokio::time::Instant::now() + self.cfg.drain_timeout + Duration::from_secs(1);
+            tokio::time::Instant::now() + self.cfg.load().drain_timeout + Duration::from_secs(1);
         while generation.pool.state().connections > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+    }
+
+    /// The pool settings new generations are built with.
+    pub fn config(&self) -> Arc<PoolConfig> {
+        self.cfg.load_full()
+    }
+
+    /// New pool settings (SIGHUP): they apply to the next generation published; the rotation
+    /// engine publishes one at once for a reload (see `Trigger::Reload`).
+    pub fn reconfigure(&self, cfg: PoolConfig) {
+        self.cfg.store(Arc::new(cfg));
     }
 
     /// Retired generations whose connections are not all closed yet.

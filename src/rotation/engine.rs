@@ -201,6 +201,9 @@ impl Engine {
 
     async fn attempt(&mut self, trigger: Trigger, expected: Option<&str>) -> Step {
         let now = Instant::now();
+        if trigger == Trigger::Reload {
+            return self.republish().await;
+        }
         if !self.p.breaker.allows(now.into_std()) {
             return Step {
                 outcome: Outcome::BreakerOpen,
@@ -253,7 +256,7 @@ impl Engine {
     /// breaker guards a serving proxy from bad secrets, not a starting one from its upstream.
     fn account(&mut self, step: &Step, now: Instant) {
         match step.outcome {
-            Outcome::Applied | Outcome::Validated | Outcome::Unchanged => {
+            Outcome::Applied | Outcome::Validated | Outcome::Unchanged | Outcome::Reconfigured => {
                 self.p.breaker.record_success();
                 self.backoff.reset();
             }
@@ -329,6 +332,27 @@ impl Engine {
                 self.retire_when_drained(old);
                 step
             }
+        }
+    }
+
+    /// A reload changed the pool settings: the serving credential, health-checked, becomes a
+    /// new generation built with them; the old one drains as in a rotation. Nothing is
+    /// retired at the source: the credential is the same.
+    async fn republish(&mut self) -> Step {
+        let current = self.p.pools.current().creds.clone();
+        let next = self.p.pools.generation() + 1;
+        match health_check(self.p.pools.target(), &current, next).await {
+            Ok(conn) => {
+                self.p.pools.publish((*current).clone(), conn);
+                Step::about(Outcome::Reconfigured, &current, None)
+            }
+            Err(e) => Step::about(
+                Outcome::Rejected,
+                &current,
+                Some(format!(
+                    "pool settings not applied: health check failed: {e}"
+                )),
+            ),
         }
     }
 
@@ -423,7 +447,7 @@ fn audit(r: &Report) {
     match r.outcome {
         Outcome::Rejected | Outcome::Failed => event!(warn),
         Outcome::Unchanged | Outcome::BreakerOpen => event!(debug),
-        Outcome::Applied | Outcome::Validated => event!(info),
+        Outcome::Applied | Outcome::Validated | Outcome::Reconfigured => event!(info),
     }
 }
 

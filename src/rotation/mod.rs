@@ -32,10 +32,19 @@ impl RotationHandle {
 
     /// Runs one attempt now and returns its report (None when the engine has stopped).
     pub async fn rotate_now(&self) -> Option<Report> {
+        self.request(Trigger::Manual).await
+    }
+
+    /// Republishes the serving credential with the pool settings now configured.
+    pub async fn reload_pool(&self) -> Option<Report> {
+        self.request(Trigger::Reload).await
+    }
+
+    async fn request(&self, trigger: Trigger) -> Option<Report> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Request {
-                trigger: Trigger::Manual,
+                trigger,
                 reply: Some(reply),
             })
             .await

@@ -16,6 +16,8 @@ pub enum Trigger {
     AuthFailure,
     HalfOpen,
     Retry,
+    /// New pool settings (SIGHUP): the serving credential is republished as a new generation.
+    Reload,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -33,6 +35,9 @@ pub enum Outcome {
     Failed,
     /// The breaker is open; no attempt was made.
     BreakerOpen,
+    /// The serving credential passed its health check and was republished with new pool
+    /// settings (a reload, not a rotation).
+    Reconfigured,
 }
 
 impl Outcome {

@@ -15,6 +15,7 @@ pub struct Rotagate {
     admin: SocketAddr,
     log: Arc<Mutex<String>>,
     readers: Vec<tokio::task::JoinHandle<()>>,
+    config: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -27,19 +28,30 @@ impl Builder<'_> {
             format!("127.0.0.1:{}", free_port()).parse().unwrap(),
             format!("127.0.0.1:{}", free_port()).parse().unwrap(),
         );
+        let secret = dir.path().join("secret.json");
+        super::write_secret(&secret, self.pg, super::APP_USER, super::APP_PASSWORD);
         let text = self
-            .config_text(&PathBuf::from("/nonexistent"))
+            .config_text(&secret)
             .replacen("addr = \"127.0.0.1:0\"", &format!("addr = \"{addr}\""), 1)
             .replacen("addr = \"127.0.0.1:0\"", &format!("addr = \"{admin}\""), 1);
         let config = dir.path().join("rotagate.toml");
         std::fs::write(&config, &text).unwrap();
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rotagate"))
-            .args(["--log-format", "json", "run", "--config"])
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_rotagate"));
+        cmd.args(["--log-format", "json", "run", "--config"])
             .arg(&config)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("RUST_LOG", "info,rotagate=debug")
-            .envs(self.vars.iter().map(|(k, v)| (k, v)))
+            .envs(self.vars.iter().map(|(k, v)| (k, v)));
+        // An empty RUST_LOG from the builder means none: the config's log.filter decides.
+        if self
+            .vars
+            .iter()
+            .any(|(k, v)| k == "RUST_LOG" && v.is_empty())
+        {
+            cmd.env_remove("RUST_LOG");
+        }
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -56,6 +68,7 @@ impl Builder<'_> {
             admin,
             log,
             readers,
+            config,
             _dir: dir,
         };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -109,14 +122,24 @@ impl Rotagate {
         }
     }
 
+    /// The config file it runs with (rewrite it, then `signal("-HUP")`).
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config
+    }
+
+    /// Sends a signal ("-HUP", "-TERM") to the process.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().and_then(|c| c.id()).expect("running");
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
     /// SIGTERM, then the exit; returns the whole log.
     pub async fn stop(mut self) -> String {
-        if let Some(pid) = self.child.as_ref().and_then(|c| c.id()) {
-            let _ = std::process::Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status();
-        }
+        self.signal("-TERM");
         self.finish().await
     }
 
