@@ -190,7 +190,9 @@ impl Drop for Cluster {
     }
 }
 
-fn is_root() -> bool {
+/// Whether this process runs as root (PostgreSQL refuses to; its programs then run as
+/// `postgres`). Shared with the test harness.
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()

@@ -14,13 +14,7 @@ pub struct Pg {
     bin: PathBuf,
 }
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.starts_with(b"0\n"))
-        .unwrap_or(false)
-}
+use rotagate::demo::is_root;
 
 /// Runs a PostgreSQL program, as `postgres` when we are root.
 fn as_pg(program: &Path) -> Command {
