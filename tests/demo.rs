@@ -10,9 +10,10 @@ async fn demo_starts_serves_rotates_and_cleans_up() {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rotagate"))
         .args(["demo", "--every", "2s"])
         .stdout(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
+    // Should an assertion fail, Ctrl-C the demo so that it still removes its PostgreSQL.
+    let _interrupt = Interrupt(child.id().unwrap());
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut next = async || {
         tokio::time::timeout(Duration::from_secs(60), lines.next_line())
@@ -57,10 +58,7 @@ async fn demo_starts_serves_rotates_and_cleans_up() {
     tokio::spawn(conn);
     again.simple_query("SELECT 1").await.unwrap();
     drop((client, again));
-    std::process::Command::new("kill")
-        .args(["-INT", &child.id().unwrap().to_string()])
-        .status()
-        .unwrap();
+    drop(_interrupt);
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
         .await
         .expect("the demo did not stop within 30 s of Ctrl-C")
@@ -70,4 +68,14 @@ async fn demo_starts_serves_rotates_and_cleans_up() {
         !std::path::Path::new(&files).exists(),
         "{files} left behind"
     );
+}
+
+struct Interrupt(u32);
+
+impl Drop for Interrupt {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &self.0.to_string()])
+            .status();
+    }
 }
