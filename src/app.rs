@@ -120,13 +120,9 @@ impl App {
         };
         let admin_task = tokio::spawn(serve_admin(self.admin, state, admin_stop.clone()));
         let fe = frontend(&cfg, pools.clone(), &shutdown)?;
-        if let Some(mut reloads) = self.reloads {
+        if let Some(reloads) = self.reloads {
             let reloader = Reloader::new(cfg.clone(), fe.clone(), pools, rotation);
-            tokio::spawn(async move {
-                while let Some(new) = reloads.recv().await {
-                    reloader.apply(new).await;
-                }
-            });
+            tokio::spawn(reloader.serve(reloads));
         }
         tracing::info!(addr = %self.proxy.local_addr()?, mode = ?cfg.pool.mode, "accepting clients");
         frontend::serve(self.proxy, fe, tracker.clone()).await;

@@ -34,6 +34,13 @@ impl Reloader {
         }
     }
 
+    /// Applies each configuration that arrives (from SIGHUP in `main.rs`), in order.
+    pub async fn serve(self, mut reloads: tokio::sync::mpsc::Receiver<Config>) {
+        while let Some(new) = reloads.recv().await {
+            self.apply(new).await;
+        }
+    }
+
     /// Applies what can change in place and reports the rest.
     pub async fn apply(&self, mut new: Config) {
         let mut running = self.running.lock().await;

@@ -101,40 +101,7 @@ fn vault(c: &mut Check, r: RawVaultSource) -> VaultSourceConfig {
         .required("credentials.vault.addr", r.addr.as_ref())
         .to_owned();
     http_url(c, "credentials.vault.addr", Some(addr.clone()));
-    let auth = match (r.token_file, r.approle_role_id, r.approle_secret_id_file) {
-        (None, Some(role_id), Some(secret_id_file)) => VaultAuth::AppRole {
-            role_id,
-            secret_id_file: secret_id_file.into(),
-        },
-        (None, None, None) => VaultAuth::Token {
-            file: None,
-            env: None,
-        },
-        (Some(file), None, None) => VaultAuth::Token {
-            file: Some(file.into()),
-            env: None,
-        },
-        (Some(_), _, _) => {
-            c.err(
-                "credentials.vault.token_file",
-                "give token_file or approle_role_id + approle_secret_id_file, not both",
-            );
-            VaultAuth::Token {
-                file: None,
-                env: None,
-            }
-        }
-        (None, _, _) => {
-            c.err(
-                "credentials.vault.approle_role_id",
-                "AppRole needs both approle_role_id and approle_secret_id_file",
-            );
-            VaultAuth::Token {
-                file: None,
-                env: None,
-            }
-        }
-    };
+    let auth = vault_auth(c, r.token_file, r.approle_role_id, r.approle_secret_id_file);
     let mount = |m: Option<String>, default: &str| m.unwrap_or_else(|| default.to_owned());
     let mode = match (r.kv_path, r.database_role) {
         (Some(path), None) => VaultMode::Kv {
@@ -192,6 +159,49 @@ fn aws(c: &mut Check, r: RawAwsSource) -> AwsSourceConfig {
         region,
         endpoint_url: http_url(c, "credentials.aws.endpoint_url", r.endpoint_url),
         queue_url: http_url(c, "credentials.aws.queue_url", r.queue_url),
+    }
+}
+
+/// token_file, or AppRole's two keys, or neither (then VAULT_TOKEN, checked in `parse`).
+fn vault_auth(
+    c: &mut Check,
+    token_file: Option<String>,
+    role_id: Option<String>,
+    secret_id_file: Option<String>,
+) -> VaultAuth {
+    match (token_file, role_id, secret_id_file) {
+        (None, Some(role_id), Some(secret_id_file)) => VaultAuth::AppRole {
+            role_id,
+            secret_id_file: secret_id_file.into(),
+        },
+        (None, None, None) => VaultAuth::Token {
+            file: None,
+            env: None,
+        },
+        (Some(file), None, None) => VaultAuth::Token {
+            file: Some(file.into()),
+            env: None,
+        },
+        (Some(_), _, _) => {
+            c.err(
+                "credentials.vault.token_file",
+                "give token_file or approle_role_id + approle_secret_id_file, not both",
+            );
+            VaultAuth::Token {
+                file: None,
+                env: None,
+            }
+        }
+        (None, _, _) => {
+            c.err(
+                "credentials.vault.approle_role_id",
+                "AppRole needs both approle_role_id and approle_secret_id_file",
+            );
+            VaultAuth::Token {
+                file: None,
+                env: None,
+            }
+        }
     }
 }
 

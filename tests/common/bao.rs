@@ -3,7 +3,6 @@
 //! through its HTTP API with the root token. rotagate logs in on its own (AppRole or a token).
 
 use super::pg::{Pg, free_port};
-use super::wait_until;
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -46,25 +45,43 @@ fn port_pair() -> u16 {
 }
 
 impl Bao {
+    /// Starts the dev server; on a port taken between choosing and binding (tests run in
+    /// parallel), tries other ports.
     pub async fn start() -> Bao {
+        let mut last_log = String::new();
+        for _ in 0..5 {
+            match Self::try_start().await {
+                Ok(bao) => return bao,
+                Err(log) => last_log = log,
+            }
+        }
+        panic!("OpenBao did not start; its last log:\n{last_log}");
+    }
+
+    async fn try_start() -> Result<Bao, String> {
         let port = port_pair();
+        let log = tempfile::NamedTempFile::new().unwrap();
         let child = Command::new(bao_bin())
             .args(["server", "-dev", &format!("-dev-root-token-id={ROOT}")])
             .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log.reopen().unwrap())
             .spawn()
             .expect("start bao server -dev");
-        let bao = Bao {
+        let mut bao = Bao {
             child,
             addr: format!("http://127.0.0.1:{port}"),
             port,
         };
-        wait_until(60, "OpenBao to answer", || async {
-            bao.call("GET", "sys/health", None).await.0 == 200
-        })
-        .await;
-        bao
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while bao.call("GET", "sys/health", None).await.0 != 200 {
+            let exited = matches!(bao.child.try_wait(), Ok(Some(_)));
+            if exited || std::time::Instant::now() > deadline {
+                return Err(std::fs::read_to_string(log.path()).unwrap_or_default());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        Ok(bao)
     }
 
     /// One API call as root: (status, JSON body or Null).
