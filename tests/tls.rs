@@ -253,3 +253,36 @@ async fn direct_tls_with_alpn_reaches_authentication() {
         "SASL"
     );
 }
+
+/// SIGHUP re-reads the client TLS certificate from its files: renewed in place, the new one is
+/// served to new connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_serves_a_renewed_client_certificate() {
+    let (old, new) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (old_pki, new_pki) = (pki(old.path()), pki(new.path()));
+    let pg = app_cluster();
+    let r = TestProxy::builder(&pg)
+        .listen(&tls_listen(&old_pki, ""))
+        .spawn()
+        .await;
+    r.ready().await;
+    let verify = |ca: &Path| {
+        format!(
+            "sslmode=verify-full host=localhost sslrootcert={}",
+            ca.display()
+        )
+    };
+    assert!(psql(&r, &verify(&old_pki.ca), &["-c", "SELECT 1"]).await.0);
+    std::fs::copy(&new_pki.cert, &old_pki.cert).unwrap();
+    std::fs::copy(&new_pki.key, &old_pki.key).unwrap();
+    r.signal("-HUP");
+    wait_until(20, "the reload", || async {
+        r.log().contains("configuration reloaded")
+    })
+    .await;
+    assert!(r.log().contains("\"tls_reloaded\":true"), "{}", r.log());
+    let (ok, _, err) = psql(&r, &verify(&new_pki.ca), &["-c", "SELECT 1"]).await;
+    assert!(ok, "the renewed certificate is served: {err}");
+    let (ok, _, _) = psql(&r, &verify(&old_pki.ca), &["-c", "SELECT 1"]).await;
+    assert!(!ok, "the old certificate is no longer served");
+}
