@@ -96,37 +96,14 @@ fn hash_password_prints_a_verifier_and_hides_nothing_else() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_password_reaches_logs_metrics_or_status() {
     let pg = app_cluster();
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("secret.json");
-    write_secret(&secret, &pg, APP_USER, APP_PASSWORD);
-    let (port, admin) = (pg::free_port(), pg::free_port());
-    let config = dir.path().join("rotagate.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[listen]\naddr = \"127.0.0.1:{port}\"\n[admin]\naddr = \"127.0.0.1:{admin}\"\n\
-             [[clients]]\nuser = \"{CLIENT_USER}\"\npassword = \"{CLIENT_PASSWORD}\"\n\
-             [upstream]\nhost = \"127.0.0.1\"\nport = {}\ndatabase = \"appdb\"\ntls = \"disable\"\n\
-             [pool]\nsize = 2\nacquire_timeout = \"2s\"\n[credentials]\nsource = \"file\"\n[credentials.file]\npath = \"{}\"\n",
-            pg.port,
-            secret.display()
-        ),
-    )
-    .unwrap();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rotagate"))
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
+    let r = TestProxy::builder(&pg)
+        .pool_size(2)
+        .pool("acquire_timeout = \"2s\"")
+        .var("RUST_LOG", "debug")
         .spawn()
-        .unwrap();
-    let admin_addr = format!("127.0.0.1:{admin}").parse().unwrap();
-    wait_until(30, "readiness", || async {
-        http(admin_addr, "GET", "/readyz").await.0 == 200
-    })
-    .await;
+        .await;
+    r.ready().await;
+    let (port, admin_addr, secret) = (r.proxy_addr().port(), r.admin_addr(), r.secret_path());
     let url = |pw: &str| {
         format!("host=127.0.0.1 port={port} user={CLIENT_USER} password={pw} dbname=appdb")
     };
@@ -165,13 +142,7 @@ async fn no_password_reaches_logs_metrics_or_status() {
     ]
     .join("\n");
     assert!(served.contains("rotagate_"), "{served}");
-    nix_term(child.id().unwrap());
-    let out = child.wait_with_output().await.unwrap();
-    let logs = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let logs = r.stop().await;
     assert!(
         logs.contains("upstream login failed"),
         "the failure path was exercised:\n{logs}"
@@ -185,14 +156,6 @@ async fn no_password_reaches_logs_metrics_or_status() {
         assert!(!logs.contains(pw), "{pw} in logs:\n{logs}");
         assert!(!served.contains(pw), "{pw} served by the admin listener");
     }
-}
-
-fn nix_term(pid: u32) {
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
 }
 
 /// `rotagate healthcheck` is the container's HEALTHCHECK: 0 for a live admin listener, 1 for

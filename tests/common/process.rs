@@ -127,6 +127,11 @@ impl Rotagate {
         &self.config
     }
 
+    /// The secret file it reads with the file source (rewrite it to rotate).
+    pub fn secret_path(&self) -> PathBuf {
+        self.config.with_file_name("secret.json")
+    }
+
     /// Sends a signal ("-HUP", "-TERM") to the process.
     pub fn signal(&self, sig: &str) {
         let pid = self.child.as_ref().and_then(|c| c.id()).expect("running");
