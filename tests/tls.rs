@@ -54,6 +54,14 @@ fn tls_listen(pki: &Pki, extra: &str) -> String {
     )
 }
 
+/// psql connection options that verify the server's certificate for "localhost" against `ca`.
+fn verify_full(ca: &Path) -> String {
+    format!(
+        "sslmode=verify-full host=localhost sslrootcert={}",
+        ca.display()
+    )
+}
+
 fn tls_cluster(dir: &Path) -> (Pg, Pki) {
     let pki = pki(dir);
     give_to_pg(dir);
@@ -184,15 +192,7 @@ async fn clients_can_use_tls_and_require_tls_refuses_plain_clients() {
         .await;
     let (ok, out, err) = psql(&proxy, "sslmode=require", &["-c", "\\conninfo"]).await;
     assert!(ok && out.contains("SSL connection"), "{out}{err}");
-    let (ok, out, err) = psql(
-        &proxy,
-        &format!(
-            "sslmode=verify-full host=localhost sslrootcert={}",
-            pki.ca.display()
-        ),
-        &["-qAt", "-c", "SELECT 1"],
-    )
-    .await;
+    let (ok, out, err) = psql(&proxy, &verify_full(&pki.ca), &["-qAt", "-c", "SELECT 1"]).await;
     assert!(ok && out.trim() == "1", "{out}{err}");
     let (ok, _, _) = psql(&proxy, "sslmode=disable", &["-c", "SELECT 1"]).await;
     assert!(ok, "TLS is optional unless required");
@@ -266,13 +266,11 @@ async fn sighup_serves_a_renewed_client_certificate() {
         .spawn()
         .await;
     r.ready().await;
-    let verify = |ca: &Path| {
-        format!(
-            "sslmode=verify-full host=localhost sslrootcert={}",
-            ca.display()
-        )
-    };
-    assert!(psql(&r, &verify(&old_pki.ca), &["-c", "SELECT 1"]).await.0);
+    assert!(
+        psql(&r, &verify_full(&old_pki.ca), &["-c", "SELECT 1"])
+            .await
+            .0
+    );
     std::fs::copy(&new_pki.cert, &old_pki.cert).unwrap();
     std::fs::copy(&new_pki.key, &old_pki.key).unwrap();
     r.signal("-HUP");
@@ -281,8 +279,8 @@ async fn sighup_serves_a_renewed_client_certificate() {
     })
     .await;
     assert!(r.log().contains("\"tls_reloaded\":true"), "{}", r.log());
-    let (ok, _, err) = psql(&r, &verify(&new_pki.ca), &["-c", "SELECT 1"]).await;
+    let (ok, _, err) = psql(&r, &verify_full(&new_pki.ca), &["-c", "SELECT 1"]).await;
     assert!(ok, "the renewed certificate is served: {err}");
-    let (ok, _, _) = psql(&r, &verify(&old_pki.ca), &["-c", "SELECT 1"]).await;
+    let (ok, _, _) = psql(&r, &verify_full(&old_pki.ca), &["-c", "SELECT 1"]).await;
     assert!(!ok, "the old certificate is no longer served");
 }
