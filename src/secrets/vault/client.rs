@@ -158,10 +158,10 @@ impl Vault {
         path: &str,
         body: Option<Value>,
     ) -> Result<Value, SourceError> {
-        match self.raw_once(method.clone(), path, body.clone()).await {
+        match self.raw_once(&method, path, body.as_ref()).await {
             Err(RawError::Forbidden) => {
                 self.relogin().await?;
-                self.raw_once(method, path, body)
+                self.raw_once(&method, path, body.as_ref())
                     .await
                     .map_err(|e| e.into_source(path))
             }
@@ -171,18 +171,18 @@ impl Vault {
 
     async fn raw_once(
         &self,
-        method: reqwest::Method,
+        method: &reqwest::Method,
         path: &str,
-        body: Option<Value>,
+        body: Option<&Value>,
     ) -> Result<Value, RawError> {
         let token = self.client.read().await.settings.token.clone();
         let mut req = self
             .http
-            .request(method, format!("{}/v1/{path}", self.addr))
+            .request(method.clone(), format!("{}/v1/{path}", self.addr))
             .header("X-Vault-Token", token)
             .header("X-Vault-Request", "true");
         if let Some(body) = body {
-            req = req.json(&body);
+            req = req.json(body);
         }
         let resp = req
             .send()
