@@ -167,6 +167,7 @@ fn frontend(
         cancels: Arc::new(CancelRegistry::default()),
         shutdown: shutdown.clone(),
         transactions: metrics::counter!("rotagate_transactions_total"),
+        known: Default::default(),
     }))
 }
 

@@ -9,36 +9,32 @@ use tokio_postgres::SimpleQueryMessage;
 use tokio_postgres::types::Type;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn named_prepared_statements_work_in_session_mode_and_are_refused_clearly_in_transaction_mode()
- {
+async fn named_prepared_statements_work_in_both_modes() {
     let pg = app_cluster();
-    let session = TestProxy::builder(&pg).mode("session").start().await;
-    let client = session.client().await;
-    let stmt = client.prepare("SELECT $1::text || '!'").await.unwrap();
-    for word in ["a", "b"] {
-        let row = client.query_one(&stmt, &[&word]).await.unwrap();
-        assert_eq!(row.get::<_, String>(0), format!("{word}!"));
+    // Transaction mode: both clients share the one upstream connection.
+    for (mode, size) in [("session", 2), ("transaction", 1)] {
+        let proxy = TestProxy::builder(&pg)
+            .mode(mode)
+            .pool_size(size)
+            .start()
+            .await;
+        let (a, b) = (proxy.client().await, proxy.client().await);
+        let sa = a.prepare("SELECT $1::text || '!'").await.unwrap();
+        let sb = b.prepare("SELECT $1::int * 2").await.unwrap();
+        for word in ["a", "b"] {
+            let row = a.query_one(&sa, &[&word]).await.unwrap();
+            assert_eq!(row.get::<_, String>(0), format!("{word}!"), "{mode}");
+            let row = b.query_one(&sb, &[&21i32]).await.unwrap();
+            assert_eq!(row.get::<_, i32>(0), 42, "{mode}");
+        }
+        // Unnamed statements work too.
+        let row = a
+            .query_typed_one("SELECT $1::int * 2", &[(&21i32, Type::INT4)])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, i32>(0), 42);
+        proxy.stop().await.unwrap();
     }
-    session.stop().await.unwrap();
-
-    let tx = TestProxy::builder(&pg).start().await;
-    let client = tx.client().await;
-    let e = client.prepare("SELECT 1").await.unwrap_err();
-    let db = e.as_db_error().expect("a server error, not a hang");
-    assert_eq!(db.code().code(), "0A000");
-    assert!(
-        db.message()
-            .contains("named prepared statements are not supported in transaction pool mode"),
-        "{}",
-        db.message()
-    );
-    // Unnamed statements still work in transaction mode.
-    let client = tx.client().await;
-    let row = client
-        .query_typed_one("SELECT $1::int * 2", &[(&21i32, Type::INT4)])
-        .await
-        .unwrap();
-    assert_eq!(row.get::<_, i32>(0), 42);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -60,6 +60,7 @@ pub async fn connect(
             created: Instant::now(),
             broken: false,
             tx_status: b'I',
+            prepared: Default::default(),
         };
         startup(&mut conn, target, creds).await?;
         auth::authenticate(&mut conn, creds).await?;
@@ -135,7 +136,12 @@ async fn read_params(conn: &mut ServerConn) -> Result<(), BackendError> {
             }
             Message::ReadyForQuery(r) => {
                 conn.tx_status = r.status();
-                conn.params.defaults = conn.params.current.clone();
+                conn.params.defaults = conn
+                    .params
+                    .reported
+                    .iter()
+                    .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
+                    .collect();
                 return Ok(());
             }
             Message::ErrorResponse(e) => return Err(query::server_error(&e)),

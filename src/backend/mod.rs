@@ -4,14 +4,18 @@
 
 mod auth;
 mod connect;
+pub mod prepared;
 pub mod query;
+mod settings;
 pub mod stream;
 pub mod tls;
 
 pub use connect::{UpstreamTarget, cancel, connect};
+pub use settings::SettingList;
 
 use bytes::BytesMut;
-use std::collections::{HashMap, HashSet};
+use prepared::Prepared;
+use std::collections::HashMap;
 use std::time::Instant;
 use stream::Stream;
 
@@ -30,6 +34,8 @@ pub struct ServerConn {
     pub broken: bool,
     /// The last ReadyForQuery status: b'I', b'T' or b'E'.
     pub tx_status: u8,
+    /// rotagate's named statements prepared on this connection (transaction mode).
+    pub prepared: Prepared,
 }
 
 impl std::fmt::Debug for ServerConn {
@@ -42,39 +48,34 @@ impl std::fmt::Debug for ServerConn {
     }
 }
 
-/// Session settings of one upstream connection, as the server reported them and as rotagate
-/// set them. Keys of `current` are lowercase.
+/// Session settings of one upstream connection: what the server reported and what rotagate
+/// brought the session to.
 #[derive(Debug, Default, Clone)]
 pub struct ServerParams {
     /// ParameterStatus values in the server's own spelling, in arrival order.
     pub reported: Vec<(String, String)>,
-    /// Effective values by lowercase name: reported ones plus those rotagate SET.
-    pub current: HashMap<String, String>,
-    /// Non-reported names rotagate SET on this connection (to RESET for another client).
-    pub set_by_us: HashSet<String>,
-    /// Reported values right after login: what a client that names none of them gets.
+    /// Reported values right after login, by lowercase name: what a client that names none of
+    /// them gets.
     pub defaults: HashMap<String, String>,
-    /// Fingerprint of the client settings this connection was last made to match; cleared by
-    /// any reported change.
-    pub synced_to: Option<u64>,
+    /// Every session-level setting of the connection, as rotagate last set or read them.
+    pub session: SettingList,
 }
 
 impl ServerParams {
     /// Records a ParameterStatus.
     pub fn report(&mut self, name: &str, value: &str) {
-        self.synced_to = None;
         match self.reported.iter_mut().find(|(n, _)| n == name) {
-            Some(slot) => slot.1 = value.to_owned(),
+            Some(slot) => value.clone_into(&mut slot.1),
             None => self.reported.push((name.to_owned(), value.to_owned())),
         }
-        self.current
-            .insert(name.to_ascii_lowercase(), value.to_owned());
     }
 
-    pub fn is_reported(&self, lower: &str) -> bool {
+    /// The reported value of `name` (any case), if the server reports it.
+    pub fn reported_value(&self, name: &str) -> Option<&str> {
         self.reported
             .iter()
-            .any(|(n, _)| n.eq_ignore_ascii_case(lower))
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 

@@ -37,8 +37,18 @@ pub fn server_error(e: &ErrorResponseBody) -> BackendError {
 
 /// Runs `sql` with the simple protocol and waits for ReadyForQuery. ParameterStatus messages
 /// update the connection's params. The first error is returned after the server is ready again;
-/// any error leaves the connection usable unless it is an I/O error.
+/// any error leaves the connection usable unless it is an I/O error. Only for a connection at
+/// rest: every ReadyForQuery it owed has arrived.
 pub async fn simple(conn: &mut ServerConn, sql: &str) -> Result<(), BackendError> {
+    rows(conn, sql).await.map(drop)
+}
+
+/// As [`simple`], returning the text of every row's columns (None for NULL).
+pub async fn rows(
+    conn: &mut ServerConn,
+    sql: &str,
+) -> Result<Vec<Vec<Option<String>>>, BackendError> {
+    let mut rows = Vec::new();
     let mut buf = bytes::BytesMut::new();
     crate::wire::msg::query(&mut buf, sql);
     if let Err(e) = conn.stream.write_all(&buf).await {
@@ -63,11 +73,22 @@ pub async fn simple(conn: &mut ServerConn, sql: &str) -> Result<(), BackendError
             Message::ErrorResponse(e) => {
                 first_error.get_or_insert(server_error(&e));
             }
+            Message::DataRow(r) => rows.push(row(&r)?),
             Message::ReadyForQuery(r) => {
                 conn.tx_status = r.status();
-                return first_error.map_or(Ok(()), Err);
+                return first_error.map_or(Ok(rows), Err);
             }
             _ => {}
         }
     }
+}
+
+fn row(
+    r: &postgres_protocol::message::backend::DataRowBody,
+) -> Result<Vec<Option<String>>, BackendError> {
+    let buf = r.buffer();
+    r.ranges()
+        .map(|range| Ok(range.map(|range| String::from_utf8_lossy(&buf[range]).into_owned())))
+        .collect()
+        .map_err(BackendError::Io)
 }

@@ -108,11 +108,25 @@ pub enum PoolMode {
     Transaction,
 }
 
+/// `[pool] on_pin`: what transaction mode does with a statement that would pin its client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnPin {
+    /// Keep the client on its upstream connection until it disconnects.
+    Pin,
+    /// Refuse the statement with 0A000.
+    Error,
+}
+
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     pub mode: PoolMode,
     pub size: u32,
     pub min_idle: u32,
+    pub on_pin: OnPin,
+    /// rotagate's named statements kept per upstream connection (least recently used go).
+    pub max_prepared_statements: usize,
+    /// Bytes of named-statement text one client may keep in transaction mode.
+    pub max_client_statement_bytes: usize,
     pub acquire_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_lifetime: Duration,

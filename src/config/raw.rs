@@ -82,6 +82,9 @@ pub struct RawPool {
     pub idle_timeout: Option<String>,
     pub max_lifetime: Option<String>,
     pub drain_timeout: Option<String>,
+    pub on_pin: Option<String>,
+    pub max_prepared_statements: Option<i64>,
+    pub max_client_statement_bytes: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

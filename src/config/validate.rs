@@ -277,10 +277,33 @@ fn pool(c: &mut Check, r: RawPool) -> PoolConfig {
             format!("{min_idle} is larger than pool.size ({size})"),
         );
     }
+    let on_pin = match r.on_pin.as_deref() {
+        None | Some("pin") => OnPin::Pin,
+        Some("error") => OnPin::Error,
+        Some(other) => {
+            c.err("pool.on_pin", format!("{other:?} is not one of pin, error"));
+            OnPin::Pin
+        }
+    };
     PoolConfig {
         mode,
         size,
         min_idle,
+        on_pin,
+        max_prepared_statements: c.range(
+            "pool.max_prepared_statements",
+            r.max_prepared_statements,
+            250,
+            1,
+            100_000,
+        ) as usize,
+        max_client_statement_bytes: c.range(
+            "pool.max_client_statement_bytes",
+            r.max_client_statement_bytes,
+            1 << 20,
+            1024,
+            1 << 30,
+        ) as usize,
         acquire_timeout: c.duration(
             "pool.acquire_timeout",
             r.acquire_timeout.as_ref(),

@@ -3,26 +3,90 @@
 //! transactions, and then a CancelRequest is dropped, as it would have nothing to cancel).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
 
 /// Where a client's CancelRequest goes right now: an upstream (pid, secret key), or nowhere.
 /// Set twice per transaction, so it is one atomic word: pid in the high half (0 = none; no
 /// PostgreSQL backend has pid 0), key in the low half.
+///
+/// A cancel being forwarded holds the connection it targets: [`CancelSlot::detach`] waits for
+/// it, so a connection is never handed to another client while a cancel meant for this one is
+/// on its way (the server would cancel the next client's query). The two sides order their
+/// steps (slot cleared, then the count read; count raised, then the slot read) so that one of
+/// them always sees the other.
 #[derive(Debug, Default)]
-pub struct CancelSlot(AtomicU64);
+pub struct CancelSlot {
+    target: AtomicU64,
+    in_flight: AtomicU32,
+    done: Notify,
+    /// The client waits for an upstream connection: a cancel ends the wait.
+    waiting: AtomicBool,
+    wake_waiter: Notify,
+}
 
 impl CancelSlot {
-    pub fn set(&self, target: Option<(i32, i32)>) {
-        let word = target.map_or(0, |(pid, key)| {
-            (u64::from(pid as u32) << 32) | u64::from(key as u32)
-        });
-        self.0.store(word, Ordering::Release);
+    /// The client now uses this upstream connection.
+    pub fn attach(&self, pid: i32, key: i32) {
+        let word = (u64::from(pid as u32) << 32) | u64::from(key as u32);
+        self.target.store(word, Ordering::SeqCst);
     }
 
-    pub fn get(&self) -> Option<(i32, i32)> {
-        let word = self.0.load(Ordering::Acquire);
+    /// The client is done with its connection; returns once no cancel for it is on its way.
+    pub async fn detach(&self) {
+        self.target.store(0, Ordering::SeqCst);
+        loop {
+            let done = self.done.notified();
+            let mut done = std::pin::pin!(done);
+            done.as_mut().enable();
+            if self.in_flight.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            done.await;
+        }
+    }
+
+    fn get(&self) -> Option<(i32, i32)> {
+        let word = self.target.load(Ordering::SeqCst);
         (word >> 32 != 0).then_some(((word >> 32) as u32 as i32, word as u32 as i32))
+    }
+
+    /// For a CancelRequest: the upstream to cancel, reserved until [`CancelSlot::finished`].
+    /// None when the client holds no connection; a client waiting for one is woken instead.
+    pub fn begin(&self) -> Option<(i32, i32)> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let target = self.get();
+        if target.is_none() {
+            self.finished();
+            if self.waiting.load(Ordering::SeqCst) {
+                self.wake_waiter.notify_waiters();
+            }
+        }
+        target
+    }
+
+    /// The cancel [`CancelSlot::begin`] reserved for has been delivered (or given up).
+    pub fn finished(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.done.notify_waiters();
+        }
+    }
+
+    /// Runs `wait` (the wait for an upstream connection) until it ends or a cancel for this
+    /// client arrives (then None).
+    pub async fn cancellable<T>(&self, wait: impl std::future::Future<Output = T>) -> Option<T> {
+        let woken = self.wake_waiter.notified();
+        let mut woken = std::pin::pin!(woken);
+        woken.as_mut().enable();
+        self.waiting.store(true, Ordering::SeqCst);
+        let out = tokio::select! {
+            biased;
+            _ = woken => None,
+            r = wait => Some(r),
+        };
+        self.waiting.store(false, Ordering::SeqCst);
+        out
     }
 }
 
@@ -69,34 +133,71 @@ impl CancelRegistry {
         }
     }
 
-    /// The upstream target for a client's (pid, key), if the client is attached to one.
-    pub fn lookup(&self, pid: i32, key: i32) -> Option<(i32, i32)> {
+    /// The slot of the client a CancelRequest names, if that client is connected.
+    pub fn lookup(&self, pid: i32, key: i32) -> Option<Arc<CancelSlot>> {
         self.map
             .lock()
             .expect("cancel map lock")
             .get(&(pid, key))
-            .and_then(|s| s.get())
+            .cloned()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
-    #[test]
-    fn routes_only_while_attached_and_forgets_on_drop() {
+    #[tokio::test]
+    async fn routes_only_while_attached_and_forgets_on_drop() {
         let reg = Arc::new(CancelRegistry::default());
         let k = reg.register(Some(42));
         assert_eq!(k.pid, 42);
-        assert_eq!(reg.lookup(42, k.key), None);
-        k.slot.set(Some((7, -8)));
-        assert_eq!(reg.lookup(42, k.key), Some((7, -8)));
-        k.slot.set(None);
-        assert_eq!(reg.lookup(42, k.key), None);
-        k.slot.set(Some((7, 8)));
-        assert_eq!(reg.lookup(42, k.key.wrapping_add(1)), None);
+        let slot = reg.lookup(42, k.key).unwrap();
+        assert_eq!(slot.begin(), None);
+        k.slot.attach(7, -8);
+        assert_eq!(slot.begin(), Some((7, -8)));
+        slot.finished();
+        k.slot.detach().await;
+        assert_eq!(slot.begin(), None);
+        assert!(reg.lookup(42, k.key.wrapping_add(1)).is_none());
         let key = k.key;
         drop(k);
-        assert_eq!(reg.lookup(42, key), None);
+        assert!(reg.lookup(42, key).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn detach_waits_for_a_cancel_on_its_way() {
+        let slot = Arc::new(CancelSlot::default());
+        slot.attach(7, 8);
+        assert_eq!(slot.begin(), Some((7, 8)));
+        let s2 = slot.clone();
+        let detach = tokio::spawn(async move { s2.detach().await });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(
+            !detach.is_finished(),
+            "released while a cancel was on its way"
+        );
+        slot.finished();
+        detach.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancel_ends_a_wait_for_a_connection() {
+        let slot = Arc::new(CancelSlot::default());
+        let s2 = slot.clone();
+        let waiter = tokio::spawn(async move {
+            s2.cancellable(tokio::time::sleep(Duration::from_secs(30)))
+                .await
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(slot.begin(), None);
+        assert_eq!(waiter.await.unwrap(), None);
+        // A cancel when nobody waits is dropped, not kept for a later wait.
+        assert_eq!(slot.begin(), None);
+        let later = slot
+            .cancellable(tokio::time::sleep(Duration::from_secs(1)))
+            .await;
+        assert_eq!(later, Some(()));
     }
 }

@@ -33,6 +33,11 @@ pub enum FrontendError {
     Upstream(#[from] BackendError),
     #[error("server closed the connection unexpectedly")]
     UpstreamLost,
+    #[error("the upstream server sent what rotagate cannot relay: {0}")]
+    ServerProtocol(String),
+    /// The client already has the error that ends its session (the server's own FATAL).
+    #[error("the session ended with an error the client was sent")]
+    Reported,
     #[error("terminating connection due to administrator command")]
     Shutdown,
     #[error(
@@ -59,7 +64,9 @@ impl FrontendError {
                 Some(code) if !e.is_auth_failure() => code,
                 _ => "08006",
             },
-            FrontendError::UpstreamLost => "08006",
+            FrontendError::UpstreamLost
+            | FrontendError::ServerProtocol(_)
+            | FrontendError::Reported => "08006",
             FrontendError::Shutdown | FrontendError::Retired => "57P01",
         }
     }
@@ -68,7 +75,7 @@ impl FrontendError {
     pub fn can_reply(&self) -> bool {
         !matches!(
             self,
-            FrontendError::Wire(WireError::Closed | WireError::Io(_))
+            FrontendError::Wire(WireError::Closed | WireError::Io(_)) | FrontendError::Reported
         )
     }
 }

@@ -3,12 +3,23 @@
 //! opens an upstream connection itself except to forward a CancelRequest.
 
 pub mod cancel;
+pub mod classify;
 pub mod error;
-mod params;
+mod flow;
+mod frames;
+pub mod incoming;
+mod lane;
+mod local;
+pub mod outgoing;
+mod pins;
 mod relay;
+pub mod replies;
 pub mod scram;
 mod session;
+pub mod settings;
 pub mod startup;
+pub mod statements;
+mod transaction;
 
 use crate::config::{ListenConfig, PoolMode};
 use crate::pool::Pools;
@@ -39,6 +50,8 @@ pub struct Frontend {
     pub tls: arc_swap::ArcSwapOption<TlsAcceptor>,
     pub shutdown: CancellationToken,
     pub transactions: metrics::Counter,
+    /// Statements known to prepare upstream (transaction mode).
+    pub known: crate::backend::prepared::Known,
 }
 
 /// Accepts clients until shutdown. Each connection runs as a tracked task.
@@ -123,9 +136,21 @@ async fn report(stream: &mut startup::ClientStream, e: &FrontendError) {
 }
 
 async fn forward_cancel(fe: &Frontend, pid: i32, key: i32) {
-    let Some((upid, ukey)) = fe.cancels.lookup(pid, key) else {
-        return tracing::debug!("cancel request for no active query");
+    let Some(slot) = fe.cancels.lookup(pid, key) else {
+        return tracing::debug!("cancel request for no connected client");
     };
+    let Some((upid, ukey)) = slot.begin() else {
+        return tracing::debug!("cancel request for a client that holds no upstream connection");
+    };
+    // The client's connection is not handed on until this is done, even if this task is
+    // dropped on the way.
+    struct Finished<'a>(&'a cancel::CancelSlot);
+    impl Drop for Finished<'_> {
+        fn drop(&mut self) {
+            self.0.finished();
+        }
+    }
+    let _finished = Finished(&slot);
     if let Err(e) = crate::backend::cancel(fe.pools.target(), upid, ukey).await {
         tracing::warn!(error = %e, "forwarding a cancel request failed");
     }

@@ -1,50 +1,70 @@
-//! The hot path: bytes between one client and one upstream connection. Frame-aware but not
-//! decoding: the scanners find message boundaries, watch ReadyForQuery's status byte and
-//! ParameterStatus, and count what the client still waits for. Reads and writes are polled
-//! together in one future, so neither direction can block the other; bytes are forwarded
-//! straight from the buffer they were read into.
+//! The hot path: bytes between one client and one upstream connection. [`frames`] decides per
+//! message; this file moves the bytes. Reads and writes of both directions are polled
+//! together in one future, so neither direction can block the other; each direction is
+//! written with one vectored write from rotagate's own bytes and the read buffer. The relay
+//! ends at rest (transaction mode, not pinned), when the client leaves, when the server goes,
+//! at shutdown between transactions, or when its credential generation is retired; every end
+//! that is not at rest closes the upstream connection and counts why.
 
 use super::error::FrontendError;
-use super::params::Expected;
+use super::flow::{ClientState, Flow};
+use super::frames;
+use super::lane::Lane;
 use super::startup::ClientStream;
 use crate::backend::ServerConn;
-use crate::config::PoolMode;
-use crate::wire::scan::{Scanner, Step};
-use bytes::{Buf, BytesMut};
+use crate::config::{PoolConfig, PoolMode};
+use bytes::{Bytes, BytesMut};
+use pgwire::tokio::server::MaybeTls;
 use std::future::{Future, poll_fn};
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::{Pin, pin};
 use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use tokio_util::io::poll_read_buf;
 use tokio_util::sync::CancellationToken;
 
-/// Scanned-but-unwritten bytes above which a direction stops reading (backpressure).
+/// Bytes queued in one direction above which it stops reading (backpressure).
 const MAX_READY: usize = 256 * 1024;
-/// The largest message rotagate accepts from the upstream server.
-const MAX_SERVER_MESSAGE: usize = 1 << 30;
+/// Free space a read wants in its buffer.
+const READ_ROOM: usize = 8 * 1024;
 
-/// The client half: its stream, the bytes it sent that are not yet forwarded, and what it
-/// expects of a session.
+/// The client half: its stream, what it sent that is not yet forwarded, both lanes, and what it
+/// keeps between transactions.
 pub struct ClientSide {
     pub stream: ClientStream,
     pub buf: BytesMut,
-    pub ready: usize,
-    pub scan: Scanner,
-    pub expected: Expected,
-    /// `expected.fingerprint()`, kept current.
-    pub fingerprint: u64,
+    /// Client bytes on their way upstream (from `buf`).
+    pub up: Lane,
+    /// Server bytes and rotagate's replies on their way to the client (from the server's
+    /// read buffer).
+    pub down: Lane,
+    pub state: ClientState,
+    /// Where decisions write the bytes they send.
+    pub scratch: BytesMut,
+}
+
+impl ClientSide {
+    pub fn new(stream: ClientStream, buf: BytesMut, state: ClientState) -> Self {
+        Self {
+            stream,
+            buf,
+            up: Lane::default(),
+            down: Lane::default(),
+            state,
+            scratch: BytesMut::new(),
+        }
+    }
 }
 
 /// How a relay ended.
 #[derive(Debug)]
 pub enum End {
-    /// Transaction mode: the transaction ended and the connection is clean to return.
+    /// Transaction mode: the transaction ended and the connection is at rest.
     Released,
     /// The client hung up or sent Terminate.
     ClientGone,
-    /// The upstream connection failed under the client.
-    ServerGone(String),
+    /// The upstream connection ended under the client: its FATAL error, if it sent one.
+    ServerGone(Option<Bytes>),
     /// Shutdown was requested and the session is between transactions.
     Shutdown,
     /// The connection's credential generation was retired `pool.drain_timeout` ago.
@@ -54,24 +74,64 @@ pub enum End {
 pub struct RelayCtx<'a> {
     pub mode: PoolMode,
     pub pools: &'a crate::pool::Pools,
+    pub cfg: &'a PoolConfig,
     pub max_client_message: usize,
     pub shutdown: &'a CancellationToken,
     pub transactions: &'a metrics::Counter,
+    pub known: &'a crate::backend::prepared::Known,
 }
 
-/// Where the protocol stands for the current attachment.
-#[derive(Debug, Default)]
-struct Flow {
-    /// Queries, function calls and Syncs sent whose ReadyForQuery has not come back.
-    pending: u32,
-    /// Extended-protocol messages sent since the last Sync.
-    unsynced: bool,
-    terminate: bool,
-    refused: Option<&'static str>,
-    server_ready: usize,
-    server_scan: Scanner,
-    flush_server: bool,
-    flush_client: bool,
+/// Why rotagate closed an upstream connection (`rotagate_server_connections_closed_total`).
+pub fn close(s: &mut ServerConn, reason: &'static str) {
+    if !s.broken {
+        s.broken = true;
+        metrics::counter!("rotagate_server_connections_closed_total", "reason" => reason)
+            .increment(1);
+    }
+}
+
+/// Relays until an end (see the module comment). The connection is closed unless the end
+/// left it at rest.
+pub async fn relay(
+    c: &mut ClientSide,
+    s: &mut ServerConn,
+    f: &mut Flow,
+    ctx: &RelayCtx<'_>,
+) -> Result<End, FrontendError> {
+    let end = run(c, s, f, ctx).await;
+    let pinned_left = matches!(end, Ok(End::ClientGone)) && c.state.pins.is_pinned();
+    if !at_rest(c, s, f) || pinned_left || f.unsure {
+        close(s, reason(&end, c, f));
+    }
+    end
+}
+
+fn reason(end: &Result<End, FrontendError>, c: &ClientSide, f: &Flow) -> &'static str {
+    match end {
+        Ok(End::ClientGone) if c.state.pins.is_pinned() => "pinned",
+        _ if f.unsure => "unsure",
+        Ok(End::Released | End::Shutdown) => "busy",
+        Ok(End::ClientGone) => "client_left",
+        Ok(End::ServerGone(_)) => "server_lost",
+        Ok(End::Retired) => "drain_timeout",
+        Err(FrontendError::Wire(crate::wire::WireError::TooLarge(_))) => "too_large",
+        Err(FrontendError::Wire(crate::wire::WireError::Malformed(_))) => "malformed",
+        Err(FrontendError::ServerProtocol(_)) => "server_protocol",
+        Err(_) => "client_error",
+    }
+}
+
+/// Nothing in flight either way, nothing owed, and the server idle outside a transaction.
+pub fn at_rest(c: &ClientSide, s: &ServerConn, f: &Flow) -> bool {
+    f.settled()
+        && f.fatal.is_none()
+        && !s.broken
+        && s.tx_status == b'I'
+        && c.up.queued() == 0
+        && c.down.queued() == 0
+        && c.up.at_boundary()
+        && c.down.at_boundary()
+        && s.rbuf.is_empty()
 }
 
 enum Io {
@@ -82,203 +142,127 @@ enum Io {
     ReadClient(usize),
     ReadServer(usize),
     ClientFailed,
-    ServerFailed(io::Error),
+    ServerFailed,
     Shutdown,
     Retired,
 }
 
-/// Relays until the transaction ends (transaction mode), the client leaves, the server fails
-/// or shutdown finds the session idle. Marks `server` broken when it is not left clean.
-pub async fn relay(
+#[derive(Default)]
+struct Wants {
+    client: usize,
+    server: usize,
+    flush_server: bool,
+    flush_client: bool,
+}
+
+async fn run(
     c: &mut ClientSide,
     s: &mut ServerConn,
+    f: &mut Flow,
     ctx: &RelayCtx<'_>,
 ) -> Result<End, FrontendError> {
-    let mut f = Flow::default();
     let mut shutdown = pin!(ctx.shutdown.cancelled());
     let mut retired = pin!(ctx.pools.retirement(s.generation));
+    let mut w = Wants::default();
     loop {
-        scan_client(c, &mut f, ctx)?;
-        scan_server(c, s, &mut f, ctx)?;
-        let drained = c.ready == 0 && f.server_ready == 0 && !f.flush_server && !f.flush_client;
-        let rest = drained && at_rest(c, s, &f);
+        w.client = frames::client(c, s, f, ctx)?;
+        w.server = frames::server(c, s, f, ctx)?;
+        let drained =
+            c.up.queued() == 0 && c.down.queued() == 0 && !w.flush_server && !w.flush_client;
         if drained {
-            if let Some(why) = f.refused {
-                s.broken |= !rest;
-                return Err(FrontendError::Unsupported(why.into()));
-            }
-            if f.terminate {
-                s.broken |= !rest;
-                return Ok(End::ClientGone);
-            }
-            if rest && ctx.mode == PoolMode::Transaction {
-                return Ok(End::Released);
-            }
-            if rest && ctx.shutdown.is_cancelled() {
-                return Ok(End::Shutdown);
+            if let Some(end) = ended(c, s, f, ctx) {
+                return Ok(end);
             }
         }
+        let idle = drained && at_rest(c, s, f);
         let io = poll_fn(|cx| {
             if retired.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Io::Retired);
             }
-            poll_io(cx, c, s, &f, rest, shutdown.as_mut())
+            poll_io(cx, c, s, f, &w, idle, shutdown.as_mut())
         })
         .await;
-        if let Some(end) = progress(io, c, s, &mut f, drained) {
+        if let Some(end) = progress(io, c, s, &mut w) {
             return Ok(end);
         }
+        // A relay that always has bytes to move still lets other tasks run.
+        tokio::task::consume_budget().await;
     }
 }
 
+/// Ends that wait until everything queued is written.
+fn ended(c: &ClientSide, s: &ServerConn, f: &Flow, ctx: &RelayCtx<'_>) -> Option<End> {
+    if f.terminate {
+        return Some(End::ClientGone);
+    }
+    if f.fatal.is_some() {
+        return Some(End::ServerGone(f.fatal.clone()));
+    }
+    let rest = at_rest(c, s, f);
+    if rest && ctx.mode == PoolMode::Transaction && !c.state.pins.is_pinned() {
+        return Some(End::Released);
+    }
+    if rest && ctx.shutdown.is_cancelled() {
+        return Some(End::Shutdown);
+    }
+    None
+}
+
 /// Books one I/O step; the end of the relay when the step ends it.
-fn progress(
-    io: Io,
-    c: &mut ClientSide,
-    s: &mut ServerConn,
-    f: &mut Flow,
-    drained: bool,
-) -> Option<End> {
+fn progress(io: Io, c: &mut ClientSide, s: &mut ServerConn, w: &mut Wants) -> Option<End> {
     match io {
         Io::WroteServer(n) => {
-            c.buf.advance(n);
-            c.ready -= n;
-            f.flush_server = c.ready == 0;
+            c.up.wrote(&mut c.buf, n);
+            w.flush_server = c.up.queued() == 0;
         }
         Io::WroteClient(n) => {
-            s.rbuf.advance(n);
-            f.server_ready -= n;
-            f.flush_client = f.server_ready == 0;
+            c.down.wrote(&mut s.rbuf, n);
+            w.flush_client = c.down.queued() == 0;
         }
-        Io::FlushedServer => f.flush_server = false,
-        Io::FlushedClient => f.flush_client = false,
-        Io::ReadClient(0) | Io::ClientFailed => {
-            s.broken |= !(drained && at_rest(c, s, f));
-            return Some(End::ClientGone);
-        }
-        Io::ReadServer(0) => {
-            return Some(server_gone(
-                s,
-                "the upstream server closed the connection".into(),
-            ));
-        }
-        Io::ServerFailed(e) => return Some(server_gone(s, e.to_string())),
-        Io::Retired => {
-            s.broken = true;
-            return Some(End::Retired);
-        }
+        Io::FlushedServer => w.flush_server = false,
+        Io::FlushedClient => w.flush_client = false,
+        Io::ReadClient(0) | Io::ClientFailed => return Some(End::ClientGone),
+        Io::ReadServer(0) | Io::ServerFailed => return Some(End::ServerGone(None)),
+        Io::Retired => return Some(End::Retired),
         Io::ReadClient(_) | Io::ReadServer(_) | Io::Shutdown => {}
     }
     None
 }
 
-fn server_gone(s: &mut ServerConn, why: String) -> End {
-    s.broken = true;
-    End::ServerGone(why)
-}
-
-/// Nothing in flight in either direction and the server idle outside a transaction.
-fn at_rest(c: &ClientSide, s: &ServerConn, f: &Flow) -> bool {
-    f.pending == 0
-        && !f.unsynced
-        && s.tx_status == b'I'
-        && c.scan.at_boundary()
-        && f.server_scan.at_boundary()
-        && s.rbuf.is_empty()
-}
-
-fn scan_client(c: &mut ClientSide, f: &mut Flow, ctx: &RelayCtx<'_>) -> Result<(), FrontendError> {
-    if c.ready == c.buf.len() || f.terminate || f.refused.is_some() {
-        return Ok(());
+/// Makes room for a read: `want` more bytes for the message at the front, or a chunk.
+fn room(buf: &mut BytesMut, want: usize) {
+    let want = want.max(READ_ROOM);
+    if buf.capacity() - buf.len() < want {
+        buf.reserve(want);
     }
-    let tx_mode = ctx.mode == PoolMode::Transaction;
-    let n = c.scan.scan(
-        &c.buf[c.ready..],
-        ctx.max_client_message,
-        |t| tx_mode && t == b'P',
-        |tag, body| client_message(f, tag, body),
-    )?;
-    c.ready += n;
-    Ok(())
 }
 
-fn client_message(f: &mut Flow, tag: u8, body: &[u8]) -> Step {
-    match tag {
-        b'Q' | b'F' => f.pending += 1,
-        b'S' => {
-            f.pending += 1;
-            f.unsynced = false;
-        }
-        // Only transaction mode asks for Parse bodies: a named statement would outlive the
-        // upstream connection it was prepared on.
-        b'P' if body.first().is_some_and(|b| *b != 0) => {
-            f.refused = Some(
-                "named prepared statements are not supported in transaction pool mode; \
-                 use unnamed statements (for pgbench: -M extended) or pool.mode = \"session\"",
-            );
-            return Step::Stop;
-        }
-        b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => f.unsynced = true,
-        b'X' => {
-            f.terminate = true;
-            return Step::Stop;
-        }
-        _ => {}
+/// Writes `a` then `b`, in one vectored write where the stream takes one.
+fn poll_write_two<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    cx: &mut Context<'_>,
+    a: &[u8],
+    b: &[u8],
+) -> Poll<io::Result<usize>> {
+    if a.is_empty() {
+        return Pin::new(w).poll_write(cx, b);
     }
-    Step::Forward
-}
-
-fn scan_server(
-    c: &mut ClientSide,
-    s: &mut ServerConn,
-    f: &mut Flow,
-    ctx: &RelayCtx<'_>,
-) -> Result<(), FrontendError> {
-    if f.server_ready == s.rbuf.len() {
-        return Ok(());
+    if b.is_empty() || !w.is_write_vectored() {
+        return Pin::new(w).poll_write(cx, a);
     }
-    let (params, tx_status, pending) = (&mut s.params, &mut s.tx_status, &mut f.pending);
-    let n = f
-        .server_scan
-        .scan(
-            &s.rbuf[f.server_ready..],
-            MAX_SERVER_MESSAGE,
-            |t| t == b'Z' || t == b'S',
-            |tag, body| {
-                match tag {
-                    b'Z' => {
-                        *pending = pending.saturating_sub(1);
-                        *tx_status = body.first().copied().unwrap_or(b'E');
-                        if *tx_status == b'I' {
-                            ctx.transactions.increment(1);
-                        }
-                    }
-                    b'S' => {
-                        if let Some((name, value)) = split_param(body) {
-                            params.report(name, value);
-                            c.expected.observe(name, value);
-                        }
-                    }
-                    _ => {}
-                }
-                Step::Forward
-            },
-        )
-        .map_err(|_| FrontendError::UpstreamLost)?;
-    f.server_ready += n;
-    Ok(())
+    Pin::new(w).poll_write_vectored(cx, &[IoSlice::new(a), IoSlice::new(b)])
 }
 
-fn split_param(body: &[u8]) -> Option<(&str, &str)> {
-    let mut parts = body.split(|b| *b == 0);
-    let name = std::str::from_utf8(parts.next()?).ok()?;
-    let value = std::str::from_utf8(parts.next()?).ok()?;
-    Some((name, value))
-}
-
-fn reserve(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() < 2048 {
-        buf.reserve(8192);
+fn poll_write_client(
+    s: &mut ClientStream,
+    cx: &mut Context<'_>,
+    a: &[u8],
+    b: &[u8],
+) -> Poll<io::Result<usize>> {
+    // pgwire's stream does not pass vectored writes on; plain TCP takes them directly.
+    match s {
+        MaybeTls::Plain(tcp) => poll_write_two(tcp, cx, a, b),
+        other => poll_write_two(other, cx, a, b),
     }
 }
 
@@ -288,37 +272,40 @@ fn poll_io(
     c: &mut ClientSide,
     s: &mut ServerConn,
     f: &Flow,
+    w: &Wants,
     idle: bool,
     shutdown: Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
 ) -> Poll<Io> {
-    if c.ready > 0 {
-        if let Poll::Ready(r) = Pin::new(&mut s.stream).poll_write(cx, &c.buf[..c.ready]) {
-            return Poll::Ready(r.map_or_else(Io::ServerFailed, Io::WroteServer));
+    if c.up.queued() > 0 {
+        let (a, b) = c.up.slices(&c.buf);
+        if let Poll::Ready(r) = poll_write_two(&mut s.stream, cx, a, b) {
+            return Poll::Ready(r.map_or(Io::ServerFailed, Io::WroteServer));
         }
-    } else if f.flush_server {
+    } else if w.flush_server {
         if let Poll::Ready(r) = Pin::new(&mut s.stream).poll_flush(cx) {
-            return Poll::Ready(r.map_or_else(Io::ServerFailed, |_| Io::FlushedServer));
+            return Poll::Ready(r.map_or(Io::ServerFailed, |_| Io::FlushedServer));
         }
     }
-    if f.server_ready > 0 {
-        if let Poll::Ready(r) = Pin::new(&mut c.stream).poll_write(cx, &s.rbuf[..f.server_ready]) {
+    if c.down.queued() > 0 {
+        let (a, b) = c.down.slices(&s.rbuf);
+        if let Poll::Ready(r) = poll_write_client(&mut c.stream, cx, a, b) {
             return Poll::Ready(r.map_or(Io::ClientFailed, Io::WroteClient));
         }
-    } else if f.flush_client {
+    } else if w.flush_client {
         if let Poll::Ready(r) = Pin::new(&mut c.stream).poll_flush(cx) {
             return Poll::Ready(r.map_or(Io::ClientFailed, |_| Io::FlushedClient));
         }
     }
-    if !f.terminate && f.refused.is_none() && c.ready < MAX_READY {
-        reserve(&mut c.buf);
+    if !f.terminate && c.up.queued() < MAX_READY {
+        room(&mut c.buf, w.client);
         if let Poll::Ready(r) = poll_read_buf(Pin::new(&mut c.stream), cx, &mut c.buf) {
             return Poll::Ready(r.map_or(Io::ClientFailed, Io::ReadClient));
         }
     }
-    if f.server_ready < MAX_READY {
-        reserve(&mut s.rbuf);
+    if f.fatal.is_none() && c.down.queued() < MAX_READY {
+        room(&mut s.rbuf, w.server);
         if let Poll::Ready(r) = poll_read_buf(Pin::new(&mut s.stream), cx, &mut s.rbuf) {
-            return Poll::Ready(r.map_or_else(Io::ServerFailed, Io::ReadServer));
+            return Poll::Ready(r.map_or(Io::ServerFailed, Io::ReadServer));
         }
     }
     if idle && shutdown.poll(cx).is_ready() {

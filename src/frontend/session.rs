@@ -1,64 +1,64 @@
 //! One authenticated client: finish the login with the upstream's real parameters, then serve
-//! it in session mode (one upstream connection for its lifetime) or transaction mode (a
-//! connection per transaction, parameters synced at each hand-over).
+//! it in session mode (one upstream connection for its lifetime) or transaction mode
+//! ([`super::transaction`]).
 
 use super::Frontend;
 use super::cancel::CancelKey;
 use super::error::FrontendError;
-use super::params::Expected;
-use super::relay::{ClientSide, End, RelayCtx, relay};
+use super::flow::{ClientState, Flow};
+use super::relay::{ClientSide, End, RelayCtx, at_rest, close, relay};
+use super::settings::{Settings, sync_sql};
 use super::startup::Login;
 use crate::backend::query;
 use crate::config::PoolMode;
 use crate::pool::{PoolError, Pooled};
 use crate::wire::msg;
-use crate::wire::scan::Scanner;
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// Serves an authenticated client until it leaves, reporting any error to it.
-pub async fn serve(mut login: Login, fe: &Frontend) {
-    if login.database != fe.database {
-        return super::report(
-            &mut login.stream,
-            &FrontendError::NoDatabase(login.database),
-        )
-        .await;
+pub async fn serve(login: Login, fe: &Frontend) {
+    let Login {
+        mut stream,
+        rbuf,
+        user,
+        database,
+        params,
+        peer,
+        ..
+    } = login;
+    if database != fe.database {
+        return super::report(&mut stream, &FrontendError::NoDatabase(database)).await;
     }
-    let expected = match Expected::from_startup(&login.params) {
-        Ok(e) => e,
-        Err(e) => return super::report(&mut login.stream, &e).await,
+    let settings = match Settings::from_startup(&params) {
+        Ok(s) => s,
+        Err(e) => return super::report(&mut stream, &e).await,
     };
-    let mut client = ClientSide {
-        stream: login.stream,
-        buf: login.rbuf,
-        ready: 0,
-        scan: Scanner::default(),
-        expected: Expected::default(),
-        fingerprint: 0,
+    let state = ClientState {
+        who: format!("{user}@{peer}"),
+        settings,
+        ..ClientState::default()
     };
-    if let Err(e) = run(&mut client, expected, fe).await {
-        tracing::info!(user = %login.user, error = %e, "client session ended with an error");
-        super::report(&mut client.stream, &e).await;
+    let mut client = ClientSide::new(stream, rbuf, state);
+    match run(&mut client, fe).await {
+        Ok(()) | Err(FrontendError::Reported) => {}
+        Err(e) => {
+            tracing::info!(user = %user, error = %e, "client session ended with an error");
+            super::report(&mut client.stream, &e).await;
+        }
     }
 }
 
-async fn run(
-    client: &mut ClientSide,
-    mut expected: Expected,
-    fe: &Frontend,
-) -> Result<(), FrontendError> {
+async fn run(client: &mut ClientSide, fe: &Frontend) -> Result<(), FrontendError> {
     let mut out = BytesMut::new();
     msg::auth_ok(&mut out);
     client.stream.write_all(&out).await.map_err(wire_io)?;
 
     let mut server = acquire(fe).await?;
-    expected.fill_defaults(&server.params);
-    apply(&expected, expected.fingerprint(), &mut server).await?;
-    expected.settle(&server.params);
-    client.fingerprint = expected.fingerprint();
-    server.params.synced_to = Some(client.fingerprint);
-    client.expected = expected;
+    client.state.settings.fill_defaults(&server.params);
+    apply(&client.state.settings, &mut server).await?;
+    client.state.settings.settle(&server.params);
+    server.params.session = client.state.settings.list.clone();
     let session_pid = (fe.mode == PoolMode::Session).then_some(server.pid);
     let cancel = fe.cancels.register(session_pid);
     greet(client, &server, &cancel).await?;
@@ -66,41 +66,37 @@ async fn run(
         PoolMode::Session => session_mode(client, server, &cancel, fe).await,
         PoolMode::Transaction => {
             drop(server);
-            transaction_mode(client, &cancel, fe).await
+            super::transaction::serve(client, &cancel, fe).await
         }
     }
 }
 
-fn wire_io(e: std::io::Error) -> FrontendError {
+pub(super) fn wire_io(e: std::io::Error) -> FrontendError {
     FrontendError::Wire(e.into())
 }
 
-async fn acquire(fe: &Frontend) -> Result<Pooled, FrontendError> {
+pub(super) async fn acquire(fe: &Frontend) -> Result<Pooled, FrontendError> {
     fe.pools.acquire().await.map_err(|e| match e {
         PoolError::Timeout { waited, last } => FrontendError::PoolTimeout { waited, last },
         PoolError::Backend(e) => FrontendError::Upstream(e),
     })
 }
 
-/// Makes the upstream session match what the client expects.
-async fn apply(
-    expected: &Expected,
-    fingerprint: u64,
-    server: &mut Pooled,
-) -> Result<(), FrontendError> {
-    if server.params.synced_to == Some(fingerprint) {
+/// Brings the upstream session to the client's settings, in one query when they differ. A
+/// failure closes the connection.
+pub(super) async fn apply(settings: &Settings, server: &mut Pooled) -> Result<(), FrontendError> {
+    let Some(sql) = sync_sql(&settings.list, &server.params.session) else {
         return Ok(());
+    };
+    if let Err(e) = query::simple(server, &sql).await {
+        close(server, "reset_failed");
+        return Err(if server.broken && e.code().is_none() {
+            FrontendError::UpstreamLost
+        } else {
+            FrontendError::Upstream(e)
+        });
     }
-    if let Some(sql) = expected.sync_sql(&server.params) {
-        if let Err(e) = query::simple(server, &sql).await {
-            if server.broken {
-                return Err(FrontendError::UpstreamLost);
-            }
-            return Err(FrontendError::Upstream(e));
-        }
-        expected.applied(&mut server.params);
-    }
-    server.params.synced_to = Some(fingerprint);
+    server.params.session = settings.list.clone();
     Ok(())
 }
 
@@ -119,13 +115,15 @@ async fn greet(
     client.stream.write_all(&out).await.map_err(wire_io)
 }
 
-fn ctx(fe: &Frontend) -> RelayCtx<'_> {
+pub(super) fn ctx<'a>(fe: &'a Frontend, cfg: &'a crate::config::PoolConfig) -> RelayCtx<'a> {
     RelayCtx {
         mode: fe.mode,
         pools: &fe.pools,
+        cfg,
         max_client_message: fe.listen.max_message_size,
         shutdown: &fe.shutdown,
         transactions: &fe.transactions,
+        known: &fe.known,
     }
 }
 
@@ -135,89 +133,34 @@ async fn session_mode(
     cancel: &CancelKey,
     fe: &Frontend,
 ) -> Result<(), FrontendError> {
-    cancel.slot.set(Some((server.pid, server.key)));
-    let end = relay(client, &mut server, &ctx(fe)).await;
-    cancel.slot.set(None);
-    if !server.broken {
+    let cfg = fe.pools.config();
+    let mut flow = Flow::default();
+    cancel.slot.attach(server.pid, server.key);
+    let end = relay(client, &mut server, &mut flow, &ctx(fe, &cfg)).await;
+    cancel.slot.detach().await;
+    if at_rest(client, &server, &flow) {
         reset(&mut server).await;
     }
-    finish(end, client).await
-}
-
-/// DISCARD ALL before a session-mode connection goes back; a failure closes it instead.
-async fn reset(server: &mut Pooled) {
-    match query::simple(server, "DISCARD ALL").await {
-        Ok(()) => {
-            server.params.synced_to = None;
-            let ours: Vec<String> = server.params.set_by_us.drain().collect();
-            for name in ours {
-                server.params.current.remove(&name);
-            }
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, "DISCARD ALL failed; closing the connection");
-            server.broken = true;
-        }
-    }
-}
-
-async fn finish(
-    end: Result<End, FrontendError>,
-    client: &mut ClientSide,
-) -> Result<(), FrontendError> {
     match end? {
         End::Released | End::ClientGone => Ok(()),
         End::Shutdown => Err(FrontendError::Shutdown),
         End::Retired => Err(FrontendError::Retired),
-        End::ServerGone(why) => {
-            tracing::warn!(reason = %why, "upstream connection lost under a client");
-            let _ = client.stream.flush().await;
+        // The server's own FATAL went to the client; nothing more to say.
+        End::ServerGone(Some(_)) => Err(FrontendError::Reported),
+        End::ServerGone(None) => {
+            tracing::warn!("upstream connection lost under a session-mode client");
             Err(FrontendError::UpstreamLost)
         }
     }
 }
 
-async fn transaction_mode(
-    client: &mut ClientSide,
-    cancel: &CancelKey,
-    fe: &Frontend,
-) -> Result<(), FrontendError> {
-    loop {
-        if !wait_for_request(client, fe).await? {
-            return Ok(());
+/// DISCARD ALL before a session-mode connection goes back; a failure closes it instead.
+async fn reset(server: &mut Pooled) {
+    match query::simple(server, "DISCARD ALL").await {
+        Ok(()) => server.params.session = Default::default(),
+        Err(e) => {
+            tracing::debug!(error = %e, "DISCARD ALL failed; closing the connection");
+            close(server, "reset_failed");
         }
-        let mut server = acquire(fe).await?;
-        apply(&client.expected, client.fingerprint, &mut server).await?;
-        cancel.slot.set(Some((server.pid, server.key)));
-        let end = relay(client, &mut server, &ctx(fe)).await;
-        cancel.slot.set(None);
-        drop(server);
-        match end {
-            Ok(End::Released) => shrink(&mut client.buf),
-            other => return finish(other, client).await,
-        }
-    }
-}
-
-/// Waits, holding no upstream connection, until the client has sent a whole message header.
-/// False when the client left; an error when shutdown came first.
-async fn wait_for_request(client: &mut ClientSide, fe: &Frontend) -> Result<bool, FrontendError> {
-    while client.buf.len() < crate::wire::HEADER_LEN {
-        tokio::select! {
-            r = client.stream.read_buf(&mut client.buf) => match r {
-                Ok(0) | Err(_) => return Ok(false),
-                Ok(_) => {}
-            },
-            _ = fe.shutdown.cancelled() => return Err(FrontendError::Shutdown),
-        }
-    }
-    // A lone Terminate needs no upstream connection.
-    Ok(client.buf[0] != b'X')
-}
-
-/// Gives back memory after a large message so idle clients stay small.
-fn shrink(buf: &mut BytesMut) {
-    if buf.is_empty() && buf.capacity() > 64 * 1024 {
-        *buf = BytesMut::with_capacity(4096);
     }
 }

@@ -86,6 +86,81 @@ pub fn query(buf: &mut BytesMut, sql: &str) {
     finish(buf, at);
 }
 
+/// Parse ('P'): `name`, then the rest of a Parse body as a client sent it (query text, NUL,
+/// parameter type count and OIDs).
+pub fn parse(buf: &mut BytesMut, name: &[u8], tail: &[u8]) {
+    let at = begin(buf, b'P');
+    buf.put_slice(name);
+    buf.put_u8(0);
+    buf.put_slice(tail);
+    finish(buf, at);
+}
+
+/// Describe ('D') or Close ('C') of a statement (`kind` b'S') or portal (b'P').
+pub fn describe_or_close(buf: &mut BytesMut, tag: u8, kind: u8, name: &[u8]) {
+    let at = begin(buf, tag);
+    buf.put_u8(kind);
+    buf.put_slice(name);
+    buf.put_u8(0);
+    finish(buf, at);
+}
+
+/// A message with an empty body: ParseComplete ('1'), CloseComplete ('3'), Sync ('S'), ...
+pub fn empty(buf: &mut BytesMut, tag: u8) {
+    let at = begin(buf, tag);
+    finish(buf, at);
+}
+
+/// CommandComplete ('C') with its tag, such as `DEALLOCATE`.
+pub fn command_complete(buf: &mut BytesMut, tag: &str) {
+    let at = begin(buf, b'C');
+    put_cstr(buf, tag);
+    finish(buf, at);
+}
+
+/// An ErrorResponse body's fields with the severity (both `S` and `V`) replaced: the server's
+/// FATAL becomes an ERROR when the client's session outlives the upstream connection.
+pub fn error_with_severity(buf: &mut BytesMut, body: &[u8], severity: &str) {
+    let at = begin(buf, b'E');
+    let mut rest = body;
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            break;
+        }
+        let end = tail.iter().position(|b| *b == 0).unwrap_or(tail.len());
+        buf.put_u8(field);
+        match field {
+            b'S' | b'V' => put_cstr(buf, severity),
+            _ => {
+                buf.put_slice(&tail[..end]);
+                buf.put_u8(0);
+            }
+        }
+        rest = tail.get(end + 1..).unwrap_or(&[]);
+    }
+    buf.put_u8(0);
+    finish(buf, at);
+}
+
+/// The non-localized severity of an ErrorResponse/NoticeResponse body (`V`, else `S`).
+pub fn severity(body: &[u8]) -> &[u8] {
+    let mut found: &[u8] = b"";
+    let mut rest = body;
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            break;
+        }
+        let end = tail.iter().position(|b| *b == 0).unwrap_or(tail.len());
+        match field {
+            b'V' => return &tail[..end],
+            b'S' => found = &tail[..end],
+            _ => {}
+        }
+        rest = tail.get(end + 1..).unwrap_or(&[]);
+    }
+    found
+}
+
 /// `"name"` with embedded quotes doubled.
 pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
@@ -139,6 +214,23 @@ mod tests {
         let (code, msg) = parse_error_fields(&b[5..]);
         assert_eq!(code, "28P01");
         assert!(msg.starts_with("password authentication failed"));
+    }
+
+    #[test]
+    fn severity_is_read_and_replaced() {
+        let mut b = BytesMut::new();
+        error(&mut b, "FATAL", "57P01", "terminating connection");
+        assert_eq!(severity(&b[5..]), b"FATAL");
+        let mut out = BytesMut::new();
+        error_with_severity(&mut out, &b[5..], "ERROR");
+        assert_eq!(severity(&out[5..]), b"ERROR");
+        let (code, msg) = parse_error_fields(&out[5..]);
+        assert_eq!(
+            (code.as_str(), msg.as_str()),
+            ("57P01", "terminating connection")
+        );
+        let len = u32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize;
+        assert_eq!(len + 1, out.len());
     }
 
     #[test]

@@ -1,0 +1,500 @@
+//! What a statement does to the session, told cheaply (transaction mode): whether it may change
+//! session settings (rotagate then re-reads them when the transaction ends), whether it makes
+//! state that cannot move to another upstream connection (the client is then pinned), and
+//! whether it acts on prepared statements. It looks only at the leading keywords of each
+//! statement (the text's start and after every `;`) and, in one pass over the bytes, at the
+//! words around each `_` (`set_config`, `pg_advisory_lock` and its session-level family,
+//! `pg_temp`) and after each `INTO`. It never parses a statement. Quotes and comments are not
+//! understood, so a keyword inside a string can only make it err toward re-reading or pinning.
+
+/// Why a client was pinned to its upstream connection (the `reason` label of
+/// `rotagate_pins_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PinReason {
+    TempTable,
+    Listen,
+    SqlPrepare,
+    WithHold,
+    AdvisoryLock,
+    Other,
+}
+
+impl PinReason {
+    pub const ALL: [PinReason; 6] = [
+        PinReason::TempTable,
+        PinReason::Listen,
+        PinReason::SqlPrepare,
+        PinReason::WithHold,
+        PinReason::AdvisoryLock,
+        PinReason::Other,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            PinReason::TempTable => "temp_table",
+            PinReason::Listen => "listen",
+            PinReason::SqlPrepare => "sql_prepare",
+            PinReason::WithHold => "with_hold",
+            PinReason::AdvisoryLock => "advisory_lock",
+            PinReason::Other => "other",
+        }
+    }
+
+    /// The statement, as an operator or a client reads it in a message.
+    pub fn statement(self) -> &'static str {
+        match self {
+            PinReason::TempTable => "a temporary table (CREATE TEMP TABLE)",
+            PinReason::Listen => "LISTEN",
+            PinReason::SqlPrepare => "SQL PREPARE",
+            PinReason::WithHold => "DECLARE ... WITH HOLD",
+            PinReason::AdvisoryLock => "a session-level advisory lock",
+            PinReason::Other => {
+                "session state rotagate cannot carry (LOAD, or set_config with a computed name)"
+            }
+        }
+    }
+}
+
+/// A statement that is the whole text and that rotagate answers or watches for itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sole {
+    /// `DEALLOCATE [PREPARE] name`, with the name as PostgreSQL folds it.
+    Deallocate(Vec<u8>),
+    DeallocateAll,
+    DiscardAll,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Class {
+    /// May change session-level settings: re-read them when the transaction ends.
+    pub settings: bool,
+    pub pin: Option<PinReason>,
+    /// Dotted (custom) setting names it sets or resets; `pg_settings` does not list them.
+    pub custom: Vec<String>,
+    pub sole: Option<Sole>,
+    /// Somewhere it drops every prepared statement (`DEALLOCATE ALL`, `DISCARD ALL`).
+    pub drops_statements: bool,
+}
+
+impl Class {
+    /// Nothing to do for this statement.
+    pub fn is_plain(&self) -> bool {
+        !self.settings && self.pin.is_none() && self.sole.is_none() && !self.drops_statements
+    }
+
+    fn pin(&mut self, reason: PinReason) {
+        self.pin.get_or_insert(reason);
+    }
+}
+
+/// Classifies SQL text (a Query message's, or a Parse's query).
+pub fn classify(sql: &[u8]) -> Class {
+    let mut class = Class::default();
+    let mut statements = 0;
+    let mut start = 0;
+    loop {
+        let (end, next) = match memchr(b';', &sql[start..]) {
+            Some(i) => (start + i, Some(start + i + 1)),
+            None => (sql.len(), None),
+        };
+        let at = skip_blank(sql, start);
+        if at < end {
+            statements += 1;
+            statement(&sql[at..end], &mut class);
+        }
+        match next {
+            Some(n) => start = n,
+            None => break,
+        }
+    }
+    functions(sql, &mut class);
+    if statements != 1 {
+        class.sole = None;
+    }
+    class
+}
+
+fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
+    hay.iter().position(|b| *b == needle)
+}
+
+fn is_ident(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$'
+}
+
+/// Skips whitespace and comments from `at`.
+fn skip_blank(s: &[u8], mut at: usize) -> usize {
+    loop {
+        while at < s.len() && s[at].is_ascii_whitespace() {
+            at += 1;
+        }
+        if s[at..].starts_with(b"--") {
+            at += memchr(b'\n', &s[at..]).map_or(s.len() - at, |i| i + 1);
+        } else if s[at..].starts_with(b"/*") {
+            at = skip_block_comment(s, at);
+        } else {
+            return at;
+        }
+    }
+}
+
+fn skip_block_comment(s: &[u8], mut at: usize) -> usize {
+    let mut depth = 0;
+    while at < s.len() {
+        if s[at..].starts_with(b"/*") {
+            depth += 1;
+            at += 2;
+        } else if s[at..].starts_with(b"*/") {
+            depth -= 1;
+            at += 2;
+            if depth == 0 {
+                return at;
+            }
+        } else {
+            at += 1;
+        }
+    }
+    at
+}
+
+/// The words of a statement's start, lowercased, as needed.
+struct Words<'a> {
+    s: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Words<'a> {
+    /// The next plain word (letters, digits, `_`), or an empty slice.
+    fn next(&mut self) -> &'a [u8] {
+        self.at = skip_blank(self.s, self.at);
+        let from = self.at;
+        while self.at < self.s.len() && is_ident(self.s[self.at]) {
+            self.at += 1;
+        }
+        &self.s[from..self.at]
+    }
+
+    /// The next name: words joined by dots, each plain (folded to lowercase) or double-quoted.
+    fn name(&mut self) -> Vec<u8> {
+        self.at = skip_blank(self.s, self.at);
+        let mut out = Vec::new();
+        loop {
+            if self.s.get(self.at) == Some(&b'"') {
+                self.at += 1;
+                while let Some(&b) = self.s.get(self.at) {
+                    self.at += 1;
+                    if b == b'"' {
+                        if self.s.get(self.at) == Some(&b'"') {
+                            self.at += 1;
+                        } else {
+                            break;
+                        }
+                    }
+                    out.push(b);
+                }
+                if out.last() == Some(&b'"') {
+                    out.pop();
+                }
+            } else {
+                while let Some(&b) = self.s.get(self.at).filter(|b| is_ident(**b)) {
+                    out.push(b.to_ascii_lowercase());
+                    self.at += 1;
+                }
+            }
+            if self.s.get(self.at) == Some(&b'.') {
+                out.push(b'.');
+                self.at += 1;
+            } else {
+                return out;
+            }
+        }
+    }
+}
+
+fn is(word: &[u8], keyword: &str) -> bool {
+    word.eq_ignore_ascii_case(keyword.as_bytes())
+}
+
+/// One statement's leading keywords.
+fn statement(s: &[u8], class: &mut Class) {
+    let mut w = Words { s, at: 0 };
+    let first = w.next();
+    match first.len() {
+        2 if is(first, "do") => class.settings = true,
+        3 if is(first, "set") => set(&mut w, class),
+        4 if is(first, "call") => class.settings = true,
+        4 if is(first, "load") => class.pin(PinReason::Other),
+        5 if is(first, "reset") => {
+            class.settings = true;
+            custom(w.name(), class);
+        }
+        6 if is(first, "listen") => class.pin(PinReason::Listen),
+        6 if is(first, "create") => create(&mut w, class),
+        7 if is(first, "discard") => {
+            class.settings = true;
+            if is(w.next(), "all") {
+                class.drops_statements = true;
+                class.sole = Some(Sole::DiscardAll);
+            }
+        }
+        7 if is(first, "prepare") && !is(w.next(), "transaction") => {
+            class.pin(PinReason::SqlPrepare)
+        }
+        7 if is(first, "declare") && with_hold(s) => class.pin(PinReason::WithHold),
+        10 if is(first, "deallocate") => deallocate(&mut w, class),
+        _ => {}
+    }
+}
+
+fn set(w: &mut Words<'_>, class: &mut Class) {
+    let save = w.at;
+    let next = w.next();
+    if is(next, "local") || is(next, "transaction") || is(next, "constraints") {
+        return;
+    }
+    class.settings = true;
+    if !is(next, "session") {
+        w.at = save;
+    }
+    custom(w.name(), class);
+}
+
+fn custom(name: Vec<u8>, class: &mut Class) {
+    if name.contains(&b'.') {
+        if let Ok(name) = String::from_utf8(name) {
+            if !class.custom.contains(&name) {
+                class.custom.push(name);
+            }
+        }
+    }
+}
+
+fn create(w: &mut Words<'_>, class: &mut Class) {
+    for _ in 0..4 {
+        let word = w.next();
+        if is(word, "temp") || is(word, "temporary") {
+            return class.pin(PinReason::TempTable);
+        }
+        if !(is(word, "or") || is(word, "replace") || is(word, "global") || is(word, "local")) {
+            return;
+        }
+    }
+}
+
+fn deallocate(w: &mut Words<'_>, class: &mut Class) {
+    let save = w.at;
+    if !is(w.next(), "prepare") {
+        w.at = save;
+    }
+    let save = w.at;
+    if is(w.next(), "all") && skip_blank(w.s, w.at) == w.s.len() {
+        class.drops_statements = true;
+        class.sole = Some(Sole::DeallocateAll);
+        return;
+    }
+    w.at = save;
+    let name = w.name();
+    if !name.is_empty() && skip_blank(w.s, w.at) == w.s.len() {
+        class.sole = Some(Sole::Deallocate(name));
+    } else {
+        // DEALLOCATE ALL followed by something odd, or a name we cannot read: assume the worst.
+        class.drops_statements = true;
+    }
+}
+
+/// `WITH HOLD` as two words in a DECLARE statement (not `WITHOUT HOLD`).
+fn with_hold(s: &[u8]) -> bool {
+    let mut w = Words { s, at: 0 };
+    let mut prev_with = false;
+    loop {
+        let word = w.next();
+        if word.is_empty() {
+            if w.at >= s.len() {
+                return false;
+            }
+            w.at += 1;
+            prev_with = false;
+            continue;
+        }
+        if prev_with && is(word, "hold") {
+            return true;
+        }
+        prev_with = is(word, "with");
+    }
+}
+
+/// The one pass over every byte: words around `_`, and `INTO TEMP`.
+fn functions(s: &[u8], class: &mut Class) {
+    for (i, &b) in s.iter().enumerate() {
+        match b {
+            b'_' => underscore(s, i, class),
+            b'i' | b'I' if (i == 0 || !is_ident(s[i - 1])) && into_temp(s, i) => {
+                class.pin(PinReason::TempTable)
+            }
+            _ => {}
+        }
+    }
+}
+
+fn word_before(s: &[u8], i: usize) -> &[u8] {
+    let mut from = i;
+    while from > 0 && s[from - 1].is_ascii_alphanumeric() {
+        from -= 1;
+    }
+    &s[from..i]
+}
+
+fn word_after(s: &[u8], i: usize) -> &[u8] {
+    let mut to = i;
+    while to < s.len() && s[to].is_ascii_alphanumeric() {
+        to += 1;
+    }
+    &s[i..to]
+}
+
+fn underscore(s: &[u8], i: usize, class: &mut Class) {
+    let before = word_before(s, i);
+    let after = word_after(s, i + 1);
+    if is(before, "set") && is(after, "config") {
+        class.settings = true;
+        set_config_name(s, i + 1 + after.len(), class);
+    } else if is(before, "advisory") && is(after, "lock") {
+        class.pin(PinReason::AdvisoryLock);
+    } else if is(before, "pg") && is(after, "temp") {
+        class.pin(PinReason::TempTable);
+    }
+}
+
+/// The first argument of `set_config(`: a dotted literal name is recorded; a computed one pins,
+/// as its setting could be a custom one rotagate cannot list.
+fn set_config_name(s: &[u8], at: usize, class: &mut Class) {
+    let at = skip_blank(s, at);
+    if s.get(at) != Some(&b'(') {
+        return;
+    }
+    let at = skip_blank(s, at + 1);
+    if s.get(at) != Some(&b'\'') {
+        return class.pin(PinReason::Other);
+    }
+    let Some(len) = memchr(b'\'', &s[at + 1..]) else {
+        return;
+    };
+    let name = s[at + 1..at + 1 + len].to_ascii_lowercase();
+    custom(name, class);
+}
+
+fn into_temp(s: &[u8], i: usize) -> bool {
+    let Some(word) = s.get(i..i + 4) else {
+        return false;
+    };
+    if !is(word, "into") || s.get(i + 4).is_some_and(|b| is_ident(*b)) {
+        return false;
+    }
+    let mut w = Words { s, at: i + 4 };
+    let next = w.next();
+    is(next, "temp") || is(next, "temporary")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pin(sql: &str) -> Option<PinReason> {
+        classify(sql.as_bytes()).pin
+    }
+
+    #[test]
+    fn plain_statements_cost_nothing() {
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 123;",
+            "select 1",
+            "BEGIN; UPDATE pgbench_tellers SET tbalance = tbalance + 1 WHERE tid = 3; END;",
+            "SELECT pg_advisory_xact_lock(1)",
+            "SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;",
+            "INSERT INTO t VALUES (1)",
+            "SELECT x INTO y FROM z",
+            "SET LOCAL work_mem = '1MB'",
+            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            "DECLARE c CURSOR WITHOUT HOLD FOR SELECT 1",
+            "DECLARE c CURSOR FOR SELECT threshold FROM t",
+            "PREPARE TRANSACTION 'x'",
+            "",
+        ] {
+            assert!(classify(sql.as_bytes()).is_plain(), "{sql}");
+        }
+    }
+
+    #[test]
+    fn settings_changes_are_noticed_wherever_they_are() {
+        for sql in [
+            "SET work_mem = '7MB'",
+            "set search_path to a, b",
+            "SET ROLE acc_role_a",
+            "SET SESSION AUTHORIZATION u",
+            "SELECT set_config('lock_timeout', '4321', false)",
+            "select 1; SET statement_timeout = 5",
+            "/* hi */ -- there\n RESET ALL",
+            "SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;",
+            "DISCARD ALL",
+            "DO $$ BEGIN PERFORM 1; END $$",
+            "SELECT SET_CONFIG ( 'a', 'b', false )",
+        ] {
+            let c = classify(sql.as_bytes());
+            assert!(c.settings && c.pin.is_none(), "{sql}: {c:?}");
+        }
+    }
+
+    #[test]
+    fn custom_names_are_collected() {
+        let c = classify(
+            b"SET app.tenant_id = '42'; RESET \"My\".x; SELECT set_config('Rls.User', $1, false)",
+        );
+        assert_eq!(c.custom, ["app.tenant_id", "My.x", "rls.user"]);
+        assert_eq!(
+            pin("SELECT set_config($1, $2, false)"),
+            Some(PinReason::Other)
+        );
+    }
+
+    #[test]
+    fn state_that_cannot_move_pins() {
+        use PinReason::*;
+        for (sql, reason) in [
+            ("CREATE TEMP TABLE t (x int)", TempTable),
+            ("create temporary table t as select 1", TempTable),
+            ("CREATE GLOBAL TEMPORARY TABLE t (x int)", TempTable),
+            ("CREATE OR REPLACE TEMP VIEW v AS SELECT 1", TempTable),
+            ("SELECT 1 INTO TEMP t", TempTable),
+            ("CREATE TABLE pg_temp.t (x int)", TempTable),
+            ("LISTEN ch", Listen),
+            ("select 1; listen ch", Listen),
+            ("PREPARE q AS SELECT 1", SqlPrepare),
+            ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", WithHold),
+            ("SELECT pg_advisory_lock(4242)", AdvisoryLock),
+            ("SELECT pg_try_advisory_lock_shared(1, 2)", AdvisoryLock),
+            ("LOAD 'auto_explain'", Other),
+        ] {
+            assert_eq!(pin(sql), Some(reason), "{sql}");
+        }
+    }
+
+    #[test]
+    fn sole_statements_about_prepared_statements() {
+        assert_eq!(
+            classify(b"DEALLOCATE _pg3_0").sole,
+            Some(Sole::Deallocate(b"_pg3_0".to_vec()))
+        );
+        assert_eq!(
+            classify(b"deallocate prepare \"Q1\";").sole,
+            Some(Sole::Deallocate(b"Q1".to_vec()))
+        );
+        let all = classify(b"DEALLOCATE ALL");
+        assert_eq!(all.sole, Some(Sole::DeallocateAll));
+        assert!(all.drops_statements);
+        assert_eq!(classify(b"DISCARD ALL").sole, Some(Sole::DiscardAll));
+        let two = classify(b"DISCARD ALL; SELECT 1");
+        assert_eq!(two.sole, None);
+        assert!(two.drops_statements);
+        assert_eq!(classify(b"DEALLOCATE a; DEALLOCATE b").sole, None);
+    }
+}

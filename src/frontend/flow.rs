@@ -1,0 +1,57 @@
+//! Protocol state: what a client keeps for its whole session ([`ClientState`]), and where the
+//! protocol stands while it holds an upstream connection ([`Flow`]).
+
+use super::pins::Pins;
+use super::replies::Replies;
+use super::settings::Settings;
+use super::statements::Statements;
+use bytes::Bytes;
+
+/// What a client keeps between transactions.
+#[derive(Debug, Default)]
+pub struct ClientState {
+    /// Names the client in log lines: `user@peer`.
+    pub who: String,
+    pub settings: Settings,
+    pub statements: Statements,
+    pub pins: Pins,
+    /// An error owed for the client's next request: its transaction ended with the upstream
+    /// connection (the server terminated it, or a cancel ended its wait).
+    pub failure: Option<Bytes>,
+    /// Extended-protocol messages are dropped until the next Sync, which gets ReadyForQuery:
+    /// what the server does after an error, done by rotagate when no server is attached.
+    pub skip_until_sync: bool,
+    /// The body of a message the client was sending when its upstream connection went, still
+    /// to be dropped.
+    pub drop_left: usize,
+}
+
+/// Where the protocol stands while a client holds an upstream connection.
+#[derive(Debug, Default)]
+pub struct Flow {
+    /// Transaction mode: the replies owed, in order.
+    pub replies: Replies,
+    /// Session mode: Queries, FunctionCalls and Syncs whose ReadyForQuery has not come back.
+    pub pending: u32,
+    /// Extended-protocol messages sent since the last Sync.
+    pub unsynced: bool,
+    /// The server skips messages until the next Sync: an error came before one was sent.
+    pub skipping: bool,
+    /// Settings may have changed: read them back when the transaction ends.
+    pub reread: bool,
+    /// The client sent Terminate.
+    pub terminate: bool,
+    /// The upstream session ended with this FATAL ErrorResponse (transaction mode keeps it
+    /// from the client and owes it an error for the transaction in flight instead).
+    pub fatal: Option<Bytes>,
+    /// What rotagate knows of the connection's prepared statements may be wrong (a statement
+    /// list that drops them all failed part way): close it at release.
+    pub unsure: bool,
+}
+
+impl Flow {
+    /// Nothing owed either way and no extended-protocol message waits for its Sync.
+    pub fn settled(&self) -> bool {
+        self.replies.is_empty() && self.pending == 0 && !self.unsynced && !self.skipping
+    }
+}

@@ -1,0 +1,316 @@
+//! Server messages in transaction mode, matched in order against the replies owed
+//! ([`super::replies`]): replies to injected messages are hidden, refused messages get
+//! rotagate's error instead of the server's, replies rotagate gives itself go out in their
+//! turn, and what an entry changed ahead of time is undone when the server fails or skips it.
+
+use super::flow::{ClientState, Flow};
+use super::replies::{Effect, Entry, Expect, Local};
+use crate::backend::prepared::{Known, Prepared};
+use crate::wire::msg;
+use bytes::{Bytes, BytesMut};
+
+/// What becomes of one server message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Out {
+    Forward,
+    Hide,
+    /// Send this ErrorResponse instead.
+    Replace(Bytes),
+    /// A FATAL error: the upstream session is ending (kept in `Flow::fatal`).
+    Fatal,
+}
+
+/// What a decision reads and changes.
+pub struct Rx<'a> {
+    pub client: &'a mut ClientState,
+    pub prepared: &'a mut Prepared,
+    pub flow: &'a mut Flow,
+    pub tx_status: &'a mut u8,
+    pub known: &'a Known,
+}
+
+/// Whether a server message's whole body is needed to decide on it.
+pub fn need_whole(tag: u8) -> bool {
+    matches!(tag, b'Z' | b'S' | b'E' | b'1' | b'3')
+}
+
+/// Decides on one server message; `body` is whole when [`need_whole`] says so. An error is a
+/// message rotagate cannot place: the connection must close.
+pub fn decide(tag: u8, body: &[u8], rx: &mut Rx<'_>) -> Result<Out, &'static str> {
+    use Expect::*;
+    let front = rx.flow.replies.front().map(|e| e.expect);
+    match (tag, front) {
+        (b'S' | b'N' | b'A', _) => Ok(Out::Forward),
+        (b'E', _) => Ok(error(body, rx)),
+        (b'Z', Some(Sync | Query)) => {
+            *rx.tx_status = body.first().copied().unwrap_or(b'E');
+            let e = rx.flow.replies.pop().expect("front exists");
+            let failed = e.failed;
+            finish(e, !failed, rx);
+            Ok(Out::Forward)
+        }
+        (b'1', Some(Parse)) | (b'2', Some(Bind)) | (b'3', Some(Close)) => Ok(complete(rx)),
+        (b'n', Some(DescribeStatement | DescribePortal))
+        | (b'T', Some(DescribeStatement | DescribePortal))
+        | (b'C' | b'I' | b's', Some(Execute)) => Ok(complete(rx)),
+        (b't', Some(DescribeStatement)) => Ok(Out::Forward),
+        (b'D' | b'd' | b'c' | b'G' | b'H' | b'W', Some(Execute | Query))
+        | (b'T' | b'C' | b'I' | b'V', Some(Query)) => Ok(Out::Forward),
+        (_, None) => Err("a message the client did not ask for"),
+        _ => Err("a reply out of order"),
+    }
+}
+
+/// The front entry is complete and succeeded.
+fn complete(rx: &mut Rx<'_>) -> Out {
+    let e = rx.flow.replies.pop().expect("front exists");
+    let hidden = e.hidden;
+    finish(e, true, rx);
+    if hidden { Out::Hide } else { Out::Forward }
+}
+
+fn error(body: &[u8], rx: &mut Rx<'_>) -> Out {
+    let severity = msg::severity(body);
+    if severity == b"FATAL" || severity == b"PANIC" {
+        rx.flow.fatal = Some(Bytes::copy_from_slice(body));
+        return Out::Fatal;
+    }
+    let Some(front) = rx.flow.replies.front_mut() else {
+        return Out::Forward;
+    };
+    if front.expect == Expect::Query {
+        let first = !front.failed;
+        front.failed = true;
+        return match (&front.refusal, first) {
+            (Some(r), true) => Out::Replace(r.clone()),
+            _ => Out::Forward,
+        };
+    }
+    // An extended-protocol message failed: the server skips the rest up to Sync.
+    let failed = rx.flow.replies.pop().expect("front exists");
+    let out = failed.refusal.clone().map_or(Out::Forward, Out::Replace);
+    finish(failed, false, rx);
+    while let Some(skipped) = rx.flow.replies.pop_skipped() {
+        finish(skipped, false, rx);
+    }
+    if rx.flow.replies.front().is_none() {
+        rx.flow.skipping = true;
+    }
+    out
+}
+
+/// An entry whose connection is gone: undone as if the server had failed it.
+pub fn abandon(e: Entry, rx: &mut Rx<'_>) {
+    finish(e, false, rx);
+}
+
+/// What a finished entry's success or failure does to the client's names and the
+/// connection's statements.
+fn finish(e: Entry, ok: bool, rx: &mut Rx<'_>) {
+    match (e.effect, ok) {
+        (Effect::Prepare { upstream, .. }, true) => rx.known.insert(&upstream),
+        (Effect::Prepare { upstream, client }, false) => {
+            rx.prepared.remove(&upstream);
+            if let Some(name) = client {
+                rx.client.statements.remove(&name);
+            }
+        }
+        (Effect::ClientParse(name), false) => {
+            rx.client.statements.remove(&name);
+        }
+        (Effect::Unprepare(name), false) => rx.prepared.insert(name),
+        (Effect::ClientClose(name, stmt), false) => rx.client.statements.restore(&name, stmt),
+        (Effect::Deallocate(taken), false) => rx.client.statements.restore_all(*taken),
+        (Effect::Drops { discard_all, .. }, true) => {
+            rx.prepared.clear();
+            rx.client.statements.take_all();
+            if discard_all {
+                rx.client.pins.unpin();
+            }
+        }
+        (Effect::Drops { sole: false, .. }, false) => {
+            rx.prepared.clear();
+            rx.flow.unsure = true;
+        }
+        _ => {}
+    }
+}
+
+/// Writes the replies rotagate owes at the front of the queue (they need no server message).
+pub fn locals(rx: &mut Rx<'_>, out: &mut BytesMut) {
+    while let Some(Expect::Local(local)) = rx.flow.replies.front().map(|e| e.expect) {
+        let e = rx.flow.replies.pop().expect("front exists");
+        match local {
+            Local::ParseComplete => msg::empty(out, b'1'),
+            Local::CloseComplete => msg::empty(out, b'3'),
+            Local::Deallocate { all } => {
+                let status = *rx.tx_status;
+                if status == b'E' {
+                    msg::error(
+                        out,
+                        "ERROR",
+                        "25P02",
+                        "current transaction is aborted, commands ignored until end of transaction block",
+                    );
+                    finish(e, false, rx);
+                } else {
+                    msg::command_complete(out, if all { "DEALLOCATE ALL" } else { "DEALLOCATE" });
+                }
+                msg::ready_for_query(out, status);
+                continue;
+            }
+        }
+        finish(e, true, rx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frontend::statements::{Statement, Statements};
+    use std::sync::Arc;
+
+    struct World {
+        client: ClientState,
+        prepared: Prepared,
+        flow: Flow,
+        status: u8,
+        known: Known,
+    }
+
+    impl World {
+        fn new() -> Self {
+            Self {
+                client: ClientState::default(),
+                prepared: Prepared::default(),
+                flow: Flow::default(),
+                status: b'I',
+                known: Known::default(),
+            }
+        }
+        fn rx(&mut self) -> Rx<'_> {
+            Rx {
+                client: &mut self.client,
+                prepared: &mut self.prepared,
+                flow: &mut self.flow,
+                tx_status: &mut self.status,
+                known: &self.known,
+            }
+        }
+    }
+
+    fn err(code: &str) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        msg::error(&mut b, "ERROR", code, "boom");
+        b[5..].to_vec()
+    }
+
+    #[test]
+    fn hidden_parse_then_the_clients_replies() {
+        let mut w = World::new();
+        w.flow.replies.push(Entry::new(Expect::Parse).hidden());
+        w.flow.replies.push(Entry::new(Expect::Bind));
+        w.flow.replies.push(Entry::new(Expect::Execute));
+        w.flow.replies.push(Entry::new(Expect::Sync));
+        let mut rx = w.rx();
+        assert_eq!(decide(b'1', b"", &mut rx), Ok(Out::Hide));
+        assert_eq!(decide(b'2', b"", &mut rx), Ok(Out::Forward));
+        assert_eq!(decide(b'D', b"", &mut rx), Ok(Out::Forward));
+        assert_eq!(decide(b'C', b"", &mut rx), Ok(Out::Forward));
+        assert_eq!(decide(b'Z', b"T", &mut rx), Ok(Out::Forward));
+        assert!(w.flow.replies.is_empty());
+        assert_eq!(w.status, b'T');
+    }
+
+    #[test]
+    fn an_error_undoes_what_the_skipped_messages_did() {
+        let mut w = World::new();
+        let stmt = Arc::new(Statement::new(
+            Bytes::from_static(b"SELECT 1\0\0\0"),
+            Default::default(),
+        ));
+        w.client
+            .statements
+            .insert(b"s1", stmt.clone(), 1 << 20)
+            .unwrap();
+        w.prepared.insert(stmt.upstream.clone());
+        w.flow
+            .replies
+            .push(Entry::new(Expect::Parse).effect(Effect::Prepare {
+                upstream: stmt.upstream.clone(),
+                client: Some(b"s1"[..].into()),
+            }));
+        let closed = Arc::new(Statement::new(
+            Bytes::from_static(b"SELECT 2\0\0\0"),
+            Default::default(),
+        ));
+        w.flow.replies.push(
+            Entry::new(Expect::Local(Local::CloseComplete))
+                .effect(Effect::ClientClose(b"s2"[..].into(), closed)),
+        );
+        w.flow.replies.push(Entry::new(Expect::Sync));
+        let mut rx = w.rx();
+        assert_eq!(decide(b'E', &err("42601"), &mut rx), Ok(Out::Forward));
+        let mut out = BytesMut::new();
+        locals(&mut rx, &mut out);
+        assert!(out.is_empty(), "the skipped Close gets no CloseComplete");
+        assert_eq!(decide(b'Z', b"I", &mut rx), Ok(Out::Forward));
+        assert!(!w.client.statements.contains(b"s1"), "its Parse failed");
+        assert!(w.client.statements.contains(b"s2"), "its Close was skipped");
+        assert!(w.prepared.is_empty());
+        assert!(!w.flow.skipping);
+    }
+
+    #[test]
+    fn an_error_before_the_sync_is_sent_makes_the_server_skip() {
+        let mut w = World::new();
+        w.flow.replies.push(Entry::new(Expect::Bind));
+        let mut rx = w.rx();
+        assert_eq!(decide(b'E', &err("26000"), &mut rx), Ok(Out::Forward));
+        assert!(w.flow.skipping);
+    }
+
+    #[test]
+    fn refusals_replace_the_servers_error_once() {
+        let mut w = World::new();
+        let ours = Bytes::from_static(b"E ours");
+        w.flow
+            .replies
+            .push(Entry::new(Expect::Query).refused(ours.clone()));
+        let mut rx = w.rx();
+        assert_eq!(decide(b'E', &err("42601"), &mut rx), Ok(Out::Replace(ours)));
+        assert_eq!(decide(b'Z', b"I", &mut rx), Ok(Out::Forward));
+    }
+
+    #[test]
+    fn fatal_errors_end_the_session_and_strays_are_refused() {
+        let mut w = World::new();
+        let mut b = BytesMut::new();
+        msg::error(&mut b, "FATAL", "57P01", "terminating connection");
+        let mut rx = w.rx();
+        assert_eq!(decide(b'E', &b[5..], &mut rx), Ok(Out::Fatal));
+        assert!(decide(b'1', b"", &mut rx).is_err());
+        assert_eq!(decide(b'A', b"", &mut rx), Ok(Out::Forward));
+    }
+
+    #[test]
+    fn local_deallocate_answers_in_turn_and_fails_in_an_aborted_transaction() {
+        let mut w = World::new();
+        let mut taken = Statements::default();
+        let stmt = Arc::new(Statement::new(
+            Bytes::from_static(b"SELECT 1\0\0\0"),
+            Default::default(),
+        ));
+        taken.restore(b"s1", stmt);
+        w.flow.replies.push(
+            Entry::new(Expect::Local(Local::Deallocate { all: false }))
+                .effect(Effect::Deallocate(Box::new(taken))),
+        );
+        w.status = b'E';
+        let mut out = BytesMut::new();
+        locals(&mut w.rx(), &mut out);
+        assert_eq!(out[0], b'E');
+        assert_eq!(&out[out.len() - 6..], b"Z\0\0\0\x05E");
+        assert!(w.client.statements.contains(b"s1"));
+    }
+}

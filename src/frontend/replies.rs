@@ -1,0 +1,199 @@
+//! The replies a client is owed while it holds an upstream connection (transaction mode), in
+//! the order the server sends them. Each message sent upstream that the server answers has an
+//! [`Entry`]; so does each reply rotagate gives itself (`Local`), kept in line so that it goes
+//! out in order. Entries say whether the client sees the reply (an injected Parse's does not),
+//! whether rotagate's error replaces the server's (a statement refused on purpose), and what to
+//! undo when the server skips or fails the message.
+
+use super::statements::{Statement, Statements};
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// What the server sends for one message, up to the reply that completes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// ParseComplete.
+    Parse,
+    /// BindComplete.
+    Bind,
+    /// ParameterDescription, then RowDescription or NoData.
+    DescribeStatement,
+    /// RowDescription or NoData.
+    DescribePortal,
+    /// DataRows (or COPY), then CommandComplete, EmptyQueryResponse or PortalSuspended.
+    Execute,
+    /// CloseComplete.
+    Close,
+    /// ReadyForQuery.
+    Sync,
+    /// A simple Query or a FunctionCall: anything, up to ReadyForQuery.
+    Query,
+    /// Nothing: rotagate answers when this entry reaches the front.
+    Local(Local),
+}
+
+impl Expect {
+    /// Whether the server's ErrorResponse ends this entry and skips the rest up to Sync.
+    pub fn is_extended(self) -> bool {
+        !matches!(self, Expect::Query | Expect::Sync | Expect::Local(_))
+    }
+
+    pub fn is_sync_point(self) -> bool {
+        matches!(self, Expect::Query | Expect::Sync)
+    }
+}
+
+/// A reply rotagate gives without the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Local {
+    ParseComplete,
+    CloseComplete,
+    /// CommandComplete `DEALLOCATE` (or `DEALLOCATE ALL`) and ReadyForQuery.
+    Deallocate {
+        all: bool,
+    },
+}
+
+/// What an entry changed ahead of its reply, undone if the server fails or skips it, or what
+/// its success changes.
+#[derive(Debug, Default)]
+pub enum Effect {
+    #[default]
+    None,
+    /// A Parse of an upstream statement (injected, or a client's renamed one, then with the
+    /// client's name): on failure the connection lacks it and the client name is gone.
+    Prepare {
+        upstream: Arc<str>,
+        client: Option<Box<[u8]>>,
+    },
+    /// A client's named Parse answered locally: the name goes if it is skipped.
+    ClientParse(Box<[u8]>),
+    /// An injected Close: the connection still has the statement if it is skipped.
+    Unprepare(Arc<str>),
+    /// A client's Close of a statement: the name comes back if the Close is skipped.
+    ClientClose(Box<[u8]>, Arc<Statement>),
+    /// A DEALLOCATE rotagate answered: the names come back if it fails.
+    Deallocate(Box<Statements>),
+    /// A Query that drops every prepared statement upstream; on success the connection has
+    /// none (and with DISCARD ALL, the client neither). When it was not the sole statement
+    /// and failed, what ran is unknown.
+    Drops { discard_all: bool, sole: bool },
+}
+
+#[derive(Debug)]
+pub struct Entry {
+    pub expect: Expect,
+    /// The client must not see the reply (an injected Parse or Close).
+    pub hidden: bool,
+    /// rotagate's ErrorResponse, sent instead of the server's.
+    pub refusal: Option<Bytes>,
+    pub effect: Effect,
+    /// An ErrorResponse came for this Query (it goes on to ReadyForQuery).
+    pub failed: bool,
+}
+
+impl Entry {
+    pub fn new(expect: Expect) -> Self {
+        Self {
+            expect,
+            hidden: false,
+            refusal: None,
+            effect: Effect::None,
+            failed: false,
+        }
+    }
+
+    pub fn hidden(mut self) -> Self {
+        self.hidden = true;
+        self
+    }
+
+    pub fn effect(mut self, effect: Effect) -> Self {
+        self.effect = effect;
+        self
+    }
+
+    pub fn refused(mut self, error: Bytes) -> Self {
+        self.refusal = Some(error);
+        self
+    }
+}
+
+/// The entries of one attachment, front first.
+#[derive(Debug, Default)]
+pub struct Replies {
+    entries: VecDeque<Entry>,
+}
+
+impl Replies {
+    pub fn push(&mut self, e: Entry) {
+        self.entries.push_back(e);
+    }
+
+    pub fn front(&self) -> Option<&Entry> {
+        self.entries.front()
+    }
+
+    pub fn front_mut(&mut self) -> Option<&mut Entry> {
+        self.entries.front_mut()
+    }
+
+    pub fn pop(&mut self) -> Option<Entry> {
+        self.entries.pop_front()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether a Sync (or Query) is queued: after an error, the server skips up to it.
+    pub fn has_sync_point(&self) -> bool {
+        self.entries.iter().any(|e| e.expect.is_sync_point())
+    }
+
+    /// Removes the entries the server skips after an error, up to the next Sync, front first.
+    pub fn pop_skipped(&mut self) -> Option<Entry> {
+        match self.entries.front() {
+            Some(e) if e.expect.is_extended() || matches!(e.expect, Expect::Local(_)) => {
+                self.entries.pop_front()
+            }
+            _ => None,
+        }
+    }
+
+    /// Drains every entry (the connection is gone).
+    pub fn drain(&mut self) -> std::collections::vec_deque::Drain<'_, Entry> {
+        self.entries.drain(..)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_skips_to_the_sync() {
+        let mut r = Replies::default();
+        for e in [
+            Expect::Bind,
+            Expect::Local(Local::CloseComplete),
+            Expect::Execute,
+            Expect::Sync,
+        ] {
+            r.push(Entry::new(e));
+        }
+        assert!(r.has_sync_point());
+        let mut skipped = 0;
+        while r.pop_skipped().is_some() {
+            skipped += 1;
+        }
+        assert_eq!(skipped, 3);
+        assert_eq!(r.front().map(|e| e.expect), Some(Expect::Sync));
+        assert!(Expect::Query.is_sync_point() && !Expect::Query.is_extended());
+    }
+}

@@ -1,0 +1,339 @@
+//! Session settings a client relies on, kept true on whichever upstream connection serves it.
+//!
+//! A client's settings are a sorted list of every session-level setting its session has: its
+//! startup parameters (and `options=-c name=value`), the reported settings it was told at login,
+//! and whatever it later SET, RESET or `set_config(.., false)` itself. rotagate does not parse
+//! those statements: when a transaction that may have changed settings ends, it reads them back
+//! from the server ([`reread_sql`]: `pg_settings` entries whose source is the session, the role,
+//! the session authorization, and the custom names the client used), so SET LOCAL, ROLLBACK,
+//! RESET and DISCARD ALL need no rules of their own. An upstream connection remembers the list
+//! it was last brought to; handing it to a client with another list costs one query
+//! ([`sync_sql`]), and nothing when the lists are equal.
+
+use super::error::FrontendError;
+use crate::backend::{ServerParams, SettingList};
+use crate::wire::msg::{quote_ident, quote_literal};
+
+/// Reported settings a client may change and must get back on every connection.
+const SETTABLE_REPORTED: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "datestyle",
+    "intervalstyle",
+    "timezone",
+    "standard_conforming_strings",
+];
+
+/// Custom setting names kept per client; more and the client is pinned (see `session.rs`).
+pub const MAX_CUSTOM: usize = 64;
+
+/// What one client's session has.
+#[derive(Debug, Default, Clone)]
+pub struct Settings {
+    pub list: SettingList,
+    /// The list right after login: RESET and DISCARD ALL go back to these values.
+    startup: SettingList,
+    /// Custom (dotted) names the client set or reset; `pg_settings` does not list them.
+    custom: Vec<String>,
+}
+
+impl Settings {
+    /// The client's startup parameters, with `options` expanded.
+    pub fn from_startup(params: &[(String, String)]) -> Result<Self, FrontendError> {
+        let mut out = Vec::new();
+        for (name, value) in params {
+            if name == "options" {
+                for (n, v) in parse_options(value)? {
+                    out.push((n.to_ascii_lowercase(), v));
+                }
+            } else {
+                out.push((name.to_ascii_lowercase(), value.clone()));
+            }
+        }
+        // A later value for the same name wins, as in PostgreSQL.
+        out.reverse();
+        let custom = out
+            .iter()
+            .filter(|(n, _)| n.contains('.'))
+            .map(|(n, _)| n.clone())
+            .collect();
+        Ok(Self {
+            list: SettingList::new(out),
+            startup: SettingList::default(),
+            custom,
+        })
+    }
+
+    /// At login, before the SETs: reported settings the client did not name get the server's
+    /// login defaults, so that a connection another client changed is brought back to them.
+    pub fn fill_defaults(&mut self, server: &ServerParams) {
+        let mut pairs: Vec<(String, String)> = self.list.iter().cloned().collect();
+        for name in SETTABLE_REPORTED {
+            if self.list.get(name).is_none() {
+                if let Some(v) = server.defaults.get(*name) {
+                    pairs.push(((*name).to_owned(), v.clone()));
+                }
+            }
+        }
+        self.list = SettingList::new(pairs);
+    }
+
+    /// At login, after the SETs: reported values take the server's spelling (`EUC_JP` for
+    /// `eucjp`); the result is what RESET returns to.
+    pub fn settle(&mut self, server: &ServerParams) {
+        let pairs = self
+            .list
+            .iter()
+            .map(|(n, v)| match server.reported_value(n) {
+                Some(current) => (n.clone(), current.to_owned()),
+                None => (n.clone(), v.clone()),
+            })
+            .collect();
+        self.list = SettingList::new(pairs);
+        self.startup = self.list.clone();
+    }
+
+    /// Notes custom names a statement used. False when the client has used too many to track.
+    pub fn note_custom(&mut self, names: &[String]) -> bool {
+        for name in names {
+            if !self.custom.contains(name) {
+                if self.custom.len() >= MAX_CUSTOM {
+                    return false;
+                }
+                self.custom.push(name.clone());
+            }
+        }
+        true
+    }
+
+    pub fn custom(&self) -> &[String] {
+        &self.custom
+    }
+
+    /// The settings read back from the server ([`reread_sql`]'s rows, made a list by
+    /// [`reread_list`]) become the client's, plus its startup values for names that are no
+    /// longer set (a RESET or DISCARD ALL returns those, as PostgreSQL does).
+    pub fn reread(&mut self, session: &SettingList) {
+        let mut pairs: Vec<(String, String)> = session.iter().cloned().collect();
+        for (n, v) in self.startup.iter() {
+            if session.get(n).is_none() {
+                pairs.push((n.clone(), v.clone()));
+            }
+        }
+        self.list = SettingList::new(pairs);
+    }
+}
+
+/// The query that reads a connection's session-level settings back.
+pub fn reread_sql(custom: &[String]) -> String {
+    let mut sql = String::from(
+        "SELECT name, current_setting(name) FROM pg_settings WHERE source = 'session' \
+         UNION ALL SELECT 'role', current_setting('role') \
+         UNION ALL SELECT 'session_authorization', current_setting('session_authorization')",
+    );
+    if !custom.is_empty() {
+        let names: Vec<String> = custom.iter().map(|n| quote_literal(n)).collect();
+        sql.push_str(&format!(
+            " UNION ALL SELECT n, current_setting(n, true) FROM unnest(ARRAY[{}]::text[]) AS n",
+            names.join(", ")
+        ));
+    }
+    sql
+}
+
+/// [`reread_sql`]'s rows as a list: no role means `none`; the session authorization counts only
+/// when it is not the login user; a custom name that does not exist is left out.
+pub fn reread_list(rows: Vec<Vec<Option<String>>>, login_user: Option<&str>) -> SettingList {
+    let mut pairs = Vec::new();
+    for row in rows {
+        let mut cols = row.into_iter();
+        let (Some(Some(name)), Some(Some(value))) = (cols.next(), cols.next()) else {
+            continue;
+        };
+        let skip = match name.as_str() {
+            "role" => value == "none",
+            "session_authorization" => Some(value.as_str()) == login_user,
+            _ => false,
+        };
+        if !skip && !pairs.iter().any(|(n, _)| *n == name) {
+            pairs.push((name, value));
+        }
+    }
+    SettingList::new(pairs)
+}
+
+fn is_identity(name: &str) -> bool {
+    name == "role" || name == "session_authorization"
+}
+
+/// One query that turns a connection whose settings are `from` into one whose settings are
+/// `to`, or None when they are equal. The role and session authorization are reset first and
+/// set last, so every other setting is made with the login user's rights.
+pub fn sync_sql(to: &SettingList, from: &SettingList) -> Option<String> {
+    if to == from {
+        return None;
+    }
+    let mut sql = String::new();
+    let identity_set = from.iter().any(|(n, _)| is_identity(n));
+    if identity_set {
+        sql.push_str("RESET ROLE; RESET SESSION AUTHORIZATION; ");
+    }
+    for (name, _) in from.iter() {
+        if !is_identity(name) && to.get(name).is_none() {
+            sql.push_str(&format!("RESET {}; ", quote_ident(name)));
+        }
+    }
+    let mut sets: Vec<String> = Vec::new();
+    let changed = |n: &str, v: &str| from.get(n) != Some(v) || (identity_set && is_identity(n));
+    let others = to.iter().filter(|(n, _)| !is_identity(n));
+    let identity = ["session_authorization", "role"]
+        .into_iter()
+        .filter_map(|n| to.get(n).map(|v| (n, v)));
+    for (name, value) in others
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .chain(identity)
+    {
+        if changed(name, value) {
+            sets.push(format!(
+                "set_config({}, {}, false)",
+                quote_literal(name),
+                quote_literal(value)
+            ));
+        }
+    }
+    if !sets.is_empty() {
+        sql.push_str(&format!("SELECT {}", sets.join(", ")));
+    }
+    Some(sql)
+}
+
+/// `-c name=value` and `--name=value` pairs from libpq's `options`; backslash escapes spaces.
+fn parse_options(options: &str) -> Result<Vec<(String, String)>, FrontendError> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => cur.extend(chars.next()),
+            c if c.is_whitespace() => {
+                if !cur.is_empty() {
+                    words.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        words.push(cur);
+    }
+    let mut out = Vec::new();
+    let mut it = words.into_iter();
+    while let Some(w) = it.next() {
+        let setting = match w.as_str() {
+            "-c" => it.next(),
+            _ => w
+                .strip_prefix("--")
+                .or_else(|| w.strip_prefix("-c"))
+                .map(str::to_owned),
+        };
+        let pair = setting.as_deref().and_then(|s| s.split_once('='));
+        match pair {
+            Some((n, v)) => out.push((n.replace('-', "_"), v.to_owned())),
+            None => {
+                return Err(FrontendError::Unsupported(format!(
+                    "unsupported startup option {w:?}: rotagate accepts -c name=value"
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(pairs: &[(&str, &str)]) -> SettingList {
+        SettingList::new(
+            pairs
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn options_are_expanded_and_the_last_value_wins() {
+        let s = Settings::from_startup(&[
+            (
+                "options".into(),
+                "-c search_path=a\\ b --statement-timeout=5s -c app.x=1".into(),
+            ),
+            ("application_name".into(), "one".into()),
+            ("application_name".into(), "two".into()),
+        ])
+        .unwrap();
+        assert_eq!(s.list.get("search_path"), Some("a b"));
+        assert_eq!(s.list.get("statement_timeout"), Some("5s"));
+        assert_eq!(s.list.get("application_name"), Some("two"));
+        assert_eq!(s.custom(), ["app.x"]);
+        assert!(Settings::from_startup(&[("options".into(), "-x".into())]).is_err());
+    }
+
+    #[test]
+    fn equal_lists_need_no_query() {
+        let a = list(&[("work_mem", "7MB")]);
+        assert_eq!(sync_sql(&a, &a.clone()), None);
+        assert_eq!(sync_sql(&list(&[]), &list(&[])), None);
+    }
+
+    #[test]
+    fn sync_resets_leftovers_and_sets_differences_identity_last() {
+        let from = list(&[
+            ("role", "acc_role_a"),
+            ("search_path", "acc_a"),
+            ("work_mem", "7MB"),
+        ]);
+        let to = list(&[
+            ("lock_timeout", "1234ms"),
+            ("role", "acc_role_b"),
+            ("work_mem", "7MB"),
+        ]);
+        let sql = sync_sql(&to, &from).unwrap();
+        assert_eq!(
+            sql,
+            "RESET ROLE; RESET SESSION AUTHORIZATION; RESET \"search_path\"; \
+             SELECT set_config('lock_timeout', '1234ms', false), \
+             set_config('role', 'acc_role_b', false)"
+        );
+        let sql = sync_sql(&list(&[]), &list(&[("role", "r"), ("app.x", "1")])).unwrap();
+        assert_eq!(
+            sql,
+            "RESET ROLE; RESET SESSION AUTHORIZATION; RESET \"app.x\"; "
+        );
+    }
+
+    #[test]
+    fn reread_keeps_session_values_and_returns_reset_ones_to_startup() {
+        let mut s = Settings::from_startup(&[("application_name".into(), "psql".into())]).unwrap();
+        s.settle(&ServerParams::default());
+        let rows = vec![
+            vec![Some("work_mem".into()), Some("7MB".into())],
+            vec![Some("role".into()), Some("none".into())],
+            vec![
+                Some("session_authorization".into()),
+                Some("app_owner".into()),
+            ],
+            vec![Some("app.tenant".into()), None],
+        ];
+        let session = reread_list(rows, Some("app_owner"));
+        assert_eq!(session, list(&[("work_mem", "7MB")]));
+        s.reread(&session);
+        assert_eq!(
+            s.list,
+            list(&[("application_name", "psql"), ("work_mem", "7MB")])
+        );
+        let sql = reread_sql(&["app.tenant".into()]);
+        assert!(sql.contains("unnest(ARRAY['app.tenant']::text[])"), "{sql}");
+    }
+}

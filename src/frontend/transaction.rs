@@ -1,0 +1,180 @@
+//! Transaction mode: a client holds an upstream connection from its first message to the end
+//! of its transaction, and only then, at rest, gives it back. Each hand-over:
+//!
+//! 1. wait, holding nothing, until the client has sent a whole message that needs the server
+//!    (what rotagate answers itself is answered here: [`super::local`]);
+//! 2. acquire a connection (a cancel from the client ends the wait with 57014);
+//! 3. bring the connection to the client's settings (one query, none when they match);
+//! 4. relay until the transaction ends; a pinned client keeps relaying until it leaves;
+//! 5. if the transaction may have changed settings, read them back (one query);
+//! 6. wait until no cancel for this client is on its way, then give the connection back.
+//!
+//! When the upstream connection goes mid-transaction, the client gets an error for the
+//! transaction in flight and its session goes on; a pinned client's session ends with it.
+
+use super::Frontend;
+use super::cancel::CancelKey;
+use super::error::FrontendError;
+use super::flow::Flow;
+use super::local::{self, Next};
+use super::relay::{ClientSide, End, close, relay};
+use super::session::{acquire, apply, ctx, wire_io};
+use super::settings::{reread_list, reread_sql};
+use crate::backend::query;
+use crate::pool::Pooled;
+use crate::wire::msg;
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub async fn serve(
+    client: &mut ClientSide,
+    cancel: &CancelKey,
+    fe: &Frontend,
+) -> Result<(), FrontendError> {
+    loop {
+        if !wait_for_request(client, fe).await? {
+            return Ok(());
+        }
+        let Some(mut server) = cancel.slot.cancellable(acquire(fe)).await.transpose()? else {
+            client.state.failure = Some(error("57014", "canceling statement due to user request"));
+            continue;
+        };
+        apply(&client.state.settings, &mut server).await?;
+        cancel.slot.attach(server.pid, server.key);
+        let cfg = fe.pools.config();
+        let mut flow = Flow::default();
+        let end = relay(client, &mut server, &mut flow, &ctx(fe, &cfg)).await;
+        cancel.slot.detach().await;
+        match end? {
+            End::Released => {
+                if flow.reread {
+                    reread(client, &mut server).await;
+                }
+                drop(server);
+                shrink(&mut client.buf);
+            }
+            End::ClientGone => return Ok(()),
+            End::Shutdown => return Err(FrontendError::Shutdown),
+            End::Retired if client.state.pins.is_pinned() => return Err(FrontendError::Retired),
+            End::ServerGone(fatal) if client.state.pins.is_pinned() => {
+                return Err(match fatal {
+                    Some(_) => FrontendError::Reported,
+                    None => FrontendError::UpstreamLost,
+                });
+            }
+            End::Retired => {
+                lost(client, &mut server, &mut flow, &fe.known, retired_error()).await?
+            }
+            End::ServerGone(fatal) => {
+                tracing::warn!("upstream connection lost in the middle of a client's transaction");
+                let e = match fatal {
+                    Some(body) => {
+                        let mut b = BytesMut::new();
+                        msg::error_with_severity(&mut b, &body, "ERROR");
+                        b.freeze()
+                    }
+                    None => error("08006", "server closed the connection unexpectedly"),
+                };
+                lost(client, &mut server, &mut flow, &fe.known, e).await?;
+            }
+        }
+    }
+}
+
+fn error(code: &str, message: &str) -> Bytes {
+    let mut b = BytesMut::new();
+    msg::error(&mut b, "ERROR", code, message);
+    b.freeze()
+}
+
+fn retired_error() -> Bytes {
+    error(
+        "57P01",
+        "terminating the transaction: its upstream connection's credential was retired and \
+         pool.drain_timeout has passed",
+    )
+}
+
+/// The connection went under a transaction: what the server had sent goes to the client, then
+/// the errors owed. A reply cut in half cannot be finished: then the client's session ends.
+async fn lost(
+    client: &mut ClientSide,
+    server: &mut Pooled,
+    flow: &mut Flow,
+    known: &crate::backend::prepared::Known,
+    e: Bytes,
+) -> Result<(), FrontendError> {
+    close(server, "server_lost");
+    if !client.down.at_boundary() {
+        return Err(FrontendError::UpstreamLost);
+    }
+    let (a, b) = client.down.slices(&server.rbuf);
+    let mut out = BytesMut::from(a);
+    out.extend_from_slice(b);
+    client.down.abandon(&mut server.rbuf);
+    local::fail_in_flight(client, server, flow, known, e, &mut out);
+    client.stream.write_all(&out).await.map_err(wire_io)?;
+    client.stream.flush().await.map_err(wire_io)
+}
+
+/// Reads the connection's settings back after a transaction that may have changed them; they
+/// become the client's. A failure closes the connection (the client keeps what it had).
+async fn reread(client: &mut ClientSide, server: &mut Pooled) {
+    let sql = reread_sql(client.state.settings.custom());
+    match query::rows(server, &sql).await {
+        Ok(rows) => {
+            let login = server.params.defaults.get("session_authorization").cloned();
+            let session = reread_list(rows, login.as_deref());
+            client.state.settings.reread(&session);
+            server.params.session = session;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the session's settings back; closing the connection");
+            close(server, "reset_failed");
+        }
+    }
+}
+
+/// Waits, holding no upstream connection, until the client's next message needs one,
+/// answering what rotagate answers itself. False when the client left; an error when
+/// shutdown came first.
+async fn wait_for_request(client: &mut ClientSide, fe: &Frontend) -> Result<bool, FrontendError> {
+    let mut out = BytesMut::new();
+    let cfg = fe.pools.config();
+    let limits = local::Limits {
+        max_message: fe.listen.max_message_size,
+        statement_bytes: cfg.max_client_statement_bytes,
+        known: &fe.known,
+    };
+    loop {
+        let next = local::answer(client, &limits, &mut out)?;
+        if !out.is_empty() {
+            client.stream.write_all(&out).await.map_err(wire_io)?;
+            client.stream.flush().await.map_err(wire_io)?;
+            out.clear();
+        }
+        let want = match next {
+            Next::Connect => return Ok(true),
+            Next::Terminate => return Ok(false),
+            Next::Read(n) => n,
+        };
+        if want > 0 {
+            client.buf.reserve(want);
+        }
+        tokio::select! {
+            r = client.stream.read_buf(&mut client.buf) => match r {
+                Ok(0) | Err(_) => return Ok(false),
+                Ok(_) => {}
+            },
+            _ = fe.shutdown.cancelled() => return Err(FrontendError::Shutdown),
+        }
+        tokio::task::consume_budget().await;
+    }
+}
+
+/// Gives back memory after a large message so idle clients stay small.
+fn shrink(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > 64 * 1024 {
+        *buf = BytesMut::with_capacity(4096);
+    }
+}
