@@ -118,7 +118,7 @@ impl App {
             token: admin_token(&cfg)?,
             started: SystemTime::now(),
         };
-        let admin_task = tokio::spawn(serve_admin(self.admin, state, admin_stop.clone()));
+        let admin_done = spawn_admin(self.admin, state, admin_stop.clone())?;
         let fe = frontend(&cfg, pools.clone(), &shutdown)?;
         if let Some(reloads) = self.reloads {
             let reloader = Reloader::new(cfg.clone(), fe.clone(), pools, rotation);
@@ -136,7 +136,7 @@ impl App {
             tracing::warn!(timeout = ?cfg.listen.shutdown_timeout, "sessions still open at the shutdown deadline; closing them");
         }
         admin_stop.cancel();
-        let _ = admin_task.await;
+        let _ = tokio::time::timeout(ADMIN_STOP, admin_done).await;
         Ok(())
     }
 }
@@ -276,13 +276,48 @@ fn admin_token(cfg: &Config) -> anyhow::Result<Option<SecretString>> {
     Ok(Some(SecretString::new(token)))
 }
 
-async fn serve_admin(listener: TcpListener, state: AdminState, stop: CancellationToken) {
+/// How long the admin listener gets to finish its requests once told to stop.
+const ADMIN_STOP: Duration = Duration::from_secs(1);
+
+/// The admin listener runs on a thread and event loop of its own: health, readiness and
+/// metrics answer whatever the client sessions are doing. The receiver resolves when it has
+/// stopped.
+fn spawn_admin(
+    listener: TcpListener,
+    state: AdminState,
+    stop: CancellationToken,
+) -> anyhow::Result<tokio::sync::oneshot::Receiver<()>> {
+    let listener = listener.into_std()?;
+    let (done, finished) = tokio::sync::oneshot::channel();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("rotagate-admin".into())
+        .spawn(move || {
+            runtime.block_on(serve_admin(listener, state, stop));
+            let _ = done.send(());
+        })?;
+    Ok(finished)
+}
+
+async fn serve_admin(listener: std::net::TcpListener, state: AdminState, stop: CancellationToken) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => return tracing::error!(error = %e, "admin listener failed"),
+    };
     let app = admin::router(state);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
-    {
-        tracing::error!(error = %e, "admin listener failed");
+    let serve = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
+    // Graceful shutdown waits for open requests; a stuck one does not hold the process.
+    let bounded = async {
+        stop.cancelled().await;
+        tokio::time::sleep(ADMIN_STOP).await;
+    };
+    tokio::select! {
+        r = serve => if let Err(e) = r {
+            tracing::error!(error = %e, "admin listener failed");
+        },
+        _ = bounded => {}
     }
 }
 

@@ -188,14 +188,12 @@ fn run(cfg: rotagate::config::Config, path: PathBuf, log: Option<LogHandle>) -> 
             return ExitCode::from(1);
         }
     };
+    let grace = cfg.listen.shutdown_timeout;
     let result = runtime.block_on(async {
         let mut app = rotagate::app::App::bind(cfg).await?;
         let reloads = app.reloads();
         let shutdown = CancellationToken::new();
-        tokio::spawn(signals(
-            shutdown.clone(),
-            Some(Reload { path, reloads, log }),
-        ));
+        spawn_signals(shutdown.clone(), Reload { path, reloads, log }, grace)?;
         app.run(shutdown).await
     });
     // Sessions still open after the shutdown deadline are dropped with the runtime.
@@ -255,6 +253,31 @@ struct Reload {
     path: PathBuf,
     reloads: tokio::sync::mpsc::Sender<rotagate::config::Config>,
     log: Option<LogHandle>,
+}
+
+/// Signals are handled on a thread and event loop of their own, so that a shutdown never waits
+/// on the loop that serves clients. After SIGTERM or SIGINT, a watchdog ends the process at
+/// `listen.shutdown_timeout` plus a second, whatever that loop is doing.
+fn spawn_signals(
+    shutdown: CancellationToken,
+    reload: Reload,
+    grace: std::time::Duration,
+) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("rotagate-signals".into())
+        .spawn(move || {
+            runtime.block_on(signals(shutdown, Some(reload)));
+            std::thread::sleep(grace + std::time::Duration::from_secs(1));
+            tracing::error!(
+                timeout = ?grace,
+                "still running a second after listen.shutdown_timeout; exiting now"
+            );
+            std::process::exit(1);
+        })?;
+    Ok(())
 }
 
 /// SIGTERM or SIGINT starts a graceful shutdown; SIGHUP reloads the configuration.

@@ -148,6 +148,26 @@ impl Rotagate {
         self.finish().await
     }
 
+    /// SIGTERM; how long the process took to exit, its exit code, and the whole log.
+    pub async fn terminate(mut self) -> (std::time::Duration, Option<i32>, String) {
+        let started = std::time::Instant::now();
+        self.signal("-TERM");
+        let mut child = self.child.take().unwrap();
+        let exited = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait()).await;
+        let took = started.elapsed();
+        let code = match exited {
+            Ok(Ok(status)) => status.code(),
+            _ => panic!(
+                "rotagate did not exit within 30 s of SIGTERM; log:\n{}",
+                self.log()
+            ),
+        };
+        for r in self.readers.drain(..) {
+            let _ = r.await;
+        }
+        (took, code, self.log())
+    }
+
     /// Waits for the exit and for the last log lines.
     async fn finish(&mut self) -> String {
         let mut child = self.child.take().unwrap();
