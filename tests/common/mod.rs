@@ -6,6 +6,7 @@ pub mod aws;
 pub mod bao;
 pub mod pg;
 pub mod process;
+pub mod wire;
 
 use pg::Pg;
 use rotagate::app::App;
@@ -58,6 +59,7 @@ pub struct Builder<'a> {
     pool_extra: String,
     upstream_tls: String,
     upstream_host: String,
+    upstream_port: Option<u16>,
     clients: String,
     credentials_extra: String,
     admin_extra: String,
@@ -116,6 +118,11 @@ impl<'a> Builder<'a> {
         self.upstream_host = host.to_owned();
         self
     }
+    /// Another upstream port than the cluster's (a fake upstream).
+    pub fn upstream_port(mut self, port: u16) -> Self {
+        self.upstream_port = Some(port);
+        self
+    }
     /// Another credential source than the secret file: `source = KIND` and its section.
     pub fn source(mut self, kind: &str, section: &str) -> Self {
         self.source = Some((kind.to_owned(), section.to_owned()));
@@ -145,7 +152,7 @@ impl<'a> Builder<'a> {
             self.admin_extra,
             self.clients,
             self.upstream_host,
-            self.pg.port,
+            self.upstream_port.unwrap_or(self.pg.port),
             self.upstream_tls,
             self.mode,
             self.pool_size,
@@ -219,6 +226,7 @@ impl TestProxy {
             pool_extra: String::new(),
             upstream_tls: "tls = \"disable\"".into(),
             upstream_host: "127.0.0.1".into(),
+            upstream_port: None,
             credentials_extra: String::new(),
             admin_extra: String::new(),
             vars: Vec::new(),
