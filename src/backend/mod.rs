@@ -59,6 +59,9 @@ pub struct ServerParams {
     pub defaults: HashMap<String, String>,
     /// Every session-level setting of the connection, as rotagate last set or read them.
     pub session: SettingList,
+    /// Custom setting names that exist on the connection as placeholders; PostgreSQL keeps them
+    /// until the session ends.
+    pub placeholders: Vec<String>,
 }
 
 impl ServerParams {

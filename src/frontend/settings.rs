@@ -124,30 +124,44 @@ impl Settings {
     }
 }
 
-/// The query that reads a connection's session-level settings back.
+/// The query that reads a connection's session-level settings back. The third column says
+/// where a row comes from: `pg_settings`, or a custom name asked for by name.
 pub fn reread_sql(custom: &[String]) -> String {
     let mut sql = String::from(
-        "SELECT name, current_setting(name) FROM pg_settings WHERE source = 'session' \
-         UNION ALL SELECT 'role', current_setting('role') \
-         UNION ALL SELECT 'session_authorization', current_setting('session_authorization')",
+        "SELECT name, current_setting(name), 'listed' FROM pg_settings WHERE source = 'session' \
+         UNION ALL SELECT 'role', current_setting('role'), 'listed' \
+         UNION ALL SELECT 'session_authorization', current_setting('session_authorization'), 'listed'",
     );
     if !custom.is_empty() {
         let names: Vec<String> = custom.iter().map(|n| quote_literal(n)).collect();
         sql.push_str(&format!(
-            " UNION ALL SELECT n, current_setting(n, true) FROM unnest(ARRAY[{}]::text[]) AS n",
+            " UNION ALL SELECT n, current_setting(n, true), 'custom' \
+             FROM unnest(ARRAY[{}]::text[]) AS n",
             names.join(", ")
         ));
     }
     sql
 }
 
-/// [`reread_sql`]'s rows as a list: no role means `none`; the session authorization counts only
-/// when it is not the login user; a custom name that does not exist is left out.
-pub fn reread_list(rows: Vec<Vec<Option<String>>>, login_user: Option<&str>) -> SettingList {
-    let mut pairs = Vec::new();
+/// What [`reread_sql`] found.
+#[derive(Debug)]
+pub struct Reread {
+    pub session: SettingList,
+    /// Custom names that exist only as placeholders: once made, PostgreSQL keeps them for the
+    /// rest of the session (RESET and DISCARD ALL leave them, with an empty value).
+    pub placeholders: Vec<String>,
+}
+
+/// [`reread_sql`]'s rows: no role means `none`; the session authorization counts only when it
+/// is not the login user; a custom name that does not exist is left out.
+pub fn reread_list(rows: Vec<Vec<Option<String>>>, login_user: Option<&str>) -> Reread {
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    let mut placeholders = Vec::new();
     for row in rows {
         let mut cols = row.into_iter();
-        let (Some(Some(name)), Some(Some(value))) = (cols.next(), cols.next()) else {
+        let (Some(Some(name)), Some(Some(value)), Some(Some(from))) =
+            (cols.next(), cols.next(), cols.next())
+        else {
             continue;
         };
         let skip = match name.as_str() {
@@ -155,11 +169,24 @@ pub fn reread_list(rows: Vec<Vec<Option<String>>>, login_user: Option<&str>) -> 
             "session_authorization" => Some(value.as_str()) == login_user,
             _ => false,
         };
-        if !skip && !pairs.iter().any(|(n, _)| *n == name) {
-            pairs.push((name, value));
+        if skip || pairs.iter().any(|(n, _)| *n == name) {
+            continue;
         }
+        if from == "custom" {
+            placeholders.push(name.clone());
+        }
+        pairs.push((name, value));
     }
-    SettingList::new(pairs)
+    Reread {
+        session: SettingList::new(pairs),
+        placeholders,
+    }
+}
+
+/// Whether a connection with these placeholders may serve a client with these settings: a
+/// client that never set a placeholder must not find it (it would read '' instead of NULL).
+pub fn fits(placeholders: &[String], client: &SettingList) -> bool {
+    placeholders.iter().all(|p| client.get(p).is_some())
 }
 
 fn is_identity(name: &str) -> bool {
@@ -317,18 +344,27 @@ mod tests {
     fn reread_keeps_session_values_and_returns_reset_ones_to_startup() {
         let mut s = Settings::from_startup(&[("application_name".into(), "psql".into())]).unwrap();
         s.settle(&ServerParams::default());
-        let rows = vec![
-            vec![Some("work_mem".into()), Some("7MB".into())],
-            vec![Some("role".into()), Some("none".into())],
+        let row = |n: &str, v: Option<&str>, from: &str| {
             vec![
-                Some("session_authorization".into()),
-                Some("app_owner".into()),
-            ],
-            vec![Some("app.tenant".into()), None],
+                Some(n.to_owned()),
+                v.map(str::to_owned),
+                Some(from.to_owned()),
+            ]
+        };
+        let rows = vec![
+            row("work_mem", Some("7MB"), "listed"),
+            row("role", Some("none"), "listed"),
+            row("session_authorization", Some("app_owner"), "listed"),
+            row("app.tenant", None, "custom"),
+            row("app.user", Some(""), "custom"),
+            row("work_mem", Some("7MB"), "custom"),
         ];
-        let session = reread_list(rows, Some("app_owner"));
-        assert_eq!(session, list(&[("work_mem", "7MB")]));
-        s.reread(&session);
+        let got = reread_list(rows, Some("app_owner"));
+        assert_eq!(got.session, list(&[("app.user", ""), ("work_mem", "7MB")]));
+        assert_eq!(got.placeholders, ["app.user"]);
+        assert!(fits(&got.placeholders, &got.session));
+        assert!(!fits(&got.placeholders, &list(&[("work_mem", "7MB")])));
+        s.reread(&list(&[("work_mem", "7MB")]));
         assert_eq!(
             s.list,
             list(&[("application_name", "psql"), ("work_mem", "7MB")])

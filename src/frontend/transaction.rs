@@ -19,7 +19,7 @@ use super::flow::Flow;
 use super::local::{self, Next};
 use super::relay::{ClientSide, End, close, relay};
 use super::session::{acquire, apply, ctx, wire_io};
-use super::settings::{reread_list, reread_sql};
+use super::settings::{fits, reread_list, reread_sql};
 use crate::backend::query;
 use crate::pool::Pooled;
 use crate::wire::msg;
@@ -35,7 +35,8 @@ pub async fn serve(
         if !wait_for_request(client, fe).await? {
             return Ok(());
         }
-        let Some(mut server) = cancel.slot.cancellable(acquire(fe)).await.transpose()? else {
+        let acquired = cancel.slot.cancellable(acquire_fitting(client, fe));
+        let Some(mut server) = acquired.await.transpose()? else {
             client.state.failure = Some(error("57014", "canceling statement due to user request"));
             continue;
         };
@@ -117,6 +118,18 @@ async fn lost(
     client.stream.flush().await.map_err(wire_io)
 }
 
+/// A connection this client may use: one holding a custom-setting placeholder the client never
+/// made is closed (only a new session is rid of it) and another is taken.
+async fn acquire_fitting(client: &ClientSide, fe: &Frontend) -> Result<Pooled, FrontendError> {
+    loop {
+        let mut server = acquire(fe).await?;
+        if fits(&server.params.placeholders, &client.state.settings.list) {
+            return Ok(server);
+        }
+        close(&mut server, "placeholder");
+    }
+}
+
 /// Reads the connection's settings back after a transaction that may have changed them; they
 /// become the client's. A failure closes the connection (the client keeps what it had).
 async fn reread(client: &mut ClientSide, server: &mut Pooled) {
@@ -124,9 +137,14 @@ async fn reread(client: &mut ClientSide, server: &mut Pooled) {
     match query::rows(server, &sql).await {
         Ok(rows) => {
             let login = server.params.defaults.get("session_authorization").cloned();
-            let session = reread_list(rows, login.as_deref());
-            client.state.settings.reread(&session);
-            server.params.session = session;
+            let found = reread_list(rows, login.as_deref());
+            client.state.settings.reread(&found.session);
+            server.params.session = found.session;
+            for p in found.placeholders {
+                if !server.params.placeholders.contains(&p) {
+                    server.params.placeholders.push(p);
+                }
+            }
         }
         Err(e) => {
             tracing::warn!(error = %e, "could not read the session's settings back; closing the connection");
