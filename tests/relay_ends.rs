@@ -114,7 +114,10 @@ async fn an_oversized_message_in_a_transaction_closes_that_connection() {
     assert_eq!(tags(&a.query("BEGIN").await), "CZ");
     let busy = first_column(&a.query("SELECT pg_backend_pid()").await);
     let big = format!("SELECT '{}'", "x".repeat(5000));
-    let got = a.query(&big).await;
+    let mut q = bytes::BytesMut::new();
+    rotagate::wire::msg::query(&mut q, &big);
+    a.send_refused(&q).await;
+    let got = a.until_closed().await;
     assert_eq!(
         got.last().map(|m| m.code()).as_deref(),
         Some("54000"),

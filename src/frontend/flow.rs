@@ -44,6 +44,8 @@ pub struct Flow {
     /// The upstream session ended with this FATAL ErrorResponse (transaction mode keeps it
     /// from the client and owes it an error for the transaction in flight instead).
     pub fatal: Option<Bytes>,
+    /// The server sent a message rotagate cannot place.
+    pub protocol: Option<&'static str>,
     /// What rotagate knows of the connection's prepared statements may be wrong (a statement
     /// list that drops them all failed part way): close it at release.
     pub unsure: bool,

@@ -2,13 +2,88 @@
 //! that pass unchanged are written from the buffer they were read into (`ready` bytes at its
 //! front); messages rotagate writes, rewrites or injects go into `built`, which is always
 //! written first. Rewriting a message therefore first moves the ready bytes before it into
-//! `built` (a short copy), so order is kept without a second write.
+//! `built` (a short copy), so order is kept without a second write. [`walk`] drives a
+//! [`Policy`] over the messages of a direction, however the bytes were cut into reads.
 
+use crate::wire::WireError;
+use crate::wire::scan::{self, Header};
 use bytes::{Buf, BytesMut};
 
 /// Ready bytes up to this size are copied into `built` to make room for a rewritten message;
 /// above it the relay writes them out first.
 pub const COPY_LIMIT: usize = 16 * 1024;
+
+/// How much of a message's body a decision needs before it is made.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Need {
+    Nothing,
+    Whole,
+    /// Bind: the portal and statement names at its start.
+    Names,
+}
+
+/// What becomes of one message. Bytes to send instead of or before it are in the scratch
+/// buffer the policy was given.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision {
+    Pass,
+    /// Send the scratch bytes instead (none: drop it).
+    Replace,
+    /// Send the scratch bytes, then the message.
+    Inject,
+    /// Send the scratch bytes instead of the first `n` bytes; the rest passes.
+    RewriteHead(usize),
+    /// More of the message is needed first (the names at the start of a Bind).
+    NeedMore,
+    /// Stop before this message (Terminate, or the session is ending).
+    Stop,
+}
+
+/// Decides on the messages of one direction.
+pub trait Policy {
+    fn need(&self, tag: u8) -> Need;
+    /// `msg` is the message from its header on: whole when [`Policy::need`] said so, else as
+    /// much as has arrived (`h.total()` in all).
+    fn decide(&mut self, h: Header, msg: &[u8], out: &mut BytesMut) -> Decision;
+}
+
+/// Decides once on every message of `src` not decided yet whose needed bytes are there, and
+/// queues the result on `lane`. Returns how many more bytes the message at the front needs
+/// (0: none, or unknown).
+pub fn walk(
+    src: &mut BytesMut,
+    lane: &mut Lane,
+    max: usize,
+    scratch: &mut BytesMut,
+    policy: &mut impl Policy,
+) -> Result<usize, WireError> {
+    loop {
+        if !lane.settle(src) {
+            return Ok(0);
+        }
+        let avail = &src[lane.ready..];
+        let Some(h) = scan::header(avail, max)? else {
+            return Ok(0);
+        };
+        let need = policy.need(h.tag);
+        if need != Need::Nothing && !lane.can_rewrite() {
+            return Ok(0);
+        }
+        let (total, have) = (h.total(), avail.len().min(h.total()));
+        if need == Need::Whole && have < total {
+            return Ok(total - have);
+        }
+        scratch.clear();
+        match policy.decide(h, &avail[..have], scratch) {
+            Decision::Pass => lane.pass(src, total),
+            Decision::Replace => lane.replace(src, scratch, total),
+            Decision::Inject => lane.inject(src, scratch, total),
+            Decision::RewriteHead(n) => lane.rewrite_head(src, n, scratch, total),
+            Decision::NeedMore => return Ok((total - have).min(4096)),
+            Decision::Stop => return Ok(0),
+        }
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct Lane {

@@ -20,6 +20,8 @@ pub mod settings;
 pub mod startup;
 pub mod statements;
 mod transaction;
+#[cfg(test)]
+mod walk_tests;
 
 use crate::config::{ListenConfig, PoolMode};
 use crate::pool::Pools;

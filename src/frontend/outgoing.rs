@@ -9,6 +9,7 @@
 
 use super::classify::{Class, PinReason, Sole, classify};
 use super::flow::{ClientState, Flow};
+use super::lane::{Decision, Need};
 use super::replies::{Effect, Entry, Expect, Local};
 use super::statements::{Statement, UPSTREAM_PREFIX};
 use crate::backend::prepared::Prepared;
@@ -20,37 +21,12 @@ use std::sync::Arc;
 /// A Describe of this statement name always fails upstream: no upstream name has a `-`.
 const NO_SUCH_STATEMENT: &[u8] = b"rotagate_-";
 
-/// How much of a message's body a decision needs before it is made.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Need {
-    Nothing,
-    Whole,
-    /// Bind: the portal and statement names at its start.
-    Names,
-}
-
 pub fn need(tag: u8) -> Need {
     match tag {
         b'Q' | b'P' | b'D' | b'C' => Need::Whole,
         b'B' => Need::Names,
         _ => Need::Nothing,
     }
-}
-
-/// What becomes of one client message. Bytes to send instead of or before it are in the
-/// caller's scratch buffer.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Decision {
-    Pass,
-    /// Send the scratch bytes instead (none: drop it).
-    Replace,
-    /// Send the scratch bytes, then the message.
-    Inject,
-    /// Send the scratch bytes instead of the first `n` bytes; the rest passes.
-    RewriteHead(usize),
-    /// The names at the start of a Bind are not all here yet.
-    NeedMore,
-    Terminate,
 }
 
 /// What a decision reads and changes.
@@ -91,7 +67,7 @@ pub fn decide(tag: u8, msg: &[u8], len: usize, tx: &mut Tx<'_>) -> Decision {
             tx.flow.reread = true;
             push(tx, Entry::new(Expect::Query))
         }
-        b'X' => Decision::Terminate,
+        b'X' => Decision::Stop,
         _ => Decision::Pass,
     }
 }

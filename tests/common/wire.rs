@@ -98,6 +98,11 @@ impl Raw {
             .expect("send to the proxy");
     }
 
+    /// Sends what the proxy may stop reading half way (it refuses the message and closes).
+    pub async fn send_refused(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes).await;
+    }
+
     /// The next message, or None when the connection closed (or nothing came within 30 s).
     pub async fn next(&mut self) -> Option<Msg> {
         loop {
