@@ -117,6 +117,19 @@ async fn life(a: &mut Raw, mut other: Option<&mut Raw>) -> Vec<String> {
     step!(query(a, "DEALLOCATE s1").await);
     step!(query(a, "DEALLOCATE s1").await);
     step!(flush_then_sync(a).await);
+    step!(
+        run(
+            a,
+            Ext::new()
+                .parse("", "DEALLOCATE s2")
+                .bind("", &[])
+                .execute()
+                .sync()
+        )
+        .await
+    );
+    step!(run(a, Ext::new().bind("s2", &[]).execute().sync()).await);
+    step!(flush_then_sync(a).await);
     step!(query(a, "BEGIN").await);
     step!(run(a, Ext::new().parse("s3", "SELECT 3").sync()).await);
     step!(query(a, "DEALLOCATE s3").await);

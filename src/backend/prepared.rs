@@ -102,8 +102,20 @@ impl Prepared {
 
     /// Every statement is gone (DISCARD ALL, DEALLOCATE ALL upstream).
     pub fn clear(&mut self) {
+        self.take_all();
+    }
+
+    /// Every statement is gone; returns their names for [`Prepared::restore`].
+    pub fn take_all(&mut self) -> Vec<Arc<str>> {
         self.gauge.decrement(self.names.len() as f64);
-        self.names.clear();
+        self.names.drain().map(|(n, _)| n).collect()
+    }
+
+    /// Puts back what [`Prepared::take_all`] took (the statement that would drop them failed).
+    pub fn restore(&mut self, names: Vec<Arc<str>>) {
+        for name in names {
+            self.insert(name);
+        }
     }
 
     /// A Sync was sent: statements used before now may be evicted again.

@@ -7,6 +7,15 @@ use super::settings::Settings;
 use super::statements::Statements;
 use bytes::Bytes;
 
+/// What executing a statement does to prepared statements, known when it is parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acts {
+    /// `DEALLOCATE name` of this client statement.
+    Deallocate(Vec<u8>),
+    /// DEALLOCATE ALL, or DISCARD ALL (which also unpins).
+    DropsAll { discard_all: bool },
+}
+
 /// What a client keeps between transactions.
 #[derive(Debug, Default)]
 pub struct ClientState {
@@ -15,6 +24,8 @@ pub struct ClientState {
     pub settings: Settings,
     pub statements: Statements,
     pub pins: Pins,
+    /// What the client's unnamed statement does to prepared statements when executed.
+    pub unnamed: Option<Acts>,
     /// An error owed for the client's next request: its transaction ended with the upstream
     /// connection (the server terminated it, or a cancel ended its wait).
     pub failure: Option<Bytes>,
@@ -44,6 +55,8 @@ pub struct Flow {
     /// The upstream session ended with this FATAL ErrorResponse (transaction mode keeps it
     /// from the client and owes it an error for the transaction in flight instead).
     pub fatal: Option<Bytes>,
+    /// The portal just bound drops every prepared statement when executed (true: DISCARD ALL).
+    pub portal_drops: Option<bool>,
     /// The server sent a message rotagate cannot place.
     pub protocol: Option<&'static str>,
     /// What rotagate knows of the connection's prepared statements may be wrong (a statement

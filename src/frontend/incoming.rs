@@ -121,16 +121,21 @@ fn finish(e: Entry, ok: bool, rx: &mut Rx<'_>) {
         (Effect::Unprepare(name), false) => rx.prepared.insert(name),
         (Effect::ClientClose(name, stmt), false) => rx.client.statements.restore(&name, stmt),
         (Effect::Deallocate(taken), false) => rx.client.statements.restore_all(*taken),
-        (Effect::Drops { discard_all, .. }, true) => {
-            rx.prepared.clear();
-            rx.client.statements.take_all();
-            if discard_all {
-                rx.client.pins.unpin();
-            }
-        }
-        (Effect::Drops { sole: false, .. }, false) => {
-            rx.prepared.clear();
-            rx.flow.unsure = true;
+        (
+            Effect::Drops {
+                discard_all: true, ..
+            },
+            true,
+        ) => rx.client.pins.unpin(),
+        (Effect::Drops { sole: false, .. }, false) => rx.flow.unsure = true,
+        (
+            Effect::Drops {
+                client, upstream, ..
+            },
+            false,
+        ) => {
+            rx.client.statements.restore_all(*client);
+            rx.prepared.restore(upstream);
         }
         _ => {}
     }

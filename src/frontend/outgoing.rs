@@ -8,7 +8,7 @@
 //! would have; the server's error is then replaced by rotagate's.
 
 use super::classify::{Class, PinReason, Sole, classify};
-use super::flow::{ClientState, Flow};
+use super::flow::{Acts, ClientState, Flow};
 use super::lane::{Decision, Need};
 use super::replies::{Effect, Entry, Expect, Local};
 use super::statements::{Statement, UPSTREAM_PREFIX};
@@ -20,6 +20,8 @@ use std::sync::Arc;
 
 /// A Describe of this statement name always fails upstream: no upstream name has a `-`.
 const NO_SUCH_STATEMENT: &[u8] = b"rotagate_-";
+/// The statement an unnamed `DEALLOCATE name` deallocates upstream.
+const THROWAWAY: &str = "rotagate_deallocate";
 
 pub fn need(tag: u8) -> Need {
     match tag {
@@ -56,7 +58,13 @@ pub fn decide(tag: u8, msg: &[u8], len: usize, tx: &mut Tx<'_>) -> Decision {
         b'B' => bind(body, len, tx),
         b'D' => describe(body, tx),
         b'C' => close(body, tx),
-        b'E' => push(tx, Entry::new(Expect::Execute)),
+        b'E' => {
+            let effect = match tx.flow.portal_drops.take() {
+                Some(discard_all) => drops(discard_all, true, tx),
+                None => Effect::None,
+            };
+            push(tx, Entry::new(Expect::Execute).effect(effect))
+        }
         b'S' => {
             tx.flow.unsynced = false;
             tx.flow.skipping = false;
@@ -160,16 +168,49 @@ fn query(body: &[u8], tx: &mut Tx<'_>) -> Decision {
         }
         sole => {
             let effect = if class.drops_statements {
-                Effect::Drops {
-                    discard_all: sole == Some(Sole::DiscardAll),
-                    sole: sole.is_some(),
-                }
+                drops(sole == Some(Sole::DiscardAll), sole.is_some(), tx)
             } else {
                 Effect::None
             };
             push(tx, Entry::new(Expect::Query).effect(effect))
         }
     }
+}
+
+/// A statement that drops every prepared statement is on its way: the client's names and the
+/// connection's statements go now (later messages of the pipeline make new ones), and come
+/// back if it fails.
+fn drops(discard_all: bool, sole: bool, tx: &mut Tx<'_>) -> Effect {
+    Effect::Drops {
+        client: Box::new(tx.client.statements.take_all()),
+        upstream: tx.prepared.take_all(),
+        discard_all,
+        sole,
+    }
+}
+
+/// What executing a statement of this class does to prepared statements.
+fn acts(class: &Class) -> Option<Acts> {
+    match &class.sole {
+        Some(Sole::Deallocate(name)) => Some(Acts::Deallocate(name.clone())),
+        Some(Sole::DiscardAll) => Some(Acts::DropsAll { discard_all: true }),
+        _ if class.drops_statements => Some(Acts::DropsAll { discard_all: false }),
+        _ => None,
+    }
+}
+
+/// An unnamed `DEALLOCATE name` of one of the client's statements (psycopg's pipeline mode
+/// sends these): upstream it deallocates a throwaway statement made for it, so that the server
+/// answers it as it would have; the client's name goes when it is bound.
+fn deallocate_unnamed(tx: &mut Tx<'_>) -> Decision {
+    msg::describe_or_close(tx.out, b'C', b'S', THROWAWAY.as_bytes());
+    tx.flow.replies.push(Entry::new(Expect::Close).hidden());
+    msg::parse(tx.out, THROWAWAY.as_bytes(), b"SELECT\0\0\0");
+    tx.flow.replies.push(Entry::new(Expect::Parse).hidden());
+    let text = format!("DEALLOCATE {THROWAWAY}\0\0\0");
+    msg::parse(tx.out, b"", text.as_bytes());
+    tx.flow.replies.push(Entry::new(Expect::Parse));
+    Decision::Replace
 }
 
 fn parse(body: &[u8], tx: &mut Tx<'_>) -> Decision {
@@ -182,6 +223,13 @@ fn parse(body: &[u8], tx: &mut Tx<'_>) -> Decision {
         return refuse(tx, false, refusal);
     }
     if name.is_empty() {
+        tx.client.unnamed = acts(&class);
+        if let Some(Acts::Deallocate(target)) = &tx.client.unnamed {
+            if tx.client.statements.contains(target) {
+                return deallocate_unnamed(tx);
+            }
+            tx.client.unnamed = None;
+        }
         return push(tx, Entry::new(Expect::Parse));
     }
     if tx.client.statements.contains(name) {
@@ -280,7 +328,21 @@ fn bind(body: &[u8], len: usize, tx: &mut Tx<'_>) -> Decision {
     let portal_end = cstr_end(body, 1).expect("two strings hold one");
     let name = &body[portal_end..names_end - 1];
     if name.is_empty() {
-        return push(tx, Entry::new(Expect::Bind));
+        let effect = match tx.client.unnamed.clone() {
+            None => Effect::None,
+            Some(Acts::Deallocate(target)) => {
+                let mut taken = super::statements::Statements::default();
+                if let Some(stmt) = tx.client.statements.remove(&target) {
+                    taken.restore(&target, stmt);
+                }
+                Effect::Deallocate(Box::new(taken))
+            }
+            Some(Acts::DropsAll { discard_all }) => {
+                tx.flow.portal_drops = Some(discard_all);
+                Effect::None
+            }
+        };
+        return push(tx, Entry::new(Expect::Bind).effect(effect));
     }
     let stmt = match lookup(name, tx) {
         Ok(Some(stmt)) => stmt,
@@ -289,6 +351,9 @@ fn bind(body: &[u8], len: usize, tx: &mut Tx<'_>) -> Decision {
     };
     if let Some(refusal) = effects(&stmt.class, tx) {
         return refuse(tx, false, refusal);
+    }
+    if let Some(Acts::DropsAll { discard_all }) = acts(&stmt.class) {
+        tx.flow.portal_drops = Some(discard_all);
     }
     ensure(&stmt, tx);
     let new_len = len - HEADER_LEN + 4 - name.len() + stmt.upstream.len();

@@ -75,10 +75,16 @@ pub enum Effect {
     ClientClose(Box<[u8]>, Arc<Statement>),
     /// A DEALLOCATE rotagate answered: the names come back if it fails.
     Deallocate(Box<Statements>),
-    /// A Query that drops every prepared statement upstream; on success the connection has
-    /// none (and with DISCARD ALL, the client neither). When it was not the sole statement
-    /// and failed, what ran is unknown.
-    Drops { discard_all: bool, sole: bool },
+    /// A statement that drops every prepared statement (DISCARD ALL, DEALLOCATE ALL): the
+    /// client's names and the connection's statements were taken when it was sent, and come
+    /// back if it fails. When it was not the sole statement of its Query and failed, what ran
+    /// is unknown. DISCARD ALL's success unpins the client.
+    Drops {
+        client: Box<Statements>,
+        upstream: Vec<Arc<str>>,
+        discard_all: bool,
+        sole: bool,
+    },
 }
 
 #[derive(Debug)]
