@@ -124,21 +124,31 @@ impl App {
             let reloader = Reloader::new(cfg.clone(), fe.clone(), pools, rotation);
             tokio::spawn(reloader.serve(reloads));
         }
-        tracing::info!(addr = %self.proxy.local_addr()?, mode = ?cfg.pool.mode, "accepting clients");
-        frontend::serve(self.proxy, fe, tracker.clone()).await;
-
-        tracing::info!("shutting down: draining client sessions");
-        tracker.close();
-        if tokio::time::timeout(cfg.listen.shutdown_timeout, tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(timeout = ?cfg.listen.shutdown_timeout, "sessions still open at the shutdown deadline; closing them");
-        }
+        serve_clients(self.proxy, fe, &tracker, &cfg).await?;
         admin_stop.cancel();
         let _ = tokio::time::timeout(ADMIN_STOP, admin_done).await;
         Ok(())
     }
+}
+
+/// Serves clients until shutdown, then drains them as the module comment says.
+async fn serve_clients(
+    proxy: TcpListener,
+    fe: Arc<Frontend>,
+    tracker: &TaskTracker,
+    cfg: &Config,
+) -> anyhow::Result<()> {
+    tracing::info!(addr = %proxy.local_addr()?, mode = ?cfg.pool.mode, "accepting clients");
+    frontend::serve(proxy, fe, tracker.clone()).await;
+    tracing::info!("shutting down: draining client sessions");
+    tracker.close();
+    if tokio::time::timeout(cfg.listen.shutdown_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(timeout = ?cfg.listen.shutdown_timeout, "sessions still open at the shutdown deadline; closing them");
+    }
+    Ok(())
 }
 
 /// Starts the rotation engine (the only writer of pool generations) as a tracked task.

@@ -277,14 +277,7 @@ fn pool(c: &mut Check, r: RawPool) -> PoolConfig {
             format!("{min_idle} is larger than pool.size ({size})"),
         );
     }
-    let on_pin = match r.on_pin.as_deref() {
-        None | Some("pin") => OnPin::Pin,
-        Some("error") => OnPin::Error,
-        Some(other) => {
-            c.err("pool.on_pin", format!("{other:?} is not one of pin, error"));
-            OnPin::Pin
-        }
-    };
+    let on_pin = on_pin(c, r.on_pin.as_deref());
     PoolConfig {
         mode,
         size,
@@ -324,6 +317,17 @@ fn pool(c: &mut Check, r: RawPool) -> PoolConfig {
             r.drain_timeout.as_ref(),
             Duration::from_secs(300),
         ),
+    }
+}
+
+fn on_pin(c: &mut Check, r: Option<&str>) -> OnPin {
+    match r {
+        None | Some("pin") => OnPin::Pin,
+        Some("error") => OnPin::Error,
+        Some(other) => {
+            c.err("pool.on_pin", format!("{other:?} is not one of pin, error"));
+            OnPin::Pin
+        }
     }
 }
 

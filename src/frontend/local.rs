@@ -34,56 +34,57 @@ pub struct Limits<'a> {
 
 /// Answers what it can from the front of the client's buffer into `out`.
 pub fn answer(
-    c: &mut ClientSide,
+    buf: &mut BytesMut,
+    state: &mut ClientState,
     l: &Limits<'_>,
     out: &mut BytesMut,
 ) -> Result<Next, FrontendError> {
     loop {
-        if c.state.drop_left > 0 {
-            let n = c.state.drop_left.min(c.buf.len());
-            c.buf.advance(n);
-            c.state.drop_left -= n;
-            if c.state.drop_left > 0 {
+        if state.drop_left > 0 {
+            let n = state.drop_left.min(buf.len());
+            buf.advance(n);
+            state.drop_left -= n;
+            if state.drop_left > 0 {
                 return Ok(Next::Read(0));
             }
         }
-        let Some(h) = scan::header(&c.buf, l.max_message)? else {
+        let Some(h) = scan::header(buf, l.max_message)? else {
             return Ok(Next::Read(0));
         };
         if h.tag == b'X' {
             return Ok(Next::Terminate);
         }
-        if c.state.skip_until_sync || c.state.failure.is_some() {
-            owed(c, h, out);
+        if state.skip_until_sync || state.failure.is_some() {
+            owed(buf, state, h, out);
             continue;
         }
-        let Some(body) = scan::whole(&c.buf, h) else {
-            return Ok(Next::Read(h.total() - c.buf.len()));
+        let Some(body) = scan::whole(buf, h) else {
+            return Ok(Next::Read(h.total() - buf.len()));
         };
         let done = match h.tag {
             b'S' => {
                 msg::ready_for_query(out, b'I');
                 true
             }
-            b'Q' => deallocate(&mut c.state, body, out),
-            b'P' => parse(&mut c.state, body, l, out),
+            b'Q' => deallocate(state, body, out),
+            b'P' => parse(state, body, l, out),
             _ => false,
         };
         if !done {
             return Ok(Next::Connect);
         }
-        c.buf.advance(h.total());
+        buf.advance(h.total());
     }
 }
 
 /// Drops the message at the front, answering it as the server does after an error.
-fn owed(c: &mut ClientSide, h: scan::Header, out: &mut BytesMut) {
-    let here = h.total().min(c.buf.len());
-    c.buf.advance(here);
-    c.state.drop_left = h.total() - here;
-    if c.state.skip_until_sync {
+fn owed(buf: &mut BytesMut, state: &mut ClientState, h: scan::Header, out: &mut BytesMut) {
+    let here = h.total().min(buf.len());
+    buf.advance(here);
+    state.drop_left = h.total() - here;
+    if state.skip_until_sync {
         if h.tag == b'S' {
-            c.state.skip_until_sync = false;
+            state.skip_until_sync = false;
             msg::ready_for_query(out, b'I');
         }
         return;
@@ -92,12 +93,12 @@ fn owed(c: &mut ClientSide, h: scan::Header, out: &mut BytesMut) {
         // COPY data after a failed COPY: the server ignores it too.
         b'd' | b'c' | b'f' | b'H' => {}
         b'Q' | b'F' | b'S' => {
-            out.extend_from_slice(&c.state.failure.take().expect("checked"));
+            out.extend_from_slice(&state.failure.take().expect("checked"));
             msg::ready_for_query(out, b'I');
         }
         _ => {
-            out.extend_from_slice(&c.state.failure.take().expect("checked"));
-            c.state.skip_until_sync = true;
+            out.extend_from_slice(&state.failure.take().expect("checked"));
+            state.skip_until_sync = true;
         }
     }
 }
@@ -203,4 +204,107 @@ pub fn fail_in_flight(
         c.state.failure = Some(error);
     }
     c.state.drop_left = c.up.abandon(&mut c.buf);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(known: &Known) -> Limits<'_> {
+        Limits {
+            max_message: 1 << 20,
+            statement_bytes: 1 << 20,
+            known,
+        }
+    }
+
+    fn tags(out: &[u8]) -> String {
+        let mut tags = String::new();
+        let mut rest = out;
+        while rest.len() >= 5 {
+            let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+            tags.push(rest[0] as char);
+            rest = &rest[len + 1..];
+        }
+        tags
+    }
+
+    fn parse_msg(name: &str, sql: &str) -> BytesMut {
+        let mut tail = sql.as_bytes().to_vec();
+        tail.extend_from_slice(&[0, 0, 0]);
+        let mut b = BytesMut::new();
+        msg::parse(&mut b, name.as_bytes(), &tail);
+        b
+    }
+
+    #[test]
+    fn an_owed_error_answers_the_next_request_then_skips_to_its_sync() {
+        let known = Known::default();
+        let mut state = ClientState {
+            failure: Some(Bytes::from_static(b"E\0\0\0\x04")),
+            ..ClientState::default()
+        };
+        let mut buf = parse_msg("", "SELECT 1");
+        msg::empty(&mut buf, b'H');
+        let mut out = BytesMut::new();
+        assert_eq!(
+            answer(&mut buf, &mut state, &limits(&known), &mut out).unwrap(),
+            Next::Read(0)
+        );
+        assert_eq!(tags(&out), "E", "the error, then nothing until the Sync");
+        msg::empty(&mut buf, b'S');
+        msg::query(&mut buf, "SELECT 2");
+        out.clear();
+        let next = answer(&mut buf, &mut state, &limits(&known), &mut out).unwrap();
+        assert_eq!((next, tags(&out)), (Next::Connect, "Z".to_owned()));
+        assert_eq!(&buf[..1], b"Q", "the next request waits for a connection");
+    }
+
+    #[test]
+    fn a_lone_sync_and_a_deallocate_need_no_connection_and_terminate_ends() {
+        let known = Known::default();
+        let mut state = ClientState::default();
+        let stmt = std::sync::Arc::new(Statement::new(
+            Bytes::from_static(b"SELECT 1\0\0\0"),
+            Default::default(),
+        ));
+        state.statements.insert(b"s1", stmt, 1 << 20).unwrap();
+        let mut buf = BytesMut::new();
+        msg::empty(&mut buf, b'S');
+        msg::query(&mut buf, "DEALLOCATE s1");
+        msg::query(&mut buf, "DEALLOCATE s1");
+        let mut out = BytesMut::new();
+        let next = answer(&mut buf, &mut state, &limits(&known), &mut out).unwrap();
+        assert_eq!((next, tags(&out)), (Next::Connect, "ZCZ".to_owned()));
+        assert!(state.statements.is_empty());
+        let mut buf = BytesMut::new();
+        msg::empty(&mut buf, b'X');
+        assert_eq!(
+            answer(&mut buf, &mut state, &limits(&known), &mut out).unwrap(),
+            Next::Terminate
+        );
+    }
+
+    #[test]
+    fn a_parse_of_a_known_statement_is_answered_and_an_unknown_one_needs_the_server() {
+        let known = Known::default();
+        let mut state = ClientState::default();
+        let mut buf = parse_msg("s1", "SELECT 1");
+        let mut out = BytesMut::new();
+        assert_eq!(
+            answer(&mut buf, &mut state, &limits(&known), &mut out).unwrap(),
+            Next::Connect
+        );
+        known.insert(&upstream_name(b"SELECT 1\0\0\0"));
+        let next = answer(&mut buf, &mut state, &limits(&known), &mut out).unwrap();
+        assert_eq!((next, tags(&out)), (Next::Read(0), "1".to_owned()));
+        assert!(state.statements.contains(b"s1"));
+        let mut buf = parse_msg("s2", "LISTEN ch");
+        known.insert(&upstream_name(b"LISTEN ch\0\0\0"));
+        assert_eq!(
+            answer(&mut buf, &mut state, &limits(&known), &mut out).unwrap(),
+            Next::Connect,
+            "a statement that pins is decided with a connection"
+        );
+    }
 }

@@ -165,7 +165,7 @@ async fn wait_for_request(client: &mut ClientSide, fe: &Frontend) -> Result<bool
         known: &fe.known,
     };
     loop {
-        let next = local::answer(client, &limits, &mut out)?;
+        let next = local::answer(&mut client.buf, &mut client.state, &limits, &mut out)?;
         if !out.is_empty() {
             client.stream.write_all(&out).await.map_err(wire_io)?;
             client.stream.flush().await.map_err(wire_io)?;
