@@ -178,6 +178,7 @@ fn frontend(
         shutdown: shutdown.clone(),
         transactions: metrics::counter!("rotagate_transactions_total"),
         known: Default::default(),
+        lists: Default::default(),
     }))
 }
 

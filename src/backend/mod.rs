@@ -11,7 +11,7 @@ pub mod stream;
 pub mod tls;
 
 pub use connect::{UpstreamTarget, cancel, connect};
-pub use settings::SettingList;
+pub use settings::{Interner, SettingList};
 
 use bytes::BytesMut;
 use prepared::Prepared;

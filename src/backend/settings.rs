@@ -1,12 +1,14 @@
 //! A session's settings as a value: what an upstream connection has, and what a client expects
 //! of the connection that serves it.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, Weak};
 
 /// (lowercase name, value) pairs sorted by name; cheap to clone, and equal lists that were
 /// cloned from one another compare in one step.
 #[derive(Debug, Clone, Default)]
-pub struct SettingList(Arc<Vec<(String, String)>>);
+pub struct SettingList(Arc<Pairs>);
 
 impl PartialEq for SettingList {
     fn eq(&self, other: &Self) -> bool {
@@ -38,6 +40,38 @@ impl SettingList {
     }
 }
 
+/// Makes equal lists one list, so that comparing them at a hand-over is one pointer compare.
+/// Lists nobody holds any more are forgotten.
+#[derive(Debug, Default)]
+pub struct Interner {
+    lists: Mutex<HashMap<u64, Vec<Weak<Pairs>>>>,
+}
+
+type Pairs = Vec<(String, String)>;
+
+impl Interner {
+    pub fn intern(&self, list: SettingList) -> SettingList {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        list.0.hash(&mut h);
+        let key = h.finish();
+        let mut lists = self.lists.lock().expect("setting lists lock");
+        let same = lists.entry(key).or_default();
+        same.retain(|w| w.strong_count() > 0);
+        if let Some(found) = same
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|a| **a == *list.0)
+        {
+            return SettingList(found);
+        }
+        same.push(Arc::downgrade(&list.0));
+        if lists.len() > 4096 {
+            lists.retain(|_, v| v.iter().any(|w| w.strong_count() > 0));
+        }
+        list
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,5 +91,8 @@ mod tests {
         let same = SettingList::new(vec![("a".into(), "1".into()), ("b".into(), "2".into())]);
         assert_eq!(a, same);
         assert_ne!(a, SettingList::default());
+        let interner = Interner::default();
+        let (x, y) = (interner.intern(a.clone()), interner.intern(same));
+        assert!(Arc::ptr_eq(&x.0, &y.0), "equal lists become one");
     }
 }

@@ -36,6 +36,9 @@ impl CancelSlot {
     /// The client is done with its connection; returns once no cancel for it is on its way.
     pub async fn detach(&self) {
         self.target.store(0, Ordering::SeqCst);
+        if self.in_flight.load(Ordering::SeqCst) == 0 {
+            return;
+        }
         loop {
             let done = self.done.notified();
             let mut done = std::pin::pin!(done);

@@ -87,35 +87,79 @@ impl Class {
     }
 }
 
-/// Classifies SQL text (a Query message's, or a Parse's query).
+/// The last text classified as plain, remembered per client: drivers send the same statement
+/// text over and over (every unnamed Parse of pgbench `-M extended`, `BEGIN`, `COMMIT`), and a
+/// compare is cheaper than a pass.
+#[derive(Debug, Default)]
+pub struct Recent {
+    plain: Vec<u8>,
+}
+
+impl Recent {
+    pub fn classify(&mut self, sql: &[u8]) -> Class {
+        if sql == self.plain.as_slice() {
+            return Class::default();
+        }
+        let class = classify(sql);
+        if class.is_plain() && sql.len() <= 4096 {
+            self.plain.clear();
+            self.plain.extend_from_slice(sql);
+        }
+        class
+    }
+}
+
+/// Bytes the one pass stops at: statement ends, and the starts of what it looks for.
+const STOPS: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b';' as usize] = true;
+    t[b'_' as usize] = true;
+    t[b'i' as usize] = true;
+    t[b'I' as usize] = true;
+    t
+};
+
+/// Classifies SQL text (a Query message's, or a Parse's query) in one pass over its bytes.
 pub fn classify(sql: &[u8]) -> Class {
     let mut class = Class::default();
     let mut statements = 0;
     let mut start = 0;
-    loop {
-        let (end, next) = match memchr(b';', &sql[start..]) {
-            Some(i) => (start + i, Some(start + i + 1)),
-            None => (sql.len(), None),
-        };
-        let at = skip_blank(sql, start);
-        if at < end {
-            statements += 1;
-            statement(&sql[at..end], &mut class);
+    for (i, &b) in sql.iter().enumerate() {
+        if !STOPS[b as usize] {
+            continue;
         }
-        match next {
-            Some(n) => start = n,
-            None => break,
+        match b {
+            b';' => {
+                statements += one_statement(sql, start, i, &mut class);
+                start = i + 1;
+            }
+            b'_' => underscore(sql, i, &mut class),
+            _ if (i == 0 || !is_ident(sql[i - 1])) && into_temp(sql, i) => {
+                class.pin(PinReason::TempTable)
+            }
+            _ => {}
         }
     }
-    functions(sql, &mut class);
+    statements += one_statement(sql, start, sql.len(), &mut class);
     if statements != 1 {
         class.sole = None;
     }
     class
 }
 
+/// The statement in `sql[start..end]`, if it is not blank: 1 when there is one.
+fn one_statement(sql: &[u8], start: usize, end: usize, class: &mut Class) -> usize {
+    let at = skip_blank(&sql[..end], start);
+    if at < end {
+        statement(&sql[at..end], class);
+        1
+    } else {
+        0
+    }
+}
+
 fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|b| *b == needle)
+    memchr::memchr(needle, hay)
 }
 
 fn is_ident(b: u8) -> bool {
@@ -320,19 +364,6 @@ fn with_hold(s: &[u8]) -> bool {
             return true;
         }
         prev_with = is(word, "with");
-    }
-}
-
-/// The one pass over every byte: words around `_`, and `INTO TEMP`.
-fn functions(s: &[u8], class: &mut Class) {
-    for (i, &b) in s.iter().enumerate() {
-        match b {
-            b'_' => underscore(s, i, class),
-            b'i' | b'I' if (i == 0 || !is_ident(s[i - 1])) && into_temp(s, i) => {
-                class.pin(PinReason::TempTable)
-            }
-            _ => {}
-        }
     }
 }
 

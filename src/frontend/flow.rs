@@ -24,6 +24,8 @@ pub struct ClientState {
     pub settings: Settings,
     pub statements: Statements,
     pub pins: Pins,
+    /// The last plain statement text, to skip classifying it again.
+    pub recent: super::classify::Recent,
     /// What the client's unnamed statement does to prepared statements when executed.
     pub unnamed: Option<Acts>,
     /// An error owed for the client's next request: its transaction ended with the upstream
@@ -65,6 +67,16 @@ pub struct Flow {
 }
 
 impl Flow {
+    /// Fresh for the next attachment; the reply queue keeps its memory.
+    pub fn reset(&mut self) {
+        let mut replies = std::mem::take(&mut self.replies);
+        replies.clear();
+        *self = Flow {
+            replies,
+            ..Flow::default()
+        };
+    }
+
     /// Nothing owed either way and no extended-protocol message waits for its Sync.
     pub fn settled(&self) -> bool {
         self.replies.is_empty() && self.pending == 0 && !self.unsynced && !self.skipping

@@ -191,19 +191,23 @@ impl Policy for ServerPolicy<'_> {
         if self.rx.flow.fatal.is_some() {
             return Decision::Stop;
         }
-        let body = if self.need(h.tag) == Need::Whole {
-            &msg[HEADER_LEN..]
-        } else {
-            &[][..]
+        // Whole whenever `need` asked for it (and sometimes when it did not: then unused).
+        let body = match msg.get(HEADER_LEN..) {
+            Some(body) if msg.len() == h.total() => body,
+            _ => &[][..],
         };
-        self.watch(h.tag, body);
+        if matches!(h.tag, b'Z' | b'S') {
+            self.watch(h.tag, body);
+        }
         if !self.tx_mode {
             if h.tag == b'E' && matches!(msg::severity(body), b"FATAL" | b"PANIC") {
                 self.rx.flow.fatal = Some(bytes::Bytes::copy_from_slice(body));
             }
             return Decision::Pass;
         }
-        incoming::locals(&mut self.rx, out);
+        if self.owes_locals() {
+            incoming::locals(&mut self.rx, out);
+        }
         let owed = !out.is_empty();
         match incoming::decide(h.tag, body, &mut self.rx) {
             Ok(Out::Forward) if owed => Decision::Inject,

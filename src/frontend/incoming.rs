@@ -81,14 +81,14 @@ fn error(body: &[u8], rx: &mut Rx<'_>) -> Out {
     if front.expect == Expect::Query {
         let first = !front.failed;
         front.failed = true;
-        return match (&front.refusal, first) {
+        return match (front.refusal(), first) {
             (Some(r), true) => Out::Replace(r.clone()),
             _ => Out::Forward,
         };
     }
     // An extended-protocol message failed: the server skips the rest up to Sync.
     let failed = rx.flow.replies.pop().expect("front exists");
-    let out = failed.refusal.clone().map_or(Out::Forward, Out::Replace);
+    let out = failed.refusal().cloned().map_or(Out::Forward, Out::Replace);
     finish(failed, false, rx);
     while let Some(skipped) = rx.flow.replies.pop_skipped() {
         finish(skipped, false, rx);
@@ -107,7 +107,10 @@ pub fn abandon(e: Entry, rx: &mut Rx<'_>) {
 /// What a finished entry's success or failure does to the client's names and the
 /// connection's statements.
 fn finish(e: Entry, ok: bool, rx: &mut Rx<'_>) {
-    match (e.effect, ok) {
+    if !e.has_effect() {
+        return;
+    }
+    match (e.into_effect(), ok) {
         (Effect::Prepare { upstream, .. }, true) => rx.known.insert(&upstream),
         (Effect::Prepare { upstream, client }, false) => {
             rx.prepared.remove(&upstream);

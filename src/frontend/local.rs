@@ -106,11 +106,11 @@ fn owed(buf: &mut BytesMut, state: &mut ClientState, h: scan::Header, out: &mut 
 /// `DEALLOCATE name` of the client's own statement, or `DEALLOCATE ALL` without SQL-prepared
 /// ones upstream: answered as PostgreSQL answers it. Only texts starting with D are looked at.
 fn deallocate(state: &mut ClientState, body: &[u8], out: &mut BytesMut) -> bool {
-    let sql = body.split(|b| *b == 0).next().unwrap_or(body);
-    let first = sql.iter().find(|b| !b.is_ascii_whitespace());
-    if !matches!(first, Some(b'D' | b'd')) || sql.len() > 256 {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if !matches!(first, Some(b'D' | b'd')) || body.len() > 256 {
         return false;
     }
+    let sql = body.strip_suffix(&[0]).unwrap_or(body);
     match classify(sql).sole {
         Some(Sole::Deallocate(name)) if state.statements.contains(&name) => {
             state.statements.remove(&name);

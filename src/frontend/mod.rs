@@ -54,6 +54,8 @@ pub struct Frontend {
     pub transactions: metrics::Counter,
     /// Statements known to prepare upstream (transaction mode).
     pub known: crate::backend::prepared::Known,
+    /// Equal session-setting lists shared, so hand-overs compare them in one step.
+    pub lists: crate::backend::Interner,
 }
 
 /// Accepts clients until shutdown. Each connection runs as a tracked task.

@@ -7,7 +7,7 @@
 //! have, or an unparseable Query), so the server's transaction state moves exactly as it
 //! would have; the server's error is then replaced by rotagate's.
 
-use super::classify::{Class, PinReason, Sole, classify};
+use super::classify::{Class, PinReason, Sole};
 use super::flow::{Acts, ClientState, Flow};
 use super::lane::{Decision, Need};
 use super::replies::{Effect, Entry, Expect, Local};
@@ -85,8 +85,12 @@ fn push(tx: &mut Tx<'_>, e: Entry) -> Decision {
     Decision::Pass
 }
 
+/// The string at the start of `bytes`, up to its NUL.
 fn text(bytes: &[u8]) -> &[u8] {
-    bytes.split(|b| *b == 0).next().unwrap_or(bytes)
+    match memchr::memchr(0, bytes) {
+        Some(i) => &bytes[..i],
+        None => bytes,
+    }
 }
 
 /// Applies what a statement does to the session; Some(refusal) when `on_pin = "error"` refuses
@@ -138,7 +142,11 @@ fn refuse(tx: &mut Tx<'_>, simple: bool, refusal: Bytes) -> Decision {
 }
 
 fn query(body: &[u8], tx: &mut Tx<'_>) -> Decision {
-    let class = classify(text(body));
+    // A Query's body is its text and a NUL.
+    let class = tx
+        .client
+        .recent
+        .classify(body.strip_suffix(&[0]).unwrap_or(body));
     if class.is_plain() {
         return push(tx, Entry::new(Expect::Query));
     }
@@ -218,7 +226,7 @@ fn parse(body: &[u8], tx: &mut Tx<'_>) -> Decision {
         return push(tx, Entry::new(Expect::Parse));
     };
     let (name, tail) = (&body[..name_end - 1], &body[name_end..]);
-    let class = classify(text(tail));
+    let class = tx.client.recent.classify(text(tail));
     if let Some(refusal) = effects(&class, tx) {
         return refuse(tx, false, refusal);
     }

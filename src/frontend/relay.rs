@@ -147,12 +147,30 @@ enum Io {
     Retired,
 }
 
-#[derive(Default)]
+/// What the next turn of the loop must do.
 struct Wants {
+    /// Bytes the message at the front of each direction still needs.
     client: usize,
     server: usize,
     flush_server: bool,
     flush_client: bool,
+    /// Something changed that a walk of that direction may act on (bytes read, or bytes
+    /// written that let a rewrite wait no longer); client decisions can also owe replies.
+    scan_client: bool,
+    scan_server: bool,
+}
+
+impl Default for Wants {
+    fn default() -> Self {
+        Self {
+            client: 0,
+            server: 0,
+            flush_server: false,
+            flush_client: false,
+            scan_client: true,
+            scan_server: true,
+        }
+    }
 }
 
 async fn run(
@@ -165,8 +183,15 @@ async fn run(
     let mut retired = pin!(ctx.pools.retirement(s.generation));
     let mut w = Wants::default();
     loop {
-        w.client = frames::client(c, s, f, ctx)?;
-        w.server = frames::server(c, s, f, ctx)?;
+        if w.scan_client {
+            w.client = frames::client(c, s, f, ctx)?;
+            w.scan_client = false;
+            w.scan_server = true;
+        }
+        if w.scan_server {
+            w.server = frames::server(c, s, f, ctx)?;
+            w.scan_server = false;
+        }
         let drained =
             c.up.queued() == 0 && c.down.queued() == 0 && !w.flush_server && !w.flush_client;
         if drained {
@@ -182,11 +207,11 @@ async fn run(
             poll_io(cx, c, s, f, &w, idle, shutdown.as_mut())
         })
         .await;
+        // Every step is I/O on a tokio socket, which spends the task's budget: a relay that
+        // always has bytes to move still lets other tasks run.
         if let Some(end) = progress(io, c, s, &mut w) {
             return Ok(end);
         }
-        // A relay that always has bytes to move still lets other tasks run.
-        tokio::task::consume_budget().await;
     }
 }
 
@@ -214,11 +239,15 @@ fn progress(io: Io, c: &mut ClientSide, s: &mut ServerConn, w: &mut Wants) -> Op
         Io::WroteServer(n) => {
             c.up.wrote(&mut c.buf, n);
             w.flush_server = c.up.queued() == 0;
+            w.scan_client = true;
         }
         Io::WroteClient(n) => {
             c.down.wrote(&mut s.rbuf, n);
             w.flush_client = c.down.queued() == 0;
+            w.scan_server = true;
         }
+        Io::ReadClient(n) if n > 0 => w.scan_client = true,
+        Io::ReadServer(n) if n > 0 => w.scan_server = true,
         Io::FlushedServer => w.flush_server = false,
         Io::FlushedClient => w.flush_client = false,
         Io::ReadClient(0) | Io::ClientFailed => return Some(End::ClientGone),

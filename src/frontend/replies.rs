@@ -87,16 +87,22 @@ pub enum Effect {
     },
 }
 
+/// One reply owed. Small (most entries need neither a refusal nor an effect), since one is
+/// queued for nearly every message.
 #[derive(Debug)]
 pub struct Entry {
     pub expect: Expect,
     /// The client must not see the reply (an injected Parse or Close).
     pub hidden: bool,
-    /// rotagate's ErrorResponse, sent instead of the server's.
-    pub refusal: Option<Bytes>,
-    pub effect: Effect,
     /// An ErrorResponse came for this Query (it goes on to ReadyForQuery).
     pub failed: bool,
+    extra: Option<Box<Extra>>,
+}
+
+#[derive(Debug, Default)]
+struct Extra {
+    refusal: Option<Bytes>,
+    effect: Effect,
 }
 
 impl Entry {
@@ -104,9 +110,8 @@ impl Entry {
         Self {
             expect,
             hidden: false,
-            refusal: None,
-            effect: Effect::None,
             failed: false,
+            extra: None,
         }
     }
 
@@ -116,13 +121,29 @@ impl Entry {
     }
 
     pub fn effect(mut self, effect: Effect) -> Self {
-        self.effect = effect;
+        if !matches!(effect, Effect::None) {
+            self.extra.get_or_insert_with(Default::default).effect = effect;
+        }
         self
     }
 
     pub fn refused(mut self, error: Bytes) -> Self {
-        self.refusal = Some(error);
+        self.extra.get_or_insert_with(Default::default).refusal = Some(error);
         self
+    }
+
+    /// rotagate's ErrorResponse, sent instead of the server's.
+    pub fn refusal(&self) -> Option<&Bytes> {
+        self.extra.as_ref().and_then(|x| x.refusal.as_ref())
+    }
+
+    pub fn has_effect(&self) -> bool {
+        self.extra.is_some()
+    }
+
+    /// What the entry changed ahead of its reply.
+    pub fn into_effect(self) -> Effect {
+        self.extra.map(|x| x.effect).unwrap_or_default()
     }
 }
 
@@ -170,6 +191,10 @@ impl Replies {
             }
             _ => None,
         }
+    }
+
+    pub fn clear(&mut self) {
+        self.entries.clear();
     }
 
     /// Drains every entry (the connection is gone).

@@ -57,7 +57,7 @@ async fn run(client: &mut ClientSide, fe: &Frontend) -> Result<(), FrontendError
     let mut server = acquire(fe).await?;
     client.state.settings.fill_defaults(&server.params);
     apply(&client.state.settings, &mut server).await?;
-    client.state.settings.settle(&server.params);
+    client.state.settings.settle(&server.params, &fe.lists);
     server.params.session = client.state.settings.list.clone();
     let session_pid = (fe.mode == PoolMode::Session).then_some(server.pid);
     let cancel = fe.cancels.register(session_pid);

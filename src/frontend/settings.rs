@@ -11,7 +11,7 @@
 //! ([`sync_sql`]), and nothing when the lists are equal.
 
 use super::error::FrontendError;
-use crate::backend::{ServerParams, SettingList};
+use crate::backend::{Interner, ServerParams, SettingList};
 use crate::wire::msg::{quote_ident, quote_literal};
 
 /// Reported settings a client may change and must get back on every connection.
@@ -80,7 +80,7 @@ impl Settings {
 
     /// At login, after the SETs: reported values take the server's spelling (`EUC_JP` for
     /// `eucjp`); the result is what RESET returns to.
-    pub fn settle(&mut self, server: &ServerParams) {
+    pub fn settle(&mut self, server: &ServerParams, lists: &Interner) {
         let pairs = self
             .list
             .iter()
@@ -89,7 +89,7 @@ impl Settings {
                 None => (n.clone(), v.clone()),
             })
             .collect();
-        self.list = SettingList::new(pairs);
+        self.list = lists.intern(SettingList::new(pairs));
         self.startup = self.list.clone();
     }
 
@@ -113,14 +113,14 @@ impl Settings {
     /// The settings read back from the server ([`reread_sql`]'s rows, made a list by
     /// [`reread_list`]) become the client's, plus its startup values for names that are no
     /// longer set (a RESET or DISCARD ALL returns those, as PostgreSQL does).
-    pub fn reread(&mut self, session: &SettingList) {
+    pub fn reread(&mut self, session: &SettingList, lists: &Interner) {
         let mut pairs: Vec<(String, String)> = session.iter().cloned().collect();
         for (n, v) in self.startup.iter() {
             if session.get(n).is_none() {
                 pairs.push((n.clone(), v.clone()));
             }
         }
-        self.list = SettingList::new(pairs);
+        self.list = lists.intern(SettingList::new(pairs));
     }
 }
 
@@ -343,7 +343,7 @@ mod tests {
     #[test]
     fn reread_keeps_session_values_and_returns_reset_ones_to_startup() {
         let mut s = Settings::from_startup(&[("application_name".into(), "psql".into())]).unwrap();
-        s.settle(&ServerParams::default());
+        s.settle(&ServerParams::default(), &Interner::default());
         let row = |n: &str, v: Option<&str>, from: &str| {
             vec![
                 Some(n.to_owned()),
@@ -364,7 +364,7 @@ mod tests {
         assert_eq!(got.placeholders, ["app.user"]);
         assert!(fits(&got.placeholders, &got.session));
         assert!(!fits(&got.placeholders, &list(&[("work_mem", "7MB")])));
-        s.reread(&list(&[("work_mem", "7MB")]));
+        s.reread(&list(&[("work_mem", "7MB")]), &Interner::default());
         assert_eq!(
             s.list,
             list(&[("application_name", "psql"), ("work_mem", "7MB")])

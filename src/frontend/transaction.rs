@@ -31,25 +31,27 @@ pub async fn serve(
     cancel: &CancelKey,
     fe: &Frontend,
 ) -> Result<(), FrontendError> {
+    let mut flow = Flow::default();
     loop {
+        // Each turn is a transaction; other tasks get their turn between them too.
+        tokio::task::consume_budget().await;
         if !wait_for_request(client, fe).await? {
             return Ok(());
         }
-        let acquired = cancel.slot.cancellable(acquire_fitting(client, fe));
-        let Some(mut server) = acquired.await.transpose()? else {
+        let Some(mut server) = acquire_or_cancel(client, cancel, fe).await.transpose()? else {
             client.state.failure = Some(error("57014", "canceling statement due to user request"));
             continue;
         };
         apply(&client.state.settings, &mut server).await?;
         cancel.slot.attach(server.pid, server.key);
         let cfg = fe.pools.config();
-        let mut flow = Flow::default();
+        flow.reset();
         let end = relay(client, &mut server, &mut flow, &ctx(fe, &cfg)).await;
         cancel.slot.detach().await;
         match end? {
             End::Released => {
                 if flow.reread {
-                    reread(client, &mut server).await;
+                    reread(client, &mut server, &fe.lists).await;
                 }
                 drop(server);
                 shrink(&mut client.buf);
@@ -118,6 +120,21 @@ async fn lost(
     client.stream.flush().await.map_err(wire_io)
 }
 
+/// A connection, or None when a cancel from the client ended the wait. A connection that is
+/// there at once needs no cancel watch.
+async fn acquire_or_cancel(
+    client: &ClientSide,
+    cancel: &CancelKey,
+    fe: &Frontend,
+) -> Option<Result<Pooled, FrontendError>> {
+    use futures::FutureExt;
+    let mut acquiring = std::pin::pin!(acquire_fitting(client, fe));
+    match acquiring.as_mut().now_or_never() {
+        Some(r) => Some(r),
+        None => cancel.slot.cancellable(acquiring).await,
+    }
+}
+
 /// A connection this client may use: one holding a custom-setting placeholder the client never
 /// made is closed (only a new session is rid of it) and another is taken.
 async fn acquire_fitting(client: &ClientSide, fe: &Frontend) -> Result<Pooled, FrontendError> {
@@ -132,14 +149,15 @@ async fn acquire_fitting(client: &ClientSide, fe: &Frontend) -> Result<Pooled, F
 
 /// Reads the connection's settings back after a transaction that may have changed them; they
 /// become the client's. A failure closes the connection (the client keeps what it had).
-async fn reread(client: &mut ClientSide, server: &mut Pooled) {
+async fn reread(client: &mut ClientSide, server: &mut Pooled, lists: &crate::backend::Interner) {
     let sql = reread_sql(client.state.settings.custom());
     match query::rows(server, &sql).await {
         Ok(rows) => {
             let login = server.params.defaults.get("session_authorization").cloned();
             let found = reread_list(rows, login.as_deref());
-            client.state.settings.reread(&found.session);
-            server.params.session = found.session;
+            let session = lists.intern(found.session);
+            client.state.settings.reread(&session, lists);
+            server.params.session = session;
             for p in found.placeholders {
                 if !server.params.placeholders.contains(&p) {
                     server.params.placeholders.push(p);
@@ -186,7 +204,6 @@ async fn wait_for_request(client: &mut ClientSide, fe: &Frontend) -> Result<bool
             },
             _ = fe.shutdown.cancelled() => return Err(FrontendError::Shutdown),
         }
-        tokio::task::consume_budget().await;
     }
 }
 

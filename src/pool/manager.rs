@@ -22,15 +22,16 @@ pub struct Manager {
 }
 
 impl bb8::ManageConnection for Manager {
-    type Connection = ServerConn;
+    /// Boxed: a connection moves in and out of the pool at every hand-over.
+    type Connection = Box<ServerConn>;
     type Error = BackendError;
 
-    async fn connect(&self) -> Result<ServerConn, BackendError> {
+    async fn connect(&self) -> Result<Box<ServerConn>, BackendError> {
         match backend::connect(&self.target, &self.creds, self.generation).await {
             Ok(c) => {
                 metrics::counter!("rotagate_server_logins_total", "result" => "success")
                     .increment(1);
-                Ok(c)
+                Ok(Box::new(c))
             }
             Err(e) => {
                 if e.is_auth_failure() {
@@ -50,7 +51,7 @@ impl bb8::ManageConnection for Manager {
 
     /// Cheap liveness check on checkout: an idle connection must have nothing to read. Data or
     /// EOF means the server closed it (restart, idle timeout, admin termination).
-    async fn is_valid(&self, conn: &mut ServerConn) -> Result<(), BackendError> {
+    async fn is_valid(&self, conn: &mut Box<ServerConn>) -> Result<(), BackendError> {
         if conn.broken {
             return Err(BackendError::Protocol("connection marked broken".into()));
         }
@@ -66,7 +67,7 @@ impl bb8::ManageConnection for Manager {
         }
     }
 
-    fn has_broken(&self, conn: &mut ServerConn) -> bool {
+    fn has_broken(&self, conn: &mut Box<ServerConn>) -> bool {
         conn.broken
             || conn.tx_status != b'I'
             || !conn.rbuf.is_empty()

@@ -167,7 +167,7 @@ impl Pools {
             Arc::new(creds),
             id,
         ));
-        let mut validated = validated;
+        let mut validated = Box::new(validated);
         validated.generation = id;
         if next.pool.add(validated).is_err() {
             tracing::debug!("the new pool refused its first connection; it will open its own");

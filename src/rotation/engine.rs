@@ -360,7 +360,7 @@ impl Engine {
     async fn check_current(&mut self, current: &Credentials) -> Step {
         match health_check(self.p.pools.target(), current, self.p.pools.generation()).await {
             Ok(conn) => {
-                let _ = self.p.pools.current().pool.add(conn);
+                let _ = self.p.pools.current().pool.add(Box::new(conn));
                 self.persist(current);
                 self.mark_validated();
                 Step::about(Outcome::Validated, current, None)
