@@ -4,6 +4,7 @@
 //!
 //!     cargo bench --bench proxy                 # 10 s per run
 //!     BENCH_SECONDS=30 cargo bench --bench proxy
+//!     BENCH_BASELINE=/path/to/older/rotagate cargo bench --bench proxy   # "before" columns too
 //!
 //! PgBouncer: `apt-get install pgbouncer`; it runs as the `postgres` user when we are root.
 
@@ -111,14 +112,17 @@ fn pgbench(t: &Target, args: &[&str], secs: u64) -> Result {
     }
 }
 
-fn start_rotagate(dir: &Path, pg: &Pg, mode: &str) -> (Child, u16) {
+fn start_rotagate(dir: &Path, pg: &Pg, mode: &str, bin: Option<&Path>) -> (Child, u16) {
     let secret = dir.join("secret.json");
     std::fs::write(
         &secret,
         format!(r#"{{"username":"{UP_USER}","password":"{UP_PASSWORD}"}}"#),
     )
     .unwrap();
-    support::start_rotagate(dir, pg, &secret, mode, pool_for(mode))
+    match bin {
+        Some(bin) => support::start_binary(bin, dir, pg, &secret, mode, pool_for(mode)),
+        None => support::start_rotagate(dir, pg, &secret, mode, pool_for(mode)),
+    }
 }
 
 fn start_pgbouncer(dir: &Path, pg: &Pg, mode: &str) -> Option<(Child, u16)> {
@@ -240,7 +244,7 @@ fn fmt_cpu(r: &Result) -> String {
 fn scenarios() -> Vec<(&'static str, String, Vec<String>)> {
     let mut scenarios: Vec<(&'static str, String, Vec<String>)> = Vec::new();
     for mode in ["transaction", "session"] {
-        for proto in ["simple", "extended"] {
+        for proto in ["simple", "extended", "prepared"] {
             for clients in ["8", "32"] {
                 let args = vec![
                     "-S".into(),
@@ -267,26 +271,37 @@ fn scenarios() -> Vec<(&'static str, String, Vec<String>)> {
     scenarios
 }
 
-/// One scenario against each target, printed as one table row.
-fn row(
-    label: &str,
-    args: &[String],
-    direct: &Target,
-    rg_t: &Target,
-    pgb_t: Option<&Target>,
-    secs: u64,
-) {
+/// The targets of one mode: direct, rotagate, PgBouncer (when installed) and an older
+/// rotagate (BENCH_BASELINE, when set).
+struct Targets {
+    direct: Target,
+    rg: Target,
+    pgb: Option<Target>,
+    base: Option<Target>,
+}
+
+/// One scenario against each target, printed as one table row. PgBouncer 1.18 has no prepared
+/// statements in transaction mode: those rows leave it out.
+fn row(mode: &str, label: &str, args: &[String], t: &Targets, secs: u64) {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let d = pgbench(direct, &args, secs);
-    let r = pgbench(rg_t, &args, secs);
-    let b = pgb_t.map(|t| pgbench(t, &args, secs)).unwrap_or_default();
+    let unsupported = mode == "transaction" && args.contains(&"prepared");
+    let d = pgbench(&t.direct, &args, secs);
+    let r = pgbench(&t.rg, &args, secs);
+    let b = match &t.pgb {
+        Some(p) if !unsupported => pgbench(p, &args, secs),
+        _ => Result::default(),
+    };
+    let base = t.base.as_ref().map(|p| pgbench(p, &args, secs));
     let ratio = if b.tps > 0.0 {
         format!("{:.2}x", r.tps / b.tps)
     } else {
         "-".into()
     };
+    let before = base
+        .map(|x| format!(" {:>10.0} {:>9}", x.tps, fmt_cpu(&x)))
+        .unwrap_or_default();
     println!(
-        "{label:<34} {:>10.0} {:>10.0} {:>10.0} {ratio:>8} {:>9.3} {:>9.3} {:>9} {:>9}",
+        "{label:<34} {:>10.0} {:>10.0} {:>10.0} {ratio:>8} {:>9.3} {:>9.3} {:>9} {:>9}{before}",
         d.tps,
         r.tps,
         b.tps,
@@ -317,8 +332,9 @@ fn main() {
         "pgbench -T {secs} against PostgreSQL {} (pool size {POOL}, session mode {SESSION_POOL}; SCRAM client auth everywhere)",
         pg.sql("SHOW server_version")
     );
+    let baseline = std::env::var_os("BENCH_BASELINE").map(std::path::PathBuf::from);
     println!(
-        "{:<34} {:>10} {:>10} {:>10} {:>8} {:>9} {:>9} {:>9} {:>9}",
+        "{:<34} {:>10} {:>10} {:>10} {:>8} {:>9} {:>9} {:>9} {:>9}{}",
         "scenario",
         "direct",
         "rotagate",
@@ -327,39 +343,43 @@ fn main() {
         "rg ms",
         "pgb ms",
         "rg us/tx",
-        "pgb us/tx"
+        "pgb us/tx",
+        if baseline.is_some() {
+            "     before before us"
+        } else {
+            ""
+        }
     );
-    let direct = Target {
-        name: "direct",
-        port: pg.port,
-        user: USER,
-        password: PASSWORD,
-        pid: None,
-    };
     let scenarios = scenarios();
     for mode in ["transaction", "session"] {
-        let (mut rg, rg_port) = start_rotagate(dir.path(), &pg, mode);
+        let (mut rg, rg_port) = start_rotagate(dir.path(), &pg, mode, None);
         let bouncer = start_pgbouncer(dir.path(), &pg, mode);
-        let rg_t = Target {
-            name: "rotagate",
-            port: rg_port,
+        let mut base = baseline
+            .as_deref()
+            .map(|bin| start_rotagate(dir.path(), &pg, mode, Some(bin)));
+        let target = |name, port, pid| Target {
+            name,
+            port,
             user: USER,
             password: PASSWORD,
-            pid: Some(rg.id()),
+            pid,
         };
-        let pgb_t = bouncer.as_ref().map(|(c, p)| Target {
-            name: "pgbouncer",
-            port: *p,
-            user: USER,
-            password: PASSWORD,
-            pid: Some(real_pid(c)),
-        });
+        let targets = Targets {
+            direct: target("direct", pg.port, None),
+            rg: target("rotagate", rg_port, Some(rg.id())),
+            pgb: bouncer
+                .as_ref()
+                .map(|(c, p)| target("pgbouncer", *p, Some(real_pid(c)))),
+            base: base
+                .as_ref()
+                .map(|(c, p)| target("before", *p, Some(c.id()))),
+        };
         let filter = std::env::var("BENCH_FILTER").unwrap_or_default();
         for (_, label, args) in scenarios
             .iter()
             .filter(|s| s.0 == mode && s.1.contains(&filter))
         {
-            row(label, args, &direct, &rg_t, pgb_t.as_ref(), secs);
+            row(mode, label, args, &targets, secs);
         }
         if mode == "transaction" {
             let n = std::env::var("BENCH_IDLE")
@@ -370,6 +390,10 @@ fn main() {
         }
         let _ = rg.kill();
         let _ = rg.wait();
+        if let Some((c, _)) = base.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         if let Some((mut c, _)) = bouncer {
             let _ = Command::new("kill").arg(real_pid(&c).to_string()).status();
             let _ = c.wait();

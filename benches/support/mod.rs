@@ -44,8 +44,27 @@ pub fn wait_port(port: u16, child: &mut Child, what: &str) {
 /// Starts rotagate in front of `pg` with the file secret at `secret`, in `mode` with a pool of
 /// `pool`; returns the process and its client port.
 pub fn start_rotagate(dir: &Path, pg: &Pg, secret: &Path, mode: &str, pool: u32) -> (Child, u16) {
+    start_binary(
+        env!("CARGO_BIN_EXE_rotagate").as_ref(),
+        dir,
+        pg,
+        secret,
+        mode,
+        pool,
+    )
+}
+
+/// As [`start_rotagate`], with another build of rotagate (a baseline to compare with).
+pub fn start_binary(
+    bin: &Path,
+    dir: &Path,
+    pg: &Pg,
+    secret: &Path,
+    mode: &str,
+    pool: u32,
+) -> (Child, u16) {
     let (port, admin) = (free_port(), free_port());
-    let config = dir.join(format!("rotagate-{mode}.toml"));
+    let config = dir.join(format!("rotagate-{mode}-{port}.toml"));
     std::fs::write(
         &config,
         format!(
@@ -59,7 +78,7 @@ pub fn start_rotagate(dir: &Path, pg: &Pg, secret: &Path, mode: &str, pool: u32)
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rotagate"))
+    let mut child = Command::new(bin)
         .args(["run", "--config"])
         .arg(&config)
         .env("RUST_LOG", "warn")
