@@ -35,6 +35,9 @@ fn zero() {
         metrics::counter!("rotagate_rotations_total", "result" => result).increment(0);
     }
     metrics::gauge!("rotagate_breaker_open").set(0.0);
+    metrics::gauge!("rotagate_pinned_clients").set(0.0);
+    metrics::gauge!("rotagate_prepared_statements").set(0.0);
+    metrics::counter!("rotagate_statement_prepares_total").increment(0);
 }
 
 fn describe() {
@@ -83,6 +86,26 @@ fn describe() {
         "rotagate_rotation_duration_seconds",
         Unit::Seconds,
         "Duration of rotation attempts (fetch, validate, health check, publish)."
+    );
+    describe_counter!(
+        "rotagate_server_connections_closed_total",
+        "Upstream connections rotagate closed instead of returning them to the pool, by reason (malformed, too_large, client_left, server_lost, server_protocol, drain_timeout, reset_failed, pinned, placeholder, unsure, busy, client_error)."
+    );
+    describe_gauge!(
+        "rotagate_pinned_clients",
+        "Transaction-mode clients pinned to their upstream connection."
+    );
+    describe_counter!(
+        "rotagate_pins_total",
+        "Transaction-mode pins by reason (temp_table, listen, sql_prepare, with_hold, advisory_lock, other)."
+    );
+    describe_gauge!(
+        "rotagate_prepared_statements",
+        "Named statements rotagate keeps prepared on upstream connections (transaction mode)."
+    );
+    describe_counter!(
+        "rotagate_statement_prepares_total",
+        "Parses of named statements rotagate sent upstream (transaction mode)."
     );
     describe_histogram!(
         "rotagate_pool_wait_seconds",
