@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Instructions and syscalls per transaction of a proxy, counted rather than timed, so that two
+# builds (or rotagate and PgBouncer) compare on a noisy machine. Instructions come from
+# valgrind's callgrind (the proxy's user space only), syscalls from strace -c; each is the
+# difference between two pgbench runs (-t N1 and -t N2, 4 clients, -S), so start-up cost
+# cancels out.
+#
+#   benches/instructions.sh [BIN ...]        # default: target/release/rotagate
+#   MODES="transaction session" PROTOS="simple extended prepared" N1=500 N2=1500 benches/instructions.sh
+#   BIN may be "pgbouncer" for the installed PgBouncer (no prepared statements in transaction mode
+#   before 1.21).
+#
+# Needs: valgrind, strace, PostgreSQL's server binaries, pgbench (apt-get install valgrind strace).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BINS=("$@")
+((${#BINS[@]})) || BINS=(target/release/rotagate)
+MODES=${MODES:-transaction}
+PROTOS=${PROTOS:-simple extended}
+N1=${N1:-500}
+N2=${N2:-1500}
+CLIENTS=4
+PGBIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)}
+for tool in valgrind strace pgbench; do
+  command -v $tool >/dev/null || { echo "missing: $tool (apt-get install valgrind strace postgresql-client)" >&2; exit 1; }
+done
+
+DIR=$(mktemp -d /tmp/rotagate-instr.XXXXXX)
+chmod 755 "$DIR"
+as_pg() { if [[ $(id -u) == 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+cleanup() {
+  [[ -n ${PROXY:-} ]] && kill "$PROXY" 2>/dev/null
+  as_pg "$PGBIN/pg_ctl" -D "$DIR/pg" -m immediate stop >/dev/null 2>&1 || true
+  rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+PG_PORT=$(free_port)
+mkdir -p "$DIR/pg" && [[ $(id -u) == 0 ]] && chown postgres "$DIR" "$DIR/pg"
+as_pg "$PGBIN/initdb" -D "$DIR/pg" -U postgres --auth=trust >/dev/null
+as_pg "$PGBIN/pg_ctl" -D "$DIR/pg" -l "$DIR/pg.log" -w -o "-p $PG_PORT -k $DIR -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null
+psql -qX -h 127.0.0.1 -p "$PG_PORT" -U postgres -c "CREATE ROLE app_owner LOGIN PASSWORD 'pw'" postgres
+psql -qX -h 127.0.0.1 -p "$PG_PORT" -U postgres -c "CREATE DATABASE appdb OWNER app_owner" postgres
+pgbench -q -i -s 2 -h 127.0.0.1 -p "$PG_PORT" -U app_owner appdb >/dev/null 2>&1
+echo '{"username":"app_owner","password":"pw"}' >"$DIR/secret.json"
+
+# start BIN MODE [WRAPPER...]: the proxy on $PORT, in the background as $PROXY.
+start() {
+  local bin=$1 mode=$2; shift 2
+  PORT=$(free_port)
+  if [[ $bin == pgbouncer ]]; then
+    printf '"app" "pw"\n' >"$DIR/users.txt"
+    cat >"$DIR/pgb.ini" <<EOF
+[databases]
+appdb = host=127.0.0.1 port=$PG_PORT dbname=appdb user=app_owner password=pw
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $PORT
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $DIR/users.txt
+pool_mode = $mode
+default_pool_size = $CLIENTS
+logfile = $DIR/pgb.log
+EOF
+    [[ $(id -u) == 0 ]] && chown postgres "$DIR/pgb.ini" "$DIR/users.txt"
+    if [[ $(id -u) == 0 ]]; then "$@" runuser -u postgres -- /usr/sbin/pgbouncer "$DIR/pgb.ini" & else "$@" pgbouncer "$DIR/pgb.ini" & fi
+  else
+    cat >"$DIR/rg.toml" <<EOF
+[listen]
+addr = "127.0.0.1:$PORT"
+[admin]
+addr = "127.0.0.1:$(free_port)"
+[[clients]]
+user = "app"
+password = "pw"
+[upstream]
+host = "127.0.0.1"
+port = $PG_PORT
+database = "appdb"
+tls = "disable"
+[pool]
+mode = "$mode"
+size = $CLIENTS
+[credentials]
+source = "file"
+[credentials.file]
+path = "$DIR/secret.json"
+EOF
+    "$@" "$bin" run --config "$DIR/rg.toml" >"$DIR/proxy.log" 2>&1 &
+  fi
+  PROXY=$!
+  for _ in $(seq 1 300); do
+    PGPASSWORD=pw psql -qXAt -h 127.0.0.1 -p "$PORT" -U app -c "SELECT 1" appdb >/dev/null 2>&1 && return
+    sleep 0.2
+  done
+  echo "the proxy did not start: $(tail -n 3 "$DIR/proxy.log" 2>/dev/null)" >&2; exit 1
+}
+
+stop() { kill -TERM "$PROXY" 2>/dev/null; wait "$PROXY" 2>/dev/null || true; PROXY=; }
+
+bench() { PGPASSWORD=pw pgbench -n -S -M "$1" -c $CLIENTS -j 1 -t "$2" -h 127.0.0.1 -p "$PORT" -U app appdb >"$DIR/pgbench.log" 2>&1 \
+  || { echo "pgbench failed: $(grep -m1 error "$DIR/pgbench.log")" >&2; return 1; }; }
+
+# instructions BIN MODE PROTO N: the proxy's instructions for N transactions per client.
+instructions() {
+  start "$1" "$2" valgrind --tool=callgrind --trace-children=yes "--callgrind-out-file=$DIR/cg.%p"
+  rm -f "$DIR"/cg.*
+  bench "$3" "$4" || { stop; return 1; }
+  stop
+  cat "$DIR"/cg.* | awk '/^totals:/ {s += $2} END {print s}'
+}
+
+# syscalls BIN MODE PROTO: syscalls per transaction over N2 - N1 transactions per client.
+syscalls() {
+  start "$1" "$2"
+  local pid=$PROXY
+  [[ $1 == pgbouncer ]] && pid=$(pgrep -n -f "pgbouncer $DIR/pgb.ini")
+  bench "$3" "$N1"
+  strace -c -f -p "$pid" -o "$DIR/strace.out" 2>/dev/null & local st=$!
+  sleep 0.5
+  bench "$3" "$((N2 - N1))"
+  kill -INT $st; wait $st 2>/dev/null || true
+  stop
+  awk '/total/ {print $4}' "$DIR/strace.out"
+}
+
+printf '%-34s %-12s %-9s %14s %14s\n' proxy mode protocol instr/tx syscalls/tx
+for bin in "${BINS[@]}"; do
+  for mode in $MODES; do
+    for proto in $PROTOS; do
+      a=$(instructions "$bin" "$mode" "$proto" "$N1") || { printf '%-34s %-12s %-9s %14s\n' "$bin" "$mode" "$proto" failed; continue; }
+      b=$(instructions "$bin" "$mode" "$proto" "$N2")
+      s=$(syscalls "$bin" "$mode" "$proto")
+      tx=$(((N2 - N1) * CLIENTS))
+      printf '%-34s %-12s %-9s %14d %14.2f\n' "$bin" "$mode" "$proto" $(((b - a) / tx)) "$(echo "$s / $tx" | bc -l)"
+    done
+  done
+done
