@@ -100,10 +100,7 @@ async fn a_cancel_reaches_a_pinned_client() {
         let r = a.simple_query("SELECT pg_sleep(30) -- pinned-sleep").await;
         (a, r)
     });
-    wait_until(10, "the query to run", || async {
-        pg.sql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pinned-sleep%' AND state = 'active' AND pid <> pg_backend_pid()") == "1"
-    })
-    .await;
+    wait_running(&pg, "pinned-sleep").await;
     token.cancel_query(NoTls).await.unwrap();
     let (a, r) = tokio::time::timeout(Duration::from_secs(10), sleeping)
         .await
@@ -118,13 +115,8 @@ async fn session_mode_a_terminated_backend_gives_one_fatal() {
     let pg = app_cluster();
     let proxy = TestProxy::builder(&pg).mode("session").start().await;
     let mut a = Raw::connect(proxy.addr, CLIENT_USER, CLIENT_PASSWORD).await;
-    let mut q = bytes::BytesMut::new();
-    rotagate::wire::msg::query(&mut q, "SELECT pg_sleep(30) -- session-victim");
-    a.send(&q).await;
-    wait_until(10, "the query to run", || async {
-        pg.sql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%session-victim%' AND pid <> pg_backend_pid()") == "1"
-    })
-    .await;
+    a.start("SELECT pg_sleep(30) -- session-victim").await;
+    wait_running(&pg, "session-victim").await;
     terminate(&pg, "session-victim");
     let got = a.until_closed().await;
     let errors: Vec<_> = got.iter().filter(|m| m.tag == b'E').collect();
@@ -140,13 +132,8 @@ async fn transaction_mode_a_terminated_query_fails_and_the_client_goes_on() {
     let pg = app_cluster();
     let proxy = TestProxy::builder(&pg).pool_size(1).start().await;
     let mut a = Raw::connect(proxy.addr, CLIENT_USER, CLIENT_PASSWORD).await;
-    let mut q = bytes::BytesMut::new();
-    rotagate::wire::msg::query(&mut q, "SELECT pg_sleep(30) -- tx-victim");
-    a.send(&q).await;
-    wait_until(10, "the query to run", || async {
-        pg.sql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%tx-victim%' AND pid <> pg_backend_pid()") == "1"
-    })
-    .await;
+    a.start("SELECT pg_sleep(30) -- tx-victim").await;
+    wait_running(&pg, "tx-victim").await;
     terminate(&pg, "tx-victim");
     let got = a.until_ready().await;
     let errors: Vec<_> = got.iter().filter(|m| m.tag == b'E').collect();

@@ -41,15 +41,6 @@ fn running(pg: &pg::Pg, marker: &str) -> String {
     ))
 }
 
-async fn wait_active(pg: &pg::Pg, marker: &str) {
-    wait_until(10, "the query to run upstream", || async {
-        pg.sql(&format!(
-            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%{marker}%' AND pid <> pg_backend_pid()"
-        )) == "1"
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_rest_the_connection_is_reused_and_nothing_is_closed() {
     let pg = app_cluster();
@@ -78,10 +69,8 @@ async fn a_malformed_frame_mid_query_closes_that_connection() {
     let pg = app_cluster();
     let proxy = start(TestProxy::builder(&pg).pool_size(1)).await;
     let mut a = Raw::connect(proxy.proxy_addr(), CLIENT_USER, CLIENT_PASSWORD).await;
-    let mut q = bytes::BytesMut::new();
-    rotagate::wire::msg::query(&mut q, "SELECT 'A-ROWS', pg_sleep(1)");
-    a.send(&q).await;
-    wait_active(&pg, "A-ROWS").await;
+    a.start("SELECT 'A-ROWS', pg_sleep(1)").await;
+    wait_running(&pg, "A-ROWS").await;
     let busy = running(&pg, "A-ROWS");
     a.send(b"P\0\0\0\x01").await;
     let got = a.until_closed().await;
@@ -132,10 +121,8 @@ async fn a_client_leaving_mid_query_closes_that_connection() {
     let pg = app_cluster();
     let proxy = start(TestProxy::builder(&pg).pool_size(1)).await;
     let mut a = Raw::connect(proxy.proxy_addr(), CLIENT_USER, CLIENT_PASSWORD).await;
-    let mut q = bytes::BytesMut::new();
-    rotagate::wire::msg::query(&mut q, "SELECT 'A-LEFT', pg_sleep(1)");
-    a.send(&q).await;
-    wait_active(&pg, "A-LEFT").await;
+    a.start("SELECT 'A-LEFT', pg_sleep(1)").await;
+    wait_running(&pg, "A-LEFT").await;
     let busy = running(&pg, "A-LEFT");
     drop(a);
     assert_ne!(b_gets_its_own(&proxy).await, busy);

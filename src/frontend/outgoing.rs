@@ -268,17 +268,27 @@ fn parse(body: &[u8], tx: &mut Tx<'_>) -> Decision {
         );
         return Decision::Replace;
     }
+    prepare(&stmt, Some(name), tx);
+    Decision::Replace
+}
+
+/// Prepares `stmt` on the connection (closing the least recently used one first when it has
+/// `max_prepared_statements`): the client's own Parse, renamed, or one rotagate injects (hidden)
+/// for a statement the client uses.
+fn prepare(stmt: &Statement, client: Option<&[u8]>, tx: &mut Tx<'_>) {
     evict(tx);
     msg::parse(tx.out, stmt.upstream.as_bytes(), &stmt.tail);
     tx.prepared.insert(stmt.upstream.clone());
     metrics::counter!("rotagate_statement_prepares_total").increment(1);
-    tx.flow
-        .replies
-        .push(Entry::new(Expect::Parse).effect(Effect::Prepare {
-            upstream: stmt.upstream.clone(),
-            client: Some(name.into()),
-        }));
-    Decision::Replace
+    let entry = Entry::new(Expect::Parse).effect(Effect::Prepare {
+        upstream: stmt.upstream.clone(),
+        client: client.map(Into::into),
+    });
+    tx.flow.replies.push(if client.is_some() {
+        entry
+    } else {
+        entry.hidden()
+    });
 }
 
 /// Closes the least recently used statement when the connection has `max_prepared_statements`.
@@ -296,19 +306,9 @@ fn evict(tx: &mut Tx<'_>) {
 
 /// Makes sure the connection has `stmt`, writing the Parse (and Close) that takes into `out`.
 fn ensure(stmt: &Statement, tx: &mut Tx<'_>) {
-    if tx.prepared.touch(&stmt.upstream) {
-        return;
+    if !tx.prepared.touch(&stmt.upstream) {
+        prepare(stmt, None, tx);
     }
-    evict(tx);
-    msg::parse(tx.out, stmt.upstream.as_bytes(), &stmt.tail);
-    tx.prepared.insert(stmt.upstream.clone());
-    metrics::counter!("rotagate_statement_prepares_total").increment(1);
-    tx.flow
-        .replies
-        .push(Entry::new(Expect::Parse).hidden().effect(Effect::Prepare {
-            upstream: stmt.upstream.clone(),
-            client: None,
-        }));
 }
 
 /// A client's statement name: its statement, or a refusal for a name in rotagate's own space.

@@ -34,6 +34,17 @@ where
     }
 }
 
+/// Waits until a query whose text contains `marker` runs upstream (not this check's own).
+pub async fn wait_running(pg: &Pg, marker: &str) {
+    wait_until(10, "the query to run upstream", || async {
+        pg.sql(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
+             AND query LIKE '%{marker}%' AND pid <> pg_backend_pid()"
+        )) == "1"
+    })
+    .await;
+}
+
 /// A cluster with the application role and database.
 pub fn app_cluster() -> Pg {
     let pg = Pg::start();

@@ -150,6 +150,13 @@ impl Raw {
         out
     }
 
+    /// Sends a simple query without waiting for its reply.
+    pub async fn start(&mut self, sql: &str) {
+        let mut out = BytesMut::new();
+        msg::query(&mut out, sql);
+        self.send(&out).await;
+    }
+
     /// A simple query; its messages up to ReadyForQuery.
     pub async fn query(&mut self, sql: &str) -> Vec<Msg> {
         let mut out = BytesMut::new();
