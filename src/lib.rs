@@ -17,6 +17,7 @@
 //!   policy lives there.
 //! - [`demo`] is `rotagate demo`: a throwaway PostgreSQL and rotations to watch.
 //! - [`reload`] applies a new configuration on SIGHUP where that needs no restart.
+//! - [`logline`] keeps every text log event on one line, whatever a client sent.
 //! - [`app`] wires everything from a [`config::Config`] and owns the shutdown order.
 
 #![forbid(unsafe_code)]
@@ -28,6 +29,7 @@ pub mod backend;
 pub mod config;
 pub mod demo;
 pub mod frontend;
+pub mod logline;
 pub mod pool;
 pub mod reload;
 pub mod rotation;

@@ -158,7 +158,11 @@ fn init_tracing(format: LogFormat, filter: Option<&str>, default: &str) -> Optio
     let filter = from_env
         .unwrap_or_else(|| EnvFilter::try_new(filter.unwrap_or(default)).unwrap_or_default());
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Text lines are escaped (no ANSI colours either): a client-chosen string must not be able
+    // to start a log line of its own or drive a terminal.
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(rotagate::logline::Escaped)
+        .with_ansi(false);
     let fmt = match format {
         LogFormat::Json => fmt.json().boxed(),
         LogFormat::Text => fmt.boxed(),

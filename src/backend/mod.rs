@@ -104,6 +104,19 @@ impl BackendError {
         matches!(self, BackendError::Auth { code, .. } if code == "28P01" || code == "28000")
     }
 
+    /// What went wrong, in words that name neither the upstream user nor its host: the text
+    /// a client may see. The Display text (for the log) has the detail.
+    pub fn summary(&self) -> &'static str {
+        match self {
+            BackendError::Io(_) => "rotagate cannot reach the upstream server",
+            BackendError::Timeout(_) => "the upstream server did not answer in time",
+            BackendError::Tls(_) => "TLS to the upstream server failed",
+            BackendError::Auth { .. } => "the upstream server refused rotagate's login",
+            BackendError::Server { .. } => "the upstream server reported an error",
+            BackendError::Protocol(_) => "the upstream server broke the protocol",
+        }
+    }
+
     /// The SQLSTATE the server sent, when it sent one.
     pub fn code(&self) -> Option<&str> {
         match self {

@@ -77,16 +77,19 @@ fn sources(c: &mut Check, v: Option<OneOrMany>) -> Vec<SourceKind> {
             "file" => SourceKind::File,
             "aws" => SourceKind::Aws,
             "vault" => SourceKind::Vault,
-            other => {
+            _ => {
                 c.err(
                     "credentials.source",
-                    format!("{other:?} is not one of file, aws, vault"),
+                    "must be one of file, aws, vault (the value is not shown)".to_owned(),
                 );
                 continue;
             }
         };
         if kinds.contains(&kind) {
-            c.err("credentials.source", format!("{name:?} is listed twice"));
+            c.err(
+                "credentials.source",
+                "names a source listed twice".to_owned(),
+            );
         }
         kinds.push(kind);
     }
@@ -150,7 +153,7 @@ fn aws(c: &mut Check, r: RawAwsSource) -> AwsSourceConfig {
         {
             c.err(
                 "credentials.aws.region",
-                format!("{region:?} is not a region like \"us-east-1\""),
+                "must be a region like \"us-east-1\" (the value is not shown)".to_owned(),
             );
         }
     }
@@ -208,7 +211,10 @@ fn vault_auth(
 fn http_url(c: &mut Check, path: &str, v: Option<String>) -> Option<String> {
     let v = v.filter(|s| !s.trim().is_empty())?;
     if !(v.starts_with("https://") || v.starts_with("http://")) {
-        c.err(path, format!("{v:?} is not an http:// or https:// URL"));
+        c.err(
+            path,
+            "must be an http:// or https:// URL (the value is not shown)".to_owned(),
+        );
     }
     Some(v)
 }
@@ -317,6 +323,9 @@ mod tests {
         );
         let twice = BASE.replace("source = \"aws\"", "source = [\"aws\", \"aws\", \"ftp\"]");
         let e = parse(&twice, []).unwrap_err().to_string();
-        assert!(e.contains("listed twice") && e.contains("\"ftp\""), "{e}");
+        assert!(
+            e.contains("listed twice") && e.contains("must be one of") && !e.contains("ftp"),
+            "{e}"
+        );
     }
 }

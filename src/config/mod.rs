@@ -296,11 +296,41 @@ pub fn parse(
 }
 
 fn deserialize(value: toml::Table) -> Result<raw::RawConfig, ConfigErrors> {
-    toml::Value::Table(value)
-        .try_into()
-        .map_err(|e: toml::de::Error| ConfigErrors::one("config", toml_message(&e)))
+    serde_path_to_error::deserialize(toml::Value::Table(value)).map_err(
+        |e: serde_path_to_error::Error<toml::de::Error>| {
+            let path = e.path().to_string();
+            let path = if path == "." {
+                "config".to_owned()
+            } else {
+                path
+            };
+            ConfigErrors::one(path, toml_message(e.inner()))
+        },
+    )
 }
 
+/// serde quotes the value it refused ("invalid type: string \"...\", expected u16"), and a
+/// secret pasted under the wrong key would be printed: the message keeps the key and the
+/// kinds, never the value.
 fn toml_message(e: &toml::de::Error) -> String {
-    e.message().trim().to_owned()
+    without_value(e.message().trim())
+}
+
+fn without_value(message: &str) -> String {
+    for prefix in ["invalid type: ", "invalid value: ", "unknown variant "] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            let (got, expected) = rest.split_once(", expected").unwrap_or((rest, ""));
+            let kind = match got.split_once([' ', '`', '"']) {
+                Some((kind, _)) if !kind.is_empty() => kind,
+                _ => "value",
+            };
+            let expected = if expected.is_empty() {
+                String::new()
+            } else {
+                format!(", expected{expected}")
+            };
+            return format!("{prefix}{kind} (not shown){expected}");
+        }
+    }
+    message.to_owned()
 }

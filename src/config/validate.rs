@@ -30,10 +30,11 @@ impl Check {
                     self.err(path, "must be longer than zero");
                     default
                 }
-                Err(e) => {
+                Err(_) => {
                     self.err(
                         path,
-                        format!("{s:?} is not a duration like \"5s\" or \"10m\" ({e})"),
+                        "must be a duration like \"5s\" or \"10m\" (the value is not shown)"
+                            .to_owned(),
                     );
                     default
                 }
@@ -46,7 +47,7 @@ impl Check {
         s.parse().unwrap_or_else(|_| {
             self.err(
                 path,
-                format!("{s:?} is not an address like \"0.0.0.0:6432\""),
+                "must be an address like \"0.0.0.0:6432\" (the value is not shown)".to_owned(),
             );
             default.parse().expect("default address parses")
         })
@@ -107,10 +108,10 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
 
 fn log(c: &mut Check, r: RawLog) -> LogConfig {
     if let Some(f) = &r.filter {
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(f) {
+        if tracing_subscriber::EnvFilter::try_new(f).is_err() {
             c.err(
                 "log.filter",
-                format!("{f:?} is not a filter like \"info,rotagate=debug\" ({e})"),
+                "must be a filter like \"info,rotagate=debug\" (the value is not shown)".to_owned(),
             );
         }
     }
@@ -184,7 +185,10 @@ fn clients(c: &mut Check, raw: Vec<RawClient>) -> Vec<ClientUser> {
             .required(&format!("{path}.user"), r.user.as_ref())
             .to_owned();
         if out.iter().any(|u| u.user == user) {
-            c.err(&format!("{path}.user"), format!("{user:?} is listed twice"));
+            c.err(
+                &format!("{path}.user"),
+                "repeats an earlier client's user".to_owned(),
+            );
         }
         let secret = match (r.password, r.scram) {
             (Some(p), None) if !p.is_empty() => ClientSecret::Password(SecretString::new(p)),
@@ -226,10 +230,10 @@ fn upstream(c: &mut Check, r: Option<RawUpstream>) -> UpstreamConfig {
         Some("require") => UpstreamTls::Require,
         Some("verify-ca") => UpstreamTls::VerifyCa,
         Some("verify-full") => UpstreamTls::VerifyFull,
-        Some(other) => {
+        Some(_) => {
             c.err(
                 "upstream.tls",
-                format!("{other:?} is not one of disable, prefer, require, verify-ca, verify-full"),
+                "must be one of disable, prefer, require, verify-ca, verify-full (the value is not shown)".to_owned(),
             );
             UpstreamTls::VerifyFull
         }
@@ -261,10 +265,10 @@ fn pool(c: &mut Check, r: RawPool) -> PoolConfig {
     let mode = match r.mode.as_deref() {
         None | Some("transaction") => PoolMode::Transaction,
         Some("session") => PoolMode::Session,
-        Some(other) => {
+        Some(_) => {
             c.err(
                 "pool.mode",
-                format!("{other:?} is not one of transaction, session"),
+                "must be one of transaction, session (the value is not shown)".to_owned(),
             );
             PoolMode::Transaction
         }
@@ -324,8 +328,11 @@ fn on_pin(c: &mut Check, r: Option<&str>) -> OnPin {
     match r {
         None | Some("pin") => OnPin::Pin,
         Some("error") => OnPin::Error,
-        Some(other) => {
-            c.err("pool.on_pin", format!("{other:?} is not one of pin, error"));
+        Some(_) => {
+            c.err(
+                "pool.on_pin",
+                "must be one of pin, error (the value is not shown)".to_owned(),
+            );
             OnPin::Pin
         }
     }
@@ -402,5 +409,28 @@ path = "/run/secrets/db.json"
         let text = GOOD.replace("password = \"pw\"", "password = \"pw-leak\"\nscram = \"x\"");
         let e = parse(&text, []).unwrap_err().to_string();
         assert!(!e.contains("pw-leak"), "{e}");
+    }
+
+    #[test]
+    fn type_errors_name_the_key_and_type_never_the_value() {
+        for (from, to) in [
+            (
+                "database = \"app\"",
+                "database = \"app\"\nport = \"hunter2-port\"",
+            ),
+            ("source = \"file\"", "source = \"hunter2-source\""),
+            ("user = \"app\"", "user = 12345678"),
+        ] {
+            let e = parse(&GOOD.replace(from, to), []).unwrap_err().to_string();
+            assert!(!e.contains("hunter2") && !e.contains("12345678"), "{e}");
+            assert!(e.contains("expected") || e.contains("must be"), "{e}");
+        }
+        let e = parse(
+            &GOOD.replace("database = \"app\"", "database = \"app\"\nport = \"x\""),
+            [],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("port"), "the key is named: {e}");
     }
 }

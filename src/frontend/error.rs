@@ -24,10 +24,10 @@ pub enum FrontendError {
     Protocol(String),
     #[error("{0}")]
     Unsupported(String),
-    #[error("timed out after {waited:?} waiting for an upstream connection (pool.acquire_timeout){}", last.as_ref().map(|l| format!("; last upstream error: {l}")).unwrap_or_default())]
+    #[error("timed out after {waited:?} waiting for an upstream connection (pool.acquire_timeout){}", last.as_ref().map(|l| format!("; last upstream error: {}", l.1)).unwrap_or_default())]
     PoolTimeout {
         waited: Duration,
-        last: Option<String>,
+        last: Option<crate::pool::LastError>,
     },
     #[error("upstream: {0}")]
     Upstream(#[from] BackendError),
@@ -71,6 +71,27 @@ impl FrontendError {
         }
     }
 
+    /// The text the client is sent. It names neither the upstream user nor the upstream host
+    /// (the log line, written from the Display text, has those): an upstream failure is told
+    /// by its kind, and only a server error about the client's own statement or settings is
+    /// passed on as the server wrote it.
+    pub fn client_text(&self) -> String {
+        match self {
+            FrontendError::Upstream(e) => match e {
+                BackendError::Server { code, message } if !names_upstream(code) => message.clone(),
+                e => format!("{}; rotagate's log has the detail", e.summary()),
+            },
+            FrontendError::PoolTimeout { waited, last } => format!(
+                "timed out after {waited:?} waiting for an upstream connection \
+                 (pool.acquire_timeout){}",
+                last.as_ref()
+                    .map(|l| format!("; last upstream error: {}", l.0))
+                    .unwrap_or_default()
+            ),
+            other => other.to_string(),
+        }
+    }
+
     /// Whether the client connection is still worth writing to.
     pub fn can_reply(&self) -> bool {
         !matches!(
@@ -78,6 +99,15 @@ impl FrontendError {
             FrontendError::Wire(WireError::Closed | WireError::Io(_)) | FrontendError::Reported
         )
     }
+}
+
+/// Server errors of these classes are about rotagate's own login or connection (they can name
+/// its role, database or host), not about anything the client sent: connection exceptions,
+/// authorization, invalid catalog, insufficient resources, operator intervention.
+fn names_upstream(code: &str) -> bool {
+    ["08", "28", "3D", "53", "57"]
+        .iter()
+        .any(|class| code.starts_with(class))
 }
 
 #[cfg(test)]
@@ -102,5 +132,46 @@ mod tests {
             message: "m".into(),
         };
         assert_eq!(FrontendError::Upstream(up).sqlstate(), "08006");
+    }
+
+    #[test]
+    fn client_texts_name_no_upstream_user_or_host() {
+        let refused = BackendError::Auth {
+            code: "28P01".into(),
+            message: "password authentication failed for user \"app_owner\"".into(),
+        };
+        let too_many = BackendError::Server {
+            code: "53300".into(),
+            message: "too many connections for role \"app_owner\"".into(),
+        };
+        let gone = BackendError::Io(std::io::Error::other("db.internal:5432 refused"));
+        for e in [refused, too_many, gone] {
+            let text = FrontendError::Upstream(e).client_text();
+            assert!(
+                !text.contains("app_owner") && !text.contains("db.internal"),
+                "{text}"
+            );
+        }
+        let timeout = FrontendError::PoolTimeout {
+            waited: Duration::from_secs(3),
+            last: Some((
+                "the upstream server refused rotagate's login",
+                "user app_owner".into(),
+            )),
+        };
+        assert!(!timeout.client_text().contains("app_owner"));
+        assert!(
+            timeout.to_string().contains("app_owner"),
+            "the log keeps the detail"
+        );
+        let own = BackendError::Server {
+            code: "22023".into(),
+            message: "invalid value for parameter \"work_mem\": \"x\"".into(),
+        };
+        assert!(
+            FrontendError::Upstream(own)
+                .client_text()
+                .contains("work_mem")
+        );
     }
 }

@@ -118,7 +118,7 @@ async fn connection(tcp: TcpStream, fe: Arc<Frontend>, permit: Option<OwnedSemap
         }
     };
     if let Some(e) = refusal {
-        tracing::info!(user = %login.user, peer = %login.peer, error = %e, "client login refused");
+        tracing::info!(user = ?login.user, peer = %login.peer, error = %e, "client login refused");
         return report(&mut login.stream, &e).await;
     }
     metrics::gauge!("rotagate_client_connections").increment(1.0);
@@ -133,7 +133,7 @@ async fn report(stream: &mut startup::ClientStream, e: &FrontendError) {
         return;
     }
     let mut out = BytesMut::new();
-    crate::wire::msg::error(&mut out, "FATAL", e.sqlstate(), &e.to_string());
+    crate::wire::msg::error(&mut out, "FATAL", e.sqlstate(), &e.client_text());
     let _ = stream.write_all(&out).await;
     let _ = stream.flush().await;
     let _ = stream.shutdown().await;

@@ -2,6 +2,7 @@
 //! A connection is discarded on check-in when it is broken, not idle-clean, or of a
 //! generation older than the one being served.
 
+use super::LastError;
 use crate::backend::{self, BackendError, ServerConn, UpstreamTarget};
 use crate::secrets::Credentials;
 use futures::FutureExt;
@@ -16,7 +17,7 @@ pub struct Manager {
     /// The generation currently served; older connections close on check-in.
     pub current: Arc<AtomicU64>,
     /// The most recent connect failure, for errors that would otherwise only say "timed out".
-    pub last_error: Arc<Mutex<Option<String>>>,
+    pub last_error: Arc<Mutex<Option<LastError>>>,
     /// Told when a login of the current generation is refused, so rotation refetches at once.
     pub auth_failed: Arc<tokio::sync::Notify>,
 }
@@ -43,7 +44,8 @@ impl bb8::ManageConnection for Manager {
                 metrics::counter!("rotagate_server_logins_total", "result" => "failure")
                     .increment(1);
                 tracing::warn!(generation = self.generation, error = %e, "upstream login failed");
-                *self.last_error.lock().expect("last_error lock") = Some(e.to_string());
+                *self.last_error.lock().expect("last_error lock") =
+                    Some((e.summary(), e.to_string()));
                 Err(e)
             }
         }

@@ -23,15 +23,19 @@ pub struct Generation {
     pub id: u64,
     pub creds: Arc<Credentials>,
     pub pool: bb8::Pool<Manager>,
-    last_error: Arc<Mutex<Option<String>>>,
+    last_error: Arc<Mutex<Option<LastError>>>,
 }
+
+/// The last failed login of a generation: what kind of failure (safe to show a client) and
+/// its full text (for the log only: it may name the upstream user or host).
+pub type LastError = (&'static str, String);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
     #[error("timed out after {waited:?} waiting for an upstream connection")]
     Timeout {
         waited: Duration,
-        last: Option<String>,
+        last: Option<LastError>,
     },
     #[error(transparent)]
     Backend(#[from] BackendError),
