@@ -117,6 +117,7 @@ impl App {
             rotation: rotation.clone(),
             token: admin_token(&cfg)?,
             started: SystemTime::now(),
+            max_connections: cfg.admin.max_connections,
         };
         let admin_done = spawn_admin(self.admin, state, admin_stop.clone())?;
         let fe = frontend(&cfg, pools.clone(), &shutdown)?;
@@ -274,6 +275,13 @@ async fn initial_credentials(
 
 fn admin_token(cfg: &Config) -> anyhow::Result<Option<SecretString>> {
     let Some(path) = &cfg.admin.token_file else {
+        if !cfg.admin.addr.ip().is_loopback() {
+            tracing::warn!(
+                addr = %cfg.admin.addr,
+                "admin.allow_unauthenticated: the admin listener is off loopback without a token; \
+                 anyone who reaches it can POST /rotate"
+            );
+        }
         return Ok(None);
     };
     let text = std::fs::read_to_string(path)
@@ -317,19 +325,9 @@ async fn serve_admin(listener: std::net::TcpListener, state: AdminState, stop: C
         Ok(l) => l,
         Err(e) => return tracing::error!(error = %e, "admin listener failed"),
     };
-    let app = admin::router(state);
-    let serve = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
-    // Graceful shutdown waits for open requests; a stuck one does not hold the process.
-    let bounded = async {
-        stop.cancelled().await;
-        tokio::time::sleep(ADMIN_STOP).await;
-    };
-    tokio::select! {
-        r = serve => if let Err(e) = r {
-            tracing::error!(error = %e, "admin listener failed");
-        },
-        _ = bounded => {}
-    }
+    let max = state.max_connections;
+    let app = admin::listener::limited(admin::router(state));
+    admin::listener::serve(listener, app, max, stop, ADMIN_STOP).await;
 }
 
 pub(crate) fn client_tls(cfg: &Config) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {

@@ -129,3 +129,53 @@ async fn the_dashboard_charts_only_served_metrics() {
     }
     assert!(charted >= 10, "{charted}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_has_limits_no_client_gets_around() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pg = app_cluster();
+    let proxy = TestProxy::builder(&pg)
+        .admin("max_connections = 4")
+        .start()
+        .await;
+    let addr = proxy.admin_addr();
+    // A body over the limit is refused from its Content-Length, before it is read.
+    let big = "a".repeat(8 * 1024);
+    let (code, _) = http_body(addr, "POST", "/rotate", "", &big).await;
+    assert_eq!(code, 413);
+    // Twenty idle connections, five times the cap: the oldest are dropped for newer ones, and
+    // a real request still gets its answer.
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    for _ in 0..3 {
+        assert_eq!(proxy.get("/metrics").await.0, 200);
+    }
+    let mut closed = 0;
+    for s in &mut idle {
+        let mut b = [0u8; 1];
+        if let Ok(Ok(0)) =
+            tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut b)).await
+        {
+            closed += 1;
+        }
+    }
+    assert_eq!(
+        closed, 20,
+        "every idle connection is closed: evicted or out of header time"
+    );
+    // Headers that never finish are cut off (hyper's header_read_timeout).
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        slow.read_to_end(&mut rest),
+    )
+    .await;
+    assert!(matches!(read, Ok(Ok(_))), "the connection was closed");
+    assert!(!String::from_utf8_lossy(&rest).contains("200 OK"));
+}

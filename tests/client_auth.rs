@@ -188,3 +188,41 @@ async fn gssapi_encryption_is_refused_and_the_client_may_go_on() {
     let (ok, out, err) = psql(&proxy, "gssencmode=prefer", &["-qAt", "-c", "SELECT 7"]).await;
     assert!(ok && out.trim() == "7", "{err}");
 }
+
+/// Connections that never authenticate have their own bound (`listen.max_pending_auth`): past
+/// it the oldest silent one is dropped for the newcomer, so a flood of them never keeps a real
+/// client out, and none of them takes a `max_clients` slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pre_auth_flood_does_not_lock_real_clients_out() {
+    let pg = app_cluster();
+    let proxy = TestProxy::builder(&pg)
+        .listen("max_clients = 3\nmax_pending_auth = 8\nstartup_timeout = \"60s\"\nauth_timeout = \"60s\"")
+        .start()
+        .await;
+    let mut silent = Vec::new();
+    for _ in 0..40 {
+        silent.push(tokio::net::TcpStream::connect(proxy.addr).await.unwrap());
+    }
+    // More silent connections than max_clients and than max_pending_auth: real clients still
+    // log in, up to max_clients of them.
+    let a = proxy.client().await;
+    let b = proxy.client().await;
+    let c = proxy.client().await;
+    assert_eq!(one(&c, "SELECT 3").await, "3");
+    let e = proxy.connect(&proxy.url()).await.unwrap_err();
+    assert_eq!(
+        code(&e),
+        "53300",
+        "the fourth authenticated client is over max_clients"
+    );
+    // The 32 oldest were dropped (the newest 8, or fewer, still wait).
+    for (i, s) in silent.iter_mut().take(32).enumerate() {
+        let mut b = [0u8; 1];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(20), s.read(&mut b)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "silent connection {i} is still open"
+        );
+    }
+    drop((a, b));
+}

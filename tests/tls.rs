@@ -152,7 +152,20 @@ async fn upstream_tls_modes_encrypt_and_verify_as_libpq_does() {
             .as_db_error()
             .map(|d| d.message().to_owned())
             .unwrap_or_default();
-        assert!(msg.contains(why), "{tls}: expected {why} in {msg:?}");
+        // The client is told the kind of failure; the reason (which may name the host) is for
+        // the operator, in /status and the log.
+        assert!(
+            msg.contains("TLS to the upstream server failed"),
+            "{tls}: {msg:?}"
+        );
+        assert!(
+            !msg.contains(host),
+            "{tls}: the client sees the upstream host: {msg:?}"
+        );
+        assert!(
+            last_reason(&proxy).await.contains(why),
+            "{tls}: expected {why}"
+        );
         assert_eq!(proxy.get("/readyz").await.0, 503);
         proxy.stop().await.unwrap();
     }
@@ -171,7 +184,8 @@ async fn require_tls_upstream_refuses_a_plain_server() {
         .as_db_error()
         .map(|d| d.message().to_owned())
         .unwrap_or_default();
-    assert!(msg.contains("does not accept TLS"), "{msg}");
+    assert!(msg.contains("TLS to the upstream server failed"), "{msg}");
+    assert!(last_reason(&proxy).await.contains("does not accept TLS"));
     proxy.stop().await.unwrap();
     // prefer falls back to plain.
     let proxy = TestProxy::builder(&pg)
@@ -208,6 +222,68 @@ async fn clients_can_use_tls_and_require_tls_refuses_plain_clients() {
     assert!(ok, "{err}");
 }
 
+/// A TLS client trusting the test CA, offering ALPN `postgresql`.
+fn tls_connector(pki: &Pki) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    let ca_pem = std::fs::read(&pki.ca).unwrap();
+    let ca = rustls::pki_types::pem::PemObject::from_pem_slice(&ca_pem).unwrap();
+    roots.add(ca).unwrap();
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(rotagate::backend::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    config.alpn_protocols = vec![b"postgresql".to_vec()];
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+fn localhost() -> rustls::pki_types::ServerName<'static> {
+    rustls::pki_types::ServerName::try_from("localhost").unwrap()
+}
+
+fn startup_packet() -> bytes::BytesMut {
+    let mut startup = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::startup_message(
+        [("user", CLIENT_USER), ("database", "appdb")],
+        &mut startup,
+    )
+    .unwrap();
+    startup
+}
+
+/// Bytes sent with an SSLRequest, before the handshake, are not taken as if they had come over
+/// TLS (the CVE-2021-23214 class): the connection is closed after the handshake, as
+/// PostgreSQL does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_before_the_tls_handshake_close_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let pg = app_cluster();
+    let proxy = TestProxy::builder(&pg)
+        .listen(&tls_listen(&pki, ""))
+        .start()
+        .await;
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut injected = bytes::BytesMut::from(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f][..]);
+    injected.extend_from_slice(&startup_packet());
+    tcp.write_all(&injected).await.unwrap();
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"S");
+    let outcome = match tls_connector(&pki).connect(localhost(), tcp).await {
+        Err(_) => 0,
+        Ok(mut tls) => tls.read(&mut [0u8; 64]).await.unwrap_or(0),
+    };
+    assert_eq!(outcome, 0, "closed, not an answer to the injected startup");
+    // The control: the same startup sent after the handshake is answered.
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut tls = tls_connector(&pki).connect(localhost(), tcp).await.unwrap();
+    tls.write_all(&startup_packet()).await.unwrap();
+    assert_eq!(tls.read_u8().await.unwrap(), b'R');
+}
+
 /// PostgreSQL 17's direct TLS (`sslnegotiation=direct`): a TLS ClientHello with ALPN
 /// `postgresql` instead of an SSLRequest. psql 15 cannot do it, so the test speaks it itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,30 +296,9 @@ async fn direct_tls_with_alpn_reaches_authentication() {
         .listen(&tls_listen(&pki, ""))
         .start()
         .await;
-    let mut roots = rustls::RootCertStore::empty();
-    let ca_pem = std::fs::read(&pki.ca).unwrap();
-    let ca = rustls::pki_types::pem::PemObject::from_pem_slice(&ca_pem).unwrap();
-    roots.add(ca).unwrap();
-    let mut config =
-        rustls::ClientConfig::builder_with_provider(rotagate::backend::tls::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    config.alpn_protocols = vec![b"postgresql".to_vec()];
     let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    let mut startup = bytes::BytesMut::new();
-    postgres_protocol::message::frontend::startup_message(
-        [("user", CLIENT_USER), ("database", "appdb")],
-        &mut startup,
-    )
-    .unwrap();
-    tls.write_all(&startup).await.unwrap();
+    let mut tls = tls_connector(&pki).connect(localhost(), tcp).await.unwrap();
+    tls.write_all(&startup_packet()).await.unwrap();
     let mut head = [0u8; 9];
     tls.read_exact(&mut head).await.unwrap();
     assert_eq!(head[0], b'R', "an authentication request over direct TLS");
@@ -283,4 +338,13 @@ async fn sighup_serves_a_renewed_client_certificate() {
     assert!(ok, "the renewed certificate is served: {err}");
     let (ok, _, _) = psql(&r, &verify_full(&old_pki.ca), &["-c", "SELECT 1"]).await;
     assert!(!ok, "the old certificate is no longer served");
+}
+
+/// The reason of the last rotation attempt, as /status shows it.
+async fn last_reason(proxy: &TestProxy) -> String {
+    let status: serde_json::Value = serde_json::from_str(&proxy.get("/status").await.1).unwrap();
+    status["last_attempt"]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }

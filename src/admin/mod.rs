@@ -2,6 +2,7 @@
 //! built in `app.rs`; `POST /rotate` asks the rotation engine for an attempt (with a bearer
 //! token when `admin.token_file` is set). Nothing here ever holds a credential's secret.
 
+pub mod listener;
 pub mod metrics;
 
 use crate::pool::Pools;
@@ -29,6 +30,8 @@ pub struct AdminState {
     pub rotation: RotationHandle,
     pub token: Option<SecretString>,
     pub started: SystemTime,
+    /// `admin.max_connections`.
+    pub max_connections: usize,
 }
 
 pub fn router(state: AdminState) -> Router {

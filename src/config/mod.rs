@@ -38,7 +38,14 @@ pub struct ListenConfig {
     pub addr: SocketAddr,
     pub tls: Option<TlsFiles>,
     pub require_tls: bool,
+    /// Authenticated client sessions at once; one more is refused with 53300.
     pub max_clients: usize,
+    /// Connections not yet authenticated, at once. A new one beyond it drops the oldest (one
+    /// that has not sent its startup packet first), so a flood cannot lock real clients out.
+    pub max_pending_auth: usize,
+    /// From accept to a complete startup packet (TLS handshake included).
+    pub startup_timeout: Duration,
+    /// From accept to the end of authentication.
     pub auth_timeout: Duration,
     /// Largest message a client may send (bytes); larger ones are refused.
     pub max_message_size: usize,
@@ -59,6 +66,10 @@ pub struct TlsFiles {
 pub struct AdminConfig {
     pub addr: SocketAddr,
     pub token_file: Option<PathBuf>,
+    /// Serve `POST /rotate` off loopback without a token (logged as a warning at start).
+    pub allow_unauthenticated: bool,
+    /// Admin connections open at once; more wait in the kernel's accept queue.
+    pub max_connections: usize,
 }
 
 /// A static client login. Its secret is a plain password or a stored SCRAM verifier.

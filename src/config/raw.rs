@@ -30,6 +30,8 @@ pub struct RawListen {
     pub tls_key: Option<String>,
     pub require_tls: Option<bool>,
     pub max_clients: Option<i64>,
+    pub max_pending_auth: Option<i64>,
+    pub startup_timeout: Option<String>,
     pub auth_timeout: Option<String>,
     pub max_message_size: Option<i64>,
     pub shutdown_timeout: Option<String>,
@@ -41,6 +43,8 @@ pub struct RawListen {
 pub struct RawAdmin {
     pub addr: Option<String>,
     pub token_file: Option<String>,
+    pub allow_unauthenticated: Option<bool>,
+    pub max_connections: Option<i64>,
 }
 
 #[derive(Default, Deserialize)]

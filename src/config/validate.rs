@@ -146,6 +146,18 @@ fn listen(c: &mut Check, r: RawListen) -> ListenConfig {
         tls,
         require_tls,
         max_clients: c.range("listen.max_clients", r.max_clients, 10_000, 1, 1_000_000) as usize,
+        max_pending_auth: c.range(
+            "listen.max_pending_auth",
+            r.max_pending_auth,
+            1_000,
+            1,
+            1_000_000,
+        ) as usize,
+        startup_timeout: c.duration(
+            "listen.startup_timeout",
+            r.startup_timeout.as_ref(),
+            Duration::from_secs(5),
+        ),
         auth_timeout: c.duration(
             "listen.auth_timeout",
             r.auth_timeout.as_ref(),
@@ -168,10 +180,21 @@ fn listen(c: &mut Check, r: RawListen) -> ListenConfig {
 }
 
 fn admin(c: &mut Check, r: RawAdmin) -> AdminConfig {
-    AdminConfig {
+    let cfg = AdminConfig {
         addr: c.addr("admin.addr", r.addr.as_ref(), "127.0.0.1:9930"),
         token_file: r.token_file.map(PathBuf::from),
+        allow_unauthenticated: r.allow_unauthenticated.unwrap_or(false),
+        max_connections: c.range("admin.max_connections", r.max_connections, 64, 1, 10_000)
+            as usize,
+    };
+    if !cfg.addr.ip().is_loopback() && cfg.token_file.is_none() && !cfg.allow_unauthenticated {
+        c.err(
+            "admin.token_file",
+            "is required when admin.addr is not a loopback address (anyone who reaches it could \
+             POST /rotate); set admin.token_file, or admin.allow_unauthenticated = true to accept that",
+        );
     }
+    cfg
 }
 
 fn clients(c: &mut Check, raw: Vec<RawClient>) -> Vec<ClientUser> {
@@ -432,5 +455,19 @@ path = "/run/secrets/db.json"
         .unwrap_err()
         .to_string();
         assert!(e.contains("port"), "the key is named: {e}");
+    }
+
+    #[test]
+    fn an_admin_listener_off_loopback_needs_a_token_or_an_explicit_opt_out() {
+        let open = format!("{GOOD}\n[admin]\naddr = \"0.0.0.0:9930\"\n");
+        let e = parse(&open, []).unwrap_err().to_string();
+        assert!(e.contains("admin.token_file"), "{e}");
+        parse(&format!("{open}allow_unauthenticated = true\n"), []).unwrap();
+        parse(
+            &format!("{open}token_file = \"/run/secrets/admin-token\"\n"),
+            [],
+        )
+        .unwrap();
+        parse(&format!("{GOOD}\n[admin]\naddr = \"[::1]:9930\"\n"), []).unwrap();
     }
 }

@@ -11,6 +11,7 @@ pub mod incoming;
 mod lane;
 mod local;
 pub mod outgoing;
+pub mod pending;
 mod pins;
 mod relay;
 pub mod replies;
@@ -28,13 +29,14 @@ use crate::pool::Pools;
 use bytes::BytesMut;
 use cancel::CancelRegistry;
 use error::FrontendError;
+use pending::{Pending, Ticket};
 use scram::ClientAuth;
 use startup::Hello;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -61,6 +63,7 @@ pub struct Frontend {
 /// Accepts clients until shutdown. Each connection runs as a tracked task.
 pub async fn serve(listener: TcpListener, fe: Arc<Frontend>, tracker: TaskTracker) {
     let slots = Arc::new(Semaphore::new(fe.listen.max_clients));
+    let pending = Pending::new(fe.listen.max_pending_auth);
     let mut backoff = Duration::from_millis(10);
     loop {
         let accepted = tokio::select! {
@@ -70,8 +73,8 @@ pub async fn serve(listener: TcpListener, fe: Arc<Frontend>, tracker: TaskTracke
         match accepted {
             Ok((tcp, _)) => {
                 backoff = Duration::from_millis(10);
-                let permit = slots.clone().try_acquire_owned().ok();
-                tracker.spawn(connection(tcp, fe.clone(), permit));
+                let ticket = pending.enter();
+                tracker.spawn(connection(tcp, fe.clone(), slots.clone(), ticket));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -83,35 +86,70 @@ pub async fn serve(listener: TcpListener, fe: Arc<Frontend>, tracker: TaskTracke
     }
 }
 
-/// One client connection from accept to close.
-async fn connection(tcp: TcpStream, fe: Arc<Frontend>, permit: Option<OwnedSemaphorePermit>) {
-    let deadline = tokio::time::Instant::now() + fe.listen.auth_timeout;
-    let hello = match tokio::time::timeout_at(
-        deadline,
-        startup::hello(tcp, fe.tls.load_full().map(|t| (*t).clone())),
-    )
-    .await
-    {
-        Ok(Ok(h)) => h,
-        Ok(Err(e)) => return tracing::debug!(error = %e, "client handshake failed"),
-        Err(_) => return tracing::debug!("client handshake timed out"),
+/// One client connection from accept to close. It holds a place in the pending set until it
+/// has authenticated, and a `max_clients` slot only after that.
+async fn connection(
+    tcp: TcpStream,
+    fe: Arc<Frontend>,
+    slots: Arc<Semaphore>,
+    (ticket, mut evicted): (Ticket, pending::Evicted),
+) {
+    let login = tokio::select! {
+        biased;
+        _ = evicted.wait() => {
+            return tracing::debug!("pending connection dropped for a newer one (listen.max_pending_auth)");
+        }
+        login = pre_auth(tcp, &fe, &ticket) => login,
     };
+    drop(ticket);
+    let Some(mut login) = login else { return };
+    let Ok(permit) = slots.try_acquire_owned() else {
+        tracing::info!(user = ?login.user, peer = %login.peer, "client refused: listen.max_clients sessions are open");
+        return report(&mut login.stream, &FrontendError::TooManyClients).await;
+    };
+    metrics::gauge!("rotagate_client_connections").increment(1.0);
+    session::serve(login, &fe).await;
+    metrics::gauge!("rotagate_client_connections").decrement(1.0);
+    drop(permit);
+}
+
+/// TLS, the startup packet (within `listen.startup_timeout`) and authentication (within
+/// `listen.auth_timeout`, both from accept). None when the connection ended here: it was a
+/// cancel request, it closed, or it was refused (and told why when it can be).
+async fn pre_auth(tcp: TcpStream, fe: &Frontend, ticket: &Ticket) -> Option<startup::Login> {
+    let accepted = tokio::time::Instant::now();
+    let startup_deadline = accepted + fe.listen.startup_timeout.min(fe.listen.auth_timeout);
+    let auth_deadline = accepted + fe.listen.auth_timeout;
+    // Nothing is allocated for a connection before its first byte.
+    let first = tokio::time::timeout_at(startup_deadline, tcp.peek(&mut [0u8; 1])).await;
+    if !matches!(first, Ok(Ok(1..))) {
+        return None;
+    }
+    let tls = fe.tls.load_full().map(|t| (*t).clone());
+    let hello = tokio::time::timeout_at(startup_deadline, startup::hello(tcp, tls)).await;
     let mut login = match hello {
-        Hello::Login(login) => login,
-        Hello::Cancel { pid, key } => return forward_cancel(&fe, pid, key).await,
-        Hello::Nothing => return,
+        Ok(Ok(Hello::Login(login))) => login,
+        Ok(Ok(Hello::Cancel { pid, key })) => {
+            forward_cancel(fe, pid, key).await;
+            return None;
+        }
+        Ok(Ok(Hello::Nothing)) => return None,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "client handshake failed");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!("client startup timed out (listen.startup_timeout)");
+            return None;
+        }
     };
-    let refusal = if permit.is_none() {
-        Some(FrontendError::TooManyClients)
-    } else if fe.listen.require_tls && !login.tls {
+    ticket.greeted();
+    let refusal = if fe.listen.require_tls && !login.tls {
         Some(FrontendError::TlsRequired)
     } else {
-        match tokio::time::timeout_at(
-            deadline,
-            startup::authenticate(&mut login, &fe.auth.load(), fe.listen.max_message_size),
-        )
-        .await
-        {
+        let users = fe.auth.load();
+        let auth = startup::authenticate(&mut login, &users, fe.listen.max_message_size);
+        match tokio::time::timeout_at(auth_deadline, auth).await {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e),
             Err(_) => Some(FrontendError::AuthTimeout),
@@ -119,12 +157,10 @@ async fn connection(tcp: TcpStream, fe: Arc<Frontend>, permit: Option<OwnedSemap
     };
     if let Some(e) = refusal {
         tracing::info!(user = ?login.user, peer = %login.peer, error = %e, "client login refused");
-        return report(&mut login.stream, &e).await;
+        report(&mut login.stream, &e).await;
+        return None;
     }
-    metrics::gauge!("rotagate_client_connections").increment(1.0);
-    session::serve(login, &fe).await;
-    metrics::gauge!("rotagate_client_connections").decrement(1.0);
-    drop(permit);
+    Some(login)
 }
 
 /// Sends a FATAL ErrorResponse the client can show, then closes.

@@ -52,6 +52,14 @@ pub async fn hello(tcp: TcpStream, acceptor: Option<TlsAcceptor>) -> Result<Hell
         return Ok(Hello::Nothing);
     };
     let tls = framed.is_secure();
+    // Bytes that came in with the SSLRequest, before the handshake, were not encrypted: taking
+    // them as if they had been would let an on-path attacker inject a startup packet (the
+    // CVE-2021-23214 class). PostgreSQL closes such a connection; so does rotagate.
+    if tls && !framed.read_buffer().is_empty() {
+        return Err(FrontendError::Protocol(
+            "received unencrypted data after SSL request".into(),
+        ));
+    }
     let first = match framed.next().await {
         None => return Ok(Hello::Nothing),
         Some(Err(e)) => return Err(FrontendError::Protocol(e.to_string())),
@@ -147,8 +155,13 @@ pub async fn authenticate(
     Ok(())
 }
 
+/// SASL messages from a client are a few hundred bytes; a header claiming more before the
+/// client has authenticated is refused rather than reserved for.
+const MAX_AUTH_MESSAGE: usize = 4096;
+
 async fn expect_password(login: &mut Login, max_len: usize) -> Result<BytesMut, FrontendError> {
-    let m = wire::read_message(&mut login.stream, &mut login.rbuf, max_len.min(64 * 1024)).await?;
+    let max = max_len.min(MAX_AUTH_MESSAGE);
+    let m = wire::read_message(&mut login.stream, &mut login.rbuf, max).await?;
     if m.tag != b'p' {
         return Err(FrontendError::Protocol("expected a SASL response".into()));
     }
