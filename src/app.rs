@@ -242,7 +242,7 @@ fn cache(cfg: &Config) -> anyhow::Result<Option<Cache>> {
             "credentials.cache_file needs ROTAGATE_CACHE_KEY or credentials.cache_key_file"
         ),
     };
-    Ok(Some(Cache::new(path.clone(), key)))
+    Ok(Some(Cache::new(path.clone(), key, &cfg.upstream.database)))
 }
 
 /// The source's credential; when the source cannot be read, the last-known-good cache's. A

@@ -145,7 +145,7 @@ async fn oversized_messages_are_refused_without_harm() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upstream_md5_and_cleartext_logins_work() {
+async fn upstream_md5_is_answered_and_cleartext_without_verified_tls_is_not() {
     let pg = app_cluster();
     // An md5-hashed password, so PostgreSQL can ask for md5.
     pg.sql(&format!(
@@ -157,17 +157,21 @@ async fn upstream_md5_and_cleartext_logins_work() {
         ))
         .starts_with("md5")
     );
-    for method in ["md5", "password"] {
-        pg.set_hba_method(method);
-        let proxy = TestProxy::builder(&pg).start().await;
-        let client = proxy.client().await;
-        assert_eq!(
-            one(&client, "SELECT current_user").await,
-            APP_USER,
-            "{method}"
-        );
-        proxy.stop().await.unwrap();
-    }
+    pg.set_hba_method("md5");
+    let proxy = TestProxy::builder(&pg).start().await;
+    let client = proxy.client().await;
+    assert_eq!(one(&client, "SELECT current_user").await, APP_USER);
+    proxy.stop().await.unwrap();
+    // Cleartext without verified TLS: the password is not sent (tests/tls.rs has the TLS side).
+    pg.set_hba_method("password");
+    let proxy = TestProxy::builder(&pg)
+        .pool("acquire_timeout = \"1s\"")
+        .start_unready()
+        .await;
+    assert_eq!(proxy.get("/readyz").await.0, 503);
+    let e = proxy.connect(&proxy.url()).await.unwrap_err();
+    assert!(!text(&e).contains(APP_USER), "{}", text(&e));
+    proxy.stop().await.unwrap();
     pg.set_hba_method("scram-sha-256");
 }
 

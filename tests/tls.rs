@@ -95,6 +95,12 @@ async fn upstream_tls_modes_encrypt_and_verify_as_libpq_does() {
     let ca = pki.ca.display();
     let good = [
         ("127.0.0.1", "tls = \"require\"".to_owned()),
+        // SCRAM-SHA-256-PLUS: PostgreSQL checks the tls-server-end-point binding, and require
+        // refuses any login without it.
+        (
+            "127.0.0.1",
+            "tls = \"require\"\nchannel_binding = \"require\"".to_owned(),
+        ),
         ("127.0.0.1", "tls = \"prefer\"".to_owned()),
         (
             "127.0.0.1",
@@ -340,11 +346,62 @@ async fn sighup_serves_a_renewed_client_certificate() {
     assert!(!ok, "the old certificate is no longer served");
 }
 
-/// The reason of the last rotation attempt, as /status shows it.
+/// The reason of the last rotation attempt, as /status shows it, once there is one.
 async fn last_reason(proxy: &TestProxy) -> String {
-    let status: serde_json::Value = serde_json::from_str(&proxy.get("/status").await.1).unwrap();
-    status["last_attempt"]["reason"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
+    let reason = || async {
+        let status: serde_json::Value =
+            serde_json::from_str(&proxy.get("/status").await.1).unwrap();
+        status["last_attempt"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    wait_until(20, "a failed attempt's reason in /status", || async {
+        !reason().await.is_empty()
+    })
+    .await;
+    reason().await
+}
+
+/// A cleartext password request is answered only over TLS whose certificate was verified: over
+/// unverified TLS (or none) the request could come from anyone, so the password is not sent,
+/// the proxy is not ready, and the log says why. channel_binding = require refuses a login
+/// without SCRAM-SHA-256-PLUS even over verified TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cleartext_password_goes_only_over_verified_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let (pg, pki) = tls_cluster(dir.path());
+    pg.set_hba_method("password");
+    let verified = format!("tls = \"verify-full\"\nca_file = \"{}\"", pki.ca.display());
+    let proxy = TestProxy::builder(&pg)
+        .upstream_host("localhost")
+        .upstream_tls(&verified)
+        .start()
+        .await;
+    assert_eq!(one(&proxy.client().await, "SELECT 1").await, "1");
+    proxy.stop().await.unwrap();
+    for tls in ["tls = \"require\"", "tls = \"prefer\""] {
+        let proxy = TestProxy::builder(&pg)
+            .upstream_tls(tls)
+            .pool("acquire_timeout = \"1s\"")
+            .start_unready()
+            .await;
+        assert_eq!(proxy.get("/readyz").await.0, 503, "{tls}");
+        let reason = last_reason(&proxy).await;
+        assert!(reason.contains("cleartext"), "{tls}: {reason}");
+        proxy.stop().await.unwrap();
+    }
+    let proxy = TestProxy::builder(&pg)
+        .upstream_host("localhost")
+        .upstream_tls(&format!("{verified}\nchannel_binding = \"require\""))
+        .pool("acquire_timeout = \"1s\"")
+        .start_unready()
+        .await;
+    assert!(last_reason(&proxy).await.contains("channel_binding"));
+    proxy.stop().await.unwrap();
 }

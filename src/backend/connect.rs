@@ -2,7 +2,7 @@
 
 use super::stream::Stream;
 use super::{BackendError, ServerConn, ServerParams, auth, query};
-use crate::config::{UpstreamConfig, UpstreamTls};
+use crate::config::{ChannelBinding, UpstreamConfig, UpstreamTls};
 use crate::secrets::Credentials;
 use bytes::{BufMut, BytesMut};
 use postgres_protocol::message::{backend::Message, frontend};
@@ -21,6 +21,7 @@ pub struct UpstreamTarget {
     pub port: u16,
     pub database: String,
     pub mode: UpstreamTls,
+    pub channel_binding: ChannelBinding,
     pub tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
     pub connect_timeout: Duration,
 }
@@ -36,6 +37,7 @@ impl UpstreamTarget {
             port: cfg.port,
             database: cfg.database.clone(),
             mode: cfg.tls,
+            channel_binding: cfg.channel_binding,
             tls,
             connect_timeout: cfg.connect_timeout,
         })
@@ -63,13 +65,34 @@ pub async fn connect(
             prepared: Default::default(),
         };
         startup(&mut conn, target, creds).await?;
-        auth::authenticate(&mut conn, creds).await?;
+        let policy = policy(&conn.stream, target);
+        auth::authenticate(&mut conn, creds, &policy).await?;
         read_params(&mut conn).await?;
         Ok(conn)
     };
     tokio::time::timeout(target.connect_timeout, work)
         .await
         .map_err(|_| BackendError::Timeout(target.connect_timeout))?
+}
+
+/// What the login may do over this stream: a cleartext password only over verified TLS;
+/// channel binding from the server's certificate.
+fn policy(stream: &Stream, target: &UpstreamTarget) -> auth::AuthPolicy {
+    let end_point = match stream {
+        Stream::Tls(tls) => tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|cert| super::endpoint::server_end_point(cert)),
+        Stream::Plain(_) => None,
+    };
+    auth::AuthPolicy {
+        verified_tls: matches!(stream, Stream::Tls(_))
+            && matches!(target.mode, UpstreamTls::VerifyCa | UpstreamTls::VerifyFull),
+        binding: target.channel_binding,
+        end_point,
+    }
 }
 
 /// tcp, then tls as the mode says.

@@ -4,6 +4,7 @@
 
 mod auth;
 mod connect;
+mod endpoint;
 pub mod prepared;
 pub mod query;
 mod settings;

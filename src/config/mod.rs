@@ -102,6 +102,18 @@ pub struct UpstreamConfig {
     pub tls: UpstreamTls,
     pub ca_file: Option<PathBuf>,
     pub connect_timeout: Duration,
+    pub channel_binding: ChannelBinding,
+}
+
+/// SCRAM channel binding (`tls-server-end-point`) upstream, as libpq's `channel_binding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelBinding {
+    /// Never: SCRAM-SHA-256 without binding.
+    Disable,
+    /// SCRAM-SHA-256-PLUS when the connection is TLS and the server offers it.
+    Prefer,
+    /// Only SCRAM-SHA-256-PLUS over TLS; any other login is refused.
+    Require,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -74,6 +74,7 @@ pub struct RawUpstream {
     pub tls: Option<String>,
     pub ca_file: Option<String>,
     pub connect_timeout: Option<String>,
+    pub channel_binding: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -273,8 +273,31 @@ fn upstream(c: &mut Check, r: Option<RawUpstream>) -> UpstreamConfig {
             r.connect_timeout.as_ref(),
             Duration::from_secs(10),
         ),
+        channel_binding: channel_binding(c, r.channel_binding.as_deref(), tls),
         host,
     }
+}
+
+fn channel_binding(c: &mut Check, v: Option<&str>, tls: UpstreamTls) -> ChannelBinding {
+    let binding = match v {
+        None | Some("prefer") => ChannelBinding::Prefer,
+        Some("disable") => ChannelBinding::Disable,
+        Some("require") => ChannelBinding::Require,
+        Some(_) => {
+            c.err(
+                "upstream.channel_binding",
+                "must be one of disable, prefer, require (the value is not shown)",
+            );
+            ChannelBinding::Prefer
+        }
+    };
+    if binding == ChannelBinding::Require && matches!(tls, UpstreamTls::Disable) {
+        c.err(
+            "upstream.channel_binding",
+            "require needs TLS: set upstream.tls to require, verify-ca or verify-full",
+        );
+    }
+    binding
 }
 
 fn is_loopback(host: &str) -> bool {

@@ -73,6 +73,7 @@ mod tests {
             tls: crate::config::UpstreamTls::Disable,
             ca_file: None,
             connect_timeout: Duration::from_secs(1),
+            channel_binding: crate::config::ChannelBinding::Prefer,
         }
     }
 

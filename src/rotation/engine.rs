@@ -394,7 +394,9 @@ impl Engine {
             self.persisted += 1;
             let (seq, creds) = (self.persisted, creds.clone());
             tokio::task::spawn_blocking(move || {
+                // A read-only or full cache directory costs the cache, never the service.
                 if let Err(e) = cache.store_newer(seq, &creds) {
+                    metrics::counter!("rotagate_cache_write_failures_total").increment(1);
                     tracing::warn!(error = %e, "could not update the credential cache");
                 }
             });

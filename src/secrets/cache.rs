@@ -1,9 +1,16 @@
 //! The last-known-good cache: the last validated credential, encrypted with AES-256-GCM, written
 //! atomically with mode 0600. A cache that does not decrypt and authenticate is an error; it is
-//! never served. File layout: `RGLKG1` magic, 12-byte nonce, ciphertext (JSON) with its tag.
+//! never served. File layout: `RGLKG2` magic, 12-byte nonce, ciphertext (JSON) with its tag;
+//! the associated data binds the format version and what the entry is for (the upstream
+//! database), so a file cannot be passed off as another version's or another database's.
+//! `RGLKG1` files (no associated data) are still read, and replaced at the next write.
+//!
+//! A write never follows a symlink: the temp file has a random name in the cache's own
+//! directory and is created with `O_CREAT|O_EXCL|O_NOFOLLOW`, mode 0600; it is fsynced, renamed
+//! over the cache, and the directory is fsynced.
 
 use super::{Credentials, SecretString};
-use aes_gcm::aead::{Aead, KeyInit};
+use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
 use base64::Engine;
 use std::io::Write;
@@ -11,7 +18,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
-const MAGIC: &[u8; 6] = b"RGLKG1";
+const MAGIC: &[u8; 6] = b"RGLKG2";
+const MAGIC_V1: &[u8; 6] = b"RGLKG1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -75,15 +83,21 @@ struct Stored {
 pub struct Cache {
     path: PathBuf,
     key: CacheKey,
+    /// Associated data: the format version and what the entry is for.
+    aad: Vec<u8>,
     /// Sequence number of the newest credential written; writes may run on other threads.
     written: std::sync::Mutex<u64>,
 }
 
 impl Cache {
-    pub fn new(path: PathBuf, key: CacheKey) -> Self {
+    /// A cache at `path` for the credential of upstream database `entry`.
+    pub fn new(path: PathBuf, key: CacheKey, entry: &str) -> Self {
+        let mut aad = b"rotagate last-known-good v2\0database\0".to_vec();
+        aad.extend_from_slice(entry.as_bytes());
         Self {
             path,
             key,
+            aad,
             written: std::sync::Mutex::new(0),
         }
     }
@@ -117,23 +131,19 @@ impl Cache {
         let nonce: [u8; 12] = rand::random();
         let sealed = self
             .cipher()
-            .encrypt(Nonce::from_slice(&nonce), plain.as_slice())
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plain.as_slice(),
+                    aad: &self.aad,
+                },
+            )
             .map_err(|_| CacheError::Format(self.path.display().to_string()))?;
-        let werr = |e| CacheError::Write(self.path.display().to_string(), e);
-        let tmp = self.path.with_extension("tmp");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(werr)?;
-        f.write_all(MAGIC)
-            .and_then(|_| f.write_all(&nonce))
-            .and_then(|_| f.write_all(&sealed))
-            .map_err(werr)?;
-        f.sync_all().map_err(werr)?;
-        std::fs::rename(&tmp, &self.path).map_err(werr)
+        let mut file = MAGIC.to_vec();
+        file.extend_from_slice(&nonce);
+        file.extend_from_slice(&sealed);
+        replace(&self.path, &file)
+            .map_err(|e| CacheError::Write(self.path.display().to_string(), e))
     }
 
     /// Reads and decrypts the cache; `Ok(None)` when there is no cache file.
@@ -144,13 +154,19 @@ impl Cache {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(CacheError::Read(name, e)),
         };
-        if bytes.len() < MAGIC.len() + 12 + 16 || &bytes[..MAGIC.len()] != MAGIC {
+        if bytes.len() < MAGIC.len() + 12 + 16 {
             return Err(CacheError::Format(name));
         }
+        let aad: &[u8] = match &bytes[..MAGIC.len()] {
+            m if m == MAGIC => &self.aad,
+            m if m == MAGIC_V1 => b"",
+            _ => return Err(CacheError::Format(name)),
+        };
         let (nonce, sealed) = bytes[MAGIC.len()..].split_at(12);
+        let payload = Payload { msg: sealed, aad };
         let plain = Zeroizing::new(
             self.cipher()
-                .decrypt(Nonce::from_slice(nonce), sealed)
+                .decrypt(Nonce::from_slice(nonce), payload)
                 .map_err(|_| CacheError::Decrypt(name.clone()))?,
         );
         let s: Stored = serde_json::from_slice(&plain).map_err(|_| CacheError::Format(name))?;
@@ -163,6 +179,37 @@ impl Cache {
             version: s.version,
         }))
     }
+}
+
+/// Writes `bytes` to a new temp file beside `path` and renames it over `path`: a random name,
+/// created exclusively (never through a symlink or over a file planted there), mode 0600,
+/// fsynced, then the rename, then the directory fsynced so the rename survives a crash.
+fn replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{:016x}.tmp", rand::random::<u64>()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -189,7 +236,7 @@ mod tests {
     #[test]
     fn round_trip_with_mode_0600_and_no_clear_text() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = Cache::new(dir.path().join("lkg.bin"), key());
+        let cache = Cache::new(dir.path().join("lkg.bin"), key(), "app");
         assert!(cache.load().unwrap().is_none());
         cache.store(&creds()).unwrap();
         let back = cache.load().unwrap().unwrap();
@@ -204,7 +251,7 @@ mod tests {
     #[test]
     fn an_older_write_never_replaces_a_newer_one() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = Cache::new(dir.path().join("lkg.bin"), key());
+        let cache = Cache::new(dir.path().join("lkg.bin"), key(), "app");
         let newer =
             Credentials::from_json(br#"{"username":"u","password":"new"}"#, "v2".into()).unwrap();
         cache.store_newer(2, &newer).unwrap();
@@ -216,24 +263,26 @@ mod tests {
     fn wrong_key_and_tampering_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("lkg.bin");
-        Cache::new(path.clone(), key()).store(&creds()).unwrap();
+        Cache::new(path.clone(), key(), "app")
+            .store(&creds())
+            .unwrap();
         assert!(matches!(
-            Cache::new(path.clone(), key()).load(),
+            Cache::new(path.clone(), key(), "app").load(),
             Err(CacheError::Decrypt(_))
         ));
         let k = key();
         let same = CacheKey(k.0.clone());
-        Cache::new(path.clone(), k).store(&creds()).unwrap();
+        Cache::new(path.clone(), k, "app").store(&creds()).unwrap();
         let mut raw = std::fs::read(&path).unwrap();
         let last = raw.len() - 1;
         raw[last] ^= 1;
         std::fs::write(&path, raw).unwrap();
-        let e = Cache::new(path.clone(), same).load().unwrap_err();
+        let e = Cache::new(path.clone(), same, "app").load().unwrap_err();
         assert!(matches!(e, CacheError::Decrypt(_)));
         assert!(!e.to_string().contains("cache-pw-123"));
         std::fs::write(&path, b"garbage").unwrap();
         assert!(matches!(
-            Cache::new(path, key()).load(),
+            Cache::new(path, key(), "app").load(),
             Err(CacheError::Format(_))
         ));
     }
@@ -243,5 +292,85 @@ mod tests {
         assert!(CacheKey::from_base64(&SecretString::from("c2hvcnQ=")).is_err());
         assert!(CacheKey::from_base64(&SecretString::from("not base64!")).is_err());
         assert_eq!(format!("{:?}", key()), "CacheKey(***)");
+    }
+
+    #[test]
+    fn the_entry_is_bound_to_its_database_and_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lkg.bin");
+        let k = key();
+        let same = || CacheKey(k.0.clone());
+        Cache::new(path.clone(), same(), "app")
+            .store(&creds())
+            .unwrap();
+        assert!(matches!(
+            Cache::new(path.clone(), same(), "other").load(),
+            Err(CacheError::Decrypt(_))
+        ));
+        // A v2 body relabelled as v1 (no associated data) does not decrypt either.
+        let mut raw = std::fs::read(&path).unwrap();
+        raw[..6].copy_from_slice(MAGIC_V1);
+        std::fs::write(&path, &raw).unwrap();
+        assert!(Cache::new(path.clone(), same(), "app").load().is_err());
+        // A v1 file, as earlier releases wrote it, is read.
+        let nonce = [7u8; 12];
+        let plain = serde_json::to_vec(&serde_json::json!({"username": "u", "password": "p",
+            "host": null, "port": null, "dbname": null, "version": "v1"}))
+        .unwrap();
+        let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(k.0.as_slice()));
+        let sealed = cipher
+            .encrypt(Nonce::from_slice(&nonce), plain.as_slice())
+            .unwrap();
+        let v1 = [&MAGIC_V1[..], &nonce, &sealed].concat();
+        std::fs::write(&path, v1).unwrap();
+        let back = Cache::new(path, same(), "app").load().unwrap().unwrap();
+        assert_eq!(back.version, "v1");
+    }
+
+    #[test]
+    fn a_write_never_follows_a_symlink_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lkg.bin");
+        for name in ["lkg.bin.tmp", "lkg.tmp", ".lkg.bin.tmp", "lkg.bin.new"] {
+            let target = outside.path().join(name);
+            std::fs::write(&target, "outside").unwrap();
+            std::os::unix::fs::symlink(&target, dir.path().join(name)).unwrap();
+        }
+        let cache = Cache::new(path.clone(), key(), "app");
+        cache.store(&creds()).unwrap();
+        cache.store(&creds()).unwrap();
+        for entry in std::fs::read_dir(outside.path()).unwrap() {
+            assert_eq!(std::fs::read(entry.unwrap().path()).unwrap(), b"outside");
+        }
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp") && n.starts_with(".lkg.bin.") && n.len() > 20)
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        assert!(
+            !std::fs::symlink_metadata(&path)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        // A symlink planted at the cache path itself is replaced, not written through.
+        let target = outside.path().join("victim");
+        std::fs::write(&target, "victim").unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        cache.store(&creds()).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"victim");
+        assert!(cache.load().unwrap().is_some());
+    }
+
+    #[test]
+    fn an_unwritable_directory_is_an_error_not_a_panic() {
+        // (Root ignores a read-only mode bit, so a directory that is not there stands in for
+        // one that cannot be written; the fault-injection script uses a read-only mount.)
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path().join("missing/lkg.bin"), key(), "app");
+        assert!(matches!(cache.store(&creds()), Err(CacheError::Write(..))));
     }
 }
