@@ -134,6 +134,17 @@ fn vault(c: &mut Check, r: RawVaultSource) -> VaultSourceConfig {
     }
 }
 
+fn account(c: &mut Check, v: Option<String>) -> Option<String> {
+    let v = v?.trim().to_owned();
+    if v.len() != 12 || !v.bytes().all(|b| b.is_ascii_digit()) {
+        c.err(
+            "credentials.aws.expected_account",
+            "must be a 12-digit AWS account id (the value is not shown)",
+        );
+    }
+    Some(v)
+}
+
 fn aws(c: &mut Check, r: RawAwsSource) -> AwsSourceConfig {
     let secret_id = c
         .required("credentials.aws.secret_id", r.secret_id.as_ref())
@@ -162,6 +173,7 @@ fn aws(c: &mut Check, r: RawAwsSource) -> AwsSourceConfig {
         region,
         endpoint_url: http_url(c, "credentials.aws.endpoint_url", r.endpoint_url),
         queue_url: http_url(c, "credentials.aws.queue_url", r.queue_url),
+        expected_account: account(c, r.expected_account),
     }
 }
 

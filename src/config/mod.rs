@@ -194,6 +194,9 @@ pub struct AwsSourceConfig {
     pub region: Option<String>,
     pub endpoint_url: Option<String>,
     pub queue_url: Option<String>,
+    /// Events from any other AWS account are dropped; default: the account in `secret_id`
+    /// when that is an ARN.
+    pub expected_account: Option<String>,
 }
 
 /// `[credentials.vault]`: where Vault is, how rotagate logs in, and which secret it reads.

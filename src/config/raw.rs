@@ -128,6 +128,7 @@ pub struct RawAwsSource {
     pub region: Option<String>,
     pub endpoint_url: Option<String>,
     pub queue_url: Option<String>,
+    pub expected_account: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

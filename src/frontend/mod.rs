@@ -7,6 +7,8 @@ pub mod classify;
 pub mod error;
 mod flow;
 mod frames;
+#[cfg(any(test, fuzzing))]
+pub mod fuzzing;
 pub mod incoming;
 mod lane;
 mod local;

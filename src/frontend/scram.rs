@@ -61,6 +61,9 @@ pub struct ClientAuth {
     users: HashMap<String, Verifier>,
     /// Salt seed for the mock exchange with unknown users (so they look like known ones).
     mock_seed: [u8; 16],
+    /// The mock exchange's iteration count and salt length: the configured verifiers' most
+    /// common ones, so an unknown user's answer cannot be told from a known user's.
+    mock_shape: (usize, usize),
 }
 
 impl ClientAuth {
@@ -76,6 +79,7 @@ impl ClientAuth {
             })
             .collect();
         Self {
+            mock_shape: most_common_shape(&users),
             users,
             mock_seed: rand::random(),
         }
@@ -90,15 +94,31 @@ impl ClientAuth {
         let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
         ctx.update(&self.mock_seed);
         ctx.update(user.as_bytes());
-        let salt = ctx.finish().as_ref()[..16].to_vec();
+        let (iterations, salt_len) = self.mock_shape;
+        let digest = ctx.finish();
+        let salt = digest.as_ref()[..salt_len.min(32)].to_vec();
         let key: [u8; 32] = rand::random();
         ScramSecret::Verifier {
             salt,
-            iterations: 4096,
+            iterations,
             stored_key: key.to_vec(),
             server_key: key.to_vec(),
         }
     }
+}
+
+/// The (iterations, salt length) most verifiers have (the larger on a tie); PostgreSQL's
+/// defaults, 4096 and 16, when there are none.
+fn most_common_shape(users: &HashMap<String, Verifier>) -> (usize, usize) {
+    let mut counts: HashMap<(usize, usize), usize> = HashMap::new();
+    for v in users.values() {
+        *counts.entry((v.iterations, v.salt.len())).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .max_by_key(|&(shape, n)| (n, shape))
+        .map(|(shape, _)| shape)
+        .unwrap_or((4096, 16))
 }
 
 #[cfg(test)]
@@ -123,6 +143,33 @@ mod tests {
             "SCRAM-SHA-256$4096:c2FsdA==$YQ==:YQ==",
         ] {
             assert!(parse_verifier(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_mock_exchange_has_the_configured_verifiers_shape() {
+        use crate::config::{ClientSecret, ClientUser};
+        use crate::secrets::SecretString;
+        let v = "SCRAM-SHA-256$600000:c2FsdHNhbHRzYWx0c2FsdA==$\
+                 1gAsisUw2W7wV4O5xBtQ2D6koNfrA4nQaD8KtO1wYVk=:\
+                 U6j5Lr7wD8CNK897Ng7JR+MybPQjzl80GoLa41Yn2+w=";
+        let users: Vec<ClientUser> = ["a", "b"]
+            .iter()
+            .map(|u| ClientUser {
+                user: (*u).into(),
+                secret: ClientSecret::Scram(SecretString::new(v.to_owned())),
+            })
+            .collect();
+        let auth = ClientAuth::from_config(&users);
+        let known = auth.get("a").unwrap();
+        match auth.mock("nobody") {
+            ScramSecret::Verifier {
+                iterations, salt, ..
+            } => {
+                assert_eq!(iterations, 600_000);
+                assert_eq!(salt.len(), known.salt.len());
+            }
+            _ => panic!("a verifier"),
         }
     }
 }

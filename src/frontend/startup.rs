@@ -83,7 +83,24 @@ pub async fn hello(tcp: TcpStream, acceptor: Option<TlsAcceptor>) -> Result<Hell
             startup.protocol_number_major, startup.protocol_number_minor
         )));
     }
-    let mut params = startup.parameters;
+    let (user, database, params) = split_params(startup.parameters)?;
+    let parts = framed.into_parts();
+    Ok(Hello::Login(Login {
+        stream: parts.io,
+        rbuf: parts.read_buf,
+        user,
+        database,
+        params,
+        tls,
+        peer,
+    }))
+}
+
+/// A startup packet's parameters: the user, the database (the user's name when not given),
+/// and the rest. Replication connections are refused.
+pub fn split_params(
+    mut params: std::collections::BTreeMap<String, String>,
+) -> Result<(String, String, Vec<(String, String)>), FrontendError> {
     let user = params
         .remove("user")
         .ok_or_else(|| FrontendError::Protocol("no user name in the startup message".into()))?;
@@ -96,16 +113,7 @@ pub async fn hello(tcp: TcpStream, acceptor: Option<TlsAcceptor>) -> Result<Hell
             "rotagate does not proxy replication connections".into(),
         ));
     }
-    let parts = framed.into_parts();
-    Ok(Hello::Login(Login {
-        stream: parts.io,
-        rbuf: parts.read_buf,
-        user,
-        database,
-        params: params.into_iter().collect(),
-        tls,
-        peer,
-    }))
+    Ok((user, database, params.into_iter().collect()))
 }
 
 /// SCRAM-SHA-256 against the static client logins. Unknown users go through a mock exchange

@@ -1,5 +1,7 @@
 //! The file source: a mounted RDS-style JSON secret. Its version is a fingerprint of the
-//! content (SHA-256, first 8 bytes in hex), so an unchanged file is recognisably the same.
+//! content keyed with a random per-process key (HMAC-SHA-256, first 8 bytes in hex): an
+//! unchanged file is recognisably the same for as long as the process runs, and the version,
+//! which is logged and shown in `/status`, cannot be used to test guesses of the secret.
 
 use super::{Credentials, CredentialsError};
 use std::path::Path;
@@ -32,8 +34,37 @@ pub fn read_credentials(path: &Path) -> Result<Credentials, FileSourceError> {
     })
 }
 
-/// A short, non-reversible fingerprint of the secret's bytes, safe to log.
+/// A short fingerprint of the secret's bytes, safe to log: keyed, so it says nothing about
+/// the secret to anyone without this process's key.
 pub fn fingerprint(bytes: &[u8]) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
-    d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    static KEY: std::sync::OnceLock<ring::hmac::Key> = std::sync::OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
+            .expect("the system's random number generator")
+    });
+    let tag = ring::hmac::sign(key, bytes);
+    tag.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_version_is_stable_but_not_the_secrets_hash() {
+        let secret = br#"{"username":"u","password":"hunter2"}"#;
+        let v = super::fingerprint(secret);
+        assert_eq!(v, super::fingerprint(secret));
+        assert_ne!(
+            v,
+            super::fingerprint(br#"{"username":"u","password":"hunter3"}"#)
+        );
+        let plain = ring::digest::digest(&ring::digest::SHA256, secret);
+        let unkeyed: String = plain.as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_ne!(v, unkeyed);
+    }
 }

@@ -61,6 +61,9 @@ pub fn classify(body: &str, ours: &SecretMatcher) -> EventAction {
     let Some(detail_type) = v.get("detail-type").and_then(Value::as_str) else {
         return EventAction::Invalid("no detail-type: not an EventBridge event".into());
     };
+    if let Some(ignored) = foreign(&v, ours) {
+        return ignored;
+    }
     let detail = v.get("detail").cloned().unwrap_or(Value::Null);
     let ids = secret_ids(&v, &detail);
     if ids.is_empty() {
@@ -70,6 +73,27 @@ pub fn classify(body: &str, ours: &SecretMatcher) -> EventAction {
         return EventAction::Ignore("an event for another secret".into());
     }
     action(detail_type, &detail)
+}
+
+/// An event not from Secrets Manager, or from an account other than the secret's, is not
+/// for rotagate whatever it names: anyone who can send to the queue could write one.
+fn foreign(v: &Value, ours: &SecretMatcher) -> Option<EventAction> {
+    match v.get("source").and_then(Value::as_str) {
+        Some("aws.secretsmanager") => {}
+        Some(_) => {
+            return Some(EventAction::Ignore(
+                "an event whose source is not aws.secretsmanager".into(),
+            ));
+        }
+        None => {
+            return Some(EventAction::Invalid(
+                "no source: not an EventBridge event".into(),
+            ));
+        }
+    }
+    let want = ours.expected_account()?;
+    (v.get("account").and_then(Value::as_str) != Some(want))
+        .then(|| EventAction::Ignore("an event from another AWS account than the secret's".into()))
 }
 
 fn action(detail_type: &str, d: &Value) -> EventAction {
@@ -282,6 +306,39 @@ mod tests {
         let current = fixture("put-pending").replace("AWSPENDING", "AWSCURRENT");
         assert!(matches!(
             classify(&current, &ours),
+            EventAction::Rotate { .. }
+        ));
+    }
+
+    #[test]
+    fn events_from_another_source_or_account_are_dropped() {
+        let body = fixture("label-updated");
+        let by_name = SecretMatcher::new("prod/app/db");
+        let spoofed = body.replace("\"aws.secretsmanager\"", "\"custom.app\"");
+        assert!(matches!(
+            classify(&spoofed, &by_name),
+            EventAction::Ignore(_)
+        ));
+        let elsewhere = body.replace(
+            "\"account\":\"123456789012\"",
+            "\"account\":\"999999999999\"",
+        );
+        // By ARN the account is known; by name it is known once expected_account is set.
+        assert!(matches!(
+            classify(&elsewhere, &SecretMatcher::new(ARN)),
+            EventAction::Ignore(_)
+        ));
+        assert!(matches!(
+            classify(&elsewhere, &by_name),
+            EventAction::Rotate { .. }
+        ));
+        let pinned = SecretMatcher::new("prod/app/db").account(Some("123456789012".into()));
+        assert!(matches!(
+            classify(&elsewhere, &pinned),
+            EventAction::Ignore(_)
+        ));
+        assert!(matches!(
+            classify(&body, &pinned),
             EventAction::Rotate { .. }
         ));
     }

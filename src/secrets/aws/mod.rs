@@ -23,10 +23,10 @@ pub async fn source(
 ) -> anyhow::Result<(SecretsManager, Option<SqsListener>)> {
     let sdk = sdk::load(cfg).await?;
     let provider = SecretsManager::new(&sdk, cfg.secret_id.clone());
-    let listener = cfg
-        .queue_url
-        .clone()
-        .map(|url| SqsListener::new(&sdk, url, SecretMatcher::new(&cfg.secret_id)));
+    let listener = cfg.queue_url.clone().map(|url| {
+        let matcher = SecretMatcher::new(&cfg.secret_id).account(cfg.expected_account.clone());
+        SqsListener::new(&sdk, url, matcher)
+    });
     Ok((provider, listener))
 }
 
@@ -36,6 +36,8 @@ pub async fn source(
 pub struct SecretMatcher {
     name: String,
     arn: Option<String>,
+    /// The AWS account events must come from, when known.
+    account: Option<String>,
 }
 
 impl SecretMatcher {
@@ -44,12 +46,28 @@ impl SecretMatcher {
             Some(name) => Self {
                 name,
                 arn: Some(secret_id.to_owned()),
+                account: secret_id.split(':').nth(4).map(str::to_owned),
             },
             None => Self {
                 name: secret_id.to_owned(),
                 arn: None,
+                account: None,
             },
         }
+    }
+
+    /// Events must come from `account` (`credentials.aws.expected_account`); None keeps the
+    /// account of the secret's ARN, if it was given as one.
+    pub fn account(mut self, account: Option<String>) -> Self {
+        if account.is_some() {
+            self.account = account;
+        }
+        self
+    }
+
+    /// The account events must come from, when known.
+    pub fn expected_account(&self) -> Option<&str> {
+        self.account.as_deref()
     }
 
     pub fn matches(&self, id: &str) -> bool {

@@ -1,0 +1,154 @@
+//! Entry points for the fuzz targets under `fuzz/` (built with `--cfg fuzzing`, and in tests):
+//! the relay's scanner and decisions fed arbitrary bytes cut into arbitrary reads, and the
+//! post-processing of a startup packet. They must return (an error is fine) and never panic,
+//! loop or allocate without bound.
+
+use super::flow::{ClientState, Flow};
+use super::frames::{ClientPolicy, ServerPolicy};
+use super::incoming::Rx;
+use super::lane::{Lane, Policy, walk};
+use super::replies::{Entry, Expect};
+use crate::backend::ServerParams;
+use crate::backend::prepared::{Known, Prepared};
+use crate::config::{OnPin, PoolConfig, PoolMode};
+use bytes::BytesMut;
+use std::time::Duration;
+
+/// Largest message the fuzzed relay accepts: keeps a claimed length from costing memory.
+const MAX: usize = 1 << 16;
+
+/// `data[0]` picks the direction and mode, `data[1..9]` the sizes of the reads and writes, the
+/// rest is the byte stream.
+pub fn relay(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let (sizes, stream) = rest.split_at(rest.len().min(8));
+    let sizes: Vec<usize> = sizes.iter().map(|&b| usize::from(b) + 1).collect();
+    let tx = mode & 1 == 1;
+    let (mut state, mut prepared, mut flow, known) = (
+        ClientState::default(),
+        Prepared::default(),
+        Flow::default(),
+        Known::default(),
+    );
+    if mode & 2 == 0 {
+        let cfg = pool_config();
+        let mut policy = ClientPolicy {
+            tx_mode: tx,
+            client: &mut state,
+            prepared: &mut prepared,
+            flow: &mut flow,
+            cfg: &cfg,
+        };
+        run(stream, &sizes, &mut policy);
+    } else {
+        for expect in [Expect::Query, Expect::Parse, Expect::Bind, Expect::Execute] {
+            flow.replies.push(Entry::new(expect));
+        }
+        flow.replies.push(Entry::new(Expect::Sync));
+        flow.pending = 2;
+        let (mut status, mut params, counter) =
+            (b'I', ServerParams::default(), metrics::Counter::noop());
+        let mut policy = ServerPolicy {
+            tx_mode: tx,
+            rx: Rx {
+                client: &mut state,
+                prepared: &mut prepared,
+                flow: &mut flow,
+                tx_status: &mut status,
+                known: &known,
+            },
+            params: &mut params,
+            transactions: &counter,
+        };
+        run(stream, &sizes, &mut policy);
+    }
+}
+
+/// Feeds `stream` in reads of the `sizes` (cycled) and writes out whatever is queued, until the
+/// walk stops or fails.
+fn run(stream: &[u8], sizes: &[usize], policy: &mut impl Policy) {
+    let (mut src, mut lane, mut scratch) = (BytesMut::new(), Lane::default(), BytesMut::new());
+    let mut sizes = sizes.iter().copied().cycle();
+    let mut at = 0;
+    loop {
+        let n = sizes.next().unwrap_or(usize::MAX).min(stream.len() - at);
+        src.extend_from_slice(&stream[at..at + n]);
+        at += n;
+        if walk(&mut src, &mut lane, MAX, &mut scratch, policy).is_err() {
+            return;
+        }
+        let queued = lane.queued();
+        assert!(
+            queued <= src.len() + lane.built.len(),
+            "queued what is not there"
+        );
+        lane.wrote(&mut src, queued);
+        if walk(&mut src, &mut lane, MAX, &mut scratch, policy).is_err() {
+            return;
+        }
+        assert!(
+            src.len() <= stream.len() + MAX,
+            "the buffer grew without bound"
+        );
+        if at == stream.len() && lane.queued() == 0 {
+            return;
+        }
+        if n == 0 && lane.queued() == 0 {
+            return;
+        }
+    }
+}
+
+/// A client's first message as pgwire decodes it (the decoder rotagate's listener uses), then
+/// rotagate's own checks of a startup packet's parameters.
+pub fn startup(data: &[u8]) {
+    use pgwire::messages::{DecodeContext, PgWireFrontendMessage};
+    let mut buf = BytesMut::from(data);
+    let mut ctx = DecodeContext::default();
+    for awaiting_ssl in [true, false] {
+        ctx.awaiting_frontend_ssl = awaiting_ssl;
+        let Ok(Some(m)) = PgWireFrontendMessage::decode(&mut buf, &ctx) else {
+            return;
+        };
+        if let PgWireFrontendMessage::Startup(s) = m {
+            if let Ok((_, _, params)) = super::startup::split_params(s.parameters) {
+                let _ = super::settings::Settings::from_startup(&params);
+            }
+            return;
+        }
+    }
+}
+
+fn pool_config() -> PoolConfig {
+    PoolConfig {
+        mode: PoolMode::Transaction,
+        size: 2,
+        min_idle: 0,
+        on_pin: OnPin::Pin,
+        max_prepared_statements: 3,
+        max_client_statement_bytes: 1 << 16,
+        acquire_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(1),
+        max_lifetime: Duration::from_secs(1),
+        drain_timeout: Duration::from_secs(1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_fuzz_entry_points_take_any_bytes() {
+        let query = b"Q\0\0\0\x0dSELECT 1;\0";
+        for mode in 0..4u8 {
+            let mut data = vec![mode, 0, 3, 1, 7, 0, 2, 200, 5];
+            data.extend_from_slice(query);
+            data.extend_from_slice(b"\xff\xff\xff\xff\xff");
+            super::relay(&data);
+            super::relay(&data[..4]);
+        }
+        super::startup(b"\0\0\0\x16\0\x03\0\0user\0app\0\0");
+        super::startup(b"\0\0\0\x08\x04\xd2\x16\x2f");
+    }
+}
