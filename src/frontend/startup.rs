@@ -96,11 +96,14 @@ pub async fn hello(tcp: TcpStream, acceptor: Option<TlsAcceptor>) -> Result<Hell
     }))
 }
 
+/// Startup parameters other than user, database and replication.
+pub type Params = Vec<(String, String)>;
+
 /// A startup packet's parameters: the user, the database (the user's name when not given),
 /// and the rest. Replication connections are refused.
 pub fn split_params(
     mut params: std::collections::BTreeMap<String, String>,
-) -> Result<(String, String, Vec<(String, String)>), FrontendError> {
+) -> Result<(String, String, Params), FrontendError> {
     let user = params
         .remove("user")
         .ok_or_else(|| FrontendError::Protocol("no user name in the startup message".into()))?;
