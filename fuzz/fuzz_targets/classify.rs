@@ -1,0 +1,16 @@
+//! Transaction mode's statement classifier (SET, RESET, DISCARD, PREPARE, LISTEN, temp tables,
+//! comments, quoting, dollar quotes): any text, classified alone and through the per-client
+//! cache of the last plain statement, gives the same answer.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use rotagate::frontend::classify::{Recent, classify};
+
+fuzz_target!(|data: &[u8]| {
+    let alone = classify(data);
+    let mut recent = Recent::default();
+    let first = recent.classify(data);
+    let again = recent.classify(data);
+    assert_eq!(alone, first);
+    assert_eq!(first, again);
+});
