@@ -5,7 +5,7 @@
 use super::pg::{Pg, free_port};
 use serde_json::{Value, json};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 const ROOT: &str = "test-root";
 
@@ -13,6 +13,8 @@ pub struct Bao {
     child: Child,
     pub addr: String,
     port: u16,
+    /// The dev server's output; it prints the unseal key there once it has started.
+    log: tempfile::NamedTempFile,
 }
 
 /// The bao binary from the venv `scripts/test` makes, or from `ROTAGATE_BAO`.
@@ -64,7 +66,7 @@ impl Bao {
         let child = Command::new(bao_bin())
             .args(["server", "-dev", &format!("-dev-root-token-id={ROOT}")])
             .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
+            .stdout(log.reopen().unwrap())
             .stderr(log.reopen().unwrap())
             .spawn()
             .expect("start bao server -dev");
@@ -72,12 +74,13 @@ impl Bao {
             child,
             addr: format!("http://127.0.0.1:{port}"),
             port,
+            log,
         };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while bao.call("GET", "sys/health", None).await.0 != 200 {
             let exited = matches!(bao.child.try_wait(), Ok(Some(_)));
             if exited || std::time::Instant::now() > deadline {
-                return Err(std::fs::read_to_string(log.path()).unwrap_or_default());
+                return Err(std::fs::read_to_string(bao.log.path()).unwrap_or_default());
             }
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
         }
@@ -183,6 +186,20 @@ impl Bao {
                    "creation_statements": create}),
         )
         .await;
+    }
+
+    /// Seals the server: every request is answered 503 "Vault is sealed" until [`Bao::unseal`].
+    pub async fn seal(&self) {
+        self.ok("PUT", "sys/seal", json!({})).await;
+    }
+
+    pub async fn unseal(&self) {
+        let printed = std::fs::read_to_string(self.log.path()).unwrap_or_default();
+        let key = printed
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Unseal Key: "))
+            .expect("the dev server prints its unseal key at start");
+        self.ok("PUT", "sys/unseal", json!({ "key": key })).await;
     }
 
     /// Freezes the server (SIGSTOP): it accepts nothing and answers nothing until `resume`.

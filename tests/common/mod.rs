@@ -4,6 +4,7 @@
 
 pub mod aws;
 pub mod bao;
+pub mod fault;
 pub mod pg;
 pub mod process;
 pub mod wire;

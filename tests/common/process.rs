@@ -132,6 +132,22 @@ impl Rotagate {
         self.config.with_file_name("secret.json")
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
+    /// Its resident memory in KiB (0 once it has exited).
+    pub fn rss_kib(&self) -> u64 {
+        let Some(pid) = self.pid() else { return 0 };
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Sends a signal ("-HUP", "-TERM") to the process.
     pub fn signal(&self, sig: &str) {
         let pid = self.child.as_ref().and_then(|c| c.id()).expect("running");
