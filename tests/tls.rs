@@ -204,12 +204,7 @@ async fn require_tls_upstream_refuses_a_plain_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_can_use_tls_and_require_tls_refuses_plain_clients() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = pki(dir.path());
-    let pg = app_cluster();
-    let proxy = TestProxy::builder(&pg)
-        .listen(&tls_listen(&pki, ""))
-        .start()
-        .await;
+    let (pki, pg, proxy) = client_tls(dir.path()).await;
     let (ok, out, err) = psql(&proxy, "sslmode=require", &["-c", "\\conninfo"]).await;
     assert!(ok && out.contains("SSL connection"), "{out}{err}");
     let (ok, out, err) = psql(&proxy, &verify_full(&pki.ca), &["-qAt", "-c", "SELECT 1"]).await;
@@ -226,6 +221,17 @@ async fn clients_can_use_tls_and_require_tls_refuses_plain_clients() {
     assert!(!ok && err.contains("rotagate requires TLS"), "{err}");
     let (ok, _, err) = psql(&proxy, "sslmode=require", &["-c", "SELECT 1"]).await;
     assert!(ok, "{err}");
+}
+
+/// A cluster and rotagate serving the test certificate to clients.
+async fn client_tls(dir: &Path) -> (Pki, Pg, TestProxy) {
+    let pki = pki(dir);
+    let pg = app_cluster();
+    let proxy = TestProxy::builder(&pg)
+        .listen(&tls_listen(&pki, ""))
+        .start()
+        .await;
+    (pki, pg, proxy)
 }
 
 /// A TLS client trusting the test CA, offering ALPN `postgresql`.
@@ -265,12 +271,7 @@ fn startup_packet() -> bytes::BytesMut {
 async fn bytes_before_the_tls_handshake_close_the_connection() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
-    let pki = pki(dir.path());
-    let pg = app_cluster();
-    let proxy = TestProxy::builder(&pg)
-        .listen(&tls_listen(&pki, ""))
-        .start()
-        .await;
+    let (pki, _pg, proxy) = client_tls(dir.path()).await;
     let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     let mut injected = bytes::BytesMut::from(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f][..]);
     injected.extend_from_slice(&startup_packet());
@@ -296,12 +297,7 @@ async fn bytes_before_the_tls_handshake_close_the_connection() {
 async fn direct_tls_with_alpn_reaches_authentication() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
-    let pki = pki(dir.path());
-    let pg = app_cluster();
-    let proxy = TestProxy::builder(&pg)
-        .listen(&tls_listen(&pki, ""))
-        .start()
-        .await;
+    let (pki, _pg, proxy) = client_tls(dir.path()).await;
     let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     let mut tls = tls_connector(&pki).connect(localhost(), tcp).await.unwrap();
     tls.write_all(&startup_packet()).await.unwrap();

@@ -121,7 +121,8 @@ pub fn startup(data: &[u8]) {
     }
 }
 
-fn pool_config() -> PoolConfig {
+/// The pool settings the fuzzed relay (and the relay's property tests) run with.
+pub(super) fn pool_config() -> PoolConfig {
     PoolConfig {
         mode: PoolMode::Transaction,
         size: 2,

@@ -10,24 +10,15 @@ use super::lane::{Lane, Policy, walk};
 use super::replies::{Entry, Expect};
 use crate::backend::ServerParams;
 use crate::backend::prepared::{Known, Prepared};
-use crate::config::{OnPin, PoolConfig, PoolMode};
+use crate::config::PoolConfig;
 use crate::wire::msg;
 use bytes::{Buf, BufMut, BytesMut};
 use proptest::prelude::*;
-use std::time::Duration;
 
 fn cfg() -> PoolConfig {
     PoolConfig {
-        mode: PoolMode::Transaction,
-        size: 2,
-        min_idle: 0,
-        on_pin: OnPin::Pin,
-        max_prepared_statements: 3,
         max_client_statement_bytes: 1 << 20,
-        acquire_timeout: Duration::from_secs(1),
-        idle_timeout: Duration::from_secs(1),
-        max_lifetime: Duration::from_secs(1),
-        drain_timeout: Duration::from_secs(1),
+        ..super::fuzzing::pool_config()
     }
 }
 
