@@ -38,6 +38,10 @@ fn zero() {
     metrics::gauge!("rotagate_pinned_clients").set(0.0);
     metrics::gauge!("rotagate_prepared_statements").set(0.0);
     metrics::counter!("rotagate_statement_prepares_total").increment(0);
+    metrics::gauge!("rotagate_pending_auth_connections").set(0.0);
+    metrics::counter!("rotagate_pending_auth_evicted_total").increment(0);
+    metrics::counter!("rotagate_admin_connections_evicted_total").increment(0);
+    metrics::counter!("rotagate_cache_write_failures_total").increment(0);
 }
 
 fn describe() {
@@ -106,6 +110,26 @@ fn describe() {
     describe_counter!(
         "rotagate_statement_prepares_total",
         "Parses of named statements rotagate sent upstream (transaction mode)."
+    );
+    describe_gauge!(
+        "rotagate_pending_auth_connections",
+        "Client connections not yet authenticated (bounded by listen.max_pending_auth)."
+    );
+    describe_counter!(
+        "rotagate_pending_auth_evicted_total",
+        "Unauthenticated client connections dropped for newer ones at listen.max_pending_auth."
+    );
+    describe_gauge!(
+        "rotagate_admin_connections",
+        "Open admin listener connections (bounded by admin.max_connections)."
+    );
+    describe_counter!(
+        "rotagate_admin_connections_evicted_total",
+        "Admin connections dropped for newer ones at admin.max_connections."
+    );
+    describe_counter!(
+        "rotagate_cache_write_failures_total",
+        "Last-known-good cache writes that failed (read-only or full directory); serving goes on."
     );
     describe_histogram!(
         "rotagate_pool_wait_seconds",
