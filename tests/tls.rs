@@ -62,7 +62,9 @@ fn verify_full(ca: &Path) -> String {
     )
 }
 
+/// A cluster serving TLS with the test certificate from `dir` (made readable to it).
 fn tls_cluster(dir: &Path) -> (Pg, Pki) {
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let pki = pki(dir);
     give_to_pg(dir);
     let pg = Pg::start_with(&[
@@ -86,11 +88,6 @@ async fn upstream_uses_ssl(proxy: &TestProxy) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_tls_modes_encrypt_and_verify_as_libpq_does() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
     let (pg, pki) = tls_cluster(dir.path());
     let ca = pki.ca.display();
     let good = [
@@ -366,11 +363,6 @@ async fn last_reason(proxy: &TestProxy) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cleartext_password_goes_only_over_verified_tls() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
     let (pg, pki) = tls_cluster(dir.path());
     pg.set_hba_method("password");
     let verified = format!("tls = \"verify-full\"\nca_file = \"{}\"", pki.ca.display());
