@@ -21,6 +21,8 @@ pub fn install() -> PrometheusHandle {
             // Another recorder may exist when rotagate is embedded (tests); ours still renders.
             let _ = metrics::set_global_recorder(recorder);
             describe();
+            describe_transaction_mode();
+            describe_limits();
             zero();
             handle
         })
@@ -95,6 +97,10 @@ fn describe() {
         "rotagate_server_connections_closed_total",
         "Upstream connections rotagate closed instead of returning them to the pool, by reason (malformed, too_large, client_left, server_lost, server_protocol, drain_timeout, reset_failed, pinned, placeholder, unsure, busy, client_error)."
     );
+}
+
+/// Transaction mode's series.
+fn describe_transaction_mode() {
     describe_gauge!(
         "rotagate_pinned_clients",
         "Transaction-mode clients pinned to their upstream connection."
@@ -111,6 +117,10 @@ fn describe() {
         "rotagate_statement_prepares_total",
         "Parses of named statements rotagate sent upstream (transaction mode)."
     );
+}
+
+/// The bounds on unauthenticated and admin connections, and the cache.
+fn describe_limits() {
     describe_gauge!(
         "rotagate_pending_auth_connections",
         "Client connections not yet authenticated (bounded by listen.max_pending_auth)."
