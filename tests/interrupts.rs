@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::wire::{Raw, first_column, tags};
+use common::wire::{Raw, first_column, sole_error, tags};
 use common::*;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -119,12 +119,7 @@ async fn session_mode_a_terminated_backend_gives_one_fatal() {
     wait_running(&pg, "session-victim").await;
     terminate(&pg, "session-victim");
     let got = a.until_closed().await;
-    let errors: Vec<_> = got.iter().filter(|m| m.tag == b'E').collect();
-    assert_eq!(errors.len(), 1, "{got:?}");
-    assert_eq!(
-        (errors[0].code(), errors[0].severity()),
-        ("57P01".into(), "FATAL".into())
-    );
+    assert_eq!(sole_error(&got), ("57P01".into(), "FATAL".into()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,12 +131,7 @@ async fn transaction_mode_a_terminated_query_fails_and_the_client_goes_on() {
     wait_running(&pg, "tx-victim").await;
     terminate(&pg, "tx-victim");
     let got = a.until_ready().await;
-    let errors: Vec<_> = got.iter().filter(|m| m.tag == b'E').collect();
-    assert_eq!(errors.len(), 1, "{got:?}");
-    assert_eq!(
-        (errors[0].code(), errors[0].severity()),
-        ("57P01".into(), "ERROR".into())
-    );
+    assert_eq!(sole_error(&got), ("57P01".into(), "ERROR".into()));
     assert_eq!(got.last().map(|m| m.body.clone()), Some(b"I".to_vec()));
     assert_eq!(first_column(&a.query("SELECT 'next'").await), ["next"]);
 }
@@ -169,10 +159,5 @@ async fn transaction_mode_a_pinned_clients_session_ends_with_its_server() {
     a.query("LISTEN pinned_victim").await;
     terminate(&pg, "pinned_victim");
     let got = a.until_closed().await;
-    let errors: Vec<_> = got.iter().filter(|m| m.tag == b'E').collect();
-    assert_eq!(errors.len(), 1, "{got:?}");
-    assert_eq!(
-        (errors[0].code(), errors[0].severity()),
-        ("57P01".into(), "FATAL".into())
-    );
+    assert_eq!(sole_error(&got), ("57P01".into(), "FATAL".into()));
 }

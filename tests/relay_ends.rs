@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::wire::{Ext, FakeUpstream, Raw, first_column, tags};
+use common::wire::{Ext, FakeUpstream, Raw, first_column, sole_error, tags};
 use common::*;
 use std::collections::BTreeSet;
 
@@ -192,12 +192,7 @@ async fn the_drain_timeout_ends_the_transaction_not_the_client() {
     })
     .await;
     let got = a.query("SELECT 1").await;
-    let errors: Vec<_> = got.iter().filter(|m| m.tag == b'E').collect();
-    assert_eq!(errors.len(), 1, "{got:?}");
-    assert_eq!(
-        (errors[0].code(), errors[0].severity()),
-        ("57P01".into(), "ERROR".into())
-    );
+    assert_eq!(sole_error(&got), ("57P01".into(), "ERROR".into()));
     assert_eq!(got.last().map(|m| m.body.clone()), Some(b"I".to_vec()));
     assert_eq!(first_column(&a.query("SELECT 'after'").await), ["after"]);
 }

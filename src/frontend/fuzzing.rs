@@ -26,43 +26,74 @@ pub fn relay(data: &[u8]) {
     let (sizes, stream) = rest.split_at(rest.len().min(8));
     let sizes: Vec<usize> = sizes.iter().map(|&b| usize::from(b) + 1).collect();
     let tx = mode & 1 == 1;
-    let (mut state, mut prepared, mut flow, known) = (
-        ClientState::default(),
-        Prepared::default(),
-        Flow::default(),
-        Known::default(),
-    );
+    let mut side = Side::default();
     if mode & 2 == 0 {
         let cfg = pool_config();
-        let mut policy = ClientPolicy {
-            tx_mode: tx,
-            client: &mut state,
-            prepared: &mut prepared,
-            flow: &mut flow,
-            cfg: &cfg,
-        };
-        run(stream, &sizes, &mut policy);
+        run(stream, &sizes, &mut side.client_policy(tx, &cfg));
     } else {
         for expect in [Expect::Query, Expect::Parse, Expect::Bind, Expect::Execute] {
-            flow.replies.push(Entry::new(expect));
+            side.flow.replies.push(Entry::new(expect));
         }
-        flow.replies.push(Entry::new(Expect::Sync));
-        flow.pending = 2;
-        let (mut status, mut params, counter) =
-            (b'I', ServerParams::default(), metrics::Counter::noop());
-        let mut policy = ServerPolicy {
+        side.flow.replies.push(Entry::new(Expect::Sync));
+        side.flow.pending = 2;
+        run(stream, &sizes, &mut side.server_policy(tx));
+    }
+}
+
+/// One client session's state as the relay's policies borrow it (for the fuzzed relay and the
+/// walk's property tests).
+pub(super) struct Side {
+    pub state: ClientState,
+    pub prepared: Prepared,
+    pub flow: Flow,
+    pub status: u8,
+    pub known: Known,
+    pub params: ServerParams,
+    pub counter: metrics::Counter,
+}
+
+impl Default for Side {
+    fn default() -> Self {
+        Self {
+            state: ClientState::default(),
+            prepared: Prepared::default(),
+            flow: Flow::default(),
+            status: b'I',
+            known: Known::default(),
+            params: ServerParams::default(),
+            counter: metrics::Counter::noop(),
+        }
+    }
+}
+
+impl Side {
+    pub(super) fn client_policy<'a>(
+        &'a mut self,
+        tx: bool,
+        cfg: &'a PoolConfig,
+    ) -> ClientPolicy<'a> {
+        ClientPolicy {
+            tx_mode: tx,
+            client: &mut self.state,
+            prepared: &mut self.prepared,
+            flow: &mut self.flow,
+            cfg,
+        }
+    }
+
+    pub(super) fn server_policy(&mut self, tx: bool) -> ServerPolicy<'_> {
+        ServerPolicy {
             tx_mode: tx,
             rx: Rx {
-                client: &mut state,
-                prepared: &mut prepared,
-                flow: &mut flow,
-                tx_status: &mut status,
-                known: &known,
+                client: &mut self.state,
+                prepared: &mut self.prepared,
+                flow: &mut self.flow,
+                tx_status: &mut self.status,
+                known: &self.known,
             },
-            params: &mut params,
-            transactions: &counter,
-        };
-        run(stream, &sizes, &mut policy);
+            params: &mut self.params,
+            transactions: &self.counter,
+        }
     }
 }
 

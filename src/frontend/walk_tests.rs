@@ -3,13 +3,9 @@
 //! in both directions and both modes, with transaction mode's real decisions (named statements
 //! renamed, Closes answered, DEALLOCATE answered, pins, replies matched).
 
-use super::flow::{ClientState, Flow};
-use super::frames::{ClientPolicy, ServerPolicy};
-use super::incoming::Rx;
+use super::fuzzing::Side;
 use super::lane::{Lane, Policy, walk};
 use super::replies::{Entry, Expect};
-use crate::backend::ServerParams;
-use crate::backend::prepared::{Known, Prepared};
 use crate::config::PoolConfig;
 use crate::wire::msg;
 use bytes::{Buf, BufMut, BytesMut};
@@ -127,21 +123,15 @@ fn write(lane: &mut Lane, src: &mut BytesMut, n: usize, out: &mut Vec<u8>) {
 /// The client direction in transaction mode; returns the bytes sent upstream and the number
 /// of replies owed.
 fn client_run(input: &[u8], cuts: &[usize], writes: &[usize]) -> (Vec<u8>, usize) {
-    let (mut state, mut prepared, mut flow, cfg) = (
-        ClientState::default(),
-        Prepared::default(),
-        Flow::default(),
-        cfg(),
+    let (mut side, cfg) = (Side::default(), cfg());
+    let out = relay(
+        input,
+        cuts,
+        writes,
+        1 << 20,
+        &mut side.client_policy(true, &cfg),
     );
-    let mut policy = ClientPolicy {
-        tx_mode: true,
-        client: &mut state,
-        prepared: &mut prepared,
-        flow: &mut flow,
-        cfg: &cfg,
-    };
-    let out = relay(input, cuts, writes, 1 << 20, &mut policy);
-    (out, flow.replies.len())
+    (out, side.flow.replies.len())
 }
 
 /// Server replies to `queries` simple Queries, each with rows of random sizes.
@@ -161,36 +151,17 @@ fn server_replies(rows: &[usize]) -> Vec<u8> {
 }
 
 fn server_run(input: &[u8], queries: usize, cuts: &[usize], writes: &[usize], tx: bool) -> Vec<u8> {
-    let (mut state, mut prepared, mut flow, mut status, known) = (
-        ClientState::default(),
-        Prepared::default(),
-        Flow::default(),
-        b'I',
-        Known::default(),
-    );
+    let mut side = Side::default();
     for _ in 0..queries {
         if tx {
-            flow.replies.push(Entry::new(Expect::Query));
+            side.flow.replies.push(Entry::new(Expect::Query));
         } else {
-            flow.pending += 1;
+            side.flow.pending += 1;
         }
     }
-    let (mut params, counter) = (ServerParams::default(), metrics::Counter::noop());
-    let mut policy = ServerPolicy {
-        tx_mode: tx,
-        rx: Rx {
-            client: &mut state,
-            prepared: &mut prepared,
-            flow: &mut flow,
-            tx_status: &mut status,
-            known: &known,
-        },
-        params: &mut params,
-        transactions: &counter,
-    };
-    let out = relay(input, cuts, writes, 1 << 30, &mut policy);
+    let out = relay(input, cuts, writes, 1 << 30, &mut side.server_policy(tx));
     assert!(
-        flow.replies.is_empty() && flow.pending == 0,
+        side.flow.replies.is_empty() && side.flow.pending == 0,
         "every reply matched"
     );
     out
@@ -268,15 +239,8 @@ proptest! {
         let input: Vec<u8> = msgs.concat();
         let lens: Vec<usize> = msgs.iter().map(Vec::len).collect();
         let cuts = cut_points(&lens, &anywhere, &near);
-        let (mut state, mut prepared, mut flow, cfg) =
-            (ClientState::default(), Prepared::default(), Flow::default(), cfg());
-        let mut policy = ClientPolicy {
-            tx_mode: false,
-            client: &mut state,
-            prepared: &mut prepared,
-            flow: &mut flow,
-            cfg: &cfg,
-        };
+        let (mut side, cfg) = (Side::default(), cfg());
+        let mut policy = side.client_policy(false, &cfg);
         let out = relay(&input, &cuts, &[7, 100, 5000], 1 << 20, &mut policy);
         prop_assert!(out == input);
     }

@@ -35,6 +35,13 @@ impl Msg {
     }
 }
 
+/// The one ErrorResponse among `got`, as (SQLSTATE, severity); fails unless there is exactly one.
+pub fn sole_error(got: &[Msg]) -> (String, String) {
+    let errors: Vec<_> = got.iter().filter(|m| m.tag == b'E').collect();
+    assert_eq!(errors.len(), 1, "{got:?}");
+    (errors[0].code(), errors[0].severity())
+}
+
 /// A client speaking the protocol by hand.
 pub struct Raw {
     pub stream: TcpStream,
