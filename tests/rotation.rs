@@ -173,6 +173,13 @@ async fn bad_secrets_are_rejected_and_the_breaker_opens_then_recovers() {
         proxy.generation().await > g
     })
     .await;
+    // The new pool is published before the attempt's report is recorded: wait for the report.
+    wait_until(20, "the half-open attempt's report", || async {
+        let status: serde_json::Value =
+            serde_json::from_str(&proxy.get("/status").await.1).unwrap();
+        status["last_attempt"]["trigger"] == "half_open"
+    })
+    .await;
     let status: serde_json::Value = serde_json::from_str(&proxy.get("/status").await.1).unwrap();
     assert_eq!(status["breaker"]["state"], "closed", "{status}");
     assert_eq!(status["breaker"]["consecutive_failures"], 0);
