@@ -11,6 +11,7 @@
 //!
 //! When the upstream connection goes mid-transaction, the client gets an error for the
 //! transaction in flight and its session goes on; a pinned client's session ends with it.
+//! When no connection can be had for a transaction, that request fails and the session goes on.
 
 use super::Frontend;
 use super::cancel::CancelKey;
@@ -38,9 +39,21 @@ pub async fn serve(
         if !wait_for_request(client, fe).await? {
             return Ok(());
         }
-        let Some(mut server) = acquire_or_cancel(client, cancel, fe).await.transpose()? else {
-            client.state.failure = Some(error("57014", "canceling statement due to user request"));
-            continue;
+        let mut server = match acquire_or_cancel(client, cancel, fe).await {
+            Some(Ok(server)) => server,
+            None => {
+                client.state.failure =
+                    Some(error("57014", "canceling statement due to user request"));
+                continue;
+            }
+            // No connection for this transaction (the upstream refuses, is unreachable or the
+            // pool stayed full): the request fails and the session goes on, so the client's
+            // next transaction tries again.
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "no upstream connection for a client's transaction");
+                client.state.failure = Some(error(e.sqlstate(), &e.client_text()));
+                continue;
+            }
         };
         apply(&client.state.settings, &mut server).await?;
         cancel.slot.attach(server.pid, server.key);
