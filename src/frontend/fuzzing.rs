@@ -126,9 +126,6 @@ fn run(stream: &[u8], sizes: &[usize], policy: &mut impl Policy) {
         if at == stream.len() && lane.queued() == 0 {
             return;
         }
-        if n == 0 && lane.queued() == 0 {
-            return;
-        }
     }
 }
 

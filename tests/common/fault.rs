@@ -154,8 +154,6 @@ pub struct Cost {
     pub ok: u64,
     pub failed: u64,
     pub reconnects: u64,
-    /// From the fault's end until every client had succeeded again.
-    pub recovery: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -197,11 +195,11 @@ impl Load {
 
     /// Counts so far.
     pub fn snapshot(&self) -> Cost {
+        let t = &self.tally;
         Cost {
-            ok: self.tally.ok.load(Ordering::Relaxed),
-            failed: self.tally.failed.load(Ordering::Relaxed),
-            reconnects: self.tally.reconnects.load(Ordering::Relaxed),
-            recovery: None,
+            ok: t.ok.load(Ordering::Relaxed),
+            failed: t.failed.load(Ordering::Relaxed),
+            reconnects: t.reconnects.load(Ordering::Relaxed),
         }
     }
 
@@ -221,18 +219,12 @@ impl Load {
         }
     }
 
-    pub async fn stop(self) -> Cost {
+    pub async fn stop(mut self) -> Cost {
         self.stop.cancel();
-        for t in self.tasks {
+        for t in std::mem::take(&mut self.tasks) {
             let _ = t.await;
         }
-        let t = &self.tally;
-        Cost {
-            ok: t.ok.load(Ordering::Relaxed),
-            failed: t.failed.load(Ordering::Relaxed),
-            reconnects: t.reconnects.load(Ordering::Relaxed),
-            recovery: None,
-        }
+        self.snapshot()
     }
 }
 
