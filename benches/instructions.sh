@@ -7,6 +7,8 @@
 #
 #   benches/instructions.sh [BIN ...]        # default: target/release/rotagate
 #   MODES="transaction session" PROTOS="simple extended prepared" N1=500 N2=1500 benches/instructions.sh
+#   PROFILE=/tmp/prof benches/instructions.sh   # also keeps each N2 run's callgrind files there
+#                                                (callgrind_annotate --inclusive=yes FILE)
 #   BIN may be "pgbouncer" for the installed PgBouncer (no prepared statements in transaction mode
 #   before 1.21).
 #
@@ -110,6 +112,10 @@ instructions() {
   rm -f "$DIR"/cg.*
   bench "$3" "$4" || { stop; return 1; }
   stop
+  if [[ -n ${PROFILE:-} && $4 == "$N2" ]]; then
+    mkdir -p "$PROFILE"
+    for f in "$DIR"/cg.*; do cp "$f" "$PROFILE/$(basename "$1")-$2-$3.${f##*.}"; done
+  fi
   cat "$DIR"/cg.* | awk '/^totals:/ {s += $2} END {print s}'
 }
 

@@ -87,14 +87,19 @@ impl App {
             creds.username.clone(),
         ));
         let target = Arc::new(UpstreamTarget::from_config(&cfg.upstream)?);
-        let pools = Arc::new(Pools::new(cfg.pool.clone(), target, creds));
+        let pools = Arc::new(Pools::new(
+            cfg.pool.clone(),
+            target,
+            creds,
+            vec![tokio::runtime::Handle::current()],
+        ));
         let ready = Arc::new(AtomicBool::new(false));
         let tracker = TaskTracker::new();
         let parts = EngineParts {
             provider,
             events,
             pools: pools.clone(),
-            upstream: cfg.upstream.clone(),
+            endpoint: cfg.upstream.clone(),
             allow_endpoint_change: cfg.credentials.allow_endpoint_change,
             refresh_interval: cfg.credentials.refresh_interval,
             breaker: Breaker::new(
@@ -154,7 +159,7 @@ async fn serve_clients(
 
 /// Starts the rotation engine (the only writer of pool generations) as a tracked task.
 fn spawn_engine(
-    parts: EngineParts,
+    parts: EngineParts<Pools>,
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
 ) -> RotationHandle {
@@ -175,6 +180,7 @@ fn frontend(
         database: cfg.upstream.database.clone(),
         listen: cfg.listen.clone(),
         pools,
+        worker: 0,
         cancels: Arc::new(CancelRegistry::default()),
         shutdown: shutdown.clone(),
         transactions: metrics::counter!("rotagate_transactions_total"),

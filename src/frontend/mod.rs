@@ -51,6 +51,8 @@ pub struct Frontend {
     /// Swapped whole on reload (SIGHUP); each login reads the current one.
     pub auth: arc_swap::ArcSwap<ClientAuth>,
     pub pools: Arc<Pools>,
+    /// This event loop's share of the pools.
+    pub worker: usize,
     pub cancels: Arc<CancelRegistry>,
     /// Swapped on reload, so renewed certificates apply to new connections.
     pub tls: arc_swap::ArcSwapOption<TlsAcceptor>,

@@ -13,6 +13,7 @@ use super::lane::Lane;
 use super::startup::ClientStream;
 use crate::backend::ServerConn;
 use crate::config::{PoolConfig, PoolMode};
+use crate::pool::Pooled;
 use bytes::{Bytes, BytesMut};
 use pgwire::tokio::server::MaybeTls;
 use std::future::{Future, poll_fn};
@@ -73,7 +74,6 @@ pub enum End {
 
 pub struct RelayCtx<'a> {
     pub mode: PoolMode,
-    pub pools: &'a crate::pool::Pools,
     pub cfg: &'a PoolConfig,
     pub max_client_message: usize,
     pub shutdown: &'a CancellationToken,
@@ -94,7 +94,7 @@ pub fn close(s: &mut ServerConn, reason: &'static str) {
 /// left it at rest.
 pub async fn relay(
     c: &mut ClientSide,
-    s: &mut ServerConn,
+    s: &mut Pooled,
     f: &mut Flow,
     ctx: &RelayCtx<'_>,
 ) -> Result<End, FrontendError> {
@@ -175,12 +175,13 @@ impl Default for Wants {
 
 async fn run(
     c: &mut ClientSide,
-    s: &mut ServerConn,
+    s: &mut Pooled,
     f: &mut Flow,
     ctx: &RelayCtx<'_>,
 ) -> Result<End, FrontendError> {
     let mut shutdown = pin!(ctx.shutdown.cancelled());
-    let mut retired = pin!(ctx.pools.retirement(s.generation));
+    let expired = s.generation().expired().clone();
+    let mut retired = pin!(expired.cancelled());
     let mut w = Wants::default();
     loop {
         if w.scan_client {

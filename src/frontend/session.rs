@@ -76,7 +76,7 @@ pub(super) fn wire_io(e: std::io::Error) -> FrontendError {
 }
 
 pub(super) async fn acquire(fe: &Frontend) -> Result<Pooled, FrontendError> {
-    fe.pools.acquire().await.map_err(|e| match e {
+    fe.pools.acquire(fe.worker).await.map_err(|e| match e {
         PoolError::Timeout { waited, last } => FrontendError::PoolTimeout { waited, last },
         PoolError::Backend(e) => FrontendError::Upstream(e),
     })
@@ -118,7 +118,6 @@ async fn greet(
 pub(super) fn ctx<'a>(fe: &'a Frontend, cfg: &'a crate::config::PoolConfig) -> RelayCtx<'a> {
     RelayCtx {
         mode: fe.mode,
-        pools: &fe.pools,
         cfg,
         max_client_message: fe.listen.max_message_size,
         shutdown: &fe.shutdown,

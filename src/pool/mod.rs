@@ -1,30 +1,25 @@
-//! Upstream connection pools by credential generation. [`Pools`] serves connections from the
-//! current generation and keeps older ones until they drain. Only the rotation engine calls
-//! [`Pools::publish`]; everyone else only acquires.
+//! Upstream connections by credential generation, per worker. [`Pools`] hands out connections
+//! of the current generation and keeps older ones until they drain. Only the rotation engine
+//! publishes; everyone else only acquires.
+//!
+//! Each worker (one event loop, see `listen.workers`) has its own share of `pool.size` and its
+//! own [`Generation`] objects, so a hand-over never touches another thread's state. A
+//! generation is published to every worker at once.
 
-mod manager;
+mod connector;
+mod generation;
+
+pub use generation::{Generation, Limits, Pooled};
 
 use crate::backend::{BackendError, ServerConn, UpstreamTarget};
 use crate::config::PoolConfig;
 use crate::secrets::Credentials;
 use arc_swap::ArcSwap;
-use bb8::{PooledConnection, RunError};
-use manager::Manager;
+use connector::Connector;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{Notify, watch};
-
-/// A checked-out upstream connection; dropping it checks it in (or closes it when broken).
-pub type Pooled = PooledConnection<'static, Manager>;
-
-/// One credential generation and its pool.
-pub struct Generation {
-    pub id: u64,
-    pub creds: Arc<Credentials>,
-    pub pool: bb8::Pool<Manager>,
-    last_error: Arc<Mutex<Option<LastError>>>,
-}
+use tokio::sync::{Notify, oneshot};
 
 /// The last failed login of a generation: what kind of failure (safe to show a client) and
 /// its full text (for the log only: it may name the upstream user or host).
@@ -41,7 +36,7 @@ pub enum PoolError {
     Backend(#[from] BackendError),
 }
 
-/// Counts for one live generation.
+/// Counts for one live generation, summed over workers.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct GenerationCounts {
     pub generation: u64,
@@ -50,87 +45,102 @@ pub struct GenerationCounts {
     pub current: bool,
 }
 
-pub struct Pools {
-    /// Swapped on reload; each new generation is built from the current one.
-    cfg: arc_swap::ArcSwap<PoolConfig>,
-    target: Arc<UpstreamTarget>,
-    current_id: Arc<AtomicU64>,
+/// One worker's generations.
+struct Shard {
+    connector: Arc<Connector>,
     current: ArcSwap<Generation>,
     draining: Mutex<Vec<Arc<Generation>>>,
+}
+
+pub struct Pools {
+    /// Swapped on reload; each new generation is built from the current one.
+    cfg: ArcSwap<PoolConfig>,
+    target: Arc<UpstreamTarget>,
+    current_id: AtomicU64,
+    shards: Vec<Shard>,
     wait_seconds: metrics::Histogram,
-    /// The current generation id, for waiters that must move to a newly published pool.
-    changed: watch::Sender<u64>,
     /// Signalled when an upstream login of the current generation is refused (28P01/28000).
     pub auth_failed: Arc<Notify>,
 }
 
 impl Pools {
-    /// Pools serving `creds` as generation 1. No connection is opened until needed (or
-    /// `min_idle` asks for some).
-    pub fn new(cfg: PoolConfig, target: Arc<UpstreamTarget>, creds: Credentials) -> Self {
-        let current_id = Arc::new(AtomicU64::new(1));
+    /// Pools serving `creds` as generation 1, one share per worker runtime in `workers` (at
+    /// least one). No connection is opened until needed (or `min_idle` asks for some).
+    pub fn new(
+        cfg: PoolConfig,
+        target: Arc<UpstreamTarget>,
+        creds: Credentials,
+        workers: Vec<tokio::runtime::Handle>,
+    ) -> Self {
+        assert!(!workers.is_empty(), "at least one worker");
         let auth_failed = Arc::new(Notify::new());
-        let first = build(&cfg, &target, &current_id, &auth_failed, Arc::new(creds), 1);
-        let cfg = arc_swap::ArcSwap::from_pointee(cfg);
+        let creds = Arc::new(creds);
+        let n = workers.len();
+        let shards = workers
+            .into_iter()
+            .enumerate()
+            .map(|(k, runtime)| {
+                let connector = Arc::new(Connector {
+                    target: target.clone(),
+                    auth_failed: auth_failed.clone(),
+                    runtime,
+                });
+                let first = generation(&connector, &cfg, k, n, 1, creds.clone());
+                Shard {
+                    connector,
+                    current: ArcSwap::new(first),
+                    draining: Mutex::new(Vec::new()),
+                }
+            })
+            .collect();
         Self {
-            cfg,
+            cfg: ArcSwap::from_pointee(cfg),
             target,
-            current_id,
-            current: ArcSwap::from_pointee(first),
-            draining: Mutex::new(Vec::new()),
+            current_id: AtomicU64::new(1),
+            shards,
             wait_seconds: metrics::histogram!("rotagate_pool_wait_seconds"),
-            changed: watch::channel(1).0,
             auth_failed,
         }
     }
 
-    /// A connection from the current generation, waiting up to `pool.acquire_timeout` in all.
-    /// A waiter moves to a generation published while it waits: during a rotation window the
-    /// old credential's logins fail, and the new pool is where connections will come from.
-    pub async fn acquire(&self) -> Result<Pooled, PoolError> {
+    /// How many workers share the pool.
+    pub fn workers(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// A connection of the current generation for `worker`. An idle one is handed over at once
+    /// (no allocation, no timer); otherwise the client queues, up to `pool.acquire_timeout`,
+    /// and moves to a generation published while it waits.
+    pub async fn acquire(&self, worker: usize) -> Result<Pooled, PoolError> {
+        let shard = &self.shards[worker];
+        if let Some(conn) = shard.current.load().take_idle() {
+            return Ok(conn);
+        }
         let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + self.cfg.load().acquire_timeout;
-        let mut changed = self.changed.subscribe();
-        let result = loop {
-            let generation = self.current.load_full();
-            changed.borrow_and_update();
-            let got = tokio::select! {
-                biased;
-                r = tokio::time::timeout_at(deadline, generation.pool.get_owned()) => r,
-                _ = changed.changed() => continue,
-            };
-            break match got {
-                Ok(Ok(conn)) => Ok(conn),
-                Ok(Err(RunError::User(e))) => Err(PoolError::Backend(e)),
-                Ok(Err(RunError::TimedOut)) | Err(_) => Err(PoolError::Timeout {
-                    waited: self.cfg.load().acquire_timeout,
-                    last: generation
-                        .last_error
-                        .lock()
-                        .expect("last_error lock")
-                        .clone(),
-                }),
-            };
-        };
+        let result = self.wait(shard).await;
         self.wait_seconds.record(started.elapsed().as_secs_f64());
         result
     }
 
-    /// Resolves `pool.drain_timeout` after a generation newer than `generation` is published:
-    /// the moment a connection of `generation` must close even if it is in use.
-    pub fn retirement(
-        &self,
-        generation: u64,
-    ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut changed = self.changed.subscribe();
-        let drain = self.cfg.load().drain_timeout;
-        async move {
-            while *changed.borrow_and_update() <= generation {
-                if changed.changed().await.is_err() {
-                    std::future::pending::<()>().await;
+    async fn wait(&self, shard: &Shard) -> Result<Pooled, PoolError> {
+        let waited = self.cfg.load().acquire_timeout;
+        let deadline = tokio::time::Instant::now() + waited;
+        loop {
+            let g = shard.current.load_full();
+            let rx = match g.take_or_wait() {
+                Ok(Ok(conn)) => return Ok(conn),
+                Ok(Err(rx)) => Waiter::new(rx, g.clone()),
+                Err(()) => continue,
+            };
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(conn)) => return Ok(Pooled::new(conn, g)),
+                // Retired while waiting: the current generation is where connections come from.
+                Ok(None) => continue,
+                Err(_) => {
+                    let last = g.last_error();
+                    return Err(PoolError::Timeout { waited, last });
                 }
             }
-            tokio::time::sleep(drain).await;
         }
     }
 
@@ -138,8 +148,9 @@ impl Pools {
         self.current_id.load(Ordering::Acquire)
     }
 
-    pub fn current(&self) -> Arc<Generation> {
-        self.current.load_full()
+    /// The credential being served.
+    pub fn current_creds(&self) -> Arc<Credentials> {
+        self.shards[0].current.load().creds.clone()
     }
 
     pub fn target(&self) -> &Arc<UpstreamTarget> {
@@ -148,50 +159,82 @@ impl Pools {
 
     /// Connection counts of the current and every still-draining generation.
     pub fn counts(&self) -> Vec<GenerationCounts> {
-        let mut out = vec![counts(&self.current.load_full(), true)];
-        out.extend(self.draining().iter().map(|g| counts(g, false)));
+        let mut out: Vec<GenerationCounts> = Vec::new();
+        for shard in &self.shards {
+            let current = shard.current.load_full();
+            let draining = shard.draining.lock().expect("draining lock").clone();
+            for (g, is_current) in
+                std::iter::once((current, true)).chain(draining.into_iter().map(|g| (g, false)))
+            {
+                let (open, idle) = g.counts();
+                if !is_current && open == 0 {
+                    continue;
+                }
+                match out.iter_mut().find(|c| c.generation == g.id) {
+                    Some(c) => {
+                        c.connections += open;
+                        c.idle += idle;
+                    }
+                    None => out.push(GenerationCounts {
+                        generation: g.id,
+                        connections: open,
+                        idle,
+                        current: is_current,
+                    }),
+                }
+            }
+        }
         out
     }
 
-    /// Makes `creds` the current generation; `validated` is the connection that proved them and
-    /// becomes the new pool's first. Only the rotation engine calls this.
+    /// Makes `creds` the current generation on every worker; `validated` is the connection
+    /// that proved them and becomes the first worker's first. Only the rotation engine calls
+    /// this.
     ///
-    /// 1. build the new generation's pool and give it the validated connection;
-    /// 2. raise the current-generation mark, so older connections close on check-in;
-    /// 3. swap the pool clients acquire from, and wake waiters so they move to it;
-    /// 4. close the old generation's idle connections now; in-flight ones close when checked
-    ///    in; the old generation stays listed until its last connection is gone.
+    /// 1. build the new generation for each worker, with its share of `pool.size`;
+    /// 2. swap it in: clients acquire from it from now on;
+    /// 3. retire the old one: its idle connections close now, its waiters move to the new one,
+    ///    in-use connections close when given back, and all of them at `drain_timeout`.
     pub fn publish(&self, creds: Credentials, validated: ServerConn) -> u64 {
+        let cfg = self.cfg.load_full();
         let id = self.current_id.load(Ordering::Acquire) + 1;
-        let next = Arc::new(build(
-            &self.cfg.load(),
-            &self.target,
-            &self.current_id,
-            &self.auth_failed,
-            Arc::new(creds),
-            id,
-        ));
+        let creds = Arc::new(creds);
+        let n = self.shards.len();
+        let fresh: Vec<_> = self
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(k, s)| generation(&s.connector, &cfg, k, n, id, creds.clone()))
+            .collect();
         let mut validated = Box::new(validated);
         validated.generation = id;
-        if next.pool.add(validated).is_err() {
-            tracing::debug!("the new pool refused its first connection; it will open its own");
-        }
+        fresh[0].adopt(validated);
         self.current_id.store(id, Ordering::Release);
-        let old = self.current.swap(next);
-        self.changed.send_replace(id);
-        tokio::spawn(close_idle(old.clone()));
-        self.draining.lock().expect("draining lock").push(old);
+        for (shard, g) in self.shards.iter().zip(fresh) {
+            let old = shard.current.swap(g);
+            old.retire(cfg.drain_timeout);
+            let mut draining = shard.draining.lock().expect("draining lock");
+            draining.retain(|g| g.counts().0 > 0);
+            draining.push(old);
+        }
         id
     }
 
-    /// Resolves once a retired generation has no connection left, or at `drain_timeout` (when
-    /// the relays close what is left) plus a moment.
-    pub async fn drained(&self, generation: &Generation) {
-        let deadline =
-            tokio::time::Instant::now() + self.cfg.load().drain_timeout + Duration::from_secs(1);
-        while generation.pool.state().connections > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+    /// Gives the current generation a connection the rotation engine validated.
+    pub fn adopt(&self, mut conn: ServerConn) {
+        conn.generation = self.generation();
+        self.shards[0].current.load().adopt(Box::new(conn));
+    }
+
+    /// Resolves once generation `id` has no connection left on any worker.
+    pub async fn drained(&self, id: u64) {
+        let olds: Vec<Arc<Generation>> = self
+            .shards
+            .iter()
+            .flat_map(|s| s.draining.lock().expect("draining lock").clone())
+            .filter(|g| g.id == id)
+            .collect();
+        futures::future::join_all(olds.iter().map(|g| g.gone())).await;
     }
 
     /// The pool settings new generations are built with.
@@ -204,66 +247,56 @@ impl Pools {
     pub fn reconfigure(&self, cfg: PoolConfig) {
         self.cfg.store(Arc::new(cfg));
     }
-
-    /// Retired generations whose connections are not all closed yet.
-    pub fn draining(&self) -> Vec<Arc<Generation>> {
-        let mut draining = self.draining.lock().expect("draining lock");
-        draining.retain(|g| g.pool.state().connections > 0);
-        draining.clone()
-    }
 }
 
-/// Checks out and drops a retired pool's idle connections, so they close now rather than at
-/// `idle_timeout`. Only idle ones: a checkout when none is idle would open a new connection.
-async fn close_idle(generation: Arc<Generation>) {
-    while generation.pool.state().idle_connections > 0 {
-        match tokio::time::timeout(Duration::from_millis(50), generation.pool.get()).await {
-            Ok(Ok(conn)) => drop(conn),
-            _ => break,
-        }
-    }
+/// Worker `k`'s share of `total` when `n` workers split it (the first ones get the remainder).
+pub fn share(total: u32, k: usize, n: usize) -> u32 {
+    let (n, k) = (n as u32, k as u32);
+    total / n + u32::from(k < total % n)
 }
 
-fn counts(g: &Generation, current: bool) -> GenerationCounts {
-    let s = g.pool.state();
-    GenerationCounts {
-        generation: g.id,
-        connections: s.connections,
-        idle: s.idle_connections,
-        current,
-    }
-}
-
-fn build(
+fn generation(
+    connector: &Arc<Connector>,
     cfg: &PoolConfig,
-    target: &Arc<UpstreamTarget>,
-    current: &Arc<AtomicU64>,
-    auth_failed: &Arc<Notify>,
-    creds: Arc<Credentials>,
+    k: usize,
+    n: usize,
     id: u64,
-) -> Generation {
-    let last_error = Arc::new(Mutex::new(None));
-    let manager = Manager {
-        target: target.clone(),
-        creds: creds.clone(),
-        generation: id,
-        current: current.clone(),
-        last_error: last_error.clone(),
-        auth_failed: auth_failed.clone(),
+    creds: Arc<Credentials>,
+) -> Arc<Generation> {
+    let limits = Limits {
+        size: share(cfg.size, k, n).max(1),
+        min_idle: share(cfg.min_idle, k, n),
+        idle_timeout: cfg.idle_timeout,
+        max_lifetime: cfg.max_lifetime,
     };
-    let pool = bb8::Pool::builder()
-        .max_size(cfg.size)
-        .min_idle(Some(cfg.min_idle).filter(|n| *n > 0))
-        .connection_timeout(cfg.acquire_timeout)
-        .idle_timeout(Some(cfg.idle_timeout))
-        .max_lifetime(Some(cfg.max_lifetime))
-        .queue_strategy(bb8::QueueStrategy::Lifo)
-        .test_on_check_out(true)
-        .build_unchecked(manager);
-    Generation {
-        id,
-        creds,
-        pool,
-        last_error,
+    let g = Arc::new(Generation::new(id, creds, limits, connector.clone()));
+    connector.reap(&g);
+    g
+}
+
+/// A client's place in a generation's queue. Dropped early (timeout, cancel, client gone), it
+/// takes back a connection that was handed to it at that moment, so none is lost.
+struct Waiter {
+    rx: oneshot::Receiver<Box<ServerConn>>,
+    home: Arc<Generation>,
+}
+
+impl Waiter {
+    fn new(rx: oneshot::Receiver<Box<ServerConn>>, home: Arc<Generation>) -> Self {
+        Self { rx, home }
+    }
+
+    /// The connection handed over, or None when the generation was retired meanwhile.
+    async fn recv(mut self) -> Option<Box<ServerConn>> {
+        (&mut self.rx).await.ok()
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        self.rx.close();
+        if let Ok(conn) = self.rx.try_recv() {
+            self.home.put(conn);
+        }
     }
 }

@@ -1,12 +1,12 @@
 //! The rotation engine: one task that turns triggers into attempts, in order, and is the only
-//! caller of [`Pools::publish`].
+//! caller of [`Upstream::publish`]. It sees the pools only through that seam.
 
 use super::Request;
 use super::breaker::Breaker;
-use super::checks::{check_endpoint, health_check};
+use super::checks::check_endpoint;
 use super::status::{Outcome, Report, RotationStatus, Trigger};
+use super::upstream::Upstream;
 use crate::config::UpstreamConfig;
-use crate::pool::Pools;
 use crate::secrets::Credentials;
 use crate::secrets::backoff::Backoff;
 use crate::secrets::cache::Cache;
@@ -21,13 +21,15 @@ use tokio_util::task::TaskTracker;
 
 /// A refused upstream login triggers at most one refetch per this interval.
 const AUTH_REFETCH_EVERY: Duration = Duration::from_secs(1);
+/// How long after `drain_timeout` the source is told a generation is gone, at the latest.
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
 
 /// Everything the engine is built from (see `app.rs`).
-pub struct EngineParts {
+pub struct EngineParts<U> {
     pub provider: Arc<dyn SecretProvider>,
     pub events: Vec<Box<dyn EventSource>>,
-    pub pools: Arc<Pools>,
-    pub upstream: UpstreamConfig,
+    pub pools: Arc<U>,
+    pub endpoint: UpstreamConfig,
     pub allow_endpoint_change: bool,
     pub refresh_interval: Duration,
     pub breaker: Breaker,
@@ -36,13 +38,15 @@ pub struct EngineParts {
     pub ready: Arc<AtomicBool>,
 }
 
-pub struct Engine {
-    p: EngineParts,
+pub struct Engine<U> {
+    p: EngineParts<U>,
     backoff: Backoff,
     retry_at: Option<Instant>,
     last_auth_refetch: Option<Instant>,
     validated: bool,
     persisted: u64,
+    /// The last cache write, finished before the engine stops (nothing validated is lost).
+    persisting: Option<tokio::task::JoinHandle<()>>,
     /// A version fetched when it was staged (AWSPENDING), used when it becomes current.
     prefetched: Option<Credentials>,
 }
@@ -73,8 +77,8 @@ async fn until(deadline: Option<Instant>) {
     }
 }
 
-impl Engine {
-    pub fn new(parts: EngineParts) -> Self {
+impl<U: Upstream> Engine<U> {
+    pub fn new(parts: EngineParts<U>) -> Self {
         Self {
             p: parts,
             backoff: Backoff::default(),
@@ -82,6 +86,7 @@ impl Engine {
             last_auth_refetch: None,
             validated: false,
             persisted: 0,
+            persisting: None,
             prefetched: None,
         }
     }
@@ -100,11 +105,11 @@ impl Engine {
         drop(note_tx);
         self.handle(Trigger::Start, None, None).await;
         let mut next_refresh = Instant::now() + self.p.refresh_interval;
-        let auth_failed = self.p.pools.auth_failed.clone();
+        let auth_failed = self.p.pools.auth_failed();
         loop {
             let reopen = self.p.breaker.reopens_at().map(Instant::from_std);
             let (trigger, reply) = tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => return self.flush().await,
                 Some(req) = requests.recv() => (req.trigger, req.reply),
                 Some(note) = notes.recv() => {
                     self.on_note(note).await;
@@ -212,7 +217,7 @@ impl Engine {
                 reason: Some("circuit breaker open".into()),
             };
         }
-        let current = self.p.pools.current().creds.clone();
+        let current = self.p.pools.current();
         if self.validated && expected == Some(current.version.as_str()) {
             return Step::about(Outcome::Unchanged, &current, Some("already served".into()));
         }
@@ -311,12 +316,12 @@ impl Engine {
     ///    (`Pools::publish` swaps atomically and starts draining the old generation);
     /// 4. persist it to the encrypted cache.
     async fn rotate(&mut self, candidate: Credentials) -> Step {
-        if let Err(why) = check_endpoint(&candidate, &self.p.upstream, self.p.allow_endpoint_change)
+        if let Err(why) = check_endpoint(&candidate, &self.p.endpoint, self.p.allow_endpoint_change)
         {
             return Step::about(Outcome::Rejected, &candidate, Some(why));
         }
         let next = self.p.pools.generation() + 1;
-        match health_check(self.p.pools.target(), &candidate, next).await {
+        match self.p.pools.validate(&candidate, next).await {
             Err(e) => Step::about(
                 Outcome::Rejected,
                 &candidate,
@@ -326,7 +331,7 @@ impl Engine {
                 let step = Step::about(Outcome::Applied, &candidate, None);
                 self.prefetched = None;
                 self.persist(&candidate);
-                let old = self.p.pools.current();
+                let old = (self.p.pools.generation(), self.p.pools.current());
                 self.p.pools.publish(candidate, conn);
                 self.mark_validated();
                 self.retire_when_drained(old);
@@ -339,9 +344,9 @@ impl Engine {
     /// new generation built with them; the old one drains as in a rotation. Nothing is
     /// retired at the source: the credential is the same.
     async fn republish(&mut self) -> Step {
-        let current = self.p.pools.current().creds.clone();
+        let current = self.p.pools.current();
         let next = self.p.pools.generation() + 1;
-        match health_check(self.p.pools.target(), &current, next).await {
+        match self.p.pools.validate(&current, next).await {
             Ok(conn) => {
                 self.p.pools.publish((*current).clone(), conn);
                 Step::about(Outcome::Reconfigured, &current, None)
@@ -358,9 +363,14 @@ impl Engine {
 
     /// The credential being served (from the source at start, or from the cache) must work.
     async fn check_current(&mut self, current: &Credentials) -> Step {
-        match health_check(self.p.pools.target(), current, self.p.pools.generation()).await {
+        match self
+            .p
+            .pools
+            .validate(current, self.p.pools.generation())
+            .await
+        {
             Ok(conn) => {
-                let _ = self.p.pools.current().pool.add(Box::new(conn));
+                self.p.pools.adopt(conn);
                 self.persist(current);
                 self.mark_validated();
                 Step::about(Outcome::Validated, current, None)
@@ -373,13 +383,15 @@ impl Engine {
         }
     }
 
-    /// Tells the source when the old generation's last connection has closed (Vault revokes
-    /// its lease then; other sources hold nothing).
-    fn retire_when_drained(&self, old: Arc<crate::pool::Generation>) {
+    /// Tells the source when the old generation's last connection has closed, or at
+    /// `drain_timeout` (when the relays close what is left) plus a moment (Vault revokes its
+    /// lease then; other sources hold nothing).
+    fn retire_when_drained(&self, (id, creds): (u64, Arc<Credentials>)) {
         let (pools, provider) = (self.p.pools.clone(), self.p.provider.clone());
+        let deadline = pools.drain_timeout() + DRAIN_GRACE;
         tokio::spawn(async move {
-            pools.drained(&old).await;
-            provider.retire(&old.creds.version).await;
+            let _ = tokio::time::timeout(deadline, pools.drained(id)).await;
+            provider.retire(&creds.version).await;
         });
     }
 
@@ -393,13 +405,20 @@ impl Engine {
         if let Some(cache) = self.p.cache.clone() {
             self.persisted += 1;
             let (seq, creds) = (self.persisted, creds.clone());
-            tokio::task::spawn_blocking(move || {
+            self.persisting = Some(tokio::task::spawn_blocking(move || {
                 // A read-only or full cache directory costs the cache, never the service.
                 if let Err(e) = cache.store_newer(seq, &creds) {
                     metrics::counter!("rotagate_cache_write_failures_total").increment(1);
                     tracing::warn!(error = %e, "could not update the credential cache");
                 }
-            });
+            }));
+        }
+    }
+
+    /// Waits for the last cache write.
+    async fn flush(&mut self) {
+        if let Some(write) = self.persisting.take() {
+            let _ = write.await;
         }
     }
 
@@ -408,7 +427,7 @@ impl Engine {
             metrics::counter!("rotagate_rotations_total", "result" => result).increment(1);
             metrics::histogram!("rotagate_rotation_duration_seconds").record(took.as_secs_f64());
         }
-        let breaker = self.p.breaker.state(std::time::Instant::now());
+        let breaker = self.p.breaker.state(Instant::now().into_std());
         metrics::gauge!("rotagate_breaker_open").set(
             if breaker == super::breaker::BreakerState::Open {
                 1.0
@@ -422,8 +441,8 @@ impl Engine {
                 s.validated = true;
                 s.validated_at = Some(SystemTime::now());
             }
-            s.version = current.creds.version.clone();
-            s.username = current.creds.username.clone();
+            s.version = current.version.clone();
+            s.username = current.username.clone();
             s.breaker = breaker;
             s.consecutive_failures = self.p.breaker.consecutive_failures();
             s.last_attempt = Some(r.clone());

@@ -6,10 +6,14 @@
 pub mod breaker;
 mod checks;
 mod engine;
+#[cfg(test)]
+mod engine_tests;
 mod status;
+mod upstream;
 
 pub use engine::{Engine, EngineParts};
 pub use status::{Outcome, Report, RotationStatus, Trigger};
+pub use upstream::Upstream;
 
 use tokio::sync::{mpsc, oneshot};
 

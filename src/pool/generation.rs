@@ -1,0 +1,337 @@
+//! One credential generation's connections: a LIFO stack of idle ones (the warmest is reused
+//! first), a FIFO of clients waiting for one, and the count of connections open or opening.
+//!
+//! The hand-over is a lock, a pop and an unlock: no allocation, no timer, no channel. Only a
+//! client that finds the stack empty allocates a waiter (a oneshot) and starts a timer; a
+//! connection coming back goes straight to the first waiter, else onto the stack. Opening and
+//! reaping connections happen in tasks of their own ([`super::connector`]).
+
+use super::LastError;
+use super::connector::Connector;
+use crate::backend::ServerConn;
+use crate::secrets::Credentials;
+use futures::FutureExt;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
+use tokio::sync::{Notify, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// What a generation's connections are sized and aged by (from `[pool]`, per worker).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub size: u32,
+    pub min_idle: u32,
+    pub idle_timeout: Duration,
+    pub max_lifetime: Duration,
+}
+
+pub(super) struct Idle {
+    pub conn: Box<ServerConn>,
+    pub since: Instant,
+}
+
+#[derive(Default)]
+pub(super) struct Shelf {
+    pub idle: Vec<Idle>,
+    pub waiters: VecDeque<oneshot::Sender<Box<ServerConn>>>,
+    /// Connections open (idle or in use) or being opened.
+    pub open: u32,
+}
+
+/// One credential generation and its connections.
+pub struct Generation {
+    pub id: u64,
+    pub creds: Arc<Credentials>,
+    pub(super) limits: Limits,
+    pub(super) shelf: Mutex<Shelf>,
+    pub(super) connector: Arc<Connector>,
+    /// Set when a newer generation is published: connections close as they come back.
+    retired: AtomicBool,
+    /// Cancelled `pool.drain_timeout` after retirement: connections still in use close.
+    expired: CancellationToken,
+    /// Told when a retired generation's last connection has closed.
+    gone: Notify,
+    pub(super) last_error: Mutex<Option<LastError>>,
+}
+
+/// A checked-out connection; dropping it gives it back (or closes it when it is not clean).
+pub struct Pooled {
+    conn: Option<Box<ServerConn>>,
+    home: Arc<Generation>,
+}
+
+impl Generation {
+    pub(super) fn new(
+        id: u64,
+        creds: Arc<Credentials>,
+        limits: Limits,
+        connector: Arc<Connector>,
+    ) -> Self {
+        Self {
+            id,
+            creds,
+            limits,
+            shelf: Mutex::new(Shelf::default()),
+            connector,
+            retired: AtomicBool::new(false),
+            expired: CancellationToken::new(),
+            gone: Notify::new(),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    pub(super) fn shelf(&self) -> MutexGuard<'_, Shelf> {
+        self.shelf.lock().expect("pool shelf lock")
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
+    /// Cancelled once this generation's connections must close even in use.
+    pub fn expired(&self) -> &CancellationToken {
+        &self.expired
+    }
+
+    /// (open, idle) connections.
+    pub fn counts(&self) -> (u32, u32) {
+        let s = self.shelf();
+        (s.open, s.idle.len() as u32)
+    }
+
+    pub fn last_error(&self) -> Option<LastError> {
+        self.last_error.lock().expect("last_error lock").clone()
+    }
+
+    /// The warmest idle connection that is still alive; dead ones found on the way close.
+    pub(super) fn take_idle(self: &Arc<Self>) -> Option<Pooled> {
+        loop {
+            let mut conn = self.shelf().idle.pop()?.conn;
+            if alive(&mut conn) {
+                return Some(Pooled::new(conn, self.clone()));
+            }
+            self.discard(conn);
+        }
+    }
+
+    /// An idle connection, or a place in the queue (and a connection opening for it when there
+    /// is room). `Err` when the generation is retired: look at the current one.
+    pub(super) fn take_or_wait(
+        self: &Arc<Self>,
+    ) -> Result<Result<Pooled, oneshot::Receiver<Box<ServerConn>>>, ()> {
+        if let Some(p) = self.take_idle() {
+            return Ok(Ok(p));
+        }
+        let mut shelf = self.shelf();
+        if self.is_retired() {
+            return Err(());
+        }
+        let (tx, rx) = oneshot::channel();
+        shelf.waiters.retain(|w| !w.is_closed());
+        shelf.waiters.push_back(tx);
+        let opening = shelf.open < self.limits.size;
+        if opening {
+            shelf.open += 1;
+        }
+        drop(shelf);
+        if opening {
+            self.connector.open(self.clone());
+        }
+        Ok(Err(rx))
+    }
+
+    /// A connection comes back: to the first waiter, else onto the stack; closed when it is not
+    /// clean, too old, or its generation is retired.
+    pub(super) fn put(self: &Arc<Self>, mut conn: Box<ServerConn>) {
+        if !reusable(&conn) || self.is_retired() || self.too_old(&conn) {
+            return self.discard(conn);
+        }
+        let mut shelf = self.shelf();
+        while let Some(waiter) = shelf.waiters.pop_front() {
+            match waiter.send(conn) {
+                Ok(()) => return,
+                Err(back) => conn = back,
+            }
+        }
+        shelf.idle.push(Idle {
+            conn,
+            since: Instant::now(),
+        });
+    }
+
+    /// A connection that opened, for the first waiter or the stack.
+    pub(super) fn opened(self: &Arc<Self>, conn: Box<ServerConn>) {
+        self.put(conn);
+    }
+
+    /// Gives a validated connection to the generation (the rotation engine's proof).
+    pub(super) fn adopt(self: &Arc<Self>, conn: Box<ServerConn>) {
+        {
+            let mut shelf = self.shelf();
+            if shelf.open >= self.limits.size {
+                return;
+            }
+            shelf.open += 1;
+        }
+        self.put(conn);
+    }
+
+    /// Closes a connection and frees its place: a waiter still queued gets a new connection
+    /// opening for it; a retired generation's last connection tells [`Generation::gone`].
+    pub(super) fn discard(self: &Arc<Self>, conn: Box<ServerConn>) {
+        drop(conn);
+        self.release_slot();
+    }
+
+    /// One open-or-opening connection fewer.
+    pub(super) fn release_slot(self: &Arc<Self>) {
+        let mut shelf = self.shelf();
+        shelf.open -= 1;
+        let retired = self.is_retired();
+        shelf.waiters.retain(|w| !w.is_closed());
+        let reopen = !retired && !shelf.waiters.is_empty() && shelf.open < self.limits.size;
+        if reopen {
+            shelf.open += 1;
+        }
+        let empty = shelf.open == 0;
+        drop(shelf);
+        if reopen {
+            self.connector.open(self.clone());
+        } else if retired && empty {
+            self.gone.notify_waiters();
+        }
+    }
+
+    /// A newer generation is published: idle connections close now, waiters move on (their
+    /// receivers see the sender dropped), in-use ones close as they come back, and all of them
+    /// at `drain`.
+    pub(super) fn retire(self: &Arc<Self>, drain: Duration) {
+        let (idle, waiters) = {
+            let mut shelf = self.shelf();
+            self.retired.store(true, Ordering::Release);
+            let idle = std::mem::take(&mut shelf.idle);
+            shelf.open -= idle.len() as u32;
+            (idle, std::mem::take(&mut shelf.waiters))
+        };
+        drop(waiters);
+        drop(idle);
+        if self.counts().0 == 0 {
+            self.gone.notify_waiters();
+        }
+        let expired = self.expired.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(drain).await;
+            expired.cancel();
+        });
+    }
+
+    /// Resolves once this retired generation has no connection left.
+    pub async fn gone(&self) {
+        loop {
+            let notified = self.gone.notified();
+            if self.is_retired() && self.counts().0 == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn too_old(&self, conn: &ServerConn) -> bool {
+        conn.created.elapsed() >= self.limits.max_lifetime
+    }
+
+    /// Closes idle connections past `idle_timeout` or `max_lifetime` (keeping `min_idle`);
+    /// returns how many connections to open to get back to `min_idle`.
+    pub(super) fn reap(self: &Arc<Self>) -> u32 {
+        let (now, limits) = (Instant::now(), self.limits);
+        let mut closed = Vec::new();
+        let mut shelf = self.shelf();
+        let mut spare = shelf.idle.len().saturating_sub(limits.min_idle as usize);
+        // Bottom of the stack first: the coldest connections.
+        for idle in std::mem::take(&mut shelf.idle) {
+            let old = now.duration_since(idle.conn.created) >= limits.max_lifetime;
+            let stale = spare > 0 && now.duration_since(idle.since) >= limits.idle_timeout;
+            if old || stale {
+                spare = spare.saturating_sub(1);
+                closed.push(idle);
+            } else {
+                shelf.idle.push(idle);
+            }
+        }
+        shelf.open -= closed.len() as u32;
+        let want = if self.is_retired() {
+            0
+        } else {
+            let idle = shelf.idle.len() as u32;
+            limits
+                .min_idle
+                .saturating_sub(idle)
+                .min(limits.size - shelf.open)
+        };
+        shelf.open += want;
+        drop(shelf);
+        drop(closed);
+        want
+    }
+}
+
+/// Nothing to read on an idle connection: data or EOF means the server closed it (restart,
+/// idle timeout, termination). Tokio answers from its readiness flags, without a syscall,
+/// unless the socket became readable.
+fn alive(conn: &mut ServerConn) -> bool {
+    if conn.broken {
+        return false;
+    }
+    let mut probe = [0u8; 1];
+    if conn.stream.read(&mut probe).now_or_never().is_some() {
+        conn.broken = true;
+        return false;
+    }
+    true
+}
+
+fn reusable(conn: &ServerConn) -> bool {
+    !conn.broken && conn.tx_status == b'I' && conn.rbuf.is_empty()
+}
+
+impl Pooled {
+    pub(super) fn new(conn: Box<ServerConn>, home: Arc<Generation>) -> Self {
+        Self {
+            conn: Some(conn),
+            home,
+        }
+    }
+
+    /// The generation this connection belongs to.
+    pub fn generation(&self) -> &Arc<Generation> {
+        &self.home
+    }
+}
+
+impl std::ops::Deref for Pooled {
+    type Target = ServerConn;
+    fn deref(&self) -> &ServerConn {
+        self.conn
+            .as_ref()
+            .expect("a pooled connection is present until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Pooled {
+    fn deref_mut(&mut self) -> &mut ServerConn {
+        self.conn
+            .as_mut()
+            .expect("a pooled connection is present until dropped")
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.home.put(conn);
+        }
+    }
+}
