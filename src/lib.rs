@@ -13,6 +13,8 @@
 //!   fetch -> validate -> health-check -> publish -> persist -> audit; breaker and backoff.
 //! - [`secrets`] owns credential types (zeroized, redacted) and the sources they come from.
 //! - [`admin`] owns the HTTP listener: health, readiness, metrics, status. It only reads.
+//! - [`crypto`] is the bottom layer everyone may use: [`crypto::SecretString`], SCRAM
+//!   verifiers, the TLS crypto provider, key parsing.
 //! - [`wire`] owns the bytes of the PostgreSQL protocol that rotagate writes or scans; no I/O
 //!   policy lives there.
 //! - [`demo`] is `rotagate demo`: a throwaway PostgreSQL and rotations to watch.
@@ -27,6 +29,7 @@ pub mod admin;
 pub mod app;
 pub mod backend;
 pub mod config;
+pub mod crypto;
 pub mod demo;
 pub mod frontend;
 pub mod logline;

@@ -5,7 +5,7 @@
 use crate::config::{UpstreamConfig, UpstreamTls};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
@@ -13,10 +13,7 @@ use rustls::{
 };
 use std::sync::Arc;
 
-/// The ring provider: the only crypto backend rotagate builds with.
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
+pub use crate::crypto::tls_provider as provider;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsConfigError {

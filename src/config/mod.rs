@@ -7,7 +7,7 @@ mod env;
 mod raw;
 mod validate;
 
-use crate::secrets::SecretString;
+use crate::crypto::SecretString;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -309,8 +309,12 @@ pub fn parse(
         }
     }
     if let Some(key) = cache_key {
-        crate::secrets::cache::CacheKey::from_base64(&key)
-            .map_err(|e| ConfigErrors::one("ROTAGATE_CACHE_KEY", e.to_string()))?;
+        if crate::crypto::key_from_base64(&key).is_none() {
+            return Err(ConfigErrors::one(
+                "ROTAGATE_CACHE_KEY",
+                "must be base64 of exactly 32 bytes",
+            ));
+        }
         cfg.credentials.cache_key = Some(key);
     } else if cfg.credentials.cache_file.is_some() && cfg.credentials.cache_key_file.is_none() {
         return Err(ConfigErrors::one(

@@ -216,7 +216,7 @@ fn clients(c: &mut Check, raw: Vec<RawClient>) -> Vec<ClientUser> {
         let secret = match (r.password, r.scram) {
             (Some(p), None) if !p.is_empty() => ClientSecret::Password(SecretString::new(p)),
             (None, Some(s)) => {
-                if crate::frontend::scram::parse_verifier(&s).is_none() {
+                if crate::crypto::scram::parse_verifier(&s).is_none() {
                     c.err(
                         &format!("{path}.scram"),
                         "is not a SCRAM-SHA-256 verifier (see `rotagate hash-password`)",

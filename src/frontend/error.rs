@@ -110,6 +110,20 @@ fn names_upstream(code: &str) -> bool {
         .any(|class| code.starts_with(class))
 }
 
+/// Tells the client why its session ends (a FATAL error), when it can still be told, and
+/// closes the connection.
+pub async fn report(stream: &mut super::startup::ClientStream, e: &FrontendError) {
+    use tokio::io::AsyncWriteExt;
+    if !e.can_reply() {
+        return;
+    }
+    let mut out = bytes::BytesMut::new();
+    crate::wire::msg::error(&mut out, "FATAL", e.sqlstate(), &e.client_text());
+    let _ = stream.write_all(&out).await;
+    let _ = stream.flush().await;
+    let _ = stream.shutdown().await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

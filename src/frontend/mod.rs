@@ -4,6 +4,7 @@
 
 pub mod cancel;
 pub mod classify;
+mod context;
 pub mod error;
 mod flow;
 mod frames;
@@ -26,43 +27,17 @@ mod transaction;
 #[cfg(test)]
 mod walk_tests;
 
-use crate::config::{ListenConfig, PoolMode};
-use crate::pool::Pools;
-use bytes::BytesMut;
-use cancel::CancelRegistry;
+pub use context::Frontend;
+pub(crate) use error::report;
+
 use error::FrontendError;
 use pending::{Pending, Ticket};
-use scram::ClientAuth;
 use startup::Hello;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// Everything a client session needs, shared by all sessions.
-pub struct Frontend {
-    pub listen: ListenConfig,
-    pub mode: PoolMode,
-    pub database: String,
-    /// Swapped whole on reload (SIGHUP); each login reads the current one.
-    pub auth: arc_swap::ArcSwap<ClientAuth>,
-    pub pools: Arc<Pools>,
-    /// This event loop's share of the pools.
-    pub worker: usize,
-    pub cancels: Arc<CancelRegistry>,
-    /// Swapped on reload, so renewed certificates apply to new connections.
-    pub tls: arc_swap::ArcSwapOption<TlsAcceptor>,
-    pub shutdown: CancellationToken,
-    pub transactions: metrics::Counter,
-    /// Statements known to prepare upstream (transaction mode).
-    pub known: crate::backend::prepared::Known,
-    /// Equal session-setting lists shared, so hand-overs compare them in one step.
-    pub lists: crate::backend::Interner,
-}
 
 /// Accepts clients until shutdown. Each connection runs as a tracked task.
 pub async fn serve(listener: TcpListener, fe: Arc<Frontend>, tracker: TaskTracker) {
@@ -168,17 +143,6 @@ async fn pre_auth(tcp: TcpStream, fe: &Frontend, ticket: &Ticket) -> Option<star
 }
 
 /// Sends a FATAL ErrorResponse the client can show, then closes.
-async fn report(stream: &mut startup::ClientStream, e: &FrontendError) {
-    if !e.can_reply() {
-        return;
-    }
-    let mut out = BytesMut::new();
-    crate::wire::msg::error(&mut out, "FATAL", e.sqlstate(), &e.client_text());
-    let _ = stream.write_all(&out).await;
-    let _ = stream.flush().await;
-    let _ = stream.shutdown().await;
-}
-
 async fn forward_cancel(fe: &Frontend, pid: i32, key: i32) {
     let Some(slot) = fe.cancels.lookup(pid, key) else {
         return tracing::debug!("cancel request for no connected client");

@@ -3,56 +3,19 @@
 //! rotagate's side. The exchange itself is pgwire's SCRAM server state machine.
 
 use crate::config::{ClientSecret, ClientUser};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use pgwire::api::auth::sasl::scram::ScramSecret;
 use std::collections::HashMap;
-use zeroize::Zeroizing;
 
-/// A parsed `SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>` verifier.
-pub struct Verifier {
-    pub iterations: usize,
-    pub salt: Vec<u8>,
-    stored_key: Zeroizing<Vec<u8>>,
-    server_key: Zeroizing<Vec<u8>>,
-}
+pub use crate::crypto::scram::{Verifier, hash_password, parse_verifier};
 
-impl std::fmt::Debug for Verifier {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Verifier(***)")
+/// The pgwire secret for one exchange (it wants owned key material).
+pub fn pgwire_secret(v: &Verifier) -> ScramSecret {
+    ScramSecret::Verifier {
+        salt: v.salt.clone(),
+        iterations: v.iterations,
+        stored_key: v.stored_key().to_vec(),
+        server_key: v.server_key().to_vec(),
     }
-}
-
-impl Verifier {
-    /// The pgwire secret for one exchange (it wants owned key material).
-    pub fn secret(&self) -> ScramSecret {
-        ScramSecret::Verifier {
-            salt: self.salt.clone(),
-            iterations: self.iterations,
-            stored_key: self.stored_key.to_vec(),
-            server_key: self.server_key.to_vec(),
-        }
-    }
-}
-
-/// Parses a PostgreSQL SCRAM-SHA-256 verifier.
-pub fn parse_verifier(s: &str) -> Option<Verifier> {
-    let rest = s.strip_prefix("SCRAM-SHA-256$")?;
-    let (iter_salt, keys) = rest.split_once('$')?;
-    let (iter, salt) = iter_salt.split_once(':')?;
-    let (stored, server) = keys.split_once(':')?;
-    let v = Verifier {
-        iterations: iter.parse().ok().filter(|i| *i > 0)?,
-        salt: STANDARD.decode(salt).ok()?,
-        stored_key: Zeroizing::new(STANDARD.decode(stored).ok()?),
-        server_key: Zeroizing::new(STANDARD.decode(server).ok()?),
-    };
-    (v.stored_key.len() == 32 && v.server_key.len() == 32 && !v.salt.is_empty()).then_some(v)
-}
-
-/// A new verifier for `password` (random salt, 4096 iterations), as PostgreSQL stores it.
-pub fn hash_password(password: &str) -> String {
-    postgres_protocol::password::scram_sha_256(password.as_bytes())
 }
 
 /// The client logins rotagate accepts, by user name.
@@ -149,7 +112,7 @@ mod tests {
     #[test]
     fn the_mock_exchange_has_the_configured_verifiers_shape() {
         use crate::config::{ClientSecret, ClientUser};
-        use crate::secrets::SecretString;
+        use crate::crypto::SecretString;
         let v = "SCRAM-SHA-256$600000:c2FsdHNhbHRzYWx0c2FsdA==$\
                  1gAsisUw2W7wV4O5xBtQ2D6koNfrA4nQaD8KtO1wYVk=:\
                  U6j5Lr7wD8CNK897Ng7JR+MybPQjzl80GoLa41Yn2+w=";

@@ -2,9 +2,9 @@
 //! it in session mode (one upstream connection for its lifetime) or transaction mode
 //! ([`super::transaction`]).
 
-use super::Frontend;
 use super::cancel::CancelKey;
-use super::error::FrontendError;
+use super::context::Frontend;
+use super::error::{FrontendError, report};
 use super::flow::{ClientState, Flow};
 use super::relay::{ClientSide, End, RelayCtx, at_rest, close, relay};
 use super::settings::{Settings, sync_sql};
@@ -28,11 +28,11 @@ pub async fn serve(login: Login, fe: &Frontend) {
         ..
     } = login;
     if database != fe.database {
-        return super::report(&mut stream, &FrontendError::NoDatabase(database)).await;
+        return report(&mut stream, &FrontendError::NoDatabase(database)).await;
     }
     let settings = match Settings::from_startup(&params) {
         Ok(s) => s,
-        Err(e) => return super::report(&mut stream, &e).await,
+        Err(e) => return report(&mut stream, &e).await,
     };
     let state = ClientState {
         who: format!("{user}@{peer}"),
@@ -44,7 +44,7 @@ pub async fn serve(login: Login, fe: &Frontend) {
         Ok(()) | Err(FrontendError::Reported) => {}
         Err(e) => {
             tracing::info!(user = %user, error = %e, "client session ended with an error");
-            super::report(&mut client.stream, &e).await;
+            report(&mut client.stream, &e).await;
         }
     }
 }

@@ -127,7 +127,7 @@ pub async fn authenticate(
     max_len: usize,
 ) -> Result<(), FrontendError> {
     let secret = match auth.get(&login.user) {
-        Some(v) => v.secret(),
+        Some(v) => super::scram::pgwire_secret(v),
         None => auth.mock(&login.user),
     };
     let mut out = BytesMut::new();

@@ -13,8 +13,8 @@
 //! transaction in flight and its session goes on; a pinned client's session ends with it.
 //! When no connection can be had for a transaction, that request fails and the session goes on.
 
-use super::Frontend;
 use super::cancel::CancelKey;
+use super::context::Frontend;
 use super::error::FrontendError;
 use super::flow::Flow;
 use super::local::{self, Next};

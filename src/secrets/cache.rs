@@ -12,7 +12,6 @@
 use super::{Credentials, SecretString};
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
-use base64::Engine;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -51,16 +50,9 @@ impl std::fmt::Debug for CacheKey {
 impl CacheKey {
     /// From base64 text (surrounding white space ignored).
     pub fn from_base64(text: &SecretString) -> Result<Self, CacheError> {
-        let bytes = Zeroizing::new(
-            base64::engine::general_purpose::STANDARD
-                .decode(text.expose().trim())
-                .map_err(|_| CacheError::BadKey)?,
-        );
-        let arr: [u8; 32] = bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| CacheError::BadKey)?;
-        Ok(Self(Zeroizing::new(arr)))
+        crate::crypto::key_from_base64(text)
+            .map(Self)
+            .ok_or(CacheError::BadKey)
     }
 
     pub fn from_file(path: &Path) -> Result<Self, CacheError> {
@@ -219,9 +211,10 @@ mod tests {
 
     fn key() -> CacheKey {
         let raw: [u8; 32] = rand::random();
-        CacheKey::from_base64(&SecretString::new(
-            base64::engine::general_purpose::STANDARD.encode(raw),
-        ))
+        CacheKey::from_base64(&SecretString::new(base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            raw,
+        )))
         .unwrap()
     }
 

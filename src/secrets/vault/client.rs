@@ -288,7 +288,7 @@ fn http_client(cfg: &VaultSourceConfig) -> anyhow::Result<reqwest::Client> {
             roots.add(cert?)?;
         }
     }
-    let tls = rustls::ClientConfig::builder_with_provider(crate::backend::tls::provider())
+    let tls = rustls::ClientConfig::builder_with_provider(crate::crypto::tls_provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
