@@ -1,6 +1,7 @@
 //! pgbench through direct PostgreSQL, rotagate and (when installed) PgBouncer, side by side in
 //! one run against the same private cluster, with the same pool size and client auth (SCRAM).
-//! Prints TPS, mean latency and proxy CPU per transaction, and rotagate/PgBouncer ratios.
+//! Prints TPS, mean latency and proxy CPU (user + system) per transaction in µs, and
+//! rotagate/PgBouncer ratios, for rotagate with one worker (`w1`) and two (`w2`).
 //!
 //!     cargo bench --bench proxy                 # 10 s per run
 //!     BENCH_SECONDS=30 cargo bench --bench proxy
@@ -112,17 +113,21 @@ fn pgbench(t: &Target, args: &[&str], secs: u64) -> Result {
     }
 }
 
-fn start_rotagate(dir: &Path, pg: &Pg, mode: &str, bin: Option<&Path>) -> (Child, u16) {
+fn start_rotagate(
+    dir: &Path,
+    pg: &Pg,
+    mode: &str,
+    bin: Option<&Path>,
+    workers: usize,
+) -> (Child, u16) {
     let secret = dir.join("secret.json");
     std::fs::write(
         &secret,
         format!(r#"{{"username":"{UP_USER}","password":"{UP_PASSWORD}"}}"#),
     )
     .unwrap();
-    match bin {
-        Some(bin) => support::start_binary(bin, dir, pg, &secret, mode, pool_for(mode)),
-        None => support::start_rotagate(dir, pg, &secret, mode, pool_for(mode)),
-    }
+    let bin = bin.unwrap_or(env!("CARGO_BIN_EXE_rotagate").as_ref());
+    support::start_binary(bin, dir, pg, &secret, mode, pool_for(mode), workers)
 }
 
 fn start_pgbouncer(dir: &Path, pg: &Pg, mode: &str) -> Option<(Child, u16)> {
@@ -276,6 +281,8 @@ fn scenarios() -> Vec<(&'static str, String, Vec<String>)> {
 struct Targets {
     direct: Target,
     rg: Target,
+    /// rotagate with `listen.workers = 2`.
+    rg2: Target,
     pgb: Option<Target>,
     base: Option<Target>,
 }
@@ -287,27 +294,33 @@ fn row(mode: &str, label: &str, args: &[String], t: &Targets, secs: u64) {
     let unsupported = mode == "transaction" && args.contains(&"prepared");
     let d = pgbench(&t.direct, &args, secs);
     let r = pgbench(&t.rg, &args, secs);
+    let r2 = pgbench(&t.rg2, &args, secs);
     let b = match &t.pgb {
         Some(p) if !unsupported => pgbench(p, &args, secs),
         _ => Result::default(),
     };
     let base = t.base.as_ref().map(|p| pgbench(p, &args, secs));
-    let ratio = if b.tps > 0.0 {
-        format!("{:.2}x", r.tps / b.tps)
-    } else {
-        "-".into()
+    let ratio = |x: &Result| {
+        if b.tps > 0.0 {
+            format!("{:.2}x", x.tps / b.tps)
+        } else {
+            "-".into()
+        }
     };
+    let (ratio, ratio2) = (ratio(&r), ratio(&r2));
     let before = base
         .map(|x| format!(" {:>10.0} {:>9}", x.tps, fmt_cpu(&x)))
         .unwrap_or_default();
     println!(
-        "{label:<34} {:>10.0} {:>10.0} {:>10.0} {ratio:>8} {:>9.3} {:>9.3} {:>9} {:>9}{before}",
+        "{label:<34} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {ratio:>7} {ratio2:>7} {:>7.3} {:>7.3} {:>7} {:>7} {:>7}{before}",
         d.tps,
         r.tps,
+        r2.tps,
         b.tps,
         r.latency_ms,
         b.latency_ms,
         fmt_cpu(&r),
+        fmt_cpu(&r2),
         fmt_cpu(&b)
     );
 }
@@ -334,16 +347,19 @@ fn main() {
     );
     let baseline = std::env::var_os("BENCH_BASELINE").map(std::path::PathBuf::from);
     println!(
-        "{:<34} {:>10} {:>10} {:>10} {:>8} {:>9} {:>9} {:>9} {:>9}{}",
+        "{:<34} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}{}",
         "scenario",
         "direct",
-        "rotagate",
-        "pgbouncer",
-        "rg/pgb",
-        "rg ms",
+        "rg w1",
+        "rg w2",
+        "pgb",
+        "w1/pgb",
+        "w2/pgb",
+        "w1 ms",
         "pgb ms",
-        "rg us/tx",
-        "pgb us/tx",
+        "w1 us",
+        "w2 us",
+        "pgb us",
         if baseline.is_some() {
             "     before before us"
         } else {
@@ -352,11 +368,12 @@ fn main() {
     );
     let scenarios = scenarios();
     for mode in ["transaction", "session"] {
-        let (mut rg, rg_port) = start_rotagate(dir.path(), &pg, mode, None);
+        let (mut rg, rg_port) = start_rotagate(dir.path(), &pg, mode, None, 1);
+        let (mut rg2, rg2_port) = start_rotagate(dir.path(), &pg, mode, None, 2);
         let bouncer = start_pgbouncer(dir.path(), &pg, mode);
         let mut base = baseline
             .as_deref()
-            .map(|bin| start_rotagate(dir.path(), &pg, mode, Some(bin)));
+            .map(|bin| start_rotagate(dir.path(), &pg, mode, Some(bin), 1));
         let target = |name, port, pid| Target {
             name,
             port,
@@ -367,6 +384,7 @@ fn main() {
         let targets = Targets {
             direct: target("direct", pg.port, None),
             rg: target("rotagate", rg_port, Some(rg.id())),
+            rg2: target("rotagate w2", rg2_port, Some(rg2.id())),
             pgb: bouncer
                 .as_ref()
                 .map(|(c, p)| target("pgbouncer", *p, Some(real_pid(c)))),
@@ -388,8 +406,10 @@ fn main() {
                 .unwrap_or(10_000);
             idle_clients(rg_port, rg.id(), n);
         }
-        let _ = rg.kill();
-        let _ = rg.wait();
+        for p in [&mut rg, &mut rg2] {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
         if let Some((c, _)) = base.as_mut() {
             let _ = c.kill();
             let _ = c.wait();

@@ -32,7 +32,8 @@ use tokio_util::task::TaskTracker;
 /// A configured proxy with its listeners bound, ready to [`App::run`].
 pub struct App {
     cfg: Config,
-    proxy: TcpListener,
+    /// One client listener per worker (`listen.workers`), the first on the caller's runtime.
+    proxy: Vec<TcpListener>,
     admin: TcpListener,
     reloads: Option<tokio::sync::mpsc::Receiver<Config>>,
 }
@@ -40,7 +41,7 @@ pub struct App {
 impl App {
     /// Binds the client and admin listeners (port 0 picks a free port).
     pub async fn bind(cfg: Config) -> anyhow::Result<Self> {
-        let proxy = TcpListener::bind(cfg.listen.addr)
+        let proxy = bind_proxy(cfg.listen.addr, cfg.listen.workers)
             .await
             .with_context(|| format!("cannot listen on {}", cfg.listen.addr))?;
         let admin = TcpListener::bind(cfg.admin.addr)
@@ -62,7 +63,7 @@ impl App {
     }
 
     pub fn proxy_addr(&self) -> SocketAddr {
-        self.proxy
+        self.proxy[0]
             .local_addr()
             .expect("bound listener has an address")
     }
@@ -87,12 +88,10 @@ impl App {
             creds.username.clone(),
         ));
         let target = Arc::new(UpstreamTarget::from_config(&cfg.upstream)?);
-        let pools = Arc::new(Pools::new(
-            cfg.pool.clone(),
-            target,
-            creds,
-            vec![tokio::runtime::Handle::current()],
-        ));
+        let workers = worker_runtimes(cfg.listen.workers)?;
+        let mut handles = vec![tokio::runtime::Handle::current()];
+        handles.extend(workers.iter().map(|rt| rt.handle().clone()));
+        let pools = Arc::new(Pools::new(cfg.pool.clone(), target, creds, handles));
         let ready = Arc::new(AtomicBool::new(false));
         let tracker = TaskTracker::new();
         let parts = EngineParts {
@@ -130,22 +129,81 @@ impl App {
             let reloader = Reloader::new(cfg.clone(), fe.clone(), pools, rotation);
             tokio::spawn(reloader.serve(reloads));
         }
-        serve_clients(self.proxy, fe, &tracker, &cfg).await?;
+        serve_clients(self.proxy, workers, fe, &tracker, &cfg).await?;
         admin_stop.cancel();
         let _ = tokio::time::timeout(ADMIN_STOP, admin_done).await;
         Ok(())
     }
 }
 
-/// Serves clients until shutdown, then drains them as the module comment says.
+/// The client listeners: one socket, or with several workers one per worker on the same
+/// address (SO_REUSEPORT: the kernel spreads new connections over them).
+async fn bind_proxy(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<TcpListener>> {
+    if workers == 1 {
+        return Ok(vec![TcpListener::bind(addr).await?]);
+    }
+    let first = reuseport(addr)?;
+    let addr = first.local_addr()?;
+    let mut all = vec![first];
+    for _ in 1..workers {
+        all.push(reuseport(addr)?);
+    }
+    Ok(all)
+}
+
+fn reuseport(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// The event loops of workers 1..N (worker 0 is the caller's): one thread each, started by
+/// [`serve_clients`].
+fn worker_runtimes(workers: usize) -> anyhow::Result<Vec<tokio::runtime::Runtime>> {
+    (1..workers)
+        .map(|_| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start a worker's event loop")
+        })
+        .collect()
+}
+
+/// Serves clients until shutdown, then drains them as the module comment says. Workers 1..N
+/// each run their listener and their clients on their own thread and event loop; worker 0 runs
+/// here, beside the rotation engine.
 async fn serve_clients(
-    proxy: TcpListener,
+    proxy: Vec<TcpListener>,
+    workers: Vec<tokio::runtime::Runtime>,
     fe: Arc<Frontend>,
     tracker: &TaskTracker,
     cfg: &Config,
 ) -> anyhow::Result<()> {
-    tracing::info!(addr = %proxy.local_addr()?, mode = ?cfg.pool.mode, "accepting clients");
-    frontend::serve(proxy, fe, tracker.clone()).await;
+    let mut listeners = proxy.into_iter();
+    let first = listeners.next().context("no client listener")?;
+    for (k, (listener, runtime)) in listeners.zip(workers).enumerate() {
+        let (listener, fe, tracker) = (listener.into_std()?, fe.clone(), tracker.clone());
+        std::thread::Builder::new()
+            .name(format!("rotagate-worker-{}", k + 1))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(l) => frontend::serve(l, fe, tracker.clone(), k + 1).await,
+                        Err(e) => tracing::error!(error = %e, "a worker cannot listen"),
+                    }
+                    // Its sessions live on this event loop: keep it running until they end.
+                    tracker.wait().await;
+                });
+            })?;
+    }
+    tracing::info!(addr = %first.local_addr()?, mode = ?cfg.pool.mode, workers = cfg.listen.workers, "accepting clients");
+    frontend::serve(first, fe, tracker.clone(), 0).await;
     tracing::info!("shutting down: draining client sessions");
     tracker.close();
     if tokio::time::timeout(cfg.listen.shutdown_timeout, tracker.wait())
@@ -180,7 +238,8 @@ fn frontend(
         database: cfg.upstream.database.clone(),
         listen: cfg.listen.clone(),
         pools,
-        worker: 0,
+        slots: Arc::new(tokio::sync::Semaphore::new(cfg.listen.max_clients)),
+        pending: frontend::pending::Pending::new(cfg.listen.max_pending_auth),
         cancels: Arc::new(CancelRegistry::default()),
         shutdown: shutdown.clone(),
         transactions: metrics::counter!("rotagate_transactions_total"),

@@ -173,18 +173,11 @@ fn init_tracing(format: LogFormat, filter: Option<&str>, default: &str) -> Optio
 
 fn run(cfg: rotagate::config::Config, path: PathBuf, log: Option<LogHandle>) -> ExitCode {
     raise_open_files(cfg.listen.max_clients);
-    // One event-loop thread by default: on a proxy, cross-thread wake-ups cost more CPU per
-    // transaction than they buy (measured in benches/proxy.rs); `listen.workers` adds threads.
-    let runtime = if cfg.listen.workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(cfg.listen.workers)
-            .enable_all()
-            .build()
-    };
+    // One event loop on this thread: worker 0, the rotation engine and the signals. Further
+    // workers (`listen.workers`) are event loops of their own, started by `App::run`.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
     let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {

@@ -43,6 +43,7 @@ pub fn wait_port(port: u16, child: &mut Child, what: &str) {
 
 /// Starts rotagate in front of `pg` with the file secret at `secret`, in `mode` with a pool of
 /// `pool`; returns the process and its client port.
+#[allow(dead_code)] // not every bench uses it
 pub fn start_rotagate(dir: &Path, pg: &Pg, secret: &Path, mode: &str, pool: u32) -> (Child, u16) {
     start_binary(
         env!("CARGO_BIN_EXE_rotagate").as_ref(),
@@ -51,6 +52,7 @@ pub fn start_rotagate(dir: &Path, pg: &Pg, secret: &Path, mode: &str, pool: u32)
         secret,
         mode,
         pool,
+        1,
     )
 }
 
@@ -62,13 +64,14 @@ pub fn start_binary(
     secret: &Path,
     mode: &str,
     pool: u32,
+    workers: usize,
 ) -> (Child, u16) {
     let (port, admin) = (free_port(), free_port());
     let config = dir.join(format!("rotagate-{mode}-{port}.toml"));
     std::fs::write(
         &config,
         format!(
-            "[listen]\naddr = \"127.0.0.1:{port}\"\n[admin]\naddr = \"127.0.0.1:{admin}\"\n\
+            "[listen]\naddr = \"127.0.0.1:{port}\"\nworkers = {workers}\n[admin]\naddr = \"127.0.0.1:{admin}\"\n\
              [[clients]]\nuser = \"{USER}\"\npassword = \"{PASSWORD}\"\n\
              [upstream]\nhost = \"127.0.0.1\"\nport = {}\ndatabase = \"appdb\"\ntls = \"disable\"\n\
              [pool]\nmode = \"{mode}\"\nsize = {pool}\n\

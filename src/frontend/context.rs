@@ -17,8 +17,10 @@ pub struct Frontend {
     /// Swapped whole on reload (SIGHUP); each login reads the current one.
     pub auth: arc_swap::ArcSwap<ClientAuth>,
     pub pools: Arc<Pools>,
-    /// This event loop's share of the pools.
-    pub worker: usize,
+    /// `listen.max_clients`: one permit per authenticated session, across all workers.
+    pub slots: Arc<tokio::sync::Semaphore>,
+    /// The unauthenticated connections (`listen.max_pending_auth`), across all workers.
+    pub pending: Arc<super::pending::Pending>,
     pub cancels: Arc<CancelRegistry>,
     /// Swapped on reload, so renewed certificates apply to new connections.
     pub tls: arc_swap::ArcSwapOption<TlsAcceptor>,

@@ -31,18 +31,16 @@ pub use context::Frontend;
 pub(crate) use error::report;
 
 use error::FrontendError;
-use pending::{Pending, Ticket};
+use pending::Ticket;
 use startup::Hello;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
-/// Accepts clients until shutdown. Each connection runs as a tracked task.
-pub async fn serve(listener: TcpListener, fe: Arc<Frontend>, tracker: TaskTracker) {
-    let slots = Arc::new(Semaphore::new(fe.listen.max_clients));
-    let pending = Pending::new(fe.listen.max_pending_auth);
+/// Accepts clients for `worker` until shutdown. Each connection runs as a tracked task on the
+/// worker's event loop and takes upstream connections from the worker's share of the pools.
+pub async fn serve(listener: TcpListener, fe: Arc<Frontend>, tracker: TaskTracker, worker: usize) {
     let mut backoff = Duration::from_millis(10);
     loop {
         let accepted = tokio::select! {
@@ -52,8 +50,8 @@ pub async fn serve(listener: TcpListener, fe: Arc<Frontend>, tracker: TaskTracke
         match accepted {
             Ok((tcp, _)) => {
                 backoff = Duration::from_millis(10);
-                let ticket = pending.enter();
-                tracker.spawn(connection(tcp, fe.clone(), slots.clone(), ticket));
+                let ticket = fe.pending.enter();
+                tracker.spawn(connection(tcp, fe.clone(), worker, ticket));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -70,7 +68,7 @@ pub async fn serve(listener: TcpListener, fe: Arc<Frontend>, tracker: TaskTracke
 async fn connection(
     tcp: TcpStream,
     fe: Arc<Frontend>,
-    slots: Arc<Semaphore>,
+    worker: usize,
     (ticket, mut evicted): (Ticket, pending::Evicted),
 ) {
     let login = tokio::select! {
@@ -82,12 +80,12 @@ async fn connection(
     };
     drop(ticket);
     let Some(mut login) = login else { return };
-    let Ok(permit) = slots.try_acquire_owned() else {
+    let Ok(permit) = fe.slots.clone().try_acquire_owned() else {
         tracing::info!(user = ?login.user, peer = %login.peer, "client refused: listen.max_clients sessions are open");
         return report(&mut login.stream, &FrontendError::TooManyClients).await;
     };
     metrics::gauge!("rotagate_client_connections").increment(1.0);
-    session::serve(login, &fe).await;
+    session::serve(login, &fe, worker).await;
     metrics::gauge!("rotagate_client_connections").decrement(1.0);
     drop(permit);
 }

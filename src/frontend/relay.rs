@@ -42,10 +42,12 @@ pub struct ClientSide {
     pub state: ClientState,
     /// Where decisions write the bytes they send.
     pub scratch: BytesMut,
+    /// The worker (event loop) this client lives on: its share of the pools is used.
+    pub worker: usize,
 }
 
 impl ClientSide {
-    pub fn new(stream: ClientStream, buf: BytesMut, state: ClientState) -> Self {
+    pub fn new(stream: ClientStream, buf: BytesMut, state: ClientState, worker: usize) -> Self {
         Self {
             stream,
             buf,
@@ -53,6 +55,7 @@ impl ClientSide {
             down: Lane::default(),
             state,
             scratch: BytesMut::new(),
+            worker,
         }
     }
 }

@@ -17,7 +17,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
 /// Serves an authenticated client until it leaves, reporting any error to it.
-pub async fn serve(login: Login, fe: &Frontend) {
+pub async fn serve(login: Login, fe: &Frontend, worker: usize) {
     let Login {
         mut stream,
         rbuf,
@@ -39,7 +39,7 @@ pub async fn serve(login: Login, fe: &Frontend) {
         settings,
         ..ClientState::default()
     };
-    let mut client = ClientSide::new(stream, rbuf, state);
+    let mut client = ClientSide::new(stream, rbuf, state, worker);
     match run(&mut client, fe).await {
         Ok(()) | Err(FrontendError::Reported) => {}
         Err(e) => {
@@ -54,7 +54,7 @@ async fn run(client: &mut ClientSide, fe: &Frontend) -> Result<(), FrontendError
     msg::auth_ok(&mut out);
     client.stream.write_all(&out).await.map_err(wire_io)?;
 
-    let mut server = acquire(fe).await?;
+    let mut server = acquire(fe, client.worker).await?;
     client.state.settings.fill_defaults(&server.params);
     apply(&client.state.settings, &mut server).await?;
     client.state.settings.settle(&server.params, &fe.lists);
@@ -75,8 +75,8 @@ pub(super) fn wire_io(e: std::io::Error) -> FrontendError {
     FrontendError::Wire(e.into())
 }
 
-pub(super) async fn acquire(fe: &Frontend) -> Result<Pooled, FrontendError> {
-    fe.pools.acquire(fe.worker).await.map_err(|e| match e {
+pub(super) async fn acquire(fe: &Frontend, worker: usize) -> Result<Pooled, FrontendError> {
+    fe.pools.acquire(worker).await.map_err(|e| match e {
         PoolError::Timeout { waited, last } => FrontendError::PoolTimeout { waited, last },
         PoolError::Backend(e) => FrontendError::Upstream(e),
     })

@@ -152,7 +152,7 @@ async fn acquire_or_cancel(
 /// made is closed (only a new session is rid of it) and another is taken.
 async fn acquire_fitting(client: &ClientSide, fe: &Frontend) -> Result<Pooled, FrontendError> {
     loop {
-        let mut server = acquire(fe).await?;
+        let mut server = acquire(fe, client.worker).await?;
         if fits(&server.params.placeholders, &client.state.settings.list) {
             return Ok(server);
         }

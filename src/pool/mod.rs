@@ -43,6 +43,8 @@ pub struct GenerationCounts {
     pub connections: u32,
     pub idle: u32,
     pub current: bool,
+    /// Open connections on each worker's share.
+    pub by_worker: Vec<u32>,
 }
 
 /// One worker's generations.
@@ -160,7 +162,8 @@ impl Pools {
     /// Connection counts of the current and every still-draining generation.
     pub fn counts(&self) -> Vec<GenerationCounts> {
         let mut out: Vec<GenerationCounts> = Vec::new();
-        for shard in &self.shards {
+        let n = self.shards.len();
+        for (k, shard) in self.shards.iter().enumerate() {
             let current = shard.current.load_full();
             let draining = shard.draining.lock().expect("draining lock").clone();
             for (g, is_current) in
@@ -174,13 +177,19 @@ impl Pools {
                     Some(c) => {
                         c.connections += open;
                         c.idle += idle;
+                        c.by_worker[k] = open;
                     }
-                    None => out.push(GenerationCounts {
-                        generation: g.id,
-                        connections: open,
-                        idle,
-                        current: is_current,
-                    }),
+                    None => {
+                        let mut by_worker = vec![0; n];
+                        by_worker[k] = open;
+                        out.push(GenerationCounts {
+                            generation: g.id,
+                            connections: open,
+                            idle,
+                            current: is_current,
+                            by_worker,
+                        })
+                    }
                 }
             }
         }

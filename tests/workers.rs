@@ -1,0 +1,98 @@
+//! `listen.workers = 2`: two event loops, each with its own listener (SO_REUSEPORT), clients
+//! and share of the pool. Rotation reaches both; `pool.size` holds across them.
+
+mod common;
+
+use common::*;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_share_the_pool_and_both_follow_rotations() {
+    let pg = app_cluster();
+    let proxy = TestProxy::builder(&pg)
+        .listen("workers = 2")
+        .pool_size(4)
+        .start()
+        .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (done, errors) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut load = Vec::new();
+    for _ in 0..16 {
+        let client = proxy.client().await;
+        let (stop, done, errors) = (stop.clone(), done.clone(), errors.clone());
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match client.simple_query("SELECT count(*) FROM pg_class").await {
+                    Ok(_) => done.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        eprintln!("client error: {e:?}");
+                        errors.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        }));
+    }
+    let mut both_used = false;
+    let mut most = 0;
+    for i in 0..3 {
+        proxy
+            .rotate_to(&pg, APP_USER, &format!("workers-rotated-{i}"))
+            .await;
+        for _ in 0..20 {
+            let status: serde_json::Value =
+                serde_json::from_str(&proxy.get("/status").await.1).unwrap();
+            let current = status["pools"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["current"] == true)
+                .unwrap()
+                .clone();
+            let by_worker: Vec<u64> = current["by_worker"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n.as_u64().unwrap())
+                .collect();
+            assert_eq!(by_worker.len(), 2, "{current}");
+            assert!(
+                by_worker.iter().all(|n| *n <= 2),
+                "a worker's share is 2: {current}"
+            );
+            most = most.max(current["connections"].as_u64().unwrap());
+            both_used |= by_worker.iter().all(|n| *n > 0);
+            tokio::task::yield_now().await;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    assert_eq!(
+        errors.load(Ordering::Relaxed),
+        0,
+        "clients saw the rotations"
+    );
+    assert!(done.load(Ordering::Relaxed) > 0);
+    assert!(most <= 4, "pool.size holds across workers: {most}");
+    assert!(both_used, "16 clients landed on both workers");
+    assert_eq!(proxy.generation().await, 4);
+    proxy.stop().await.unwrap();
+    pg.sql(&format!("ALTER ROLE {APP_USER} PASSWORD '{APP_PASSWORD}'"));
+}
+
+#[test]
+fn more_workers_than_pool_connections_is_a_config_error() {
+    let text = "[listen]\naddr = \"127.0.0.1:0\"\nworkers = 3\n[admin]\naddr = \"127.0.0.1:0\"\n\
+        [[clients]]\nuser = \"app\"\npassword = \"pw\"\n[upstream]\nhost = \"127.0.0.1\"\n\
+        database = \"app\"\ntls = \"disable\"\n[pool]\nsize = 2\n[credentials]\nsource = \"file\"\n\
+        [credentials.file]\npath = \"/nonexistent.json\"\n";
+    let e = rotagate::config::parse(text, std::iter::empty())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("listen.workers") && e.contains("pool.size"),
+        "{e}"
+    );
+}
