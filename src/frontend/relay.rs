@@ -15,6 +15,8 @@ use crate::backend::ServerConn;
 use crate::config::{PoolConfig, PoolMode};
 use crate::pool::Pooled;
 use bytes::{Bytes, BytesMut};
+use futures::task::AtomicWaker;
+use std::sync::Arc;
 use pgwire::tokio::server::MaybeTls;
 use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice};
@@ -44,6 +46,8 @@ pub struct ClientSide {
     pub scratch: BytesMut,
     /// The worker (event loop) this client lives on: its share of the pools is used.
     pub worker: usize,
+    /// Woken when the generation of the connection being relayed expires.
+    pub waker: Arc<AtomicWaker>,
 }
 
 impl ClientSide {
@@ -56,6 +60,7 @@ impl ClientSide {
             state,
             scratch: BytesMut::new(),
             worker,
+            waker: Arc::new(AtomicWaker::new()),
         }
     }
 }
@@ -183,8 +188,9 @@ async fn run(
     ctx: &RelayCtx<'_>,
 ) -> Result<End, FrontendError> {
     let mut shutdown = pin!(ctx.shutdown.cancelled());
-    let expired = s.generation().expired().clone();
-    let mut retired = pin!(expired.cancelled());
+    let (home, waker) = (s.generation().clone(), c.waker.clone());
+    home.watch(&waker);
+    let _unwatch = Unwatch(&home, &waker);
     let mut w = Wants::default();
     loop {
         if w.scan_client {
@@ -205,7 +211,8 @@ async fn run(
         }
         let idle = drained && at_rest(c, s, f);
         let io = poll_fn(|cx| {
-            if retired.as_mut().poll(cx).is_ready() {
+            waker.register(cx.waker());
+            if home.is_expired() {
                 return Poll::Ready(Io::Retired);
             }
             poll_io(cx, c, s, f, &w, idle, shutdown.as_mut())
@@ -216,6 +223,15 @@ async fn run(
         if let Some(end) = progress(io, c, s, &mut w) {
             return Ok(end);
         }
+    }
+}
+
+/// Stops watching the generation for expiry when the relay ends, however it ends.
+struct Unwatch<'a>(&'a crate::pool::Generation, &'a Arc<AtomicWaker>);
+
+impl Drop for Unwatch<'_> {
+    fn drop(&mut self) {
+        self.0.unwatch(self.1);
     }
 }
 

@@ -33,10 +33,12 @@ pub async fn serve(
     fe: &Frontend,
 ) -> Result<(), FrontendError> {
     let mut flow = Flow::default();
+    // One shutdown watch for the whole session, not one per transaction.
+    let mut stop = std::pin::pin!(fe.shutdown.cancelled());
     loop {
         // Each turn is a transaction; other tasks get their turn between them too.
         tokio::task::consume_budget().await;
-        if !wait_for_request(client, fe).await? {
+        if !wait_for_request(client, fe, stop.as_mut()).await? {
             return Ok(());
         }
         let mut server = match acquire_or_cancel(client, cancel, fe).await {
@@ -187,7 +189,11 @@ async fn reread(client: &mut ClientSide, server: &mut Pooled, lists: &crate::bac
 /// Waits, holding no upstream connection, until the client's next message needs one,
 /// answering what rotagate answers itself. False when the client left; an error when
 /// shutdown came first.
-async fn wait_for_request(client: &mut ClientSide, fe: &Frontend) -> Result<bool, FrontendError> {
+async fn wait_for_request(
+    client: &mut ClientSide,
+    fe: &Frontend,
+    mut stop: std::pin::Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
+) -> Result<bool, FrontendError> {
     let mut out = BytesMut::new();
     let cfg = fe.pools.config();
     let limits = local::Limits {
@@ -215,7 +221,7 @@ async fn wait_for_request(client: &mut ClientSide, fe: &Frontend) -> Result<bool
                 Ok(0) | Err(_) => return Ok(false),
                 Ok(_) => {}
             },
-            _ = fe.shutdown.cancelled() => return Err(FrontendError::Shutdown),
+            _ = stop.as_mut() => return Err(FrontendError::Shutdown),
         }
     }
 }

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{Notify, oneshot};
-use tokio_util::sync::CancellationToken;
+use futures::task::AtomicWaker;
 
 /// What a generation's connections are sized and aged by (from `[pool]`, per worker).
 #[derive(Debug, Clone, Copy)]
@@ -50,8 +50,10 @@ pub struct Generation {
     pub(super) connector: Arc<Connector>,
     /// Set when a newer generation is published: connections close as they come back.
     retired: AtomicBool,
-    /// Cancelled `pool.drain_timeout` after retirement: connections still in use close.
-    expired: CancellationToken,
+    /// Set `pool.drain_timeout` after retirement: connections still in use close. The relays
+    /// using this generation's connections are woken then.
+    expired: AtomicBool,
+    relays: Mutex<Vec<Arc<AtomicWaker>>>,
     /// Told when a retired generation's last connection has closed.
     gone: Notify,
     pub(super) last_error: Mutex<Option<LastError>>,
@@ -77,7 +79,8 @@ impl Generation {
             shelf: Mutex::new(Shelf::default()),
             connector,
             retired: AtomicBool::new(false),
-            expired: CancellationToken::new(),
+            expired: AtomicBool::new(false),
+            relays: Mutex::new(Vec::new()),
             gone: Notify::new(),
             last_error: Mutex::new(None),
         }
@@ -91,9 +94,30 @@ impl Generation {
         self.retired.load(Ordering::Acquire)
     }
 
-    /// Cancelled once this generation's connections must close even in use.
-    pub fn expired(&self) -> &CancellationToken {
-        &self.expired
+    /// Whether this generation's connections must close even in use.
+    pub fn is_expired(&self) -> bool {
+        self.expired.load(Ordering::Acquire)
+    }
+
+    /// Wakes `relay` when the generation expires, until [`Generation::unwatch`]. A relay
+    /// registers its task's waker in `relay` at each poll (an atomic, no lock) and checks
+    /// [`Generation::is_expired`] after it.
+    pub fn watch(&self, relay: &Arc<AtomicWaker>) {
+        self.relays.lock().expect("relays lock").push(relay.clone());
+    }
+
+    pub fn unwatch(&self, relay: &Arc<AtomicWaker>) {
+        let mut relays = self.relays.lock().expect("relays lock");
+        if let Some(i) = relays.iter().position(|r| Arc::ptr_eq(r, relay)) {
+            relays.swap_remove(i);
+        }
+    }
+
+    fn expire(&self) {
+        self.expired.store(true, Ordering::Release);
+        for relay in self.relays.lock().expect("relays lock").iter() {
+            relay.wake();
+        }
     }
 
     /// (open, idle) connections.
@@ -146,7 +170,9 @@ impl Generation {
     /// A connection comes back: to the first waiter, else onto the stack; closed when it is not
     /// clean, too old, or its generation is retired.
     pub(super) fn put(self: &Arc<Self>, mut conn: Box<ServerConn>) {
-        if !reusable(&conn) || self.is_retired() || self.too_old(&conn) {
+        let now = Instant::now();
+        let too_old = now.saturating_duration_since(conn.created) >= self.limits.max_lifetime;
+        if !reusable(&conn) || self.is_retired() || too_old {
             return self.discard(conn);
         }
         let mut shelf = self.shelf();
@@ -156,10 +182,7 @@ impl Generation {
                 Err(back) => conn = back,
             }
         }
-        shelf.idle.push(Idle {
-            conn,
-            since: Instant::now(),
-        });
+        shelf.idle.push(Idle { conn, since: now });
     }
 
     /// A connection that opened, for the first waiter or the stack.
@@ -221,10 +244,12 @@ impl Generation {
         if self.counts().0 == 0 {
             self.gone.notify_waiters();
         }
-        let expired = self.expired.clone();
+        let me = Arc::downgrade(self);
         tokio::spawn(async move {
             tokio::time::sleep(drain).await;
-            expired.cancel();
+            if let Some(g) = me.upgrade() {
+                g.expire();
+            }
         });
     }
 
@@ -237,10 +262,6 @@ impl Generation {
             }
             notified.await;
         }
-    }
-
-    fn too_old(&self, conn: &ServerConn) -> bool {
-        conn.created.elapsed() >= self.limits.max_lifetime
     }
 
     /// Closes idle connections past `idle_timeout` or `max_lifetime` (keeping `min_idle`);
