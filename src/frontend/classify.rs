@@ -109,26 +109,15 @@ impl Recent {
     }
 }
 
-/// Bytes the one pass stops at: statement ends, and the starts of what it looks for.
-const STOPS: [bool; 256] = {
-    let mut t = [false; 256];
-    t[b';' as usize] = true;
-    t[b'_' as usize] = true;
-    t[b'i' as usize] = true;
-    t[b'I' as usize] = true;
-    t
-};
-
 /// Classifies SQL text (a Query message's, or a Parse's query) in one pass over its bytes.
+/// The pass visits only the bytes it stops at (statement ends, and the starts of what it looks
+/// for), found with memchr's vectorised search, in text order.
 pub fn classify(sql: &[u8]) -> Class {
     let mut class = Class::default();
     let mut statements = 0;
     let mut start = 0;
-    for (i, &b) in sql.iter().enumerate() {
-        if !STOPS[b as usize] {
-            continue;
-        }
-        match b {
+    for i in stops(sql) {
+        match sql[i] {
             b';' => {
                 statements += one_statement(sql, start, i, &mut class);
                 start = i + 1;
@@ -145,6 +134,17 @@ pub fn classify(sql: &[u8]) -> Class {
         class.sole = None;
     }
     class
+}
+
+/// Positions of `;`, `_`, `i` and `I` in `sql`, in order.
+fn stops(sql: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    let mut lower = memchr::memchr3_iter(b';', b'_', b'i', sql).peekable();
+    let mut upper = memchr::memchr_iter(b'I', sql).peekable();
+    std::iter::from_fn(move || match (lower.peek(), upper.peek()) {
+        (Some(a), Some(b)) if b < a => upper.next(),
+        (Some(_), _) => lower.next(),
+        (None, _) => upper.next(),
+    })
 }
 
 /// The statement in `sql[start..end]`, if it is not blank: 1 when there is one.

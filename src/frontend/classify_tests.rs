@@ -100,3 +100,43 @@ fn sole_statements_about_prepared_statements() {
     assert!(two.drops_statements);
     assert_eq!(classify(b"DEALLOCATE a; DEALLOCATE b").sole, None);
 }
+
+/// The classifier as it was written first: every byte looked at. The vectorised one must agree.
+fn byte_by_byte(sql: &[u8]) -> Class {
+    let mut class = Class::default();
+    let (mut statements, mut start) = (0, 0);
+    for (i, &b) in sql.iter().enumerate() {
+        match b {
+            b';' => {
+                statements += one_statement(sql, start, i, &mut class);
+                start = i + 1;
+            }
+            b'_' => underscore(sql, i, &mut class),
+            b'i' | b'I' if (i == 0 || !is_ident(sql[i - 1])) && into_temp(sql, i) => {
+                class.pin(PinReason::TempTable)
+            }
+            _ => {}
+        }
+    }
+    statements += one_statement(sql, start, sql.len(), &mut class);
+    if statements != 1 {
+        class.sole = None;
+    }
+    class
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+    #[test]
+    fn the_vectorised_pass_agrees_with_looking_at_every_byte(
+        words in proptest::collection::vec(proptest::sample::select(vec![
+            "SELECT", "select", " ", ";", "_", "INTO", "into", "Into", "TEMP", "temp", "set", "config",
+            "set_config('a.b', '1', false)", "pg_advisory_lock(1)", "pg_temp.t", "advisory", "lock",
+            "DEALLOCATE", "ALL", "DISCARD", "LISTEN", "x", "i", "I", "--", "\n", "/*", "*/", "'", "SET",
+            "work_mem", "=", "1", "CREATE", "TABLE", "t", "PREPARE", "WITH HOLD", "LOAD", "RESET",
+        ]), 0..24)
+    ) {
+        let sql = words.concat();
+        proptest::prop_assert_eq!(classify(sql.as_bytes()), byte_by_byte(sql.as_bytes()), "{}", sql);
+    }
+}

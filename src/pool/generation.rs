@@ -11,13 +11,13 @@ use super::connector::Connector;
 use crate::backend::ServerConn;
 use crate::secrets::Credentials;
 use futures::FutureExt;
+use futures::task::AtomicWaker;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{Notify, oneshot};
-use futures::task::AtomicWaker;
 
 /// What a generation's connections are sized and aged by (from `[pool]`, per worker).
 #[derive(Debug, Clone, Copy)]
