@@ -1,5 +1,6 @@
 //! `listen.workers = 2`: two event loops, each with its own listener (SO_REUSEPORT), clients
-//! and share of the pool. Rotation reaches both; `pool.size` holds across them.
+//! and connections. Rotation reaches both; `pool.size` holds across them, and a client is never
+//! stuck behind its own worker while the other has connections to spare.
 
 mod common;
 
@@ -56,11 +57,9 @@ async fn two_workers_share_the_pool_and_both_follow_rotations() {
                 .map(|n| n.as_u64().unwrap())
                 .collect();
             assert_eq!(by_worker.len(), 2, "{current}");
-            assert!(
-                by_worker.iter().all(|n| *n <= 2),
-                "a worker's share is 2: {current}"
-            );
-            most = most.max(current["connections"].as_u64().unwrap());
+            let total = current["connections"].as_u64().unwrap();
+            assert_eq!(by_worker.iter().sum::<u64>(), total, "{current}");
+            most = most.max(total);
             both_used |= by_worker.iter().all(|n| *n > 0);
             tokio::task::yield_now().await;
         }
@@ -82,17 +81,27 @@ async fn two_workers_share_the_pool_and_both_follow_rotations() {
     pg.sql(&format!("ALTER ROLE {APP_USER} PASSWORD '{APP_PASSWORD}'"));
 }
 
-#[test]
-fn more_workers_than_pool_connections_is_a_config_error() {
-    let text = "[listen]\naddr = \"127.0.0.1:0\"\nworkers = 3\n[admin]\naddr = \"127.0.0.1:0\"\n\
-        [[clients]]\nuser = \"app\"\npassword = \"pw\"\n[upstream]\nhost = \"127.0.0.1\"\n\
-        database = \"app\"\ntls = \"disable\"\n[pool]\nsize = 2\n[credentials]\nsource = \"file\"\n\
-        [credentials.file]\npath = \"/nonexistent.json\"\n";
-    let e = rotagate::config::parse(text, std::iter::empty())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("listen.workers") && e.contains("pool.size"),
-        "{e}"
-    );
+/// Session mode holds a connection per client, and the kernel does not spread clients evenly
+/// over the workers' listeners: every client must still get one of the pool's connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_clients_get_every_pool_connection_whichever_worker_they_land_on() {
+    let pg = app_cluster();
+    let proxy = TestProxy::builder(&pg)
+        .mode("session")
+        .listen("workers = 2")
+        .pool_size(8)
+        .pool("acquire_timeout = \"5s\"")
+        .start()
+        .await;
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let client = proxy.client().await;
+        assert_eq!(one(&client, "SELECT 1").await, "1");
+        clients.push(client);
+    }
+    let status: serde_json::Value = serde_json::from_str(&proxy.get("/status").await.1).unwrap();
+    let current = &status["pools"][0];
+    assert_eq!(current["connections"], 8, "{status}");
+    drop(clients);
+    proxy.stop().await.unwrap();
 }

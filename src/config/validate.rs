@@ -91,16 +91,6 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     let pool = pool(&mut c, raw.pool.unwrap_or_default());
     let credentials = super::credentials::credentials(&mut c, raw.credentials);
     let log = log(&mut c, raw.log.unwrap_or_default());
-    if listen.workers as u32 > pool.size {
-        // Each worker has its own share of the pool, and a share must hold a connection.
-        c.err(
-            "listen.workers",
-            format!(
-                "{} workers cannot share pool.size = {}: each needs at least one connection",
-                listen.workers, pool.size
-            ),
-        );
-    }
     if c.errors.is_empty() {
         Ok(Config {
             listen,

@@ -83,9 +83,7 @@ async fn open(g: Arc<Generation>) {
 }
 
 fn wanted(g: &Generation) -> bool {
-    let mut shelf = g.shelf();
-    shelf.waiters.retain(|w| !w.is_closed());
-    !shelf.waiters.is_empty() && !g.is_retired()
+    !g.is_retired() && g.has_waiters()
 }
 
 async fn login(g: &Generation) -> Result<ServerConn, BackendError> {

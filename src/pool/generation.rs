@@ -8,6 +8,7 @@
 
 use super::LastError;
 use super::connector::Connector;
+use super::shared::Shared;
 use crate::backend::ServerConn;
 use crate::secrets::Credentials;
 use futures::FutureExt;
@@ -19,10 +20,10 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{Notify, oneshot};
 
-/// What a generation's connections are sized and aged by (from `[pool]`, per worker).
+/// What a generation's connections are aged by (from `[pool]`), and this worker's share of
+/// `min_idle`. `pool.size` is counted across workers ([`super::shared`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    pub size: u32,
     pub min_idle: u32,
     pub idle_timeout: Duration,
     pub max_lifetime: Duration,
@@ -46,6 +47,7 @@ pub struct Generation {
     pub id: u64,
     pub creds: Arc<Credentials>,
     pub(super) limits: Limits,
+    pub(super) shared: Arc<Shared>,
     pub(super) shelf: Mutex<Shelf>,
     pub(super) connector: Arc<Connector>,
     /// Set when a newer generation is published: connections close as they come back.
@@ -70,12 +72,14 @@ impl Generation {
         id: u64,
         creds: Arc<Credentials>,
         limits: Limits,
+        shared: Arc<Shared>,
         connector: Arc<Connector>,
     ) -> Self {
         Self {
             id,
             creds,
             limits,
+            shared,
             shelf: Mutex::new(Shelf::default()),
             connector,
             retired: AtomicBool::new(false),
@@ -141,8 +145,9 @@ impl Generation {
         }
     }
 
-    /// An idle connection, or a place in the queue (and a connection opening for it when there
-    /// is room). `Err` when the generation is retired: look at the current one.
+    /// An idle connection, or a place in the queue. With room under `pool.size` a connection
+    /// opens for the queued client; at the limit, another worker's idle connection is taken.
+    /// `Err` when the generation is retired: look at the current one.
     pub(super) fn take_or_wait(
         self: &Arc<Self>,
     ) -> Result<Result<Pooled, oneshot::Receiver<Box<ServerConn>>>, ()> {
@@ -153,36 +158,116 @@ impl Generation {
         if self.is_retired() {
             return Err(());
         }
-        let (tx, rx) = oneshot::channel();
-        shelf.waiters.retain(|w| !w.is_closed());
-        shelf.waiters.push_back(tx);
-        let opening = shelf.open < self.limits.size;
+        let opening = self.shared.try_open();
         if opening {
             shelf.open += 1;
         }
+        let (tx, rx) = oneshot::channel();
+        self.prune(&mut shelf);
+        shelf.waiters.push_back(tx);
+        self.shared.waiting.fetch_add(1, Ordering::AcqRel);
         drop(shelf);
         if opening {
             self.connector.open(self.clone());
+        } else if let Some(conn) = self.steal() {
+            // Queued first, so a connection given back elsewhere meanwhile is offered here.
+            self.put(conn);
         }
         Ok(Err(rx))
     }
 
-    /// A connection comes back: to the first waiter, else onto the stack; closed when it is not
-    /// clean, too old, or its generation is retired.
-    pub(super) fn put(self: &Arc<Self>, mut conn: Box<ServerConn>) {
+    /// Whether a client is queued here.
+    pub(super) fn has_waiters(&self) -> bool {
+        let mut shelf = self.shelf();
+        self.prune(&mut shelf);
+        !shelf.waiters.is_empty()
+    }
+
+    /// Clears the places of clients that stopped waiting.
+    fn prune(&self, shelf: &mut Shelf) {
+        let before = shelf.waiters.len();
+        shelf.waiters.retain(|w| !w.is_closed());
+        let gone = (before - shelf.waiters.len()) as u32;
+        if gone > 0 {
+            self.shared.waiting.fetch_sub(gone, Ordering::AcqRel);
+        }
+    }
+
+    /// Gives `conn` to the first client queued here that still waits.
+    fn hand_over(
+        &self,
+        shelf: &mut Shelf,
+        mut conn: Box<ServerConn>,
+    ) -> Result<(), Box<ServerConn>> {
+        while let Some(waiter) = shelf.waiters.pop_front() {
+            self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
+            match waiter.send(conn) {
+                Ok(()) => return Ok(()),
+                Err(back) => conn = back,
+            }
+        }
+        Err(conn)
+    }
+
+    /// A connection comes back: to the first waiter here, else to a waiter on another worker,
+    /// else onto the stack; closed when it is not clean, too old, or its generation is retired.
+    pub(super) fn put(self: &Arc<Self>, conn: Box<ServerConn>) {
         let now = Instant::now();
         let too_old = now.saturating_duration_since(conn.created) >= self.limits.max_lifetime;
         if !reusable(&conn) || self.is_retired() || too_old {
             return self.discard(conn);
         }
         let mut shelf = self.shelf();
-        while let Some(waiter) = shelf.waiters.pop_front() {
-            match waiter.send(conn) {
+        let Err(mut conn) = self.hand_over(&mut shelf, conn) else {
+            return;
+        };
+        if self.shared.someone_waits() {
+            drop(shelf);
+            conn = match self.offer(conn) {
                 Ok(()) => return,
-                Err(back) => conn = back,
-            }
+                Err(back) => back,
+            };
+            shelf = self.shelf();
         }
         shelf.idle.push(Idle { conn, since: now });
+    }
+
+    /// Another worker takes this worker's warmest idle connection.
+    pub(super) fn take_one_idle(&self) -> Option<Box<ServerConn>> {
+        loop {
+            let mut conn = {
+                let mut shelf = self.shelf();
+                let idle = shelf.idle.pop()?;
+                shelf.open -= 1;
+                idle.conn
+            };
+            if alive(&mut conn) {
+                return Some(conn);
+            }
+            drop(conn);
+            self.shared.closed(1);
+        }
+    }
+
+    /// Another worker's connection, for a client queued here.
+    pub(super) fn hand_to_waiter(&self, conn: Box<ServerConn>) -> Result<(), Box<ServerConn>> {
+        let mut shelf = self.shelf();
+        self.hand_over(&mut shelf, conn)?;
+        shelf.open += 1;
+        Ok(())
+    }
+
+    /// Opens a connection here if a client is queued here and `pool.size` has room.
+    pub(super) fn open_for_waiter(self: &Arc<Self>) -> bool {
+        let mut shelf = self.shelf();
+        self.prune(&mut shelf);
+        if self.is_retired() || shelf.waiters.is_empty() || !self.shared.try_open() {
+            return false;
+        }
+        shelf.open += 1;
+        drop(shelf);
+        self.connector.open(self.clone());
+        true
     }
 
     /// A connection that opened, for the first waiter or the stack.
@@ -192,13 +277,10 @@ impl Generation {
 
     /// Gives a validated connection to the generation (the rotation engine's proof).
     pub(super) fn adopt(self: &Arc<Self>, conn: Box<ServerConn>) {
-        {
-            let mut shelf = self.shelf();
-            if shelf.open >= self.limits.size {
-                return;
-            }
-            shelf.open += 1;
+        if !self.shared.try_open() {
+            return;
         }
+        self.shelf().open += 1;
         self.put(conn);
     }
 
@@ -209,13 +291,15 @@ impl Generation {
         self.release_slot();
     }
 
-    /// One open-or-opening connection fewer.
+    /// One open-or-opening connection fewer; its place goes to a client queued here, else to
+    /// one queued on another worker.
     pub(super) fn release_slot(self: &Arc<Self>) {
+        self.shared.closed(1);
         let mut shelf = self.shelf();
         shelf.open -= 1;
         let retired = self.is_retired();
-        shelf.waiters.retain(|w| !w.is_closed());
-        let reopen = !retired && !shelf.waiters.is_empty() && shelf.open < self.limits.size;
+        self.prune(&mut shelf);
+        let reopen = !retired && !shelf.waiters.is_empty() && self.shared.try_open();
         if reopen {
             shelf.open += 1;
         }
@@ -225,6 +309,8 @@ impl Generation {
             self.connector.open(self.clone());
         } else if retired && empty {
             self.gone.notify_waiters();
+        } else if !retired && self.shared.someone_waits() {
+            self.reopen_elsewhere();
         }
     }
 
@@ -237,7 +323,12 @@ impl Generation {
             self.retired.store(true, Ordering::Release);
             let idle = std::mem::take(&mut shelf.idle);
             shelf.open -= idle.len() as u32;
-            (idle, std::mem::take(&mut shelf.waiters))
+            self.shared.closed(idle.len() as u32);
+            let waiters = std::mem::take(&mut shelf.waiters);
+            self.shared
+                .waiting
+                .fetch_sub(waiters.len() as u32, Ordering::AcqRel);
+            (idle, waiters)
         };
         drop(waiters);
         drop(idle);
@@ -283,15 +374,14 @@ impl Generation {
             }
         }
         shelf.open -= closed.len() as u32;
-        let want = if self.is_retired() {
-            0
-        } else {
-            let idle = shelf.idle.len() as u32;
-            limits
-                .min_idle
-                .saturating_sub(idle)
-                .min(limits.size - shelf.open)
-        };
+        self.shared.closed(closed.len() as u32);
+        let mut want = 0;
+        if !self.is_retired() {
+            let missing = limits.min_idle.saturating_sub(shelf.idle.len() as u32);
+            while want < missing && self.shared.try_open() {
+                want += 1;
+            }
+        }
         shelf.open += want;
         drop(shelf);
         drop(closed);

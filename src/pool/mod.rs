@@ -8,6 +8,7 @@
 
 mod connector;
 mod generation;
+mod shared;
 
 pub use generation::{Generation, Limits, Pooled};
 
@@ -16,6 +17,7 @@ use crate::config::PoolConfig;
 use crate::secrets::Credentials;
 use arc_swap::ArcSwap;
 use connector::Connector;
+use shared::Shared;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -77,22 +79,24 @@ impl Pools {
         assert!(!workers.is_empty(), "at least one worker");
         let auth_failed = Arc::new(Notify::new());
         let creds = Arc::new(creds);
-        let n = workers.len();
-        let shards = workers
+        let connectors: Vec<_> = workers
             .into_iter()
-            .enumerate()
-            .map(|(k, runtime)| {
-                let connector = Arc::new(Connector {
+            .map(|runtime| {
+                Arc::new(Connector {
                     target: target.clone(),
                     auth_failed: auth_failed.clone(),
                     runtime,
-                });
-                let first = generation(&connector, &cfg, k, n, 1, creds.clone());
-                Shard {
-                    connector,
-                    current: ArcSwap::new(first),
-                    draining: Mutex::new(Vec::new()),
-                }
+                })
+            })
+            .collect();
+        let firsts = generations(&connectors, &cfg, 1, creds);
+        let shards = connectors
+            .into_iter()
+            .zip(firsts)
+            .map(|(connector, first)| Shard {
+                connector,
+                current: ArcSwap::new(first),
+                draining: Mutex::new(Vec::new()),
             })
             .collect();
         Self {
@@ -207,14 +211,8 @@ impl Pools {
     pub fn publish(&self, creds: Credentials, validated: ServerConn) -> u64 {
         let cfg = self.cfg.load_full();
         let id = self.current_id.load(Ordering::Acquire) + 1;
-        let creds = Arc::new(creds);
-        let n = self.shards.len();
-        let fresh: Vec<_> = self
-            .shards
-            .iter()
-            .enumerate()
-            .map(|(k, s)| generation(&s.connector, &cfg, k, n, id, creds.clone()))
-            .collect();
+        let connectors: Vec<_> = self.shards.iter().map(|s| s.connector.clone()).collect();
+        let fresh = generations(&connectors, &cfg, id, Arc::new(creds));
         let mut validated = Box::new(validated);
         validated.generation = id;
         fresh[0].adopt(validated);
@@ -264,23 +262,33 @@ pub fn share(total: u32, k: usize, n: usize) -> u32 {
     total / n + u32::from(k < total % n)
 }
 
-fn generation(
-    connector: &Arc<Connector>,
+/// Generation `id` for every worker, sharing `pool.size` (and each with its reaper).
+fn generations(
+    connectors: &[Arc<Connector>],
     cfg: &PoolConfig,
-    k: usize,
-    n: usize,
     id: u64,
     creds: Arc<Credentials>,
-) -> Arc<Generation> {
-    let limits = Limits {
-        size: share(cfg.size, k, n).max(1),
-        min_idle: share(cfg.min_idle, k, n),
-        idle_timeout: cfg.idle_timeout,
-        max_lifetime: cfg.max_lifetime,
-    };
-    let g = Arc::new(Generation::new(id, creds, limits, connector.clone()));
-    connector.reap(&g);
-    g
+) -> Vec<Arc<Generation>> {
+    let shared = Arc::new(Shared::new(cfg.size));
+    let n = connectors.len();
+    let all: Vec<_> = connectors
+        .iter()
+        .enumerate()
+        .map(|(k, connector)| {
+            let limits = Limits {
+                min_idle: share(cfg.min_idle, k, n),
+                idle_timeout: cfg.idle_timeout,
+                max_lifetime: cfg.max_lifetime,
+            };
+            let g = Generation::new(id, creds.clone(), limits, shared.clone(), connector.clone());
+            Arc::new(g)
+        })
+        .collect();
+    shared.set_siblings(&all);
+    for (g, connector) in all.iter().zip(connectors) {
+        connector.reap(g);
+    }
+    all
 }
 
 /// A client's place in a generation's queue. Dropped early (timeout, cancel, client gone), it
