@@ -5,8 +5,6 @@
 mod common;
 
 use common::*;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_share_the_pool_and_both_follow_rotations() {
@@ -16,24 +14,7 @@ async fn two_workers_share_the_pool_and_both_follow_rotations() {
         .pool_size(4)
         .start()
         .await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (done, errors) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let mut load = Vec::new();
-    for _ in 0..16 {
-        let client = proxy.client().await;
-        let (stop, done, errors) = (stop.clone(), done.clone(), errors.clone());
-        load.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                match client.simple_query("SELECT count(*) FROM pg_class").await {
-                    Ok(_) => done.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => {
-                        eprintln!("client error: {e:?}");
-                        errors.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-            }
-        }));
-    }
+    let load = fault::Load::start(&proxy.url(), 16).await;
     let mut both_used = false;
     let mut most = 0;
     for i in 0..3 {
@@ -64,16 +45,13 @@ async fn two_workers_share_the_pool_and_both_follow_rotations() {
             tokio::task::yield_now().await;
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    for l in load {
-        l.await.unwrap();
-    }
+    let cost = load.stop().await;
     assert_eq!(
-        errors.load(Ordering::Relaxed),
-        0,
+        (cost.failed, cost.reconnects),
+        (0, 0),
         "clients saw the rotations"
     );
-    assert!(done.load(Ordering::Relaxed) > 0);
+    assert!(cost.ok > 0);
     assert!(most <= 4, "pool.size holds across workers: {most}");
     assert!(both_used, "16 clients landed on both workers");
     assert_eq!(proxy.generation().await, 4);
