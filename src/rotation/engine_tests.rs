@@ -3,189 +3,20 @@
 
 use super::breaker::Breaker;
 use super::engine::{Engine, EngineParts};
+use super::engine_fakes::{DRAIN, FakeEvents, FakePools, FakeSource, LOGIN};
 use super::status::{Outcome, RotationStatus};
 use super::upstream::Upstream;
 use super::{Request, RotationHandle, Trigger};
-use crate::secrets::Credentials;
-use crate::secrets::provider::{Change, EventSource, Note, SecretProvider, SourceError, Stage};
-use futures::future::BoxFuture;
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use crate::secrets::provider::{Change, Note};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-const LOGIN: Duration = Duration::from_millis(20);
-const DRAIN: Duration = Duration::from_secs(10);
 const COOLDOWN: Duration = Duration::from_secs(30);
-
-fn creds(version: &str) -> Credentials {
-    let json = format!(r#"{{"username":"app","password":"pw-{version}"}}"#);
-    Credentials::from_json(json.as_bytes(), version.into()).unwrap()
-}
-
-/// Pools that log in by looking the version up in `good`, after `LOGIN`.
-struct FakePools {
-    generation: AtomicU64,
-    current: Mutex<Arc<Credentials>>,
-    good: Mutex<HashSet<String>>,
-    published: Mutex<Vec<(u64, String, Instant)>>,
-    adopted: AtomicU64,
-    /// Generations that have drained (none until a test says so).
-    drained: Mutex<HashSet<u64>>,
-    drain_changed: Notify,
-    auth: Arc<Notify>,
-}
-
-impl FakePools {
-    fn serving(version: &str) -> Arc<Self> {
-        Arc::new(Self {
-            generation: AtomicU64::new(1),
-            current: Mutex::new(Arc::new(creds(version))),
-            good: Mutex::new(HashSet::new()),
-            published: Mutex::default(),
-            adopted: AtomicU64::new(0),
-            drained: Mutex::default(),
-            drain_changed: Notify::new(),
-            auth: Arc::new(Notify::new()),
-        })
-    }
-
-    fn accept(&self, version: &str) {
-        self.good.lock().unwrap().insert(version.into());
-    }
-
-    fn published(&self) -> Vec<(u64, String, Instant)> {
-        self.published.lock().unwrap().clone()
-    }
-
-    fn drain(&self, generation: u64) {
-        self.drained.lock().unwrap().insert(generation);
-        self.drain_changed.notify_waiters();
-    }
-}
-
-impl Upstream for FakePools {
-    type Proof = ();
-
-    fn generation(&self) -> u64 {
-        self.generation.load(Ordering::SeqCst)
-    }
-
-    fn current(&self) -> Arc<Credentials> {
-        self.current.lock().unwrap().clone()
-    }
-
-    async fn validate(&self, creds: &Credentials, _generation: u64) -> Result<(), String> {
-        tokio::time::sleep(LOGIN).await;
-        match self.good.lock().unwrap().contains(&creds.version) {
-            true => Ok(()),
-            false => Err("password authentication failed".into()),
-        }
-    }
-
-    fn publish(&self, creds: Credentials, _proof: ()) -> u64 {
-        let id = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        let version = creds.version.clone();
-        *self.current.lock().unwrap() = Arc::new(creds);
-        self.published
-            .lock()
-            .unwrap()
-            .push((id, version, Instant::now()));
-        id
-    }
-
-    fn adopt(&self, _proof: ()) {
-        self.adopted.fetch_add(1, Ordering::SeqCst);
-    }
-
-    fn drain_timeout(&self) -> Duration {
-        DRAIN
-    }
-
-    async fn drained(&self, generation: u64) {
-        loop {
-            let changed = self.drain_changed.notified();
-            if self.drained.lock().unwrap().contains(&generation) {
-                return;
-            }
-            changed.await;
-        }
-    }
-
-    fn auth_failed(&self) -> Arc<Notify> {
-        self.auth.clone()
-    }
-}
-
-/// A source serving `current` (None: unavailable), recording when it was read and what it was
-/// told to retire.
-#[derive(Default)]
-struct FakeSource {
-    current: Mutex<Option<String>>,
-    fetches: Mutex<Vec<Instant>>,
-    retired: Mutex<Vec<(String, Instant)>>,
-}
-
-impl FakeSource {
-    fn serve(&self, version: Option<&str>) {
-        *self.current.lock().unwrap() = version.map(str::to_owned);
-    }
-
-    fn fetches(&self) -> Vec<Instant> {
-        self.fetches.lock().unwrap().clone()
-    }
-
-    fn retired(&self) -> Vec<(String, Instant)> {
-        self.retired.lock().unwrap().clone()
-    }
-}
-
-impl SecretProvider for FakeSource {
-    fn kind(&self) -> &'static str {
-        "fake"
-    }
-
-    fn fetch(&self, _stage: Stage) -> BoxFuture<'_, Result<Credentials, SourceError>> {
-        self.fetches.lock().unwrap().push(Instant::now());
-        let answer = match self.current.lock().unwrap().as_deref() {
-            Some(v) => Ok(creds(v)),
-            None => Err(SourceError::Unavailable("connection refused".into())),
-        };
-        Box::pin(async move { answer })
-    }
-
-    fn retire(&self, version: &str) -> BoxFuture<'_, ()> {
-        self.retired
-            .lock()
-            .unwrap()
-            .push((version.to_owned(), Instant::now()));
-        Box::pin(async {})
-    }
-}
-
-/// Forwards notes a test sends, as a real event source would.
-struct FakeEvents(mpsc::Receiver<Note>);
-
-impl EventSource for FakeEvents {
-    fn run(
-        self: Box<Self>,
-        tx: mpsc::Sender<Note>,
-        stop: CancellationToken,
-    ) -> BoxFuture<'static, ()> {
-        let mut rx = self.0;
-        Box::pin(async move {
-            while let Some(note) =
-                tokio::select! { n = rx.recv() => n, _ = stop.cancelled() => None }
-            {
-                let _ = tx.send(note).await;
-            }
-        })
-    }
-}
 
 struct Harness {
     pools: Arc<FakePools>,

@@ -7,6 +7,8 @@ pub mod breaker;
 mod checks;
 mod engine;
 #[cfg(test)]
+mod engine_fakes;
+#[cfg(test)]
 mod engine_tests;
 mod status;
 mod upstream;
