@@ -45,7 +45,8 @@ pub struct GenerationCounts {
     pub connections: u32,
     pub idle: u32,
     pub current: bool,
-    /// Open connections on each worker's share.
+    /// Open connections on each worker (read one after another: a connection moving between
+    /// workers meanwhile can be counted twice or not at all; `connections` is exact).
     pub by_worker: Vec<u32>,
 }
 
@@ -179,7 +180,6 @@ impl Pools {
                 }
                 match out.iter_mut().find(|c| c.generation == g.id) {
                     Some(c) => {
-                        c.connections += open;
                         c.idle += idle;
                         c.by_worker[k] = open;
                     }
@@ -188,7 +188,7 @@ impl Pools {
                         by_worker[k] = open;
                         out.push(GenerationCounts {
                             generation: g.id,
-                            connections: open,
+                            connections: g.shared.open(),
                             idle,
                             current: is_current,
                             by_worker,

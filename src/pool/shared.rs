@@ -44,6 +44,12 @@ impl Shared {
             .is_ok()
     }
 
+    /// Connections open or opening on every worker (exact, unlike a sum of the workers' counts
+    /// read one after another while connections move between them).
+    pub fn open(&self) -> u32 {
+        self.open.load(Ordering::Acquire)
+    }
+
     pub fn closed(&self, n: u32) {
         self.open.fetch_sub(n, Ordering::AcqRel);
     }
