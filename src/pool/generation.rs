@@ -270,11 +270,6 @@ impl Generation {
         true
     }
 
-    /// A connection that opened, for the first waiter or the stack.
-    pub(super) fn opened(self: &Arc<Self>, conn: Box<ServerConn>) {
-        self.put(conn);
-    }
-
     /// Gives a validated connection to the generation (the rotation engine's proof).
     pub(super) fn adopt(self: &Arc<Self>, conn: Box<ServerConn>) {
         if !self.shared.try_open() {

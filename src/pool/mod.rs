@@ -110,11 +110,6 @@ impl Pools {
         }
     }
 
-    /// How many workers share the pool.
-    pub fn workers(&self) -> usize {
-        self.shards.len()
-    }
-
     /// A connection of the current generation for `worker`. An idle one is handed over at once
     /// (no allocation, no timer); otherwise the client queues, up to `pool.acquire_timeout`,
     /// and moves to a generation published while it waits.
