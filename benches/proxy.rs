@@ -1,7 +1,8 @@
 //! pgbench through direct PostgreSQL, rotagate and (when installed) PgBouncer, side by side in
 //! one run against the same private cluster, with the same pool size and client auth (SCRAM).
-//! Prints TPS, mean latency and proxy CPU (user + system) per transaction in µs, and
-//! rotagate/PgBouncer ratios, for rotagate with one worker (`w1`) and two (`w2`).
+//! Prints TPS, mean latency, proxy CPU per transaction in µs ("total/user": user + system, then
+//! the user-space share) and rotagate/PgBouncer ratios, for rotagate with one worker (`w1`) and
+//! two (`w2`).
 //!
 //!     cargo bench --bench proxy                 # 10 s per run
 //!     BENCH_SECONDS=30 cargo bench --bench proxy
@@ -45,15 +46,18 @@ struct Result {
     tps: f64,
     latency_ms: f64,
     cpu_us_per_tx: Option<f64>,
+    /// The user-space share of `cpu_us_per_tx` (the rest is the kernel's: syscalls, TCP).
+    user_us_per_tx: Option<f64>,
 }
 
-fn cpu_ticks(pid: u32) -> u64 {
+/// (user, user + system) clock ticks the process has used.
+fn cpu_ticks(pid: u32) -> (u64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after "(comm) ".
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (field(11), field(11) + field(12))
 }
 
 fn ticks_per_second() -> f64 {
@@ -100,16 +104,19 @@ fn pgbench(t: &Target, args: &[&str], secs: u64) -> Result {
     }
     let tps = grab("tps = ");
     let txs = tps * secs as f64;
-    let cpu = match (t.pid, before) {
-        (Some(pid), Some(b)) if txs > 0.0 => {
-            Some((cpu_ticks(pid) - b) as f64 / ticks_per_second() * 1e6 / txs)
+    let per_tx = |ticks: u64| ticks as f64 / ticks_per_second() * 1e6 / txs;
+    let (user, cpu) = match (t.pid, before) {
+        (Some(pid), Some((bu, bt))) if txs > 0.0 => {
+            let (u, total) = cpu_ticks(pid);
+            (Some(per_tx(u - bu)), Some(per_tx(total - bt)))
         }
-        _ => None,
+        _ => (None, None),
     };
     Result {
         tps,
         latency_ms: grab("latency average = "),
         cpu_us_per_tx: cpu,
+        user_us_per_tx: user,
     }
 }
 
@@ -239,10 +246,12 @@ fn idle_clients(port: u16, pid: u32, n: usize) {
     drop(rt);
 }
 
+/// CPU µs per transaction as "total/user".
 fn fmt_cpu(r: &Result) -> String {
-    r.cpu_us_per_tx
-        .map(|c| format!("{c:.1}"))
-        .unwrap_or_else(|| "-".into())
+    match (r.cpu_us_per_tx, r.user_us_per_tx) {
+        (Some(c), Some(u)) => format!("{c:.1}/{u:.1}"),
+        _ => "-".into(),
+    }
 }
 
 /// (mode, label, pgbench arguments) for every measured run.
@@ -309,10 +318,10 @@ fn row(mode: &str, label: &str, args: &[String], t: &Targets, secs: u64) {
     };
     let (ratio, ratio2) = (ratio(&r), ratio(&r2));
     let before = base
-        .map(|x| format!(" {:>10.0} {:>9}", x.tps, fmt_cpu(&x)))
+        .map(|x| format!(" {:>10.0} {:>11}", x.tps, fmt_cpu(&x)))
         .unwrap_or_default();
     println!(
-        "{label:<34} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {ratio:>7} {ratio2:>7} {:>7.3} {:>7.3} {:>7} {:>7} {:>7}{before}",
+        "{label:<34} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {ratio:>7} {ratio2:>7} {:>7.3} {:>7.3} {:>11} {:>11} {:>11}{before}",
         d.tps,
         r.tps,
         r2.tps,
@@ -347,7 +356,7 @@ fn main() {
     );
     let baseline = std::env::var_os("BENCH_BASELINE").map(std::path::PathBuf::from);
     println!(
-        "{:<34} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}{}",
+        "{:<34} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7} {:>11} {:>11} {:>11}{}",
         "scenario",
         "direct",
         "rg w1",
@@ -357,11 +366,11 @@ fn main() {
         "w2/pgb",
         "w1 ms",
         "pgb ms",
-        "w1 us",
-        "w2 us",
-        "pgb us",
+        "w1 us/user",
+        "w2 us/user",
+        "pgb us/user",
         if baseline.is_some() {
-            "     before before us"
+            "     before before us/user"
         } else {
             ""
         }
