@@ -7,23 +7,16 @@
 //! 4. the admin listener stops last.
 
 use crate::admin::{self, AdminState};
-use crate::backend::UpstreamTarget;
-use crate::config::{Config, SourceKind};
+use crate::config::Config;
+use crate::databases::Databases;
 use crate::frontend::{self, Frontend, cancel::CancelRegistry, scram::ClientAuth};
-use crate::pool::Pools;
 use crate::reload::Reloader;
-use crate::rotation::breaker::Breaker;
-use crate::rotation::{Engine, EngineParts, RotationHandle, RotationStatus};
-use crate::secrets::cache::{Cache, CacheKey};
-use crate::secrets::fallback::Fallback;
-use crate::secrets::provider::{EventSource, FileProvider, FileWatcher, SecretProvider, Stage};
-use crate::secrets::{Credentials, SecretString, aws, vault};
+use crate::secrets::SecretString;
 use anyhow::Context;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -78,55 +71,26 @@ impl App {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let prometheus = admin::metrics::install();
         let cfg = self.cfg;
-        let (provider, events) = source(&cfg).await?;
-        let cache = cache(&cfg)?;
-        let creds = initial_credentials(provider.as_ref(), cache.as_ref()).await?;
-        tracing::info!(source = provider.kind(), version = %creds.version, username = %creds.username, "credential loaded");
-        let status = Arc::new(RotationStatus::new(
-            provider.kind(),
-            creds.version.clone(),
-            creds.username.clone(),
-        ));
-        let target = Arc::new(UpstreamTarget::from_config(&cfg.upstream)?);
         let workers = worker_runtimes(cfg.listen.workers)?;
         let mut handles = vec![tokio::runtime::Handle::current()];
         handles.extend(workers.iter().map(|rt| rt.handle().clone()));
-        let pools = Arc::new(Pools::new(cfg.pool.clone(), target, creds, handles));
-        let ready = Arc::new(AtomicBool::new(false));
         let tracker = TaskTracker::new();
-        let parts = EngineParts {
-            provider,
-            events,
-            pools: pools.clone(),
-            endpoint: cfg.upstream.clone(),
-            allow_endpoint_change: cfg.credentials.allow_endpoint_change,
-            refresh_interval: cfg.credentials.refresh_interval,
-            breaker: Breaker::new(
-                cfg.credentials.breaker_failures,
-                cfg.credentials.breaker_cooldown,
-            ),
-            cache: cache.map(Arc::new),
-            status: status.clone(),
-            ready: ready.clone(),
-        };
-        let rotation = spawn_engine(parts, &shutdown, &tracker);
+        let databases = Arc::new(Databases::new(handles, shutdown.clone(), tracker.clone()));
+        databases.start_all(&cfg.databases).await?;
 
         let admin_stop = CancellationToken::new();
         let state = AdminState {
-            ready,
+            databases: databases.clone(),
             shutdown: shutdown.clone(),
             prometheus,
-            pools: pools.clone(),
-            status,
-            rotation: rotation.clone(),
             token: admin_token(&cfg)?,
             started: SystemTime::now(),
             max_connections: cfg.admin.max_connections,
         };
         let admin_done = spawn_admin(self.admin, state, admin_stop.clone())?;
-        let fe = frontend(&cfg, pools.clone(), &shutdown)?;
+        let fe = frontend(&cfg, databases.routes(), &shutdown)?;
         if let Some(reloads) = self.reloads {
-            let reloader = Reloader::new(cfg.clone(), fe.clone(), pools, rotation);
+            let reloader = Reloader::new(cfg.clone(), fe.clone(), databases);
             tokio::spawn(reloader.serve(reloads));
         }
         serve_clients(self.proxy, workers, fe, &tracker, &cfg).await?;
@@ -202,7 +166,8 @@ async fn serve_clients(
                 });
             })?;
     }
-    tracing::info!(addr = %first.local_addr()?, mode = ?cfg.pool.mode, workers = cfg.listen.workers, "accepting clients");
+    let databases: Vec<&str> = cfg.databases.iter().map(|d| d.name.as_str()).collect();
+    tracing::info!(addr = %first.local_addr()?, ?databases, workers = cfg.listen.workers, "accepting clients");
     frontend::serve(first, fe, tracker.clone(), 0).await;
     tracing::info!("shutting down: draining client sessions");
     tracker.close();
@@ -215,127 +180,22 @@ async fn serve_clients(
     Ok(())
 }
 
-/// Starts the rotation engine (the only writer of pool generations) as a tracked task.
-fn spawn_engine(
-    parts: EngineParts<Pools>,
-    shutdown: &CancellationToken,
-    tracker: &TaskTracker,
-) -> RotationHandle {
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    tracker.spawn(Engine::new(parts).run(rx, shutdown.clone(), tracker.clone()));
-    RotationHandle::new(tx)
-}
-
 fn frontend(
     cfg: &Config,
-    pools: Arc<Pools>,
+    routes: Arc<arc_swap::ArcSwap<frontend::Routes>>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Arc<Frontend>> {
     Ok(Arc::new(Frontend {
         tls: arc_swap::ArcSwapOption::new(client_tls(cfg)?.map(Arc::new)),
         auth: arc_swap::ArcSwap::from_pointee(ClientAuth::from_config(&cfg.clients)),
-        mode: cfg.pool.mode,
-        database: cfg.upstream.database.clone(),
         listen: cfg.listen.clone(),
-        pools,
+        routes,
         slots: Arc::new(tokio::sync::Semaphore::new(cfg.listen.max_clients)),
         pending: frontend::pending::Pending::new(cfg.listen.max_pending_auth),
         cancels: Arc::new(CancelRegistry::default()),
         shutdown: shutdown.clone(),
-        transactions: metrics::counter!("rotagate_transactions_total"),
-        known: Default::default(),
         lists: Default::default(),
     }))
-}
-
-type Source = (Arc<dyn SecretProvider>, Vec<Box<dyn EventSource>>);
-
-/// The configured credential sources (the primary, then fallbacks in order) and the events
-/// that say the credential may have changed.
-async fn source(cfg: &Config) -> anyhow::Result<Source> {
-    let mut providers = Vec::new();
-    let mut events = Vec::new();
-    for kind in &cfg.credentials.sources {
-        let (provider, mut more) = one_source(cfg, *kind).await?;
-        providers.push(provider);
-        events.append(&mut more);
-    }
-    let provider: Arc<dyn SecretProvider> = match providers.len() {
-        1 => providers.remove(0),
-        _ => Arc::new(Fallback::new(providers)),
-    };
-    Ok((provider, events))
-}
-
-async fn one_source(cfg: &Config, kind: SourceKind) -> anyhow::Result<Source> {
-    let c = &cfg.credentials;
-    match (kind, &c.file, &c.aws, &c.vault) {
-        (SourceKind::File, Some(f), _, _) => {
-            let watcher = FileWatcher {
-                path: f.path.clone(),
-                interval: Duration::from_millis(250),
-            };
-            let provider = FileProvider {
-                path: f.path.clone(),
-            };
-            Ok((Arc::new(provider), vec![Box::new(watcher)]))
-        }
-        (SourceKind::Aws, _, Some(a), _) => {
-            let (provider, listener) = aws::source(a).await?;
-            let events: Vec<Box<dyn EventSource>> = match listener {
-                Some(l) => vec![Box::new(l)],
-                None => {
-                    tracing::info!(every = ?c.refresh_interval, "no credentials.aws.queue_url: rotations are noticed by the periodic check only");
-                    vec![]
-                }
-            };
-            Ok((Arc::new(provider), events))
-        }
-        (SourceKind::Vault, _, _, Some(v)) => vault::source(v).await,
-        (kind, ..) => anyhow::bail!("credential source {kind:?} has no section"),
-    }
-}
-
-fn cache(cfg: &Config) -> anyhow::Result<Option<Cache>> {
-    let Some(path) = &cfg.credentials.cache_file else {
-        return Ok(None);
-    };
-    let key = match (&cfg.credentials.cache_key, &cfg.credentials.cache_key_file) {
-        (Some(k), _) => CacheKey::from_base64(k)?,
-        (None, Some(file)) => CacheKey::from_file(file)?,
-        (None, None) => anyhow::bail!(
-            "credentials.cache_file needs ROTAGATE_CACHE_KEY or credentials.cache_key_file"
-        ),
-    };
-    Ok(Some(Cache::new(path.clone(), key, &cfg.upstream.database)))
-}
-
-/// The source's credential; when the source cannot be read, the last-known-good cache's. A
-/// cache that does not decrypt stops the start: it is never served.
-async fn initial_credentials(
-    provider: &dyn SecretProvider,
-    cache: Option<&Cache>,
-) -> anyhow::Result<Credentials> {
-    let err = match provider.fetch(Stage::Current).await {
-        Ok(c) => return Ok(c),
-        Err(e) => e,
-    };
-    let Some(cache) = cache else {
-        anyhow::bail!(
-            "cannot read the credential from the {} source: {err}",
-            provider.kind()
-        );
-    };
-    match cache.load()? {
-        Some(c) => {
-            tracing::warn!(error = %err, version = %c.version, "credential source unavailable; starting from the encrypted cache");
-            Ok(c)
-        }
-        None => anyhow::bail!(
-            "cannot read the credential from the {} source ({err}) and the cache is empty",
-            provider.kind()
-        ),
-    }
 }
 
 fn admin_token(cfg: &Config) -> anyhow::Result<Option<SecretString>> {

@@ -12,6 +12,9 @@
 //! - [`rotation`] owns the rotation engine, the only writer of pool generations: triggers ->
 //!   fetch -> validate -> health-check -> publish -> persist -> audit; breaker and backoff.
 //! - [`secrets`] owns credential types (zeroized, redacted) and the sources they come from.
+//! - [`databases`] owns the served databases: one credential source, cache entry, pools,
+//!   rotation engine and client route per configured database; started, added and removed
+//!   there.
 //! - [`admin`] owns the HTTP listener: health, readiness, metrics, status. It only reads.
 //! - [`crypto`] is the bottom layer everyone may use: [`crypto::SecretString`], SCRAM
 //!   verifiers, the TLS crypto provider, key parsing.
@@ -30,6 +33,7 @@ pub mod app;
 pub mod backend;
 pub mod config;
 pub mod crypto;
+pub mod databases;
 pub mod demo;
 pub mod frontend;
 pub mod logline;

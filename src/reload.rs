@@ -1,36 +1,50 @@
-//! What SIGHUP changes while rotagate runs, without dropping a connection: client users, the
-//! client TLS certificate (re-read from its files), pool size and timeouts (the serving
-//! credential is republished as a new generation built with them; the old one drains as in a
-//! rotation) and, in `main.rs`, the log filter. Settings that need a restart (listen and admin
-//! addresses, the upstream, the pool mode, the credential sources) are reported and ignored.
+//! What SIGHUP changes while rotagate runs, without dropping a connection: client users (and
+//! the databases each may open), the client TLS certificate (re-read from its files), the
+//! served databases and, in `main.rs`, the log filter. Per database:
+//!
+//! - added: started, and routed to once its credential validates;
+//! - removed: new clients get 3D000, its sessions end as their transactions do, its pools
+//!   drain, its engine stops;
+//! - pool settings changed (size, timeouts): the serving credential is republished as a new
+//!   generation built with them; the old one drains as in a rotation;
+//! - upstream, credentials or pool mode changed: a new instance of the database is started
+//!   and, once validated, replaces the old one, which drains.
+//!
+//! The listen and admin settings need a restart: they are reported and ignored.
 
 use crate::app::client_tls;
-use crate::config::Config;
+use crate::config::{Config, DatabaseConfig};
+use crate::databases::{Database, Databases};
 use crate::frontend::{Frontend, scram::ClientAuth};
-use crate::pool::Pools;
-use crate::rotation::RotationHandle;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::Mutex;
+
+/// How often a database that has not validated yet is looked at before it is routed to.
+const READY_POLL: Duration = Duration::from_millis(100);
 
 pub struct Reloader {
     running: Mutex<Config>,
     frontend: Arc<Frontend>,
-    pools: Arc<Pools>,
-    rotation: RotationHandle,
+    databases: Arc<Databases>,
+}
+
+/// What a reload does to the databases.
+#[derive(Default)]
+struct Plan {
+    removed: Vec<String>,
+    /// New, or changed beyond pool settings: (re)started.
+    started: Vec<DatabaseConfig>,
+    /// Only pool settings changed.
+    reconfigured: Vec<DatabaseConfig>,
 }
 
 impl Reloader {
-    pub fn new(
-        running: Config,
-        frontend: Arc<Frontend>,
-        pools: Arc<Pools>,
-        rotation: RotationHandle,
-    ) -> Self {
+    pub fn new(running: Config, frontend: Arc<Frontend>, databases: Arc<Databases>) -> Self {
         Self {
             running: Mutex::new(running),
             frontend,
-            pools,
-            rotation,
+            databases,
         }
     }
 
@@ -52,7 +66,33 @@ impl Reloader {
         self.frontend
             .auth
             .store(Arc::new(ClientAuth::from_config(&new.clients)));
-        let tls = match client_tls(&new) {
+        let tls = self.reload_tls(&new);
+        let plan = plan(&running.databases, &new.databases);
+        *running = new.clone();
+        drop(running);
+        tracing::info!(
+            clients = new.clients.len(),
+            tls_reloaded = tls,
+            databases_removed = ?plan.removed,
+            databases_started = ?plan.started.iter().map(|d| &d.name).collect::<Vec<_>>(),
+            pool_changed = ?plan.reconfigured.iter().map(|d| &d.name).collect::<Vec<_>>(),
+            "configuration reloaded"
+        );
+        for name in &plan.removed {
+            if self.databases.remove(name).is_some() {
+                tracing::info!(database = %name, "database removed: new clients are refused, its pools drain");
+            }
+        }
+        for cfg in plan.reconfigured {
+            self.reconfigure(cfg).await;
+        }
+        for cfg in plan.started {
+            self.start(cfg).await;
+        }
+    }
+
+    fn reload_tls(&self, new: &Config) -> bool {
+        match client_tls(new) {
             Ok(tls) => {
                 self.frontend.tls.store(tls.map(Arc::new));
                 new.listen.tls.is_some()
@@ -64,28 +104,79 @@ impl Reloader {
                 );
                 false
             }
-        };
-        let pool_changed = format!("{:?}", running.pool) != format!("{:?}", new.pool);
-        *running = new.clone();
-        drop(running);
-        tracing::info!(
-            clients = new.clients.len(),
-            tls_reloaded = tls,
-            pool_changed,
-            "configuration reloaded"
-        );
-        if pool_changed {
-            self.pools.reconfigure(new.pool.clone());
-            match self.rotation.reload_pool().await {
-                Some(r) => {
-                    tracing::info!(outcome = ?r.outcome, generation = r.generation, reason = r.reason.as_deref().unwrap_or(""), "pool settings applied")
-                }
-                None => tracing::warn!(
-                    "the rotation engine has stopped; pool settings apply at the next rotation"
-                ),
-            }
         }
     }
+
+    /// New pool settings for a running database: republished as a new generation.
+    async fn reconfigure(&self, cfg: DatabaseConfig) {
+        let Some(db) = self.databases.get(&cfg.name) else {
+            return;
+        };
+        db.pools.reconfigure(cfg.pool.clone());
+        match db.rotation.reload_pool().await {
+            Some(r) => {
+                tracing::info!(database = %cfg.name, outcome = ?r.outcome, generation = r.generation, reason = r.reason.as_deref().unwrap_or(""), "pool settings applied")
+            }
+            None => tracing::warn!(
+                database = %cfg.name,
+                "the rotation engine has stopped; pool settings apply at the next rotation"
+            ),
+        }
+    }
+
+    /// Starts a new or changed database; it is routed to (replacing the running one of that
+    /// name) once its credential validates.
+    async fn start(&self, cfg: DatabaseConfig) {
+        let db = match self.databases.start(&cfg).await {
+            Ok(db) => db,
+            Err(e) => {
+                return tracing::error!(database = %cfg.name, error = format!("{e:#}"), "cannot start the database; the running configuration of it stays");
+            }
+        };
+        self.databases.stage(db.clone());
+        tokio::spawn(route_when_ready(self.databases.clone(), db));
+    }
+}
+
+/// Routes `db` once it has validated, unless it was removed or replaced meanwhile.
+async fn route_when_ready(databases: Arc<Databases>, db: Arc<Database>) {
+    let mut logged = false;
+    loop {
+        if db.is_ready() {
+            if databases.promote(&db) {
+                tracing::info!(database = %db.name(), "database validated: serving it");
+            }
+            return;
+        }
+        if db.is_stopped() {
+            return;
+        }
+        if !logged && db.status.view().last_attempt.is_some() {
+            logged = true;
+            tracing::warn!(database = %db.name(), "database not validated yet: it serves once its credential validates");
+        }
+        tokio::time::sleep(READY_POLL).await;
+    }
+}
+
+/// Compares the running databases with the new ones, by name.
+fn plan(old: &[DatabaseConfig], new: &[DatabaseConfig]) -> Plan {
+    let mut p = Plan::default();
+    for o in old {
+        if !new.iter().any(|n| n.name == o.name) {
+            p.removed.push(o.name.clone());
+        }
+    }
+    let key = |d: &DatabaseConfig| format!("{:?}{:?}{:?}", d.upstream, d.credentials, d.pool.mode);
+    for n in new {
+        match old.iter().find(|o| o.name == n.name) {
+            None => p.started.push(n.clone()),
+            Some(o) if key(o) != key(n) => p.started.push(n.clone()),
+            Some(o) if o.pool != n.pool => p.reconfigured.push(n.clone()),
+            Some(_) => {}
+        }
+    }
+    p
 }
 
 /// The settings that differ and cannot change without a restart, by config path.
@@ -101,9 +192,6 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     let checks = [
         ("listen", differs(&listen(old), &listen(new))),
         ("admin", differs(&old.admin, &new.admin)),
-        ("upstream", differs(&old.upstream, &new.upstream)),
-        ("pool.mode", old.pool.mode != new.pool.mode),
-        ("credentials", differs(&old.credentials, &new.credentials)),
     ];
     checks
         .into_iter()
@@ -118,7 +206,4 @@ fn keep_restart_fields(old: &Config, new: &mut Config) {
     new.listen = old.listen.clone();
     new.listen.tls = tls_files.or_else(|| old.listen.tls.clone());
     new.admin = old.admin.clone();
-    new.upstream = old.upstream.clone();
-    new.pool.mode = old.pool.mode;
-    new.credentials = old.credentials.clone();
 }

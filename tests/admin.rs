@@ -18,11 +18,11 @@ async fn health_readiness_metrics_and_status() {
     assert_eq!(status, 200);
     for name in [
         "rotagate_client_connections",
-        "rotagate_server_connections{state=\"idle\"}",
-        "rotagate_server_connections{state=\"active\"}",
+        "rotagate_server_connections{state=\"idle\",database=\"appdb\"}",
+        "rotagate_server_connections{state=\"active\",database=\"appdb\"}",
         "rotagate_transactions_total",
         "rotagate_pool_wait_seconds_bucket",
-        "rotagate_credential_generation 1",
+        "rotagate_credential_generation{database=\"appdb\"} 1",
         "# HELP rotagate_transactions_total",
     ] {
         assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
@@ -99,7 +99,34 @@ async fn every_contract_metric_has_help_text_and_bounded_labels() {
             "{line}"
         );
     }
-    assert!(metrics.contains("rotagate_events_total{source=\"file\",outcome=\"applied\"}"));
+    assert!(
+        metrics.contains(
+            "rotagate_events_total{source=\"file\",outcome=\"applied\",database=\"appdb\"}"
+        )
+    );
+    // Every per-database series names its database, in the single-database form too.
+    for name in [
+        "rotagate_credential_generation",
+        "rotagate_credential_age_seconds",
+        "rotagate_rotations_total",
+        "rotagate_rotation_duration_seconds",
+        "rotagate_breaker_open",
+        "rotagate_events_total",
+        "rotagate_server_connections",
+        "rotagate_backend_auth_failures_total",
+        "rotagate_transactions_total",
+        "rotagate_pool_wait_seconds",
+        "rotagate_cache_write_failures_total",
+    ] {
+        let series: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .collect();
+        assert!(!series.is_empty(), "no {name} series");
+        for line in series {
+            assert!(line.contains("database=\"appdb\""), "{line}");
+        }
+    }
     assert!(!metrics.contains("rotated-for-metrics"));
 }
 

@@ -12,7 +12,9 @@ async fn rejected(proxy: &TestProxy) -> u64 {
     let metrics = proxy.get("/metrics").await.1;
     metrics
         .lines()
-        .find_map(|l| l.strip_prefix("rotagate_rotations_total{result=\"rejected\"} "))
+        .find_map(|l| {
+            l.strip_prefix("rotagate_rotations_total{result=\"rejected\",database=\"appdb\"} ")
+        })
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
 }
@@ -160,7 +162,7 @@ async fn bad_secrets_are_rejected_and_the_breaker_opens_then_recovers() {
             .get("/metrics")
             .await
             .1
-            .contains("rotagate_breaker_open 1")
+            .contains("rotagate_breaker_open{database=\"appdb\"} 1")
     );
     let r = rotate(&proxy).await;
     assert_eq!(r["outcome"], "breaker_open", "{r}");
@@ -185,10 +187,10 @@ async fn bad_secrets_are_rejected_and_the_breaker_opens_then_recovers() {
     assert_eq!(status["breaker"]["consecutive_failures"], 0);
     let metrics = proxy.get("/metrics").await.1;
     assert!(
-        metrics.contains("rotagate_rotations_total{result=\"rejected\"} 2"),
+        metrics.contains("rotagate_rotations_total{result=\"rejected\",database=\"appdb\"} 2"),
         "{metrics}"
     );
-    assert!(metrics.contains("rotagate_breaker_open 0"));
+    assert!(metrics.contains("rotagate_breaker_open{database=\"appdb\"} 0"));
     pg.sql(&format!(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{APP_USER}'"
     ));

@@ -29,21 +29,15 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
-/// Counters that alerts use with rate() exist from the start, at zero.
+/// Counters that alerts use with rate() exist from the start, at zero (the per-database ones
+/// when their database starts).
 fn zero() {
-    metrics::counter!("rotagate_backend_auth_failures_total").increment(0);
-    metrics::counter!("rotagate_transactions_total").increment(0);
-    for result in ["success", "rejected", "failed"] {
-        metrics::counter!("rotagate_rotations_total", "result" => result).increment(0);
-    }
-    metrics::gauge!("rotagate_breaker_open").set(0.0);
     metrics::gauge!("rotagate_pinned_clients").set(0.0);
     metrics::gauge!("rotagate_prepared_statements").set(0.0);
     metrics::counter!("rotagate_statement_prepares_total").increment(0);
     metrics::gauge!("rotagate_pending_auth_connections").set(0.0);
     metrics::counter!("rotagate_pending_auth_evicted_total").increment(0);
     metrics::counter!("rotagate_admin_connections_evicted_total").increment(0);
-    metrics::counter!("rotagate_cache_write_failures_total").increment(0);
 }
 
 fn describe() {

@@ -5,29 +5,25 @@
 pub mod listener;
 pub mod metrics;
 
-use crate::pool::Pools;
-use crate::rotation::{Outcome, RotationHandle, RotationStatus};
+use crate::databases::{Database, Databases};
+use crate::rotation::Outcome;
 use crate::secrets::SecretString;
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 use tokio_util::sync::CancellationToken;
 
 /// What the admin endpoints read.
 #[derive(Clone)]
 pub struct AdminState {
-    pub ready: Arc<AtomicBool>,
+    pub databases: Arc<Databases>,
     pub shutdown: CancellationToken,
     pub prometheus: PrometheusHandle,
-    pub pools: Arc<Pools>,
-    pub status: Arc<RotationStatus>,
-    pub rotation: RotationHandle,
     pub token: Option<SecretString>,
     pub started: SystemTime,
     /// `admin.max_connections`.
@@ -44,8 +40,13 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
+/// Ready when every database has a validated credential (and not shutting down).
+fn ready(s: &AdminState) -> bool {
+    !s.shutdown.is_cancelled() && s.databases.all().iter().all(|d| d.is_ready())
+}
+
 async fn readyz(State(s): State<AdminState>) -> Response {
-    if s.ready.load(Ordering::Acquire) && !s.shutdown.is_cancelled() {
+    if ready(&s) {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
@@ -53,10 +54,8 @@ async fn readyz(State(s): State<AdminState>) -> Response {
 }
 
 async fn metrics_text(State(s): State<AdminState>) -> Response {
-    refresh_gauges(&s.pools);
-    if let Some(at) = s.status.view().validated_at {
-        let age = SystemTime::now().duration_since(at).unwrap_or_default();
-        ::metrics::gauge!("rotagate_credential_age_seconds").set(age.as_secs_f64());
+    for db in s.databases.all().iter() {
+        refresh_gauges(db);
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -66,23 +65,33 @@ async fn metrics_text(State(s): State<AdminState>) -> Response {
 }
 
 /// Gauges derived from pool state are set at scrape time rather than on the hot path.
-fn refresh_gauges(pools: &Pools) {
+fn refresh_gauges(db: &Database) {
     let (mut total, mut idle) = (0u32, 0u32);
-    for g in pools.counts() {
+    for g in db.pools.counts() {
         total += g.connections;
         idle += g.idle;
     }
-    ::metrics::gauge!("rotagate_server_connections", "state" => "idle").set(f64::from(idle));
-    ::metrics::gauge!("rotagate_server_connections", "state" => "active")
+    let name = db.name().to_owned();
+    ::metrics::gauge!("rotagate_server_connections", "state" => "idle", "database" => name.clone())
+        .set(f64::from(idle));
+    ::metrics::gauge!("rotagate_server_connections", "state" => "active", "database" => name.clone())
         .set(f64::from(total - idle));
-    ::metrics::gauge!("rotagate_credential_generation").set(pools.generation() as f64);
+    ::metrics::gauge!("rotagate_credential_generation", "database" => name.clone())
+        .set(db.pools.generation() as f64);
+    if let Some(at) = db.status.view().validated_at {
+        let age = SystemTime::now().duration_since(at).unwrap_or_default();
+        ::metrics::gauge!("rotagate_credential_age_seconds", "database" => name)
+            .set(age.as_secs_f64());
+    }
 }
 
-async fn status(State(s): State<AdminState>) -> Response {
-    let rotation = s.status.view();
-    let body = serde_json::json!({
-        "ready": s.ready.load(Ordering::Acquire) && !s.shutdown.is_cancelled(),
-        "generation": s.pools.generation(),
+/// One database's part of `/status`.
+fn database_status(db: &Database) -> serde_json::Value {
+    let rotation = db.status.view();
+    serde_json::json!({
+        "ready": db.is_ready(),
+        "generation": db.pools.generation(),
+        "mode": db.route.mode,
         "credential": {
             "source": rotation.source,
             "version": rotation.version,
@@ -94,14 +103,35 @@ async fn status(State(s): State<AdminState>) -> Response {
             "consecutive_failures": rotation.consecutive_failures,
         },
         "last_attempt": rotation.last_attempt,
-        "pools": s.pools.counts(),
-        "uptime_seconds": s.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
-    });
-    axum::Json(body).into_response()
+        "pools": db.pools.counts(),
+    })
 }
 
-/// One rotation attempt now; the answer is the attempt's report.
-async fn rotate(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+/// `"databases": {name: {...}}`; with one database its fields are at the top level too (as
+/// before there were several).
+async fn status(State(s): State<AdminState>) -> Response {
+    let all = s.databases.all();
+    let mut body = serde_json::Map::new();
+    if let [only] = all.as_slice() {
+        if let serde_json::Value::Object(fields) = database_status(only) {
+            body.extend(fields);
+        }
+    }
+    let databases: serde_json::Map<String, serde_json::Value> = all
+        .iter()
+        .map(|d| (d.name().to_owned(), database_status(d)))
+        .collect();
+    body.insert("ready".into(), ready(&s).into());
+    body.insert("databases".into(), databases.into());
+    let uptime = s.started.elapsed().map(|d| d.as_secs()).unwrap_or(0);
+    body.insert("uptime_seconds".into(), uptime.into());
+    axum::Json(serde_json::Value::Object(body)).into_response()
+}
+
+/// One rotation attempt now, for `?database=NAME` or for every database. With one database
+/// (or the parameter) the answer is the attempt's report; otherwise `{"databases": {name:
+/// report}}`, with the status of the first attempt that did not succeed.
+async fn rotate(State(s): State<AdminState>, uri: Uri, headers: HeaderMap) -> Response {
     if let Some(token) = &s.token {
         if !bearer_matches(&headers, token) {
             return (
@@ -112,22 +142,74 @@ async fn rotate(State(s): State<AdminState>, headers: HeaderMap) -> Response {
                 .into_response();
         }
     }
-    let Some(report) = s.rotation.rotate_now().await else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the rotation engine has stopped\n",
-        )
-            .into_response();
+    let targets = match query_param(&uri, "database") {
+        Some(name) => match s.databases.get(&name) {
+            Some(db) => vec![db],
+            None => return (StatusCode::NOT_FOUND, "no such database\n").into_response(),
+        },
+        None => s.databases.all().to_vec(),
     };
-    let code = match report.outcome {
+    let mut reports = serde_json::Map::new();
+    let mut code = StatusCode::OK;
+    for db in &targets {
+        let Some(report) = db.rotation.rotate_now().await else {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the rotation engine has stopped\n",
+            )
+                .into_response();
+        };
+        let this = outcome_code(report.outcome);
+        if code == StatusCode::OK {
+            code = this;
+        }
+        let report = serde_json::to_value(&report).unwrap_or_default();
+        if targets.len() == 1 {
+            return (this, axum::Json(report)).into_response();
+        }
+        reports.insert(db.name().to_owned(), report);
+    }
+    let body = serde_json::json!({ "databases": reports });
+    (code, axum::Json(body)).into_response()
+}
+
+fn outcome_code(outcome: Outcome) -> StatusCode {
+    match outcome {
         Outcome::Applied | Outcome::Validated | Outcome::Unchanged | Outcome::Reconfigured => {
             StatusCode::OK
         }
         Outcome::Rejected => StatusCode::UNPROCESSABLE_ENTITY,
         Outcome::Failed => StatusCode::BAD_GATEWAY,
         Outcome::BreakerOpen => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    (code, axum::Json(report)).into_response()
+    }
+}
+
+/// A query parameter's value, percent-decoded.
+fn query_param(uri: &Uri, name: &str) -> Option<String> {
+    let query = uri.query()?;
+    let raw = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))?;
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Compares digests, so the time taken does not depend on how much of the token matched.

@@ -63,6 +63,7 @@ pub async fn connect(
             broken: false,
             tx_status: b'I',
             prepared: Default::default(),
+            database: "".into(),
         };
         startup(&mut conn, target, creds).await?;
         let policy = policy(&conn.stream, target);

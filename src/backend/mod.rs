@@ -37,6 +37,9 @@ pub struct ServerConn {
     pub tx_status: u8,
     /// rotagate's named statements prepared on this connection (transaction mode).
     pub prepared: Prepared,
+    /// The configured database it serves (the `database` label of its metrics); set by the
+    /// pool that opened it.
+    pub database: std::sync::Arc<str>,
 }
 
 impl std::fmt::Debug for ServerConn {

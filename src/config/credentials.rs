@@ -245,7 +245,7 @@ mod tests {
             [],
         )
         .unwrap();
-        let aws = c.credentials.aws.unwrap();
+        let aws = c.databases[0].credentials.aws.clone().unwrap();
         assert_eq!(aws.secret_id, "prod/app/db");
         assert!(aws.region.is_none() && aws.endpoint_url.is_none() && aws.queue_url.is_none());
         let env = [(
@@ -258,7 +258,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            c.credentials.aws.unwrap().queue_url.as_deref(),
+            c.databases[0]
+                .credentials
+                .aws
+                .clone()
+                .unwrap()
+                .queue_url
+                .as_deref(),
             Some("https://sqs.eu-west-1.amazonaws.com/1/q")
         );
     }
@@ -296,7 +302,11 @@ mod tests {
             "{base}[credentials.vault]\naddr = \"https://vault:8200/\"\n\
              approle_role_id = \"r\"\napprole_secret_id_file = \"/s\"\nkv_path = \"app/db\"\n"
         );
-        let v = parse(&kv, []).unwrap().credentials.vault.unwrap();
+        let v = parse(&kv, []).unwrap().databases[0]
+            .credentials
+            .vault
+            .clone()
+            .unwrap();
         assert_eq!(v.addr, "https://vault:8200");
         assert!(matches!(v.mode, super::VaultMode::Kv { ref mount, .. } if mount == "secret"));
         // No login configured: VAULT_TOKEN is the last resort.
@@ -306,7 +316,11 @@ mod tests {
         let e = parse(&token_only, []).unwrap_err().to_string();
         assert!(e.contains("VAULT_TOKEN"), "{e}");
         let env = [("VAULT_TOKEN".to_owned(), "s.secret-token".to_owned())];
-        let v = parse(&token_only, env).unwrap().credentials.vault.unwrap();
+        let v = parse(&token_only, env).unwrap().databases[0]
+            .credentials
+            .vault
+            .clone()
+            .unwrap();
         assert!(format!("{v:?}").contains("***") && !format!("{v:?}").contains("secret-token"));
         let both = format!(
             "{base}[credentials.vault]\naddr = \"v\"\ntoken_file = \"/t\"\napprole_role_id = \"r\"\n\
@@ -330,7 +344,7 @@ mod tests {
         );
         let c = parse(&list, []).unwrap();
         assert_eq!(
-            c.credentials.sources,
+            c.databases[0].credentials.sources,
             [super::SourceKind::Aws, super::SourceKind::File]
         );
         let twice = BASE.replace("source = \"aws\"", "source = [\"aws\", \"aws\", \"ftp\"]");

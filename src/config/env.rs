@@ -1,6 +1,8 @@
 //! `ROTAGATE_<SECTION>__<KEY>` overrides: `__` separates path segments, names are lowercased,
 //! and the value is read as a TOML scalar when it parses as one (numbers, booleans), else as
 //! a string. `ROTAGATE_CONFIG` and `ROTAGATE_CACHE_KEY` are not config keys and are skipped.
+//! A `[[databases]]` entry is named by its `name`, compared without case and with `-` written
+//! as `_`: `ROTAGATE_DATABASES__ORDERS__POOL__SIZE=10`.
 
 use super::ConfigErrors;
 
@@ -48,7 +50,20 @@ fn scalar(value: &str) -> toml::Value {
 fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
     let (last, parents) = path.split_last().ok_or("empty key")?;
     let mut cur = table;
-    for seg in parents {
+    let mut segs = parents.iter();
+    while let Some(seg) = segs.next() {
+        if matches!(cur.get(seg.as_str()), Some(toml::Value::Array(_))) {
+            let entries = cur
+                .get_mut(seg.as_str())
+                .and_then(toml::Value::as_array_mut)
+                .ok_or_else(|| format!("{seg} is not a list"))?;
+            let name = segs
+                .next()
+                .ok_or_else(|| format!("{seg} needs an entry's name"))?;
+            cur = named_entry(entries, name)
+                .ok_or_else(|| format!("no [[{seg}]] entry is named {name}"))?;
+            continue;
+        }
         let entry = cur
             .entry(seg.clone())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
@@ -58,6 +73,15 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Res
     }
     cur.insert(last.clone(), value);
     Ok(())
+}
+
+/// The entry whose `name` matches an environment variable's segment.
+fn named_entry<'a>(entries: &'a mut [toml::Value], name: &str) -> Option<&'a mut toml::Table> {
+    let spelled = |n: &str| n.to_ascii_lowercase().replace('-', "_");
+    entries
+        .iter_mut()
+        .filter_map(toml::Value::as_table_mut)
+        .find(|t| t.get("name").and_then(toml::Value::as_str).map(spelled) == Some(spelled(name)))
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! its field path and reported together. No other module reads the file or the environment.
 
 mod credentials;
+mod databases;
 mod env;
 mod raw;
 mod validate;
@@ -20,10 +21,29 @@ pub struct Config {
     pub listen: ListenConfig,
     pub admin: AdminConfig,
     pub clients: Vec<ClientUser>,
+    /// The databases clients may open, in config order (at least one, distinct names). The
+    /// single-database form (`[upstream]` + `[credentials]`) is one named `upstream.database`.
+    pub databases: Vec<DatabaseConfig>,
+    pub log: LogConfig,
+}
+
+/// One database clients open by `name`: its upstream, pool and credential source.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    pub name: String,
     pub upstream: UpstreamConfig,
     pub pool: PoolConfig,
     pub credentials: CredentialsConfig,
-    pub log: LogConfig,
+    /// Where it is in the file, before each key's path: `""` for the single-database form,
+    /// `"databases[1]."` for the second `[[databases]]` entry.
+    pub origin: String,
+}
+
+impl Config {
+    /// The database clients open by `name`.
+    pub fn database(&self, name: &str) -> Option<&DatabaseConfig> {
+        self.databases.iter().find(|d| d.name == name)
+    }
 }
 
 /// `[log]`: the log filter (`RUST_LOG` syntax), reloaded on SIGHUP. `RUST_LOG`, when set,
@@ -77,6 +97,8 @@ pub struct AdminConfig {
 pub struct ClientUser {
     pub user: String,
     pub secret: ClientSecret,
+    /// The databases this client may open; `None`: every one.
+    pub databases: Option<Vec<String>>,
 }
 
 #[derive(Clone)]
@@ -125,7 +147,8 @@ pub enum UpstreamTls {
     VerifyFull,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum PoolMode {
     Session,
     Transaction,
@@ -140,7 +163,7 @@ pub enum OnPin {
     Error,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PoolConfig {
     pub mode: PoolMode,
     pub size: u32,
@@ -154,6 +177,24 @@ pub struct PoolConfig {
     pub idle_timeout: Duration,
     pub max_lifetime: Duration,
     pub drain_timeout: Duration,
+}
+
+/// The defaults of every `[pool]` key.
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            mode: PoolMode::Transaction,
+            size: 20,
+            min_idle: 0,
+            on_pin: OnPin::Pin,
+            max_prepared_statements: 250,
+            max_client_statement_bytes: 1 << 20,
+            acquire_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(3600),
+            drain_timeout: Duration::from_secs(300),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -295,34 +336,55 @@ pub fn parse(
     env::apply_overrides(&mut value, vars)?;
     let raw: raw::RawConfig = deserialize(value)?;
     let mut cfg = validate(raw)?;
+    let mut errors = ConfigErrors::default();
+    for db in &mut cfg.databases {
+        secrets_from_env(db, &vault_token, &cache_key, &mut errors);
+    }
+    if !errors.0.is_empty() {
+        return Err(errors);
+    }
+    Ok(cfg)
+}
+
+/// `VAULT_TOKEN` and `ROTAGATE_CACHE_KEY` into one database's credentials, with the errors
+/// of a source that cannot log in or a cache without a key.
+fn secrets_from_env(
+    db: &mut DatabaseConfig,
+    vault_token: &Option<SecretString>,
+    cache_key: &Option<SecretString>,
+    errors: &mut ConfigErrors,
+) {
+    let at = |key: &str| format!("{}credentials.{key}", db.origin);
     if let Some(VaultSourceConfig {
         auth: VaultAuth::Token { file: None, env },
         ..
-    }) = &mut cfg.credentials.vault
+    }) = &mut db.credentials.vault
     {
-        *env = vault_token;
+        *env = vault_token.clone();
         if env.is_none() {
-            return Err(ConfigErrors::one(
-                "credentials.vault",
-                "needs a way to log in: token_file, approle_role_id + approle_secret_id_file, or VAULT_TOKEN",
-            ));
+            errors.0.push(FieldError {
+                path: at("vault"),
+                message: "needs a way to log in: token_file, approle_role_id + approle_secret_id_file, or VAULT_TOKEN".into(),
+            });
         }
     }
     if let Some(key) = cache_key {
-        if crate::crypto::key_from_base64(&key).is_none() {
-            return Err(ConfigErrors::one(
-                "ROTAGATE_CACHE_KEY",
-                "must be base64 of exactly 32 bytes",
-            ));
+        if crate::crypto::key_from_base64(key).is_none() {
+            if !errors.0.iter().any(|e| e.path == "ROTAGATE_CACHE_KEY") {
+                errors.0.push(FieldError {
+                    path: "ROTAGATE_CACHE_KEY".into(),
+                    message: "must be base64 of exactly 32 bytes".into(),
+                });
+            }
+            return;
         }
-        cfg.credentials.cache_key = Some(key);
-    } else if cfg.credentials.cache_file.is_some() && cfg.credentials.cache_key_file.is_none() {
-        return Err(ConfigErrors::one(
-            "credentials.cache_file",
-            "needs a key: set ROTAGATE_CACHE_KEY (base64 of 32 bytes) or credentials.cache_key_file",
-        ));
+        db.credentials.cache_key = Some(key.clone());
+    } else if db.credentials.cache_file.is_some() && db.credentials.cache_key_file.is_none() {
+        errors.0.push(FieldError {
+            path: at("cache_file"),
+            message: "needs a key: set ROTAGATE_CACHE_KEY (base64 of 32 bytes) or credentials.cache_key_file".into(),
+        });
     }
-    Ok(cfg)
 }
 
 fn deserialize(value: toml::Table) -> Result<raw::RawConfig, ConfigErrors> {

@@ -13,7 +13,20 @@ pub struct RawConfig {
     pub upstream: Option<RawUpstream>,
     pub pool: Option<RawPool>,
     pub credentials: Option<RawCredentials>,
+    #[serde(default)]
+    pub databases: Vec<RawDatabase>,
     pub log: Option<RawLog>,
+}
+
+/// One `[[databases]]` entry: the name clients ask for, and that database's `[upstream]`,
+/// `[pool]` overrides and `[credentials]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatabase {
+    pub name: Option<String>,
+    pub upstream: Option<RawUpstream>,
+    pub pool: Option<RawPool>,
+    pub credentials: Option<RawCredentials>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -53,6 +66,7 @@ pub struct RawClient {
     pub user: Option<String>,
     pub password: Option<String>,
     pub scram: Option<String>,
+    pub databases: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for RawClient {
@@ -61,6 +75,7 @@ impl std::fmt::Debug for RawClient {
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("scram", &self.scram.as_ref().map(|_| "***"))
+            .field("databases", &self.databases)
             .finish()
     }
 }

@@ -6,12 +6,14 @@ use super::*;
 /// Collects errors while converting; each conversion returns a fallback so checking goes on.
 pub(super) struct Check {
     pub(super) errors: Vec<FieldError>,
+    /// Put before every path: where the section being checked sits (`databases[1].`).
+    pub(super) prefix: String,
 }
 
 impl Check {
     pub(super) fn err(&mut self, path: &str, message: impl Into<String>) {
         self.errors.push(FieldError {
-            path: path.to_owned(),
+            path: format!("{}{path}", self.prefix),
             message: message.into(),
         });
     }
@@ -83,26 +85,59 @@ impl Check {
 }
 
 pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
-    let mut c = Check { errors: Vec::new() };
+    let mut c = Check {
+        errors: Vec::new(),
+        prefix: String::new(),
+    };
     let listen = listen(&mut c, raw.listen.unwrap_or_default());
     let admin = admin(&mut c, raw.admin.unwrap_or_default());
-    let clients = clients(&mut c, raw.clients);
-    let upstream = upstream(&mut c, raw.upstream);
-    let pool = pool(&mut c, raw.pool.unwrap_or_default());
-    let credentials = super::credentials::credentials(&mut c, raw.credentials);
+    let pool_defaults = pool(&mut c, raw.pool.unwrap_or_default(), &PoolConfig::default());
+    let databases = if raw.databases.is_empty() {
+        vec![single_database(
+            &mut c,
+            raw.upstream,
+            raw.credentials,
+            pool_defaults,
+        )]
+    } else {
+        if raw.upstream.is_some() || raw.credentials.is_some() {
+            c.err(
+                "databases",
+                "[[databases]] cannot be combined with the single-database [upstream] and \
+                 [credentials] sections: move them into a [[databases]] entry",
+            );
+        }
+        super::databases::databases(&mut c, raw.databases, &pool_defaults)
+    };
+    let clients = clients(&mut c, raw.clients, &databases);
     let log = log(&mut c, raw.log.unwrap_or_default());
     if c.errors.is_empty() {
         Ok(Config {
             listen,
             admin,
             clients,
-            upstream,
-            pool,
-            credentials,
+            databases,
             log,
         })
     } else {
         Err(ConfigErrors(c.errors))
+    }
+}
+
+/// `[upstream]` + `[credentials]`: one database, named as its upstream database.
+fn single_database(
+    c: &mut Check,
+    upstream_raw: Option<RawUpstream>,
+    credentials: Option<RawCredentials>,
+    pool: PoolConfig,
+) -> DatabaseConfig {
+    let upstream = upstream(c, upstream_raw);
+    DatabaseConfig {
+        name: upstream.database.clone(),
+        credentials: super::credentials::credentials(c, credentials),
+        upstream,
+        pool,
+        origin: String::new(),
     }
 }
 
@@ -197,7 +232,7 @@ fn admin(c: &mut Check, r: RawAdmin) -> AdminConfig {
     cfg
 }
 
-fn clients(c: &mut Check, raw: Vec<RawClient>) -> Vec<ClientUser> {
+fn clients(c: &mut Check, raw: Vec<RawClient>, databases: &[DatabaseConfig]) -> Vec<ClientUser> {
     if raw.is_empty() {
         c.err("clients", "at least one [[clients]] entry is required");
     }
@@ -213,7 +248,7 @@ fn clients(c: &mut Check, raw: Vec<RawClient>) -> Vec<ClientUser> {
                 "repeats an earlier client's user".to_owned(),
             );
         }
-        let secret = match (r.password, r.scram) {
+        let secret = match (r.password.clone(), r.scram.clone()) {
             (Some(p), None) if !p.is_empty() => ClientSecret::Password(SecretString::new(p)),
             (None, Some(s)) => {
                 if crate::crypto::scram::parse_verifier(&s).is_none() {
@@ -233,12 +268,26 @@ fn clients(c: &mut Check, raw: Vec<RawClient>) -> Vec<ClientUser> {
                 continue;
             }
         };
-        out.push(ClientUser { user, secret });
+        let allowed = r.databases.inspect(|names| {
+            for name in names {
+                if !databases.iter().any(|d| &d.name == name) {
+                    c.err(
+                        &format!("{path}.databases"),
+                        format!("names \"{name}\", which is not a configured database"),
+                    );
+                }
+            }
+        });
+        out.push(ClientUser {
+            user,
+            secret,
+            databases: allowed,
+        });
     }
     out
 }
 
-fn upstream(c: &mut Check, r: Option<RawUpstream>) -> UpstreamConfig {
+pub(super) fn upstream(c: &mut Check, r: Option<RawUpstream>) -> UpstreamConfig {
     let r = r.unwrap_or_else(|| {
         c.err("upstream", "the [upstream] section is required");
         RawUpstream::default()
@@ -307,9 +356,11 @@ fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-fn pool(c: &mut Check, r: RawPool) -> PoolConfig {
+/// `[pool]` (or a database's `[databases.pool]`), with `base` for every key not set.
+pub(super) fn pool(c: &mut Check, r: RawPool, base: &PoolConfig) -> PoolConfig {
     let mode = match r.mode.as_deref() {
-        None | Some("transaction") => PoolMode::Transaction,
+        None => base.mode,
+        Some("transaction") => PoolMode::Transaction,
         Some("session") => PoolMode::Session,
         Some(_) => {
             c.err(
@@ -319,15 +370,15 @@ fn pool(c: &mut Check, r: RawPool) -> PoolConfig {
             PoolMode::Transaction
         }
     };
-    let size = c.range("pool.size", r.size, 20, 1, 10_000) as u32;
-    let min_idle = c.range("pool.min_idle", r.min_idle, 0, 0, 10_000) as u32;
+    let size = c.range("pool.size", r.size, base.size.into(), 1, 10_000) as u32;
+    let min_idle = c.range("pool.min_idle", r.min_idle, base.min_idle.into(), 0, 10_000) as u32;
     if min_idle > size {
         c.err(
             "pool.min_idle",
             format!("{min_idle} is larger than pool.size ({size})"),
         );
     }
-    let on_pin = on_pin(c, r.on_pin.as_deref());
+    let on_pin = on_pin(c, r.on_pin.as_deref(), base.on_pin);
     PoolConfig {
         mode,
         size,
@@ -336,43 +387,44 @@ fn pool(c: &mut Check, r: RawPool) -> PoolConfig {
         max_prepared_statements: c.range(
             "pool.max_prepared_statements",
             r.max_prepared_statements,
-            250,
+            base.max_prepared_statements as i64,
             1,
             100_000,
         ) as usize,
         max_client_statement_bytes: c.range(
             "pool.max_client_statement_bytes",
             r.max_client_statement_bytes,
-            1 << 20,
+            base.max_client_statement_bytes as i64,
             1024,
             1 << 30,
         ) as usize,
         acquire_timeout: c.duration(
             "pool.acquire_timeout",
             r.acquire_timeout.as_ref(),
-            Duration::from_secs(30),
+            base.acquire_timeout,
         ),
         idle_timeout: c.duration(
             "pool.idle_timeout",
             r.idle_timeout.as_ref(),
-            Duration::from_secs(600),
+            base.idle_timeout,
         ),
         max_lifetime: c.duration(
             "pool.max_lifetime",
             r.max_lifetime.as_ref(),
-            Duration::from_secs(3600),
+            base.max_lifetime,
         ),
         drain_timeout: c.duration(
             "pool.drain_timeout",
             r.drain_timeout.as_ref(),
-            Duration::from_secs(300),
+            base.drain_timeout,
         ),
     }
 }
 
-fn on_pin(c: &mut Check, r: Option<&str>) -> OnPin {
+fn on_pin(c: &mut Check, r: Option<&str>, base: OnPin) -> OnPin {
     match r {
-        None | Some("pin") => OnPin::Pin,
+        None => base,
+        Some("pin") => OnPin::Pin,
         Some("error") => OnPin::Error,
         Some(_) => {
             c.err(
@@ -406,10 +458,11 @@ path = "/run/secrets/db.json"
     #[test]
     fn good_config_gets_defaults() {
         let c = parse(GOOD, []).unwrap();
-        assert_eq!(c.pool.size, 20);
-        assert_eq!(c.pool.mode, super::PoolMode::Transaction);
-        assert_eq!(c.upstream.tls, super::UpstreamTls::VerifyFull);
-        assert_eq!(c.upstream.port, 5432);
+        let db = &c.databases[0];
+        assert_eq!(db.pool.size, 20);
+        assert_eq!(db.pool.mode, super::PoolMode::Transaction);
+        assert_eq!(db.upstream.tls, super::UpstreamTls::VerifyFull);
+        assert_eq!(db.upstream.port, 5432);
         assert_eq!(c.listen.auth_timeout.as_secs(), 10);
     }
 
@@ -440,7 +493,7 @@ path = "/run/secrets/db.json"
     #[test]
     fn env_overrides_apply_before_validation() {
         let vars = [("ROTAGATE_POOL__SIZE".to_owned(), "7".to_owned())];
-        assert_eq!(parse(GOOD, vars).unwrap().pool.size, 7);
+        assert_eq!(parse(GOOD, vars).unwrap().databases[0].pool.size, 7);
         let vars = [("ROTAGATE_POOL__MODE".to_owned(), "nope".to_owned())];
         assert!(
             parse(GOOD, vars)

@@ -2,6 +2,7 @@
 //! upstream connection the client is using at that moment (none while it is between
 //! transactions, and then a CancelRequest is dropped, as it would have nothing to cancel).
 
+use crate::backend::UpstreamTarget;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,7 +17,7 @@ use tokio::sync::Notify;
 /// on its way (the server would cancel the next client's query). The two sides order their
 /// steps (slot cleared, then the count read; count raised, then the slot read) so that one of
 /// them always sees the other.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct CancelSlot {
     target: AtomicU64,
     in_flight: AtomicU32,
@@ -24,6 +25,16 @@ pub struct CancelSlot {
     /// The client waits for an upstream connection: a cancel ends the wait.
     waiting: AtomicBool,
     wake_waiter: Notify,
+    /// Where the client's database is: a cancel is forwarded there.
+    pub upstream: Option<Arc<UpstreamTarget>>,
+}
+
+impl std::fmt::Debug for CancelSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CancelSlot")
+            .field("target", &self.get())
+            .finish_non_exhaustive()
+    }
 }
 
 impl CancelSlot {
@@ -117,14 +128,22 @@ impl Drop for CancelKey {
 }
 
 impl CancelRegistry {
-    /// Registers a client under `pid` (the upstream pid in session mode) or a random one.
-    pub fn register(self: &Arc<Self>, pid: Option<i32>) -> CancelKey {
+    /// Registers a client of the database at `upstream` under `pid` (the upstream pid in
+    /// session mode) or a random one.
+    pub fn register(
+        self: &Arc<Self>,
+        pid: Option<i32>,
+        upstream: Option<Arc<UpstreamTarget>>,
+    ) -> CancelKey {
         let mut map = self.map.lock().expect("cancel map lock");
         loop {
             let pid = pid.unwrap_or_else(|| rand::random::<i32>() & 0x7fff_ffff);
             let key = rand::random::<i32>();
             if let std::collections::hash_map::Entry::Vacant(v) = map.entry((pid, key)) {
-                let slot = Arc::new(CancelSlot::default());
+                let slot = Arc::new(CancelSlot {
+                    upstream: upstream.clone(),
+                    ..CancelSlot::default()
+                });
                 v.insert(slot.clone());
                 return CancelKey {
                     pid,
@@ -154,7 +173,7 @@ mod tests {
     #[tokio::test]
     async fn routes_only_while_attached_and_forgets_on_drop() {
         let reg = Arc::new(CancelRegistry::default());
-        let k = reg.register(Some(42));
+        let k = reg.register(Some(42), None);
         assert_eq!(k.pid, 42);
         let slot = reg.lookup(42, k.key).unwrap();
         assert_eq!(slot.begin(), None);

@@ -3,8 +3,10 @@
 
 use super::cancel::CancelRegistry;
 use super::scram::ClientAuth;
+use crate::backend::prepared::Known;
 use crate::config::{ListenConfig, PoolMode};
 use crate::pool::Pools;
+use std::collections::HashMap;
 use std::sync::Arc;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -12,11 +14,11 @@ use tokio_util::sync::CancellationToken;
 /// Everything a client session needs, shared by all sessions.
 pub struct Frontend {
     pub listen: ListenConfig,
-    pub mode: PoolMode,
-    pub database: String,
     /// Swapped whole on reload (SIGHUP); each login reads the current one.
     pub auth: arc_swap::ArcSwap<ClientAuth>,
-    pub pools: Arc<Pools>,
+    /// The databases clients may open, by name; swapped whole when SIGHUP adds or removes one.
+    /// A session keeps the route it logged in with.
+    pub routes: Arc<arc_swap::ArcSwap<Routes>>,
     /// `listen.max_clients`: one permit per authenticated session, across all workers.
     pub slots: Arc<tokio::sync::Semaphore>,
     /// The unauthenticated connections (`listen.max_pending_auth`), across all workers.
@@ -25,9 +27,32 @@ pub struct Frontend {
     /// Swapped on reload, so renewed certificates apply to new connections.
     pub tls: arc_swap::ArcSwapOption<TlsAcceptor>,
     pub shutdown: CancellationToken,
-    pub transactions: metrics::Counter,
-    /// Statements known to prepare upstream (transaction mode).
-    pub known: crate::backend::prepared::Known,
     /// Equal session-setting lists shared, so hand-overs compare them in one step.
     pub lists: crate::backend::Interner,
+}
+
+/// The databases clients may open, by the name they ask for.
+pub type Routes = HashMap<String, Arc<Route>>;
+
+/// One database as sessions see it.
+pub struct Route {
+    pub pools: Arc<Pools>,
+    /// Its `pool.mode`, fixed for the route's life (a change makes a new route).
+    pub mode: PoolMode,
+    /// Statements known to prepare on its upstream (transaction mode).
+    pub known: Known,
+    /// `rotagate_transactions_total{database}`.
+    pub transactions: metrics::Counter,
+}
+
+impl Route {
+    pub fn new(pools: Arc<Pools>) -> Self {
+        let database = pools.database().to_string();
+        Self {
+            mode: pools.config().mode,
+            pools,
+            known: Known::default(),
+            transactions: metrics::counter!("rotagate_transactions_total", "database" => database),
+        }
+    }
 }

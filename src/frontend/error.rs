@@ -14,6 +14,10 @@ pub enum FrontendError {
     AuthFailed(String),
     #[error("database \"{0}\" does not exist")]
     NoDatabase(String),
+    #[error("user \"{0}\" may not open database \"{1}\"")]
+    DatabaseNotAllowed(String, String),
+    #[error("database \"{0}\" is no longer served by this proxy")]
+    DatabaseRemoved(String),
     #[error("rotagate requires TLS: connect with sslmode=require")]
     TlsRequired,
     #[error("sorry, too many clients already")]
@@ -54,6 +58,8 @@ impl FrontendError {
             FrontendError::Wire(_) | FrontendError::Protocol(_) => "08P01",
             FrontendError::AuthFailed(_) => "28P01",
             FrontendError::NoDatabase(_) => "3D000",
+            FrontendError::DatabaseNotAllowed(..) => "28000",
+            FrontendError::DatabaseRemoved(_) => "57P01",
             FrontendError::TlsRequired => "28000",
             FrontendError::TooManyClients => "53300",
             FrontendError::AuthTimeout => "08006",

@@ -27,7 +27,7 @@ mod transaction;
 #[cfg(test)]
 mod walk_tests;
 
-pub use context::Frontend;
+pub use context::{Frontend, Route, Routes};
 pub(crate) use error::report;
 
 use error::FrontendError;
@@ -145,6 +145,9 @@ async fn forward_cancel(fe: &Frontend, pid: i32, key: i32) {
     let Some(slot) = fe.cancels.lookup(pid, key) else {
         return tracing::debug!("cancel request for no connected client");
     };
+    let Some(upstream) = slot.upstream.clone() else {
+        return tracing::debug!("cancel request for a client with no upstream");
+    };
     let Some((upid, ukey)) = slot.begin() else {
         return tracing::debug!("cancel request for a client that holds no upstream connection");
     };
@@ -157,7 +160,7 @@ async fn forward_cancel(fe: &Frontend, pid: i32, key: i32) {
         }
     }
     let _finished = Finished(&slot);
-    if let Err(e) = crate::backend::cancel(fe.pools.target(), upid, ukey).await {
+    if let Err(e) = crate::backend::cancel(&upstream, upid, ukey).await {
         tracing::warn!(error = %e, "forwarding a cancel request failed");
     }
 }

@@ -93,7 +93,7 @@ pub struct RelayCtx<'a> {
 pub fn close(s: &mut ServerConn, reason: &'static str) {
     if !s.broken {
         s.broken = true;
-        metrics::counter!("rotagate_server_connections_closed_total", "reason" => reason)
+        metrics::counter!("rotagate_server_connections_closed_total", "reason" => reason, "database" => s.database.to_string())
             .increment(1);
     }
 }

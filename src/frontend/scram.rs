@@ -27,6 +27,8 @@ pub struct ClientAuth {
     /// The mock exchange's iteration count and salt length: the configured verifiers' most
     /// common ones, so an unknown user's answer cannot be told from a known user's.
     mock_shape: (usize, usize),
+    /// Clients limited to some databases (`[[clients]] databases`); the others may open any.
+    limited: HashMap<String, Vec<String>>,
 }
 
 impl ClientAuth {
@@ -41,11 +43,23 @@ impl ClientAuth {
                 v.map(|v| (c.user.clone(), v))
             })
             .collect();
+        let limited = clients
+            .iter()
+            .filter_map(|c| Some((c.user.clone(), c.databases.clone()?)))
+            .collect();
         Self {
             mock_shape: most_common_shape(&users),
             users,
             mock_seed: rand::random(),
+            limited,
         }
+    }
+
+    /// Whether `user` may open `database` (both configured).
+    pub fn may_open(&self, user: &str, database: &str) -> bool {
+        self.limited
+            .get(user)
+            .is_none_or(|dbs| dbs.iter().any(|d| d == database))
     }
 
     pub fn get(&self, user: &str) -> Option<&Verifier> {
@@ -121,6 +135,7 @@ mod tests {
             .map(|u| ClientUser {
                 user: (*u).into(),
                 secret: ClientSecret::Scram(SecretString::new(v.to_owned())),
+                databases: None,
             })
             .collect();
         let auth = ClientAuth::from_config(&users);

@@ -3,7 +3,7 @@
 //! ([`super::transaction`]).
 
 use super::cancel::CancelKey;
-use super::context::Frontend;
+use super::context::{Frontend, Route};
 use super::error::{FrontendError, report};
 use super::flow::{ClientState, Flow};
 use super::relay::{ClientSide, End, RelayCtx, at_rest, close, relay};
@@ -27,8 +27,13 @@ pub async fn serve(login: Login, fe: &Frontend, worker: usize) {
         peer,
         ..
     } = login;
-    if database != fe.database {
+    let Some(route) = fe.routes.load().get(&database).cloned() else {
         return report(&mut stream, &FrontendError::NoDatabase(database)).await;
+    };
+    if !fe.auth.load().may_open(&user, &database) {
+        tracing::info!(user = %user, database = %database, "client refused a database it may not open");
+        let e = FrontendError::DatabaseNotAllowed(user, database);
+        return report(&mut stream, &e).await;
     }
     let settings = match Settings::from_startup(&params) {
         Ok(s) => s,
@@ -40,7 +45,7 @@ pub async fn serve(login: Login, fe: &Frontend, worker: usize) {
         ..ClientState::default()
     };
     let mut client = ClientSide::new(stream, rbuf, state, worker);
-    match run(&mut client, fe).await {
+    match run(&mut client, fe, &route).await {
         Ok(()) | Err(FrontendError::Reported) => {}
         Err(e) => {
             tracing::info!(user = %user, error = %e, "client session ended with an error");
@@ -49,24 +54,25 @@ pub async fn serve(login: Login, fe: &Frontend, worker: usize) {
     }
 }
 
-async fn run(client: &mut ClientSide, fe: &Frontend) -> Result<(), FrontendError> {
+async fn run(client: &mut ClientSide, fe: &Frontend, route: &Route) -> Result<(), FrontendError> {
     let mut out = BytesMut::new();
     msg::auth_ok(&mut out);
     client.stream.write_all(&out).await.map_err(wire_io)?;
 
-    let mut server = acquire(fe, client.worker).await?;
+    let mut server = acquire(route, client.worker).await?;
     client.state.settings.fill_defaults(&server.params);
     apply(&client.state.settings, &mut server).await?;
     client.state.settings.settle(&server.params, &fe.lists);
     server.params.session = client.state.settings.list.clone();
-    let session_pid = (fe.mode == PoolMode::Session).then_some(server.pid);
-    let cancel = fe.cancels.register(session_pid);
+    let session_pid = (route.mode == PoolMode::Session).then_some(server.pid);
+    let upstream = route.pools.target().clone();
+    let cancel = fe.cancels.register(session_pid, Some(upstream));
     greet(client, &server, &cancel).await?;
-    match fe.mode {
-        PoolMode::Session => session_mode(client, server, &cancel, fe).await,
+    match route.mode {
+        PoolMode::Session => session_mode(client, server, &cancel, fe, route).await,
         PoolMode::Transaction => {
             drop(server);
-            super::transaction::serve(client, &cancel, fe).await
+            super::transaction::serve(client, &cancel, fe, route).await
         }
     }
 }
@@ -75,10 +81,11 @@ pub(super) fn wire_io(e: std::io::Error) -> FrontendError {
     FrontendError::Wire(e.into())
 }
 
-pub(super) async fn acquire(fe: &Frontend, worker: usize) -> Result<Pooled, FrontendError> {
-    fe.pools.acquire(worker).await.map_err(|e| match e {
+pub(super) async fn acquire(route: &Route, worker: usize) -> Result<Pooled, FrontendError> {
+    route.pools.acquire(worker).await.map_err(|e| match e {
         PoolError::Timeout { waited, last } => FrontendError::PoolTimeout { waited, last },
         PoolError::Backend(e) => FrontendError::Upstream(e),
+        PoolError::Closed => FrontendError::DatabaseRemoved(route.pools.database().to_string()),
     })
 }
 
@@ -115,14 +122,18 @@ async fn greet(
     client.stream.write_all(&out).await.map_err(wire_io)
 }
 
-pub(super) fn ctx<'a>(fe: &'a Frontend, cfg: &'a crate::config::PoolConfig) -> RelayCtx<'a> {
+pub(super) fn ctx<'a>(
+    fe: &'a Frontend,
+    route: &'a Route,
+    cfg: &'a crate::config::PoolConfig,
+) -> RelayCtx<'a> {
     RelayCtx {
-        mode: fe.mode,
+        mode: route.mode,
         cfg,
         max_client_message: fe.listen.max_message_size,
         shutdown: &fe.shutdown,
-        transactions: &fe.transactions,
-        known: &fe.known,
+        transactions: &route.transactions,
+        known: &route.known,
     }
 }
 
@@ -131,11 +142,12 @@ async fn session_mode(
     mut server: Pooled,
     cancel: &CancelKey,
     fe: &Frontend,
+    route: &Route,
 ) -> Result<(), FrontendError> {
-    let cfg = fe.pools.config();
+    let cfg = route.pools.config();
     let mut flow = Flow::default();
     cancel.slot.attach(server.pid, server.key);
-    let end = relay(client, &mut server, &mut flow, &ctx(fe, &cfg)).await;
+    let end = relay(client, &mut server, &mut flow, &ctx(fe, route, &cfg)).await;
     cancel.slot.detach().await;
     if at_rest(client, &server, &flow) {
         reset(&mut server).await;

@@ -14,7 +14,7 @@
 //! When no connection can be had for a transaction, that request fails and the session goes on.
 
 use super::cancel::CancelKey;
-use super::context::Frontend;
+use super::context::{Frontend, Route};
 use super::error::FrontendError;
 use super::flow::Flow;
 use super::local::{self, Next};
@@ -31,6 +31,7 @@ pub async fn serve(
     client: &mut ClientSide,
     cancel: &CancelKey,
     fe: &Frontend,
+    route: &Route,
 ) -> Result<(), FrontendError> {
     let mut flow = Flow::default();
     // One shutdown watch for the whole session, not one per transaction.
@@ -38,10 +39,10 @@ pub async fn serve(
     loop {
         // Each turn is a transaction; other tasks get their turn between them too.
         tokio::task::consume_budget().await;
-        if !wait_for_request(client, fe, stop.as_mut()).await? {
+        if !wait_for_request(client, fe, route, stop.as_mut()).await? {
             return Ok(());
         }
-        let mut server = match acquire_or_cancel(client, cancel, fe).await {
+        let mut server = match acquire_or_cancel(client, cancel, route).await {
             Some(Ok(server)) => server,
             None => {
                 client.state.failure =
@@ -50,7 +51,8 @@ pub async fn serve(
             }
             // No connection for this transaction (the upstream refuses, is unreachable or the
             // pool stayed full): the request fails and the session goes on, so the client's
-            // next transaction tries again.
+            // next transaction tries again. A removed database ends the session.
+            Some(Err(e @ FrontendError::DatabaseRemoved(_))) => return Err(e),
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "no upstream connection for a client's transaction");
                 client.state.failure = Some(error(e.sqlstate(), &e.client_text()));
@@ -59,9 +61,9 @@ pub async fn serve(
         };
         apply(&client.state.settings, &mut server).await?;
         cancel.slot.attach(server.pid, server.key);
-        let cfg = fe.pools.config();
+        let cfg = route.pools.config();
         flow.reset();
-        let end = relay(client, &mut server, &mut flow, &ctx(fe, &cfg)).await;
+        let end = relay(client, &mut server, &mut flow, &ctx(fe, route, &cfg)).await;
         cancel.slot.detach().await;
         match end? {
             End::Released => {
@@ -81,7 +83,14 @@ pub async fn serve(
                 });
             }
             End::Retired => {
-                lost(client, &mut server, &mut flow, &fe.known, retired_error()).await?
+                lost(
+                    client,
+                    &mut server,
+                    &mut flow,
+                    &route.known,
+                    retired_error(),
+                )
+                .await?
             }
             End::ServerGone(fatal) => {
                 tracing::warn!("upstream connection lost in the middle of a client's transaction");
@@ -93,7 +102,7 @@ pub async fn serve(
                     }
                     None => error("08006", "server closed the connection unexpectedly"),
                 };
-                lost(client, &mut server, &mut flow, &fe.known, e).await?;
+                lost(client, &mut server, &mut flow, &route.known, e).await?;
             }
         }
     }
@@ -140,10 +149,10 @@ async fn lost(
 async fn acquire_or_cancel(
     client: &ClientSide,
     cancel: &CancelKey,
-    fe: &Frontend,
+    route: &Route,
 ) -> Option<Result<Pooled, FrontendError>> {
     use futures::FutureExt;
-    let mut acquiring = std::pin::pin!(acquire_fitting(client, fe));
+    let mut acquiring = std::pin::pin!(acquire_fitting(client, route));
     match acquiring.as_mut().now_or_never() {
         Some(r) => Some(r),
         None => cancel.slot.cancellable(acquiring).await,
@@ -152,9 +161,9 @@ async fn acquire_or_cancel(
 
 /// A connection this client may use: one holding a custom-setting placeholder the client never
 /// made is closed (only a new session is rid of it) and another is taken.
-async fn acquire_fitting(client: &ClientSide, fe: &Frontend) -> Result<Pooled, FrontendError> {
+async fn acquire_fitting(client: &ClientSide, route: &Route) -> Result<Pooled, FrontendError> {
     loop {
-        let mut server = acquire(fe, client.worker).await?;
+        let mut server = acquire(route, client.worker).await?;
         if fits(&server.params.placeholders, &client.state.settings.list) {
             return Ok(server);
         }
@@ -192,14 +201,15 @@ async fn reread(client: &mut ClientSide, server: &mut Pooled, lists: &crate::bac
 async fn wait_for_request(
     client: &mut ClientSide,
     fe: &Frontend,
+    route: &Route,
     mut stop: std::pin::Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
 ) -> Result<bool, FrontendError> {
     let mut out = BytesMut::new();
-    let cfg = fe.pools.config();
+    let cfg = route.pools.config();
     let limits = local::Limits {
         max_message: fe.listen.max_message_size,
         statement_bytes: cfg.max_client_statement_bytes,
-        known: &fe.known,
+        known: &route.known,
     };
     loop {
         let next = local::answer(&mut client.buf, &mut client.state, &limits, &mut out)?;

@@ -21,6 +21,8 @@ pub struct Connector {
     pub auth_failed: Arc<Notify>,
     /// The runtime the connections are used on (each worker has its own).
     pub runtime: tokio::runtime::Handle,
+    /// The configured database (the `database` label of the login metrics).
+    pub database: Arc<str>,
 }
 
 impl Connector {
@@ -88,20 +90,25 @@ fn wanted(g: &Generation) -> bool {
 
 async fn login(g: &Generation) -> Result<ServerConn, BackendError> {
     let c = &g.connector;
+    let db = c.database.to_string();
     match backend::connect(&c.target, &g.creds, g.id).await {
-        Ok(conn) => {
-            metrics::counter!("rotagate_server_logins_total", "result" => "success").increment(1);
+        Ok(mut conn) => {
+            metrics::counter!("rotagate_server_logins_total", "result" => "success", "database" => db)
+                .increment(1);
+            conn.database = c.database.clone();
             Ok(conn)
         }
         Err(e) => {
             if e.is_auth_failure() {
-                metrics::counter!("rotagate_backend_auth_failures_total").increment(1);
+                metrics::counter!("rotagate_backend_auth_failures_total", "database" => db.clone())
+                    .increment(1);
                 if !g.is_retired() {
                     c.auth_failed.notify_one();
                 }
             }
-            metrics::counter!("rotagate_server_logins_total", "result" => "failure").increment(1);
-            tracing::warn!(generation = g.id, error = %e, "upstream login failed");
+            metrics::counter!("rotagate_server_logins_total", "result" => "failure", "database" => db.clone())
+                .increment(1);
+            tracing::warn!(database = %db, generation = g.id, error = %e, "upstream login failed");
             *g.last_error.lock().expect("last_error lock") = Some((e.summary(), e.to_string()));
             Err(e)
         }

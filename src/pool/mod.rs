@@ -36,6 +36,9 @@ pub enum PoolError {
     },
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// The database was removed from the configuration: no new connection is handed out.
+    #[error("the database is no longer served")]
+    Closed,
 }
 
 /// Counts for one live generation, summed over workers.
@@ -64,6 +67,10 @@ pub struct Pools {
     current_id: AtomicU64,
     shards: Vec<Shard>,
     wait_seconds: metrics::Histogram,
+    /// The configured database these pools serve (the `database` label of their metrics).
+    database: Arc<str>,
+    /// Set by [`Pools::close`]: the database was removed.
+    closed: std::sync::atomic::AtomicBool,
     /// Signalled when an upstream login of the current generation is refused (28P01/28000).
     pub auth_failed: Arc<Notify>,
 }
@@ -72,6 +79,7 @@ impl Pools {
     /// Pools serving `creds` as generation 1, one share per worker runtime in `workers` (at
     /// least one). No connection is opened until needed (or `min_idle` asks for some).
     pub fn new(
+        database: &str,
         cfg: PoolConfig,
         target: Arc<UpstreamTarget>,
         creds: Credentials,
@@ -80,6 +88,7 @@ impl Pools {
         assert!(!workers.is_empty(), "at least one worker");
         let auth_failed = Arc::new(Notify::new());
         let creds = Arc::new(creds);
+        let database: Arc<str> = database.into();
         let connectors: Vec<_> = workers
             .into_iter()
             .map(|runtime| {
@@ -87,6 +96,7 @@ impl Pools {
                     target: target.clone(),
                     auth_failed: auth_failed.clone(),
                     runtime,
+                    database: database.clone(),
                 })
             })
             .collect();
@@ -105,7 +115,9 @@ impl Pools {
             target,
             current_id: AtomicU64::new(1),
             shards,
-            wait_seconds: metrics::histogram!("rotagate_pool_wait_seconds"),
+            wait_seconds: metrics::histogram!("rotagate_pool_wait_seconds", "database" => database.to_string()),
+            database,
+            closed: Default::default(),
             auth_failed,
         }
     }
@@ -128,6 +140,9 @@ impl Pools {
         let waited = self.cfg.load().acquire_timeout;
         let deadline = tokio::time::Instant::now() + waited;
         loop {
+            if self.closed.load(Ordering::Acquire) {
+                return Err(PoolError::Closed);
+            }
             let g = shard.current.load_full();
             let rx = match g.take_or_wait() {
                 Ok(Ok(conn)) => return Ok(conn),
@@ -157,6 +172,22 @@ impl Pools {
 
     pub fn target(&self) -> &Arc<UpstreamTarget> {
         &self.target
+    }
+
+    /// The configured database these pools serve.
+    pub fn database(&self) -> &Arc<str> {
+        &self.database
+    }
+
+    /// The database was removed: clients waiting or asking for a connection get
+    /// [`PoolError::Closed`], idle connections close now, and connections in use close when
+    /// given back (a transaction in flight finishes), or at `drain_timeout`.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let drain = self.cfg.load().drain_timeout;
+        for shard in &self.shards {
+            shard.current.load().retire(drain);
+        }
     }
 
     /// Connection counts of the current and every still-draining generation.

@@ -4,6 +4,7 @@
 use crate::backend::{self, BackendError, ServerConn, UpstreamTarget, query};
 use crate::config::UpstreamConfig;
 use crate::secrets::Credentials;
+use std::sync::Arc;
 
 /// A secret may name the endpoint; it must be the configured one unless allowed.
 pub(crate) fn check_endpoint(
@@ -46,17 +47,20 @@ pub(crate) async fn health_check(
     target: &UpstreamTarget,
     creds: &Credentials,
     generation: u64,
+    database: &Arc<str>,
 ) -> Result<ServerConn, BackendError> {
     let mut conn = backend::connect(target, creds, generation)
         .await
         .inspect_err(|e| {
             if e.is_auth_failure() {
-                metrics::counter!("rotagate_backend_auth_failures_total").increment(1);
+                metrics::counter!("rotagate_backend_auth_failures_total", "database" => database.to_string())
+                    .increment(1);
             }
         })?;
     tokio::time::timeout(target.connect_timeout, query::simple(&mut conn, "SELECT 1"))
         .await
         .map_err(|_| BackendError::Timeout(target.connect_timeout))??;
+    conn.database = database.clone();
     Ok(conn)
 }
 

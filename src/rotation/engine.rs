@@ -26,6 +26,8 @@ const DRAIN_GRACE: Duration = Duration::from_secs(1);
 
 /// Everything the engine is built from (see `app.rs`).
 pub struct EngineParts<U> {
+    /// The configured database this engine rotates for (its metrics' `database` label).
+    pub database: String,
     pub provider: Arc<dyn SecretProvider>,
     pub events: Vec<Box<dyn EventSource>>,
     pub pools: Arc<U>,
@@ -149,7 +151,7 @@ impl<U: Upstream> Engine<U> {
                 Outcome::Rejected | Outcome::Failed => "invalid",
                 _ => "ignored",
             };
-            metrics::counter!("rotagate_events_total", "source" => note.origin, "outcome" => label)
+            metrics::counter!("rotagate_events_total", "source" => note.origin, "outcome" => label, "database" => self.p.database.clone())
                 .increment(1);
         }
     }
@@ -405,11 +407,13 @@ impl<U: Upstream> Engine<U> {
         if let Some(cache) = self.p.cache.clone() {
             self.persisted += 1;
             let (seq, creds) = (self.persisted, creds.clone());
+            let database = self.p.database.clone();
             self.persisting = Some(tokio::task::spawn_blocking(move || {
                 // A read-only or full cache directory costs the cache, never the service.
                 if let Err(e) = cache.store_newer(seq, &creds) {
-                    metrics::counter!("rotagate_cache_write_failures_total").increment(1);
-                    tracing::warn!(error = %e, "could not update the credential cache");
+                    tracing::warn!(database = %database, error = %e, "could not update the credential cache");
+                    metrics::counter!("rotagate_cache_write_failures_total", "database" => database)
+                        .increment(1);
                 }
             }));
         }
@@ -424,11 +428,14 @@ impl<U: Upstream> Engine<U> {
 
     fn record(&self, r: &Report, took: Duration) {
         if let Some(result) = r.outcome.metric_result() {
-            metrics::counter!("rotagate_rotations_total", "result" => result).increment(1);
-            metrics::histogram!("rotagate_rotation_duration_seconds").record(took.as_secs_f64());
+            let db = self.p.database.clone();
+            metrics::counter!("rotagate_rotations_total", "result" => result, "database" => db.clone())
+                .increment(1);
+            metrics::histogram!("rotagate_rotation_duration_seconds", "database" => db)
+                .record(took.as_secs_f64());
         }
         let breaker = self.p.breaker.state(Instant::now().into_std());
-        metrics::gauge!("rotagate_breaker_open").set(
+        metrics::gauge!("rotagate_breaker_open", "database" => self.p.database.clone()).set(
             if breaker == super::breaker::BreakerState::Open {
                 1.0
             } else {
@@ -447,12 +454,13 @@ impl<U: Upstream> Engine<U> {
             s.consecutive_failures = self.p.breaker.consecutive_failures();
             s.last_attempt = Some(r.clone());
         });
-        audit(r);
+        audit(&self.p.database, r);
     }
 }
 
-/// One structured event per attempt. Never a password: only source, trigger, version, user.
-fn audit(r: &Report) {
+/// One structured event per attempt. Never a password: only database, source, trigger,
+/// version, user.
+fn audit(database: &str, r: &Report) {
     let (version, username, reason) = (
         r.version.as_deref().unwrap_or(""),
         r.username.as_deref().unwrap_or(""),
@@ -460,7 +468,7 @@ fn audit(r: &Report) {
     );
     macro_rules! event {
         ($level:ident) => {
-            tracing::$level!(target: "rotagate::audit", event = "rotation", source = r.source, trigger = ?r.trigger,
+            tracing::$level!(target: "rotagate::audit", event = "rotation", database, source = r.source, trigger = ?r.trigger,
                 version, username, outcome = ?r.outcome, reason, generation = r.generation, duration_ms = r.duration_ms,
                 "rotation attempt")
         };

@@ -61,6 +61,7 @@ impl Setup {
         let status = Arc::new(RotationStatus::new("fake", serving.into(), "app".into()));
         let ready = Arc::new(AtomicBool::new(false));
         let parts = EngineParts {
+            database: "app".into(),
             provider: provider.clone(),
             events: vec![Box::new(FakeEvents(rx))],
             pools: pools.clone(),

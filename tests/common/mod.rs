@@ -65,6 +65,7 @@ pub fn write_secret(path: &std::path::Path, pg: &Pg, user: &str, password: &str)
 
 pub struct Builder<'a> {
     pg: &'a Pg,
+    databases: Option<String>,
     mode: &'static str,
     pool_size: u32,
     listen_extra: String,
@@ -140,6 +141,12 @@ impl<'a> Builder<'a> {
         self.source = Some((kind.to_owned(), section.to_owned()));
         self
     }
+    /// `[[databases]]` entries instead of the single-database `[upstream]` and
+    /// `[credentials]`.
+    pub fn databases(mut self, toml: &str) -> Self {
+        self.databases = Some(toml.to_owned());
+        self
+    }
     /// Replaces the `[[clients]]` sections.
     pub fn clients(mut self, toml: &str) -> Self {
         self.clients = toml.to_owned();
@@ -147,6 +154,18 @@ impl<'a> Builder<'a> {
     }
 
     pub fn config_text(&self, secret: &std::path::Path) -> String {
+        if let Some(databases) = &self.databases {
+            return format!(
+                "[listen]\naddr = \"127.0.0.1:0\"\n{}\n[admin]\naddr = \"127.0.0.1:0\"\n{}\n{}\n\
+                 [pool]\nmode = \"{}\"\nsize = {}\n{}\n\n{databases}",
+                self.listen_extra,
+                self.admin_extra,
+                self.clients,
+                self.mode,
+                self.pool_size,
+                self.pool_extra,
+            );
+        }
         // A source name, or a TOML list of them (primary first).
         let (kind, section) = match &self.source {
             Some((kind, section)) if kind.starts_with('[') => (kind.clone(), section.clone()),
@@ -244,6 +263,7 @@ impl TestProxy {
             vars: Vec::new(),
             secret_at: None,
             source: None,
+            databases: None,
             clients: format!(
                 "[[clients]]\nuser = \"{CLIENT_USER}\"\npassword = \"{CLIENT_PASSWORD}\"\n"
             ),

@@ -2,7 +2,8 @@
 //!
 //! - [`secrets_manager`]: the provider (GetSecretValue with an explicit stage, DescribeSecret
 //!   for the periodic check);
-//! - [`sqs`]: the event listener (long polling; deletes every message it has read);
+//! - [`sqs`]: the event listener, one per queue, routing each event to the databases whose
+//!   secret it names (long polling; deletes every message it has read);
 //! - [`events`]: the pure core that understands the change events arriving over SQS
 //!   (EventBridge and CloudTrail shapes, optionally inside an SNS envelope), and
 //!   [`SecretMatcher`], which decides whether an event names the configured secret;
@@ -15,17 +16,21 @@ pub mod sqs;
 
 use crate::config::AwsSourceConfig;
 use secrets_manager::SecretsManager;
-use sqs::SqsListener;
+use sqs::{Queues, Subscription};
+use std::sync::Arc;
 
-/// The provider for `[credentials.aws]`, and the queue listener when `queue_url` is set.
+/// The provider for database `database`'s `[credentials.aws]`, and its subscription to the
+/// queue when `queue_url` is set.
 pub async fn source(
     cfg: &AwsSourceConfig,
-) -> anyhow::Result<(SecretsManager, Option<SqsListener>)> {
+    database: &str,
+    queues: &Arc<Queues>,
+) -> anyhow::Result<(SecretsManager, Option<Subscription>)> {
     let sdk = sdk::load(cfg).await?;
     let provider = SecretsManager::new(&sdk, cfg.secret_id.clone());
     let listener = cfg.queue_url.clone().map(|url| {
         let matcher = SecretMatcher::new(&cfg.secret_id).account(cfg.expected_account.clone());
-        SqsListener::new(&sdk, url, matcher)
+        queues.subscribe(&sdk, url, database.to_owned(), matcher)
     });
     Ok((provider, listener))
 }

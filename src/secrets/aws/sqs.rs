@@ -1,5 +1,8 @@
-//! The SQS listener: an [`EventSource`] that long-polls a queue fed by EventBridge (directly or
-//! through SNS), turns each message into a note for the engine, and deletes it once handled.
+//! The SQS listener: long-polls a queue fed by EventBridge (directly or through SNS), turns
+//! each message into a note for the engine of every database whose secret it names, and
+//! deletes it once handled. One queue may carry events for many secrets: each database
+//! subscribes ([`Queues::subscribe`], an [`EventSource`]) and one listener per queue runs while
+//! any database listens. An event that names no served secret is logged and deleted.
 //!
 //! Every message is deleted after it is read, whatever it held: applied, ignored (another
 //! secret, a repeat, a change that does not move AWSCURRENT) or invalid (not an event). None is
@@ -19,7 +22,8 @@ use aws_sdk_sqs::types::{
     DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName, QueueAttributeName,
 };
 use futures::future::BoxFuture;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -32,15 +36,112 @@ const MAX_RECEIVES: u32 = 5;
 /// How many (change, version) pairs are remembered to drop repeated events.
 const REMEMBERED: usize = 64;
 
-pub struct SqsListener {
+/// The queues being listened to, by URL; shared by every database's start.
+#[derive(Default)]
+pub struct Queues {
+    running: Mutex<HashMap<String, Arc<Subscribers>>>,
+}
+
+/// The databases listening on one queue.
+#[derive(Default)]
+struct Subscribers {
+    list: Mutex<Vec<Subscriber>>,
+    /// Stops the queue's listener when the last database leaves.
+    stop: CancellationToken,
+}
+
+struct Subscriber {
+    id: u64,
+    database: String,
+    matcher: SecretMatcher,
+    tx: mpsc::Sender<Note>,
+}
+
+impl Queues {
+    /// Database `database`'s events on `queue_url` (for the secret `matcher` names): an
+    /// [`EventSource`] that joins the queue's listener when it runs.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        sdk: &SdkConfig,
+        queue_url: String,
+        database: String,
+        matcher: SecretMatcher,
+    ) -> Subscription {
+        Subscription {
+            queues: self.clone(),
+            sdk: sdk.clone(),
+            queue_url,
+            database,
+            matcher,
+        }
+    }
+
+    /// Adds a subscriber, starting the queue's listener for the first one.
+    fn join(&self, sub: &Subscription, tx: mpsc::Sender<Note>) -> (Arc<Subscribers>, u64) {
+        let mut running = self.running.lock().expect("queues lock");
+        let subs = running.entry(sub.queue_url.clone()).or_insert_with(|| {
+            let subs = Arc::new(Subscribers::default());
+            let listener = SqsListener::new(&sub.sdk, sub.queue_url.clone(), subs.clone());
+            tokio::spawn(listener.listen(subs.stop.clone()));
+            subs
+        });
+        let id = rand::random();
+        subs.list
+            .lock()
+            .expect("subscribers lock")
+            .push(Subscriber {
+                id,
+                database: sub.database.clone(),
+                matcher: sub.matcher.clone(),
+                tx,
+            });
+        (subs.clone(), id)
+    }
+
+    /// Removes a subscriber, stopping the queue's listener after the last one.
+    fn leave(&self, queue_url: &str, subs: &Subscribers, id: u64) {
+        let mut running = self.running.lock().expect("queues lock");
+        let mut list = subs.list.lock().expect("subscribers lock");
+        list.retain(|s| s.id != id);
+        if list.is_empty() {
+            subs.stop.cancel();
+            running.remove(queue_url);
+        }
+    }
+}
+
+/// One database listening on a queue, until its engine stops.
+pub struct Subscription {
+    queues: Arc<Queues>,
+    sdk: SdkConfig,
+    queue_url: String,
+    database: String,
+    matcher: SecretMatcher,
+}
+
+impl EventSource for Subscription {
+    fn run(
+        self: Box<Self>,
+        tx: mpsc::Sender<Note>,
+        stop: CancellationToken,
+    ) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let (subs, id) = self.queues.join(&self, tx);
+            stop.cancelled().await;
+            self.queues.leave(&self.queue_url, &subs, id);
+        })
+    }
+}
+
+struct SqsListener {
     client: Client,
     queue_url: String,
-    matcher: SecretMatcher,
+    subs: Arc<Subscribers>,
     recent: VecDeque<(Change, String)>,
 }
 
 impl SqsListener {
-    pub fn new(sdk: &SdkConfig, queue_url: String, matcher: SecretMatcher) -> Self {
+    fn new(sdk: &SdkConfig, queue_url: String, subs: Arc<Subscribers>) -> Self {
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(3))
             .operation_attempt_timeout(Duration::from_secs(WAIT_SECONDS as u64 + 10))
@@ -51,12 +152,12 @@ impl SqsListener {
         Self {
             client: Client::from_conf(conf),
             queue_url,
-            matcher,
+            subs,
             recent: VecDeque::new(),
         }
     }
 
-    async fn listen(mut self, tx: mpsc::Sender<Note>, stop: CancellationToken) {
+    async fn listen(mut self, stop: CancellationToken) {
         let mut backoff = Backoff::default();
         let mut failing = false;
         tokio::select! {
@@ -87,10 +188,9 @@ impl SqsListener {
             backoff.reset();
             let mut handled = Vec::with_capacity(messages.len());
             for m in messages {
-                if let Some(note) = self.read(&m) {
-                    if tx.send(note).await.is_err() {
-                        return;
-                    }
+                for (tx, note) in self.read(&m) {
+                    // An engine that stopped meanwhile has left (or is leaving) the queue.
+                    let _ = tx.send(note).await;
                 }
                 handled.extend(m.receipt_handle);
             }
@@ -136,48 +236,84 @@ impl SqsListener {
         Ok(out.messages.unwrap_or_default())
     }
 
-    /// Classifies one message, counts it, and says what the engine should hear of it.
-    fn read(&mut self, m: &Message) -> Option<Note> {
+    /// Classifies one message for every database on the queue, counts it, and says which
+    /// engines should hear of it.
+    fn read(&mut self, m: &Message) -> Vec<(mpsc::Sender<Note>, Note)> {
         let id = m.message_id().unwrap_or("?");
-        let action = match receive_count(m) {
-            n if n > MAX_RECEIVES => EventAction::Invalid(format!("delivered {n} times")),
-            _ => classify(m.body().unwrap_or(""), &self.matcher),
+        let body = m.body().unwrap_or("");
+        let routed: Vec<(mpsc::Sender<Note>, String, EventAction)> = {
+            let subs = self.subs.list.lock().expect("subscribers lock");
+            let mut out = Vec::new();
+            let mut unrouted = None;
+            for s in subs.iter() {
+                let action = match receive_count(m) {
+                    n if n > MAX_RECEIVES => EventAction::Invalid(format!("delivered {n} times")),
+                    _ => classify(body, &s.matcher),
+                };
+                match action {
+                    EventAction::Rotate { .. } | EventAction::Prefetch { .. } => {
+                        out.push((s.tx.clone(), s.database.clone(), action))
+                    }
+                    other => unrouted = unrouted.or(Some(other)),
+                }
+            }
+            if out.is_empty() {
+                let action = unrouted.unwrap_or(EventAction::Ignore("no database listens".into()));
+                return self.drop_unrouted(id, action);
+            }
+            out
         };
-        let action = self.drop_repeat(action);
-        metrics::counter!("rotagate_events_total", "source" => "sqs", "outcome" => action.label())
+        let mut notes = Vec::new();
+        for (tx, database, action) in routed {
+            let action = self.drop_repeat(&database, action);
+            metrics::counter!("rotagate_events_total", "source" => "sqs", "outcome" => action.label(), "database" => database.clone())
+                .increment(1);
+            let (change, version) = match action {
+                EventAction::Rotate { version } => (Change::Current, version),
+                EventAction::Prefetch { version } => (Change::Pending, version),
+                EventAction::Ignore(why) | EventAction::Invalid(why) => {
+                    tracing::debug!(message_id = id, database = %database, reason = %why, "SQS event ignored");
+                    continue;
+                }
+            };
+            tracing::info!(message_id = id, database = %database, ?change, version = version.as_deref().unwrap_or(""), "secret change event");
+            let note = Note {
+                origin: "sqs",
+                change,
+                version,
+                counted: true,
+            };
+            notes.push((tx, note));
+        }
+        notes
+    }
+
+    /// A message no database takes: counted (without a database) and logged.
+    fn drop_unrouted(&self, id: &str, action: EventAction) -> Vec<(mpsc::Sender<Note>, Note)> {
+        metrics::counter!("rotagate_events_total", "source" => "sqs", "outcome" => action.label(), "database" => "")
             .increment(1);
-        let (change, version) = match action {
-            EventAction::Rotate { version } => (Change::Current, version),
-            EventAction::Prefetch { version } => (Change::Pending, version),
-            EventAction::Ignore(why) => {
-                tracing::debug!(message_id = id, reason = %why, "SQS event ignored");
-                return None;
-            }
+        match action {
             EventAction::Invalid(why) => {
-                tracing::warn!(message_id = id, reason = %why, "SQS message is not an event rotagate reads; deleted");
-                return None;
+                tracing::warn!(message_id = id, reason = %why, "SQS message is not an event rotagate reads; deleted")
             }
-        };
-        tracing::info!(
-            message_id = id,
-            ?change,
-            version = version.as_deref().unwrap_or(""),
-            "secret change event"
-        );
-        Some(Note {
-            origin: "sqs",
-            change,
-            version,
-            counted: true,
-        })
+            EventAction::Ignore(why) => {
+                tracing::info!(message_id = id, reason = %why, "SQS event for no served database (another secret, or not a change of AWSCURRENT); deleted")
+            }
+            _ => {}
+        }
+        Vec::new()
     }
 
     /// Events repeat (at-least-once delivery, a rule and a topic both routed to the queue):
     /// a (change, version) pair already passed on is ignored.
-    fn drop_repeat(&mut self, action: EventAction) -> EventAction {
+    fn drop_repeat(&mut self, database: &str, action: EventAction) -> EventAction {
         let key = match &action {
-            EventAction::Rotate { version: Some(v) } => (Change::Current, v.clone()),
-            EventAction::Prefetch { version: Some(v) } => (Change::Pending, v.clone()),
+            EventAction::Rotate { version: Some(v) } => {
+                (Change::Current, format!("{database}/{v}"))
+            }
+            EventAction::Prefetch { version: Some(v) } => {
+                (Change::Pending, format!("{database}/{v}"))
+            }
             _ => return action,
         };
         if self.recent.contains(&key) {
@@ -231,14 +367,4 @@ fn receive_count(m: &Message) -> u32 {
         .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
         .and_then(|n| n.parse().ok())
         .unwrap_or(1)
-}
-
-impl EventSource for SqsListener {
-    fn run(
-        self: Box<Self>,
-        tx: mpsc::Sender<Note>,
-        stop: CancellationToken,
-    ) -> BoxFuture<'static, ()> {
-        Box::pin((*self).listen(tx, stop))
-    }
 }

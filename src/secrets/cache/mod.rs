@@ -1,9 +1,11 @@
-//! The last-known-good cache: the last validated credential, encrypted with AES-256-GCM, written
-//! atomically with mode 0600. A cache that does not decrypt and authenticate is an error; it is
-//! never served. File layout: `RGLKG2` magic, 12-byte nonce, ciphertext (JSON) with its tag;
-//! the associated data binds the format version and what the entry is for (the upstream
-//! database), so a file cannot be passed off as another version's or another database's.
-//! `RGLKG1` files (no associated data) are still read, and replaced at the next write.
+//! The last-known-good cache: the last validated credential of each database, encrypted with
+//! AES-256-GCM, written atomically with mode 0600. A cache that does not decrypt and
+//! authenticate is an error; it is never served. One file holds an entry per database
+//! ([`file`]: `RGLKG3` magic, then per entry its name, a 12-byte nonce and the ciphertext
+//! (JSON) with its tag); each entry's associated data binds the format version and the
+//! database's name, so an entry cannot be passed off as another database's. `RGLKG2` files
+//! (one entry) and `RGLKG1` files (no associated data) are still read, and replaced at the
+//! next write.
 //!
 //! A write never follows a symlink: the temp file has a random name in the cache's own
 //! directory and is created with `O_CREAT|O_EXCL|O_NOFOLLOW`, mode 0600; it is fsynced, renamed
@@ -12,12 +14,12 @@
 use super::{Credentials, SecretString};
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
-const MAGIC: &[u8; 6] = b"RGLKG2";
+mod file;
+
+const MAGIC_V2: &[u8; 6] = b"RGLKG2";
 const MAGIC_V1: &[u8; 6] = b"RGLKG1";
 
 #[derive(Debug, thiserror::Error)]
@@ -75,8 +77,8 @@ struct Stored {
 pub struct Cache {
     path: PathBuf,
     key: CacheKey,
-    /// Associated data: the format version and what the entry is for.
-    aad: Vec<u8>,
+    /// The database this entry is for.
+    entry: String,
     /// Sequence number of the newest credential written; writes may run on other threads.
     written: std::sync::Mutex<u64>,
 }
@@ -84,12 +86,10 @@ pub struct Cache {
 impl Cache {
     /// A cache at `path` for the credential of upstream database `entry`.
     pub fn new(path: PathBuf, key: CacheKey, entry: &str) -> Self {
-        let mut aad = b"rotagate last-known-good v2\0database\0".to_vec();
-        aad.extend_from_slice(entry.as_bytes());
         Self {
             path,
             key,
-            aad,
+            entry: entry.to_owned(),
             written: std::sync::Mutex::new(0),
         }
     }
@@ -121,21 +121,29 @@ impl Cache {
         };
         let plain = Zeroizing::new(serde_json::to_vec(&stored).expect("serialising plain data"));
         let nonce: [u8; 12] = rand::random();
+        let aad = self.aad(b"v3");
         let sealed = self
             .cipher()
             .encrypt(
                 Nonce::from_slice(&nonce),
                 Payload {
                     msg: plain.as_slice(),
-                    aad: &self.aad,
+                    aad: &aad,
                 },
             )
             .map_err(|_| CacheError::Format(self.path.display().to_string()))?;
-        let mut file = MAGIC.to_vec();
-        file.extend_from_slice(&nonce);
-        file.extend_from_slice(&sealed);
-        replace(&self.path, &file)
+        let blob = [&nonce[..], &sealed].concat();
+        file::put_entry(&self.path, &self.entry, blob)
             .map_err(|e| CacheError::Write(self.path.display().to_string(), e))
+    }
+
+    /// Associated data of this entry in format `version`.
+    fn aad(&self, version: &[u8]) -> Vec<u8> {
+        let mut aad = b"rotagate last-known-good ".to_vec();
+        aad.extend_from_slice(version);
+        aad.extend_from_slice(b"\0database\0");
+        aad.extend_from_slice(self.entry.as_bytes());
+        aad
     }
 
     /// Reads and decrypts the cache; `Ok(None)` when there is no cache file.
@@ -146,16 +154,27 @@ impl Cache {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(CacheError::Read(name, e)),
         };
-        if bytes.len() < MAGIC.len() + 12 + 16 {
-            return Err(CacheError::Format(name));
-        }
-        let aad: &[u8] = match &bytes[..MAGIC.len()] {
-            m if m == MAGIC => &self.aad,
-            m if m == MAGIC_V1 => b"",
+        let (aad, blob) = match bytes.get(..file::MAGIC.len()) {
+            Some(m) if m == file::MAGIC => {
+                let entries =
+                    file::entries(&bytes).ok_or_else(|| CacheError::Format(name.clone()))?;
+                match entries.into_iter().find(|(n, _)| *n == self.entry) {
+                    Some((_, blob)) => (self.aad(b"v3"), blob),
+                    None => return Ok(None),
+                }
+            }
+            Some(m) if m == MAGIC_V2 => (self.aad(b"v2"), &bytes[MAGIC_V2.len()..]),
+            Some(m) if m == MAGIC_V1 => (Vec::new(), &bytes[MAGIC_V1.len()..]),
             _ => return Err(CacheError::Format(name)),
         };
-        let (nonce, sealed) = bytes[MAGIC.len()..].split_at(12);
-        let payload = Payload { msg: sealed, aad };
+        if blob.len() < 12 + 16 {
+            return Err(CacheError::Format(name));
+        }
+        let (nonce, sealed) = blob.split_at(12);
+        let payload = Payload {
+            msg: sealed,
+            aad: &aad,
+        };
         let plain = Zeroizing::new(
             self.cipher()
                 .decrypt(Nonce::from_slice(nonce), payload)
@@ -171,37 +190,6 @@ impl Cache {
             version: s.version,
         }))
     }
-}
-
-/// Writes `bytes` to a new temp file beside `path` and renames it over `path`: a random name,
-/// created exclusively (never through a symlink or over a file planted there), mode 0600,
-/// fsynced, then the rename, then the directory fsynced so the rename survives a crash.
-fn replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{:016x}.tmp", rand::random::<u64>()));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    if let Err(e) = write() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -296,15 +284,33 @@ mod tests {
         Cache::new(path.clone(), same(), "app")
             .store(&creds())
             .unwrap();
+        assert!(
+            Cache::new(path.clone(), same(), "other")
+                .load()
+                .unwrap()
+                .is_none()
+        );
+        // app's sealed entry filed under another database's name does not decrypt...
+        let raw = std::fs::read(&path).unwrap();
+        let blob = file::entries(&raw).unwrap()[0].1.to_vec();
+        let renamed = [
+            &file::MAGIC[..],
+            &5u16.to_be_bytes(),
+            b"other",
+            &(blob.len() as u32).to_be_bytes(),
+            &blob,
+        ]
+        .concat();
+        std::fs::write(&path, renamed).unwrap();
         assert!(matches!(
             Cache::new(path.clone(), same(), "other").load(),
             Err(CacheError::Decrypt(_))
         ));
-        // A v2 body relabelled as v1 (no associated data) does not decrypt either.
-        let mut raw = std::fs::read(&path).unwrap();
-        raw[..6].copy_from_slice(MAGIC_V1);
-        std::fs::write(&path, &raw).unwrap();
-        assert!(Cache::new(path.clone(), same(), "app").load().is_err());
+        // ...nor relabelled as an older format (other associated data, or none).
+        for magic in [MAGIC_V2, MAGIC_V1] {
+            std::fs::write(&path, [&magic[..], &blob].concat()).unwrap();
+            assert!(Cache::new(path.clone(), same(), "app").load().is_err());
+        }
         // A v1 file, as earlier releases wrote it, is read.
         let nonce = [7u8; 12];
         let plain = serde_json::to_vec(&serde_json::json!({"username": "u", "password": "p",
@@ -318,6 +324,41 @@ mod tests {
         std::fs::write(&path, v1).unwrap();
         let back = Cache::new(path, same(), "app").load().unwrap().unwrap();
         assert_eq!(back.version, "v1");
+    }
+
+    #[test]
+    fn one_file_holds_every_database_and_a_write_keeps_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lkg.bin");
+        let k = key();
+        let cache = |db: &str| Cache::new(path.clone(), CacheKey(k.0.clone()), db);
+        // An older single-entry file is replaced at the first write.
+        std::fs::write(&path, [&MAGIC_V2[..], &[0u8; 40]].concat()).unwrap();
+        let mut c = creds();
+        for db in ["db_a", "db_b", "db_c"] {
+            c.version = format!("{db}-v1");
+            cache(db).store(&c).unwrap();
+        }
+        c.version = "db_b-v2".into();
+        cache("db_b").store(&c).unwrap();
+        for (db, version) in [
+            ("db_a", "db_a-v1"),
+            ("db_b", "db_b-v2"),
+            ("db_c", "db_c-v1"),
+        ] {
+            assert_eq!(cache(db).load().unwrap().unwrap().version, version);
+        }
+        assert!(cache("db_d").load().unwrap().is_none());
+        let raw = std::fs::read(&path).unwrap();
+        assert_eq!(file::entries(&raw).unwrap().len(), 3);
+        // Tampering with one entry (the last one: db_b, rewritten last) breaks that one only.
+        let mut bad = raw.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        std::fs::write(&path, bad).unwrap();
+        assert!(matches!(cache("db_b").load(), Err(CacheError::Decrypt(_))));
+        assert!(cache("db_a").load().unwrap().is_some());
+        assert!(cache("db_c").load().unwrap().is_some());
     }
 
     #[test]
