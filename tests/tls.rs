@@ -4,46 +4,9 @@
 mod common;
 
 use common::pg::{Pg, give_to_pg};
+use common::pki::{Pki, pki};
 use common::*;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-use std::path::{Path, PathBuf};
-
-struct Pki {
-    ca: PathBuf,
-    other_ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-fn make_ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
-}
-
-/// A CA and a server certificate for "localhost" only (not for 127.0.0.1).
-fn pki(dir: &Path) -> Pki {
-    let ca = make_ca("rotagate test CA");
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "localhost");
-    let cert = params.signed_by(&key, &ca).unwrap();
-    let p = Pki {
-        ca: dir.join("ca.pem"),
-        other_ca: dir.join("other-ca.pem"),
-        cert: dir.join("server.crt"),
-        key: dir.join("server.key"),
-    };
-    std::fs::write(&p.ca, ca.pem()).unwrap();
-    std::fs::write(&p.other_ca, make_ca("someone else").pem()).unwrap();
-    std::fs::write(&p.cert, cert.pem()).unwrap();
-    std::fs::write(&p.key, key.serialize_pem()).unwrap();
-    std::fs::set_permissions(&p.key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    p
-}
+use std::path::Path;
 
 /// `[listen]` lines serving the test certificate, plus `extra`.
 fn tls_listen(pki: &Pki, extra: &str) -> String {

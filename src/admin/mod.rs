@@ -104,6 +104,29 @@ fn database_status(db: &Database) -> serde_json::Value {
         },
         "last_attempt": rotation.last_attempt,
         "pools": db.pools.counts(),
+        "token": token_status(db),
+    })
+}
+
+/// For a token source (RDS IAM): when the token in use was signed, its age and its expiry;
+/// never the token. Null otherwise.
+fn token_status(db: &Database) -> serde_json::Value {
+    let creds = db.pools.current_creds();
+    let Some(status) = creds.token.as_ref().and_then(|t| t.0.status()) else {
+        return serde_json::Value::Null;
+    };
+    let unix = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    };
+    let age = SystemTime::now()
+        .duration_since(status.signed_at)
+        .unwrap_or_default();
+    serde_json::json!({
+        "signed_at": unix(status.signed_at),
+        "age_seconds": age.as_secs(),
+        "valid_until": unix(status.valid_until),
     })
 }
 

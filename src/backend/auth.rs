@@ -5,7 +5,7 @@
 use super::query::{next_message, server_error};
 use super::{BackendError, ServerConn};
 use crate::config::ChannelBinding;
-use crate::secrets::Credentials;
+use crate::secrets::SecretString;
 use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::md5_hash;
@@ -42,10 +42,11 @@ impl AuthPolicy {
 
 pub async fn authenticate(
     conn: &mut ServerConn,
-    creds: &Credentials,
+    username: &str,
+    password: &SecretString,
     policy: &AuthPolicy,
 ) -> Result<(), BackendError> {
-    let password = creds.password.expose().as_bytes();
+    let password = password.expose().as_bytes();
     let mut out = BytesMut::new();
     loop {
         match next_message(conn).await? {
@@ -62,7 +63,7 @@ pub async fn authenticate(
             }
             Message::AuthenticationMd5Password(body) => {
                 policy.refuse_unbound("an md5 password")?;
-                let hash = md5_hash(creds.username.as_bytes(), password, body.salt());
+                let hash = md5_hash(username.as_bytes(), password, body.salt());
                 frontend::password_message(hash.as_bytes(), &mut out)?;
             }
             Message::AuthenticationSasl(body) => {

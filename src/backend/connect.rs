@@ -67,7 +67,11 @@ pub async fn connect(
         };
         startup(&mut conn, target, creds).await?;
         let policy = policy(&conn.stream, target);
-        auth::authenticate(&mut conn, creds, &policy).await?;
+        let password = creds
+            .login_password()
+            .await
+            .map_err(|e| BackendError::Password(e.to_string()))?;
+        auth::authenticate(&mut conn, &creds.username, &password, &policy).await?;
         read_params(&mut conn).await?;
         Ok(conn)
     };

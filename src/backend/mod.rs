@@ -100,6 +100,9 @@ pub enum BackendError {
     Server { code: String, message: String },
     #[error("upstream protocol error: {0}")]
     Protocol(String),
+    /// No password for the login (an RDS IAM token could not be signed).
+    #[error("no password for the upstream login: {0}")]
+    Password(String),
 }
 
 impl BackendError {
@@ -118,6 +121,7 @@ impl BackendError {
             BackendError::Auth { .. } => "the upstream server refused rotagate's login",
             BackendError::Server { .. } => "the upstream server reported an error",
             BackendError::Protocol(_) => "the upstream server broke the protocol",
+            BackendError::Password(_) => "rotagate has no password for the upstream login",
         }
     }
 

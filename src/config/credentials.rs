@@ -15,11 +15,13 @@ pub(super) fn credentials(c: &mut Check, r: Option<RawCredentials>) -> Credentia
     });
     let aws = r.aws.map(|a| aws(c, a));
     let vault = r.vault.map(|v| vault(c, v));
+    let rds_iam = r.rds_iam.map(|i| rds_iam(c, i));
     for kind in &sources {
         let (section, missing) = match kind {
             SourceKind::File => ("file", file.is_none()),
             SourceKind::Aws => ("aws", aws.is_none()),
             SourceKind::Vault => ("vault", vault.is_none()),
+            SourceKind::RdsIam => ("rds_iam", rds_iam.is_none()),
         };
         if missing {
             c.err(
@@ -53,7 +55,49 @@ pub(super) fn credentials(c: &mut Check, r: Option<RawCredentials>) -> Credentia
         file,
         aws,
         vault,
+        rds_iam,
         cache_key: None,
+    }
+}
+
+fn rds_iam(c: &mut Check, r: RawRdsIamSource) -> RdsIamSourceConfig {
+    RdsIamSourceConfig {
+        user: c
+            .required("credentials.rds_iam.user", r.user.as_ref())
+            .to_owned(),
+        region: r.region.filter(|s| !s.trim().is_empty()),
+        endpoint_url: http_url(c, "credentials.rds_iam.endpoint_url", r.endpoint_url),
+    }
+}
+
+/// An RDS IAM token is a bearer password: it goes only over TLS whose certificate is
+/// verified, it is the only source (a fallback to a stored password would defeat it), and
+/// there is nothing to cache.
+pub(super) fn check_rds_iam(c: &mut Check, upstream: &UpstreamConfig, cred: &CredentialsConfig) {
+    if !cred.sources.contains(&SourceKind::RdsIam) {
+        return;
+    }
+    if !matches!(
+        upstream.tls,
+        UpstreamTls::VerifyCa | UpstreamTls::VerifyFull
+    ) {
+        c.err(
+            "upstream.tls",
+            "must be verify-ca or verify-full with source = \"rds-iam\" (an IAM token is sent \
+             in cleartext inside TLS: only to a verified server)",
+        );
+    }
+    if cred.sources.len() > 1 {
+        c.err(
+            "credentials.source",
+            "rds-iam cannot be combined with other sources",
+        );
+    }
+    if cred.cache_file.is_some() {
+        c.err(
+            "credentials.cache_file",
+            "is not used with rds-iam (tokens are signed for each login; nothing to cache)",
+        );
     }
 }
 
@@ -67,7 +111,7 @@ fn sources(c: &mut Check, v: Option<OneOrMany>) -> Vec<SourceKind> {
     if names.is_empty() {
         c.err(
             "credentials.source",
-            "is required (file, aws or vault, or a list of them)",
+            "is required (file, aws, vault or rds-iam, or a list of them)",
         );
         return vec![SourceKind::File];
     }
@@ -77,10 +121,11 @@ fn sources(c: &mut Check, v: Option<OneOrMany>) -> Vec<SourceKind> {
             "file" => SourceKind::File,
             "aws" => SourceKind::Aws,
             "vault" => SourceKind::Vault,
+            "rds-iam" => SourceKind::RdsIam,
             _ => {
                 c.err(
                     "credentials.source",
-                    "must be one of file, aws, vault (the value is not shown)".to_owned(),
+                    "must be one of file, aws, vault, rds-iam (the value is not shown)".to_owned(),
                 );
                 continue;
             }
@@ -237,6 +282,44 @@ mod tests {
 
     const BASE: &str = "[[clients]]\nuser = \"app\"\npassword = \"pw\"\n\
         [upstream]\nhost = \"db.example.com\"\ndatabase = \"app\"\n[credentials]\nsource = \"aws\"\n";
+
+    #[test]
+    fn rds_iam_needs_verified_tls_and_stands_alone() {
+        let iam = BASE.replace("source = \"aws\"", "source = \"rds-iam\"")
+            + "[credentials.rds_iam]\nuser = \"app_iam\"\n";
+        // A host off loopback defaults to verify-full.
+        let c = parse(&iam, []).unwrap();
+        assert_eq!(
+            c.databases[0].credentials.rds_iam.as_ref().unwrap().user,
+            "app_iam"
+        );
+        for tls in ["disable", "prefer", "require"] {
+            let text = iam.replace(
+                "database = \"app\"",
+                &format!("database = \"app\"\ntls = \"{tls}\""),
+            );
+            let e = parse(&text, []).unwrap_err().to_string();
+            assert!(
+                e.contains("upstream.tls") && e.contains("rds-iam"),
+                "{tls}: {e}"
+            );
+        }
+        let with_file = iam.replace("source = \"rds-iam\"", "source = [\"rds-iam\", \"file\"]")
+            + "[credentials.file]\npath = \"/s.json\"\n";
+        assert!(
+            parse(&with_file, [])
+                .unwrap_err()
+                .to_string()
+                .contains("credentials.source")
+        );
+        let no_user = iam.replace("user = \"app_iam\"", "");
+        assert!(
+            parse(&no_user, [])
+                .unwrap_err()
+                .to_string()
+                .contains("credentials.rds_iam.user")
+        );
+    }
 
     #[test]
     fn an_aws_source_is_read_with_its_defaults() {

@@ -30,6 +30,7 @@ pub(super) fn databases(
         let upstream = upstream(c, r.upstream);
         let pool = pool(c, r.pool.unwrap_or_default(), pool_defaults);
         let credentials = super::credentials::credentials(c, r.credentials);
+        super::credentials::check_rds_iam(c, &upstream, &credentials);
         out.push(DatabaseConfig {
             name,
             upstream,

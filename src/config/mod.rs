@@ -202,6 +202,8 @@ pub enum SourceKind {
     File,
     Aws,
     Vault,
+    /// RDS IAM authentication tokens, signed for each new login.
+    RdsIam,
 }
 
 #[derive(Debug, Clone)]
@@ -217,6 +219,7 @@ pub struct CredentialsConfig {
     pub file: Option<FileSourceConfig>,
     pub aws: Option<AwsSourceConfig>,
     pub vault: Option<VaultSourceConfig>,
+    pub rds_iam: Option<RdsIamSourceConfig>,
     /// From `ROTAGATE_CACHE_KEY` (base64 of 32 bytes), when set.
     pub cache_key: Option<SecretString>,
 }
@@ -238,6 +241,16 @@ pub struct AwsSourceConfig {
     /// Events from any other AWS account are dropped; default: the account in `secret_id`
     /// when that is an ARN.
     pub expected_account: Option<String>,
+}
+
+/// `[credentials.rds_iam]`: the database user the tokens are for. Without `region` the SDK's
+/// chain decides (`AWS_REGION`, the profile, instance metadata); `endpoint_url` is for the
+/// credential chain's STS calls (tests).
+#[derive(Debug, Clone)]
+pub struct RdsIamSourceConfig {
+    pub user: String,
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
 }
 
 /// `[credentials.vault]`: where Vault is, how rotagate logs in, and which secret it reads.

@@ -120,6 +120,15 @@ pub struct RawCredentials {
     pub file: Option<RawFileSource>,
     pub aws: Option<RawAwsSource>,
     pub vault: Option<RawVaultSource>,
+    pub rds_iam: Option<RawRdsIamSource>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRdsIamSource {
+    pub user: Option<String>,
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
 }
 
 /// `source = "aws"` or, with fallbacks in order, `source = ["aws", "vault"]`.

@@ -132,9 +132,11 @@ fn single_database(
     pool: PoolConfig,
 ) -> DatabaseConfig {
     let upstream = upstream(c, upstream_raw);
+    let credentials = super::credentials::credentials(c, credentials);
+    super::credentials::check_rds_iam(c, &upstream, &credentials);
     DatabaseConfig {
         name: upstream.database.clone(),
-        credentials: super::credentials::credentials(c, credentials),
+        credentials,
         upstream,
         pool,
         origin: String::new(),

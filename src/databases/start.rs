@@ -125,6 +125,12 @@ async fn one_source(
             Ok((Arc::new(provider), events))
         }
         (SourceKind::Vault, _, _, Some(v)) => vault::source(v).await,
+        (SourceKind::RdsIam, ..) if c.rds_iam.is_some() => {
+            let iam = c.rds_iam.as_ref().context("rds_iam")?;
+            let up = &cfg.upstream;
+            let provider = aws::rds_iam::source(iam, &up.host, up.port).await?;
+            Ok((Arc::new(provider), vec![]))
+        }
         (kind, ..) => anyhow::bail!("credential source {kind:?} has no section"),
     }
 }

@@ -16,6 +16,30 @@ pub struct Credentials {
     pub port: Option<u16>,
     pub dbname: Option<String>,
     pub version: String,
+    /// Where each login's password comes from when it is not `password` (RDS IAM tokens).
+    pub token: Option<TokenSource>,
+}
+
+/// A source of login passwords (see [`LoginToken`]); equal only to itself.
+#[derive(Clone)]
+pub struct TokenSource(pub std::sync::Arc<dyn super::provider::LoginToken>);
+
+impl PartialEq for TokenSource {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for TokenSource {}
+
+impl Credentials {
+    /// The password for a login starting now: a fresh token, or the stored password.
+    pub async fn login_password(&self) -> Result<SecretString, super::provider::SourceError> {
+        match &self.token {
+            Some(t) => t.0.password().await,
+            None => Ok(self.password.clone()),
+        }
+    }
 }
 
 impl fmt::Debug for Credentials {
@@ -27,6 +51,7 @@ impl fmt::Debug for Credentials {
             .field("port", &self.port)
             .field("dbname", &self.dbname)
             .field("version", &self.version)
+            .field("token", &self.token.as_ref().map(|_| "***"))
             .finish()
     }
 }
@@ -81,6 +106,7 @@ impl Credentials {
             port: raw.port.map(parse_port).transpose()?,
             dbname: raw.dbname.filter(|d| !d.is_empty()),
             version,
+            token: None,
         })
     }
 }

@@ -62,6 +62,22 @@ pub enum Stage {
     Pending,
 }
 
+/// Where the password of each login comes from when it changes by itself, more often than
+/// the credential (RDS IAM tokens): a fresh password is asked for at every login.
+pub trait LoginToken: Send + Sync {
+    /// The password for a login starting now.
+    fn password(&self) -> BoxFuture<'_, Result<super::SecretString, SourceError>>;
+    /// When the password in use was made and until when it is valid; never the password.
+    fn status(&self) -> Option<TokenStatus>;
+}
+
+/// What `/status` may show of a [`LoginToken`].
+#[derive(Debug, Clone, Copy)]
+pub struct TokenStatus {
+    pub signed_at: std::time::SystemTime,
+    pub valid_until: std::time::SystemTime,
+}
+
 pub trait SecretProvider: Send + Sync {
     /// Short name for logs, metrics and /status ("file", "aws", "vault").
     fn kind(&self) -> &'static str;

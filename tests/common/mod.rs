@@ -6,6 +6,7 @@ pub mod aws;
 pub mod bao;
 pub mod fault;
 pub mod pg;
+pub mod pki;
 pub mod process;
 pub mod wire;
 

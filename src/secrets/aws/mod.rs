@@ -7,9 +7,11 @@
 //! - [`events`]: the pure core that understands the change events arriving over SQS
 //!   (EventBridge and CloudTrail shapes, optionally inside an SNS envelope), and
 //!   [`SecretMatcher`], which decides whether an event names the configured secret;
+//! - [`rds_iam`]: RDS IAM auth tokens as a credential source, signed for each login;
 //! - `sdk`: the SDK's configuration (rustls on ring) and what its errors mean.
 
 pub mod events;
+pub mod rds_iam;
 mod sdk;
 pub mod secrets_manager;
 pub mod sqs;

@@ -20,6 +20,20 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The SDK configuration for this source: region from config, else from the secret's ARN,
 /// else the SDK's chain; `endpoint_url` (a local emulator, a VPC endpoint) when set.
 pub async fn load(cfg: &AwsSourceConfig) -> anyhow::Result<SdkConfig> {
+    let region = cfg.region.clone().or_else(|| region_of(&cfg.secret_id));
+    load_for(region, cfg.endpoint_url.as_deref())
+        .await
+        .map_err(|e| {
+            e.context("set credentials.aws.region, give secret_id as an ARN, or set AWS_REGION")
+        })
+}
+
+/// The SDK's configuration: its credential chain, `region` (else the SDK's chain) and an
+/// endpoint for every call (tests).
+pub async fn load_for(
+    region: Option<String>,
+    endpoint_url: Option<&str>,
+) -> anyhow::Result<SdkConfig> {
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
         .build_https();
@@ -30,17 +44,14 @@ pub async fn load(cfg: &AwsSourceConfig) -> anyhow::Result<SdkConfig> {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .http_client(http)
         .timeout_config(timeouts);
-    if let Some(region) = cfg.region.clone().or_else(|| region_of(&cfg.secret_id)) {
+    if let Some(region) = region {
         loader = loader.region(Region::new(region));
     }
-    if let Some(url) = &cfg.endpoint_url {
+    if let Some(url) = endpoint_url {
         loader = loader.endpoint_url(url);
     }
     let sdk = loader.load().await;
-    anyhow::ensure!(
-        sdk.region().is_some(),
-        "no AWS region: set credentials.aws.region, give secret_id as an ARN, or set AWS_REGION"
-    );
+    anyhow::ensure!(sdk.region().is_some(), "no AWS region");
     Ok(sdk)
 }
 

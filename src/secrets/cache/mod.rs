@@ -188,6 +188,7 @@ impl Cache {
             port: s.port,
             dbname: s.dbname,
             version: s.version,
+            token: None,
         }))
     }
 }
