@@ -305,3 +305,17 @@ async fn sighup_adds_removes_and_changes_databases() {
     let log = r.stop().await;
     assert!(log.contains("database removed"), "{log}");
 }
+
+/// The shipped configurations are valid: the example (one database) and the compose stack's
+/// (two databases, one queue).
+#[test]
+fn the_shipped_configs_are_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let vars = || [("VAULT_TOKEN".to_owned(), "x".to_owned())];
+    let example = rotagate::config::load(&root.join("config/rotagate.example.toml"), vars());
+    assert_eq!(example.unwrap().databases.len(), 1);
+    let compose =
+        rotagate::config::load(&root.join("config/compose/rotagate.toml"), vars()).unwrap();
+    let names: Vec<&str> = compose.databases.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["app", "reports"]);
+}
