@@ -355,3 +355,92 @@ async fn an_event_ahead_of_the_source_is_looked_at_again() {
     w.aws.promote(SECRET, &version).await;
     generation_above(&r, g, "the swap on the second look").await;
 }
+
+/// Two databases, each with its own secret, their events on one queue: each event reaches
+/// the database whose secret it names and only that one rotates; an event for a secret no
+/// database serves is counted without a database and deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_queue_carries_events_for_two_databases() {
+    let w = world().await;
+    w.pg.sql("CREATE ROLE owner_b LOGIN PASSWORD 'b-pw-1'");
+    w.pg.sql("CREATE DATABASE db_b OWNER owner_b");
+    let b_json = |pw: &str| {
+        format!(
+            r#"{{"username":"owner_b","password":"{pw}","host":"127.0.0.1","port":{},"dbname":"db_b"}}"#,
+            w.pg.port
+        )
+    };
+    let b_arn = w.aws.create_secret("other/db_b", b_json("b-pw-1")).await;
+    let queue = w.aws.create_queue("shared-events").await;
+    w.aws.route(&queue).await;
+    let entry = |name: &str, secret: &str| {
+        format!(
+            "[[databases]]\nname = \"{name}\"\n[databases.upstream]\nhost = \"127.0.0.1\"\n\
+             port = {}\ndatabase = \"{name}\"\ntls = \"disable\"\n[databases.credentials]\n\
+             source = \"aws\"\nrefresh_interval = \"1h\"\n{}",
+            w.pg.port,
+            w.moto
+                .section(secret, Some(&queue))
+                .replace("[credentials.aws]", "[databases.credentials.aws]")
+        )
+    };
+    let mut b = TestProxy::builder(&w.pg)
+        .databases(&(entry("appdb", SECRET) + &entry("db_b", "other/db_b")));
+    for (k, v) in w.moto.env() {
+        b = b.var(&k, &v);
+    }
+    let r = b.spawn().await;
+    r.ready().await;
+    let generation_of = |db: &'static str| {
+        let r = &r;
+        async move {
+            let s: serde_json::Value = serde_json::from_str(&r.get("/status").await.1).unwrap();
+            s["databases"][db]["generation"].as_u64().unwrap_or(0)
+        }
+    };
+    // db_b's rotation: only db_b moves.
+    let version = w.aws.put_pending("other/db_b", b_json("b-pw-2")).await;
+    w.pg.sql("ALTER ROLE owner_b PASSWORD 'b-pw-2'");
+    w.aws.promote("other/db_b", &version).await;
+    w.aws
+        .put_event(&fixture_event("label-updated", &b_arn, &version))
+        .await;
+    wait_until(20, "db_b's new generation", || async {
+        generation_of("db_b").await == 2
+    })
+    .await;
+    assert_eq!(generation_of("appdb").await, 1);
+    // appdb's rotation: only appdb moves.
+    let version = w.rotate(1).await;
+    w.aws
+        .put_event(&fixture_event("label-updated", &w.arn, &version))
+        .await;
+    wait_until(20, "appdb's new generation", || async {
+        generation_of("appdb").await == 2
+    })
+    .await;
+    assert_eq!(generation_of("db_b").await, 2);
+    // A secret nobody serves: logged, counted without a database, deleted.
+    let stray = w.aws.create_secret("nobody/db", b_json("x")).await;
+    w.aws
+        .put_event(&fixture_event("label-updated", &stray, "v-stray"))
+        .await;
+    wait_until(20, "the stray event counted", || async {
+        r.metric("rotagate_events_total", "database=\"\"").await >= 1.0
+    })
+    .await;
+    wait_until(20, "the queue emptied", || async {
+        w.aws.depth(&queue).await == 0
+    })
+    .await;
+    for db in ["appdb", "db_b"] {
+        let applied = format!("outcome=\"applied\",database=\"{db}\"");
+        assert_eq!(
+            r.metric("rotagate_events_total", &applied).await,
+            1.0,
+            "{db}"
+        );
+    }
+    let log = r.stop().await;
+    assert!(log.contains("no served database"), "{log}");
+}
