@@ -2,8 +2,9 @@
 //! `pool` (over the top-level `[pool]` defaults) and `credentials`. Errors carry the entry's
 //! path, as in `databases[1].credentials.aws.secret_id`.
 
+use super::pool::pool;
 use super::raw::*;
-use super::validate::{Check, pool, upstream};
+use super::validate::{Check, upstream};
 use super::*;
 
 /// PostgreSQL's limit on a database name (NAMEDATALEN - 1).

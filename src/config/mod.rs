@@ -5,6 +5,7 @@
 mod credentials;
 mod databases;
 mod env;
+mod pool;
 mod raw;
 mod validate;
 
