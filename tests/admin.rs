@@ -117,6 +117,9 @@ async fn every_contract_metric_has_help_text_and_bounded_labels() {
         "rotagate_transactions_total",
         "rotagate_pool_wait_seconds",
         "rotagate_cache_write_failures_total",
+        "rotagate_pinned_clients",
+        "rotagate_prepared_statements",
+        "rotagate_statement_prepares_total",
     ] {
         let series: Vec<&str> = metrics
             .lines()

@@ -32,9 +32,6 @@ pub fn install() -> PrometheusHandle {
 /// Counters that alerts use with rate() exist from the start, at zero (the per-database ones
 /// when their database starts).
 fn zero() {
-    metrics::gauge!("rotagate_pinned_clients").set(0.0);
-    metrics::gauge!("rotagate_prepared_statements").set(0.0);
-    metrics::counter!("rotagate_statement_prepares_total").increment(0);
     metrics::gauge!("rotagate_pending_auth_connections").set(0.0);
     metrics::counter!("rotagate_pending_auth_evicted_total").increment(0);
     metrics::counter!("rotagate_admin_connections_evicted_total").increment(0);

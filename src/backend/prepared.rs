@@ -43,6 +43,8 @@ pub struct Prepared {
     /// sent) and are not evicted: closing one would close a portal bound to it.
     in_use_from: u64,
     gauge: metrics::Gauge,
+    /// `rotagate_statement_prepares_total` of the connection's database.
+    prepares: metrics::Counter,
 }
 
 impl Default for Prepared {
@@ -51,8 +53,23 @@ impl Default for Prepared {
             names: HashMap::new(),
             tick: 0,
             in_use_from: 0,
-            gauge: metrics::gauge!("rotagate_prepared_statements"),
+            gauge: metrics::Gauge::noop(),
+            prepares: metrics::Counter::noop(),
         }
+    }
+}
+
+impl Prepared {
+    /// Counts this connection's statements under its database (before any is prepared).
+    pub fn count_for(&mut self, database: &str) {
+        let db = database.to_owned();
+        self.gauge = metrics::gauge!("rotagate_prepared_statements", "database" => db.clone());
+        self.prepares = metrics::counter!("rotagate_statement_prepares_total", "database" => db);
+    }
+
+    /// A statement was prepared (sent as a Parse) on this connection.
+    pub fn count_prepare(&self) {
+        self.prepares.increment(1);
     }
 }
 

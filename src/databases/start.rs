@@ -189,5 +189,8 @@ fn zero_metrics(name: &str) {
             .increment(0);
     }
     metrics::gauge!("rotagate_breaker_open", "database" => db()).set(0.0);
+    metrics::gauge!("rotagate_pinned_clients", "database" => db()).set(0.0);
+    metrics::gauge!("rotagate_prepared_statements", "database" => db()).set(0.0);
+    metrics::counter!("rotagate_statement_prepares_total", "database" => db()).increment(0);
     metrics::counter!("rotagate_cache_write_failures_total", "database" => db()).increment(0);
 }

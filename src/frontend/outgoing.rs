@@ -279,7 +279,7 @@ fn prepare(stmt: &Statement, client: Option<&[u8]>, tx: &mut Tx<'_>) {
     evict(tx);
     msg::parse(tx.out, stmt.upstream.as_bytes(), &stmt.tail);
     tx.prepared.insert(stmt.upstream.clone());
-    metrics::counter!("rotagate_statement_prepares_total").increment(1);
+    tx.prepared.count_prepare();
     let entry = Entry::new(Expect::Parse).effect(Effect::Prepare {
         upstream: stmt.upstream.clone(),
         client: client.map(Into::into),

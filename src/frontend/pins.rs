@@ -10,6 +10,14 @@ use super::classify::PinReason;
 pub struct Pins {
     /// Bit per [`PinReason`] this client was pinned for.
     reasons: u8,
+    /// The client's database (the `database` label of the pin metrics).
+    pub database: Option<std::sync::Arc<str>>,
+}
+
+impl Pins {
+    fn label(&self) -> String {
+        self.database.as_deref().unwrap_or("").to_owned()
+    }
 }
 
 fn bit(reason: PinReason) -> u8 {
@@ -34,10 +42,11 @@ impl Pins {
             return;
         }
         if !self.is_pinned() {
-            metrics::gauge!("rotagate_pinned_clients").increment(1.0);
+            metrics::gauge!("rotagate_pinned_clients", "database" => self.label()).increment(1.0);
         }
         self.reasons |= bit(reason);
-        metrics::counter!("rotagate_pins_total", "reason" => reason.label()).increment(1);
+        metrics::counter!("rotagate_pins_total", "reason" => reason.label(), "database" => self.label())
+            .increment(1);
         tracing::info!(
             client = who,
             reason = reason.label(),
@@ -49,7 +58,7 @@ impl Pins {
     /// DISCARD ALL succeeded: nothing of the session is left to keep.
     pub fn unpin(&mut self) {
         if self.is_pinned() {
-            metrics::gauge!("rotagate_pinned_clients").decrement(1.0);
+            metrics::gauge!("rotagate_pinned_clients", "database" => self.label()).decrement(1.0);
             self.reasons = 0;
         }
     }

@@ -45,6 +45,7 @@ pub async fn serve(login: Login, fe: &Frontend, worker: usize) {
         ..ClientState::default()
     };
     let mut client = ClientSide::new(stream, rbuf, state, worker);
+    client.state.pins.database = Some(route.pools.database().clone());
     match run(&mut client, fe, &route).await {
         Ok(()) | Err(FrontendError::Reported) => {}
         Err(e) => {

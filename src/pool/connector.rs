@@ -95,6 +95,7 @@ async fn login(g: &Generation) -> Result<ServerConn, BackendError> {
         Ok(mut conn) => {
             metrics::counter!("rotagate_server_logins_total", "result" => "success", "database" => db)
                 .increment(1);
+            conn.prepared.count_for(&c.database);
             conn.database = c.database.clone();
             Ok(conn)
         }

@@ -60,6 +60,7 @@ pub(crate) async fn health_check(
     tokio::time::timeout(target.connect_timeout, query::simple(&mut conn, "SELECT 1"))
         .await
         .map_err(|_| BackendError::Timeout(target.connect_timeout))??;
+    conn.prepared.count_for(database);
     conn.database = database.clone();
     Ok(conn)
 }
