@@ -140,6 +140,7 @@ async fn login(
 /// rotations; nothing of a token reaches /status, /metrics or the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logins_use_tokens_botocore_accepts_and_no_token_shows() {
+    python(); // fails here, saying what to install, rather than in the stub
     let dir = tempfile::tempdir().unwrap();
     let pki = pki(dir.path());
     let pg = Pg::start();

@@ -25,8 +25,8 @@ pub struct CancelSlot {
     /// The client waits for an upstream connection: a cancel ends the wait.
     waiting: AtomicBool,
     wake_waiter: Notify,
-    /// Where the client's database is: a cancel is forwarded there.
-    pub upstream: Option<Arc<UpstreamTarget>>,
+    /// The server of the connection the client uses (or used last): a cancel goes there.
+    upstream: arc_swap::ArcSwapOption<UpstreamTarget>,
 }
 
 impl std::fmt::Debug for CancelSlot {
@@ -38,6 +38,24 @@ impl std::fmt::Debug for CancelSlot {
 }
 
 impl CancelSlot {
+    /// The client's connections now log in to `target` (stored only when it changed: once
+    /// per session, and after a failover).
+    pub fn aim(&self, target: &Arc<UpstreamTarget>) {
+        let same = self
+            .upstream
+            .load()
+            .as_ref()
+            .is_some_and(|t| Arc::ptr_eq(t, target));
+        if !same {
+            self.upstream.store(Some(target.clone()));
+        }
+    }
+
+    /// Where a cancel for this client goes.
+    pub fn upstream(&self) -> Option<Arc<UpstreamTarget>> {
+        self.upstream.load_full()
+    }
+
     /// The client now uses this upstream connection.
     pub fn attach(&self, pid: i32, key: i32) {
         let word = (u64::from(pid as u32) << 32) | u64::from(key as u32);
@@ -128,22 +146,14 @@ impl Drop for CancelKey {
 }
 
 impl CancelRegistry {
-    /// Registers a client of the database at `upstream` under `pid` (the upstream pid in
-    /// session mode) or a random one.
-    pub fn register(
-        self: &Arc<Self>,
-        pid: Option<i32>,
-        upstream: Option<Arc<UpstreamTarget>>,
-    ) -> CancelKey {
+    /// Registers a client under `pid` (the upstream pid in session mode) or a random one.
+    pub fn register(self: &Arc<Self>, pid: Option<i32>) -> CancelKey {
         let mut map = self.map.lock().expect("cancel map lock");
         loop {
             let pid = pid.unwrap_or_else(|| rand::random::<i32>() & 0x7fff_ffff);
             let key = rand::random::<i32>();
             if let std::collections::hash_map::Entry::Vacant(v) = map.entry((pid, key)) {
-                let slot = Arc::new(CancelSlot {
-                    upstream: upstream.clone(),
-                    ..CancelSlot::default()
-                });
+                let slot = Arc::new(CancelSlot::default());
                 v.insert(slot.clone());
                 return CancelKey {
                     pid,
@@ -173,7 +183,7 @@ mod tests {
     #[tokio::test]
     async fn routes_only_while_attached_and_forgets_on_drop() {
         let reg = Arc::new(CancelRegistry::default());
-        let k = reg.register(Some(42), None);
+        let k = reg.register(Some(42));
         assert_eq!(k.pid, 42);
         let slot = reg.lookup(42, k.key).unwrap();
         assert_eq!(slot.begin(), None);

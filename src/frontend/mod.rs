@@ -145,7 +145,7 @@ async fn forward_cancel(fe: &Frontend, pid: i32, key: i32) {
     let Some(slot) = fe.cancels.lookup(pid, key) else {
         return tracing::debug!("cancel request for no connected client");
     };
-    let Some(upstream) = slot.upstream.clone() else {
+    let Some(upstream) = slot.upstream() else {
         return tracing::debug!("cancel request for a client with no upstream");
     };
     let Some((upid, ukey)) = slot.begin() else {

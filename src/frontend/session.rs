@@ -66,8 +66,8 @@ async fn run(client: &mut ClientSide, fe: &Frontend, route: &Route) -> Result<()
     client.state.settings.settle(&server.params, &fe.lists);
     server.params.session = client.state.settings.list.clone();
     let session_pid = (route.mode == PoolMode::Session).then_some(server.pid);
-    let upstream = route.pools.target().clone();
-    let cancel = fe.cancels.register(session_pid, Some(upstream));
+    let cancel = fe.cancels.register(session_pid);
+    cancel.slot.aim(&server.generation().target);
     greet(client, &server, &cancel).await?;
     match route.mode {
         PoolMode::Session => session_mode(client, server, &cancel, fe, route).await,
@@ -148,6 +148,7 @@ async fn session_mode(
     let cfg = route.pools.config();
     let mut flow = Flow::default();
     cancel.slot.attach(server.pid, server.key);
+    cancel.slot.aim(&server.generation().target);
     let end = relay(client, &mut server, &mut flow, &ctx(fe, route, &cfg)).await;
     cancel.slot.detach().await;
     if at_rest(client, &server, &flow) {

@@ -61,6 +61,7 @@ pub async fn serve(
         };
         apply(&client.state.settings, &mut server).await?;
         cancel.slot.attach(server.pid, server.key);
+        cancel.slot.aim(&server.generation().target);
         let cfg = route.pools.config();
         flow.reset();
         let end = relay(client, &mut server, &mut flow, &ctx(fe, route, &cfg)).await;

@@ -3,7 +3,7 @@
 //! closes idle connections past `idle_timeout` or `max_lifetime` and keeps `min_idle` open.
 
 use super::generation::Generation;
-use crate::backend::{self, BackendError, ServerConn, UpstreamTarget};
+use crate::backend::{self, BackendError, ServerConn};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -16,7 +16,6 @@ const REAP_EVERY_MAX: Duration = Duration::from_secs(30);
 
 /// Where and how connections are opened; shared by every generation of one worker.
 pub struct Connector {
-    pub target: Arc<UpstreamTarget>,
     /// Told when a login of the current generation is refused, so rotation refetches at once.
     pub auth_failed: Arc<Notify>,
     /// The runtime the connections are used on (each worker has its own).
@@ -91,7 +90,7 @@ fn wanted(g: &Generation) -> bool {
 async fn login(g: &Generation) -> Result<ServerConn, BackendError> {
     let c = &g.connector;
     let db = c.database.to_string();
-    match backend::connect(&c.target, &g.creds, g.id).await {
+    match backend::connect(&g.target, &g.creds, g.id).await {
         Ok(mut conn) => {
             metrics::counter!("rotagate_server_logins_total", "result" => "success", "database" => db)
                 .increment(1);

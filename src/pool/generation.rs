@@ -9,7 +9,7 @@
 use super::LastError;
 use super::connector::Connector;
 use super::shared::Shared;
-use crate::backend::ServerConn;
+use crate::backend::{ServerConn, UpstreamTarget};
 use crate::secrets::Credentials;
 use futures::FutureExt;
 use futures::task::AtomicWaker;
@@ -46,6 +46,8 @@ pub(super) struct Shelf {
 pub struct Generation {
     pub id: u64,
     pub creds: Arc<Credentials>,
+    /// The server its connections log in to (a failover publishes a generation for another).
+    pub target: Arc<UpstreamTarget>,
     pub(super) limits: Limits,
     pub(super) shared: Arc<Shared>,
     pub(super) shelf: Mutex<Shelf>,
@@ -70,7 +72,7 @@ pub struct Pooled {
 impl Generation {
     pub(super) fn new(
         id: u64,
-        creds: Arc<Credentials>,
+        (creds, target): (Arc<Credentials>, Arc<UpstreamTarget>),
         limits: Limits,
         shared: Arc<Shared>,
         connector: Arc<Connector>,
@@ -78,6 +80,7 @@ impl Generation {
         Self {
             id,
             creds,
+            target,
             limits,
             shared,
             shelf: Mutex::new(Shelf::default()),

@@ -63,7 +63,6 @@ struct Shard {
 pub struct Pools {
     /// Swapped on reload; each new generation is built from the current one.
     cfg: ArcSwap<PoolConfig>,
-    target: Arc<UpstreamTarget>,
     current_id: AtomicU64,
     shards: Vec<Shard>,
     wait_seconds: metrics::Histogram,
@@ -93,14 +92,13 @@ impl Pools {
             .into_iter()
             .map(|runtime| {
                 Arc::new(Connector {
-                    target: target.clone(),
                     auth_failed: auth_failed.clone(),
                     runtime,
                     database: database.clone(),
                 })
             })
             .collect();
-        let firsts = generations(&connectors, &cfg, 1, creds);
+        let firsts = generations(&connectors, &cfg, 1, (creds, target));
         let shards = connectors
             .into_iter()
             .zip(firsts)
@@ -112,7 +110,6 @@ impl Pools {
             .collect();
         Self {
             cfg: ArcSwap::from_pointee(cfg),
-            target,
             current_id: AtomicU64::new(1),
             shards,
             wait_seconds: metrics::histogram!("rotagate_pool_wait_seconds", "database" => database.to_string()),
@@ -170,8 +167,9 @@ impl Pools {
         self.shards[0].current.load().creds.clone()
     }
 
-    pub fn target(&self) -> &Arc<UpstreamTarget> {
-        &self.target
+    /// The server the current generation logs in to.
+    pub fn target(&self) -> Arc<UpstreamTarget> {
+        self.shards[0].current.load().target.clone()
     }
 
     /// The configured database these pools serve.
@@ -235,10 +233,20 @@ impl Pools {
     /// 3. retire the old one: its idle connections close now, its waiters move to the new one,
     ///    in-use connections close when given back, and all of them at `drain_timeout`.
     pub fn publish(&self, creds: Credentials, validated: ServerConn) -> u64 {
+        self.publish_to(creds, self.target(), validated)
+    }
+
+    /// [`Pools::publish`] for connections to `target` (another server: a failover).
+    pub fn publish_to(
+        &self,
+        creds: Credentials,
+        target: Arc<UpstreamTarget>,
+        validated: ServerConn,
+    ) -> u64 {
         let cfg = self.cfg.load_full();
         let id = self.current_id.load(Ordering::Acquire) + 1;
         let connectors: Vec<_> = self.shards.iter().map(|s| s.connector.clone()).collect();
-        let fresh = generations(&connectors, &cfg, id, Arc::new(creds));
+        let fresh = generations(&connectors, &cfg, id, (Arc::new(creds), target));
         let mut validated = Box::new(validated);
         validated.generation = id;
         fresh[0].adopt(validated);
@@ -293,7 +301,7 @@ fn generations(
     connectors: &[Arc<Connector>],
     cfg: &PoolConfig,
     id: u64,
-    creds: Arc<Credentials>,
+    (creds, target): (Arc<Credentials>, Arc<UpstreamTarget>),
 ) -> Vec<Arc<Generation>> {
     let shared = Arc::new(Shared::new(cfg.size));
     let n = connectors.len();
@@ -306,7 +314,8 @@ fn generations(
                 idle_timeout: cfg.idle_timeout,
                 max_lifetime: cfg.max_lifetime,
             };
-            let g = Generation::new(id, creds.clone(), limits, shared.clone(), connector.clone());
+            let login = (creds.clone(), target.clone());
+            let g = Generation::new(id, login, limits, shared.clone(), connector.clone());
             Arc::new(g)
         })
         .collect();

@@ -51,7 +51,7 @@ impl Upstream for Pools {
     }
 
     async fn validate(&self, creds: &Credentials, generation: u64) -> Result<ServerConn, String> {
-        health_check(self.target(), creds, generation, self.database())
+        health_check(&self.target(), creds, generation, self.database())
             .await
             .map_err(|e| e.to_string())
     }
