@@ -264,12 +264,17 @@ async fn sighup_adds_removes_and_changes_databases() {
         .spawn()
         .await;
     r.ready().await;
-    let config = |names: &[&str], pool: &str| {
+    let config_with = |names: &[&str], pool: &str, credentials: &str| {
         let text = std::fs::read_to_string(r.config_path()).unwrap();
         let head = &text[..text.find("[[databases]]").unwrap()];
         let head = head.replace("size = 4", pool);
-        std::fs::write(r.config_path(), head + &entries(dir, &pg, names, "")).unwrap();
+        std::fs::write(
+            r.config_path(),
+            head + &entries(dir, &pg, names, credentials),
+        )
+        .unwrap();
     };
+    let config = |names: &[&str], pool: &str| config_with(names, pool, "");
     wait_serves(&r, "db_b", Ok("db_b owner_b".into())).await;
     assert_eq!(
         who(&r, CLIENT_USER, CLIENT_PASSWORD, "db_c").await,
@@ -302,6 +307,23 @@ async fn sighup_adds_removes_and_changes_databases() {
     let s = status(&r).await;
     let names: Vec<&String> = s["databases"].as_object().unwrap().keys().collect();
     assert_eq!(names, ["db_a", "db_c"], "{s}");
+
+    // db_a's credential settings change: a new instance replaces it once validated, and a
+    // transaction-mode client connected before goes on there.
+    let a = r
+        .connect(&r.url_as(CLIENT_USER, CLIENT_PASSWORD, "db_a"))
+        .await
+        .unwrap();
+    assert_eq!(one(&a, "SELECT current_user").await, "owner_a");
+    config_with(&["a", "c"], "size = 5", "breaker_failures = 4");
+    r.signal("-HUP");
+    wait_until(
+        20,
+        "db_a replaced (a new instance starts at generation 1)",
+        || async { generation_of(&r, "db_a").await == 1 },
+    )
+    .await;
+    assert_eq!(one(&a, "SELECT 4").await, "4");
     let log = r.stop().await;
     assert!(log.contains("database removed"), "{log}");
 }

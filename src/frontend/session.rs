@@ -14,6 +14,7 @@ use crate::config::PoolMode;
 use crate::pool::{PoolError, Pooled};
 use crate::wire::msg;
 use bytes::BytesMut;
+use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 
 /// Serves an authenticated client until it leaves, reporting any error to it.
@@ -55,7 +56,11 @@ pub async fn serve(login: Login, fe: &Frontend, worker: usize) {
     }
 }
 
-async fn run(client: &mut ClientSide, fe: &Frontend, route: &Route) -> Result<(), FrontendError> {
+async fn run(
+    client: &mut ClientSide,
+    fe: &Frontend,
+    route: &Arc<Route>,
+) -> Result<(), FrontendError> {
     let mut out = BytesMut::new();
     msg::auth_ok(&mut out);
     client.stream.write_all(&out).await.map_err(wire_io)?;

@@ -25,24 +25,26 @@ use crate::backend::query;
 use crate::pool::Pooled;
 use crate::wire::msg;
 use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub async fn serve(
     client: &mut ClientSide,
     cancel: &CancelKey,
     fe: &Frontend,
-    route: &Route,
+    route: &Arc<Route>,
 ) -> Result<(), FrontendError> {
+    let mut route = route.clone();
     let mut flow = Flow::default();
     // One shutdown watch for the whole session, not one per transaction.
     let mut stop = std::pin::pin!(fe.shutdown.cancelled());
     loop {
         // Each turn is a transaction; other tasks get their turn between them too.
         tokio::task::consume_budget().await;
-        if !wait_for_request(client, fe, route, stop.as_mut()).await? {
+        if !wait_for_request(client, fe, &route, stop.as_mut()).await? {
             return Ok(());
         }
-        let mut server = match acquire_or_cancel(client, cancel, route).await {
+        let mut server = match acquire_or_cancel(client, cancel, &route).await {
             Some(Ok(server)) => server,
             None => {
                 client.state.failure =
@@ -51,8 +53,12 @@ pub async fn serve(
             }
             // No connection for this transaction (the upstream refuses, is unreachable or the
             // pool stayed full): the request fails and the session goes on, so the client's
-            // next transaction tries again. A removed database ends the session.
-            Some(Err(e @ FrontendError::DatabaseRemoved(_))) => return Err(e),
+            // next transaction tries again. A database replaced on reload serves the request
+            // from its new pools; a removed one ends the session.
+            Some(Err(FrontendError::DatabaseRemoved(name))) => {
+                route = replacement(fe, &route, name)?;
+                continue;
+            }
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "no upstream connection for a client's transaction");
                 client.state.failure = Some(error(e.sqlstate(), &e.client_text()));
@@ -64,7 +70,7 @@ pub async fn serve(
         cancel.slot.aim(&server.generation().target);
         let cfg = route.pools.config();
         flow.reset();
-        let end = relay(client, &mut server, &mut flow, &ctx(fe, route, &cfg)).await;
+        let end = relay(client, &mut server, &mut flow, &ctx(fe, &route, &cfg)).await;
         cancel.slot.detach().await;
         match end? {
             End::Released => {
@@ -106,6 +112,16 @@ pub async fn serve(
                 lost(client, &mut server, &mut flow, &route.known, e).await?;
             }
         }
+    }
+}
+
+/// The route now serving `name`, when SIGHUP replaced the session's one (its upstream or
+/// credentials changed); the session carries on there. An error when the database was
+/// removed, or now runs in session mode (the client reconnects into it).
+fn replacement(fe: &Frontend, old: &Arc<Route>, name: String) -> Result<Arc<Route>, FrontendError> {
+    match fe.routes.load().get(&name) {
+        Some(next) if !Arc::ptr_eq(next, old) && next.mode == old.mode => Ok(next.clone()),
+        _ => Err(FrontendError::DatabaseRemoved(name)),
     }
 }
 
