@@ -40,13 +40,6 @@ pub struct DatabaseConfig {
     pub origin: String,
 }
 
-impl Config {
-    /// The database clients open by `name`.
-    pub fn database(&self, name: &str) -> Option<&DatabaseConfig> {
-        self.databases.iter().find(|d| d.name == name)
-    }
-}
-
 /// `[log]`: the log filter (`RUST_LOG` syntax), reloaded on SIGHUP. `RUST_LOG`, when set,
 /// wins.
 #[derive(Debug, Clone, Default)]
