@@ -130,11 +130,29 @@ impl Reloader {
         let db = match self.databases.start(&cfg).await {
             Ok(db) => db,
             Err(e) => {
-                return tracing::error!(database = %cfg.name, error = format!("{e:#}"), "cannot start the database; the running configuration of it stays");
+                tracing::error!(database = %cfg.name, error = format!("{e:#}"), "cannot start the database; the running configuration of it stays (a later SIGHUP tries again)");
+                return self.forget(&cfg.name).await;
             }
         };
         self.databases.stage(db.clone());
         tokio::spawn(route_when_ready(self.databases.clone(), db));
+    }
+}
+
+impl Reloader {
+    /// Puts back what is really running for `name` (its old settings, or nothing for a
+    /// database that never started), so the next reload sees the difference and tries again.
+    async fn forget(&self, name: &str) {
+        let serving = self.databases.get(name).map(|d| d.cfg.clone());
+        let mut running = self.running.lock().await;
+        let at = running.databases.iter().position(|d| d.name == name);
+        match (at, serving) {
+            (Some(i), Some(cfg)) => running.databases[i] = cfg,
+            (Some(i), None) => {
+                running.databases.remove(i);
+            }
+            (None, _) => {}
+        }
     }
 }
 

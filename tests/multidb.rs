@@ -324,6 +324,28 @@ async fn sighup_adds_removes_and_changes_databases() {
     )
     .await;
     assert_eq!(one(&a, "SELECT 4").await, "4");
+
+    // A database that cannot start (its secret file is missing) is reported; once the file
+    // exists, the same configuration on the next SIGHUP starts it.
+    pg.sql("CREATE ROLE owner_e LOGIN PASSWORD 'pw-e-1'");
+    pg.sql("CREATE DATABASE db_e OWNER owner_e");
+    let with_e = entries(dir, &pg, &["a", "c", "e"], "breaker_failures = 4");
+    std::fs::remove_file(dir.join("secret_e.json")).unwrap();
+    let text = std::fs::read_to_string(r.config_path()).unwrap();
+    let head = text[..text.find("[[databases]]").unwrap()].to_owned();
+    std::fs::write(r.config_path(), head + &with_e).unwrap();
+    r.signal("-HUP");
+    wait_until(20, "the failed start of db_e in the log", || async {
+        r.log().contains("cannot start the database")
+    })
+    .await;
+    assert_eq!(
+        who(&r, CLIENT_USER, CLIENT_PASSWORD, "db_e").await,
+        Err("3D000".into())
+    );
+    secret(dir, &pg, "e", "pw-e-1");
+    r.signal("-HUP");
+    wait_serves(&r, "db_e", Ok("db_e owner_e".into())).await;
     let log = r.stop().await;
     assert!(log.contains("database removed"), "{log}");
 }
