@@ -2,7 +2,7 @@
 
 use super::stream::Stream;
 use super::{BackendError, ServerConn, ServerParams, auth, query};
-use crate::config::{ChannelBinding, UpstreamConfig, UpstreamTls};
+use crate::config::{ChannelBinding, HostPort, UpstreamConfig, UpstreamTls};
 use crate::secrets::Credentials;
 use bytes::{BufMut, BytesMut};
 use postgres_protocol::message::{backend::Message, frontend};
@@ -41,6 +41,28 @@ impl UpstreamTarget {
             tls,
             connect_timeout: cfg.connect_timeout,
         })
+    }
+
+    /// The same database, TLS and timeouts on another host (a failover's candidate).
+    pub fn at(&self, host: &HostPort) -> Result<Self, super::tls::TlsConfigError> {
+        let tls = match &self.tls {
+            Some((config, _)) => Some((config.clone(), super::tls::server_name(&host.host)?)),
+            None => None,
+        };
+        Ok(Self {
+            host: host.host.clone(),
+            port: host.port,
+            tls,
+            ..self.clone()
+        })
+    }
+
+    /// `host:port`, as the config spells hosts.
+    pub fn address(&self) -> HostPort {
+        HostPort {
+            host: self.host.clone(),
+            port: self.port,
+        }
     }
 }
 

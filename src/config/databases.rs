@@ -4,7 +4,8 @@
 
 use super::pool::pool;
 use super::raw::*;
-use super::validate::{Check, upstream};
+use super::upstream::upstream;
+use super::validate::Check;
 use super::*;
 
 /// PostgreSQL's limit on a database name (NAMEDATALEN - 1).

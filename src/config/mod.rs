@@ -7,6 +7,7 @@ mod databases;
 mod env;
 mod pool;
 mod raw;
+mod upstream;
 mod validate;
 
 use crate::crypto::SecretString;
@@ -112,13 +113,68 @@ impl fmt::Debug for ClientSecret {
 
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
+    /// The first of `hosts`.
     pub host: String,
     pub port: u16,
+    /// Every host, in order (`hosts`, or `host` and `port`); at least one.
+    pub hosts: Vec<HostPort>,
+    /// Which host to serve from, as libpq's `target_session_attrs`.
+    pub target_session_attrs: TargetSessionAttrs,
+    /// How often the hosts are looked at again for a silent promotion (several hosts, or a
+    /// `target_session_attrs` other than `any`).
+    pub writer_check_interval: Duration,
     pub database: String,
     pub tls: UpstreamTls,
     pub ca_file: Option<PathBuf>,
     pub connect_timeout: Duration,
     pub channel_binding: ChannelBinding,
+}
+
+/// One upstream address; the name is resolved again at every connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+impl HostPort {
+    /// `host:port` or `[v6-address]:port`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let s = s.trim();
+        let (host, port) = match s.strip_prefix('[') {
+            Some(rest) => {
+                let (host, port) = rest.split_once("]:")?;
+                (host, port)
+            }
+            None => s.rsplit_once(':')?,
+        };
+        let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
+        (!host.is_empty() && !host.contains(['/', ' '])).then(|| Self {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// `target_session_attrs`: which of the hosts rotagate serves from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetSessionAttrs {
+    Any,
+    ReadWrite,
+    ReadOnly,
+    Primary,
+    Standby,
+    PreferStandby,
 }
 
 /// SCRAM channel binding (`tls-server-end-point`) upstream, as libpq's `channel_binding`.

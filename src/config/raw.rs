@@ -85,6 +85,9 @@ impl std::fmt::Debug for RawClient {
 pub struct RawUpstream {
     pub host: Option<String>,
     pub port: Option<i64>,
+    pub hosts: Option<Vec<String>>,
+    pub target_session_attrs: Option<String>,
+    pub writer_check_interval: Option<String>,
     pub database: Option<String>,
     pub tls: Option<String>,
     pub ca_file: Option<String>,

@@ -132,7 +132,7 @@ fn single_database(
     credentials: Option<RawCredentials>,
     pool: PoolConfig,
 ) -> DatabaseConfig {
-    let upstream = upstream(c, upstream_raw);
+    let upstream = super::upstream::upstream(c, upstream_raw);
     let credentials = super::credentials::credentials(c, credentials);
     super::credentials::check_rds_iam(c, &upstream, &credentials);
     DatabaseConfig {
@@ -288,75 +288,6 @@ fn clients(c: &mut Check, raw: Vec<RawClient>, databases: &[DatabaseConfig]) -> 
         });
     }
     out
-}
-
-pub(super) fn upstream(c: &mut Check, r: Option<RawUpstream>) -> UpstreamConfig {
-    let r = r.unwrap_or_else(|| {
-        c.err("upstream", "the [upstream] section is required");
-        RawUpstream::default()
-    });
-    let host = c.required("upstream.host", r.host.as_ref()).to_owned();
-    let loopback = is_loopback(&host);
-    let tls = match r.tls.as_deref() {
-        None if loopback => UpstreamTls::Prefer,
-        None => UpstreamTls::VerifyFull,
-        Some("disable") => UpstreamTls::Disable,
-        Some("prefer") => UpstreamTls::Prefer,
-        Some("require") => UpstreamTls::Require,
-        Some("verify-ca") => UpstreamTls::VerifyCa,
-        Some("verify-full") => UpstreamTls::VerifyFull,
-        Some(_) => {
-            c.err(
-                "upstream.tls",
-                "must be one of disable, prefer, require, verify-ca, verify-full (the value is not shown)".to_owned(),
-            );
-            UpstreamTls::VerifyFull
-        }
-    };
-    UpstreamConfig {
-        port: c.range("upstream.port", r.port, 5432, 1, 65535) as u16,
-        database: c
-            .required("upstream.database", r.database.as_ref())
-            .to_owned(),
-        tls,
-        ca_file: r.ca_file.map(PathBuf::from),
-        connect_timeout: c.duration(
-            "upstream.connect_timeout",
-            r.connect_timeout.as_ref(),
-            Duration::from_secs(10),
-        ),
-        channel_binding: channel_binding(c, r.channel_binding.as_deref(), tls),
-        host,
-    }
-}
-
-fn channel_binding(c: &mut Check, v: Option<&str>, tls: UpstreamTls) -> ChannelBinding {
-    let binding = match v {
-        None | Some("prefer") => ChannelBinding::Prefer,
-        Some("disable") => ChannelBinding::Disable,
-        Some("require") => ChannelBinding::Require,
-        Some(_) => {
-            c.err(
-                "upstream.channel_binding",
-                "must be one of disable, prefer, require (the value is not shown)",
-            );
-            ChannelBinding::Prefer
-        }
-    };
-    if binding == ChannelBinding::Require && matches!(tls, UpstreamTls::Disable) {
-        c.err(
-            "upstream.channel_binding",
-            "require needs TLS: set upstream.tls to require, verify-ca or verify-full",
-        );
-    }
-    binding
-}
-
-fn is_loopback(host: &str) -> bool {
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]

@@ -79,6 +79,12 @@ mod tests {
             ca_file: None,
             connect_timeout: Duration::from_secs(1),
             channel_binding: crate::config::ChannelBinding::Prefer,
+            hosts: vec![crate::config::HostPort {
+                host: "db.example.com".into(),
+                port: 5432,
+            }],
+            target_session_attrs: crate::config::TargetSessionAttrs::Any,
+            writer_check_interval: Duration::from_secs(2),
         }
     }
 

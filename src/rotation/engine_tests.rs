@@ -73,6 +73,12 @@ impl Setup {
                 ca_file: None,
                 connect_timeout: Duration::from_secs(5),
                 channel_binding: crate::config::ChannelBinding::Prefer,
+                hosts: vec![crate::config::HostPort {
+                    host: "db".into(),
+                    port: 5432,
+                }],
+                target_session_attrs: crate::config::TargetSessionAttrs::Any,
+                writer_check_interval: Duration::from_secs(2),
             },
             allow_endpoint_change: false,
             refresh_interval: Duration::from_secs(3600),

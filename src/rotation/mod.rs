@@ -12,6 +12,7 @@ mod engine_fakes;
 mod engine_tests;
 mod status;
 mod upstream;
+pub mod writer;
 
 pub use engine::{Engine, EngineParts};
 pub use status::{Outcome, Report, RotationStatus, Trigger};

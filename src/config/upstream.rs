@@ -1,0 +1,203 @@
+//! Validation of `[upstream]` (and each database's `[databases.upstream]`): the host or hosts,
+//! TLS, channel binding and which host to serve from.
+
+use super::raw::RawUpstream;
+use super::validate::Check;
+use super::*;
+
+pub(super) fn upstream(c: &mut Check, r: Option<RawUpstream>) -> UpstreamConfig {
+    let r = r.unwrap_or_else(|| {
+        c.err("upstream", "the [upstream] section is required");
+        RawUpstream::default()
+    });
+    let hosts = hosts(c, &r);
+    let host = hosts.first().map(|h| h.host.clone()).unwrap_or_default();
+    let loopback = is_loopback(&host);
+    let tls = match r.tls.as_deref() {
+        None if loopback => UpstreamTls::Prefer,
+        None => UpstreamTls::VerifyFull,
+        Some("disable") => UpstreamTls::Disable,
+        Some("prefer") => UpstreamTls::Prefer,
+        Some("require") => UpstreamTls::Require,
+        Some("verify-ca") => UpstreamTls::VerifyCa,
+        Some("verify-full") => UpstreamTls::VerifyFull,
+        Some(_) => {
+            c.err(
+                "upstream.tls",
+                "must be one of disable, prefer, require, verify-ca, verify-full (the value is not shown)".to_owned(),
+            );
+            UpstreamTls::VerifyFull
+        }
+    };
+    let target_session_attrs = session_attrs(c, r.target_session_attrs.as_deref(), hosts.len());
+    UpstreamConfig {
+        port: hosts.first().map_or(5432, |h| h.port),
+        target_session_attrs,
+        writer_check_interval: c.duration(
+            "upstream.writer_check_interval",
+            r.writer_check_interval.as_ref(),
+            Duration::from_secs(2),
+        ),
+        database: c
+            .required("upstream.database", r.database.as_ref())
+            .to_owned(),
+        tls,
+        ca_file: r.ca_file.map(PathBuf::from),
+        connect_timeout: c.duration(
+            "upstream.connect_timeout",
+            r.connect_timeout.as_ref(),
+            Duration::from_secs(10),
+        ),
+        channel_binding: channel_binding(c, r.channel_binding.as_deref(), tls),
+        host,
+        hosts,
+    }
+}
+
+fn channel_binding(c: &mut Check, v: Option<&str>, tls: UpstreamTls) -> ChannelBinding {
+    let binding = match v {
+        None | Some("prefer") => ChannelBinding::Prefer,
+        Some("disable") => ChannelBinding::Disable,
+        Some("require") => ChannelBinding::Require,
+        Some(_) => {
+            c.err(
+                "upstream.channel_binding",
+                "must be one of disable, prefer, require (the value is not shown)",
+            );
+            ChannelBinding::Prefer
+        }
+    };
+    if binding == ChannelBinding::Require && matches!(tls, UpstreamTls::Disable) {
+        c.err(
+            "upstream.channel_binding",
+            "require needs TLS: set upstream.tls to require, verify-ca or verify-full",
+        );
+    }
+    binding
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `host` (with `port`), or `hosts = ["host:port", ...]`; one of them.
+fn hosts(c: &mut Check, r: &RawUpstream) -> Vec<HostPort> {
+    let port = c.range("upstream.port", r.port, 5432, 1, 65535) as u16;
+    match (&r.host, &r.hosts) {
+        (Some(_), Some(_)) => {
+            c.err(
+                "upstream.hosts",
+                "set either host (with port) or hosts, not both",
+            );
+            Vec::new()
+        }
+        (Some(h), None) if !h.trim().is_empty() => vec![HostPort {
+            host: h.trim().to_owned(),
+            port,
+        }],
+        (None, Some(list)) if !list.is_empty() => {
+            if r.port.is_some() {
+                c.err(
+                    "upstream.port",
+                    "give each host's port in hosts (\"host:port\")",
+                );
+            }
+            let mut out = Vec::new();
+            for (i, entry) in list.iter().enumerate() {
+                match HostPort::parse(entry) {
+                    Some(h) if !out.contains(&h) => out.push(h),
+                    Some(_) => c.err(&format!("upstream.hosts[{i}]"), "repeats an earlier host"),
+                    None => c.err(
+                        &format!("upstream.hosts[{i}]"),
+                        "must be \"host:port\" (or \"[v6-address]:port\")",
+                    ),
+                }
+            }
+            out
+        }
+        (None, Some(_)) => {
+            c.err("upstream.hosts", "needs at least one host");
+            Vec::new()
+        }
+        _ => {
+            c.err("upstream.host", "is required (or hosts)");
+            Vec::new()
+        }
+    }
+}
+
+fn session_attrs(c: &mut Check, v: Option<&str>, hosts: usize) -> TargetSessionAttrs {
+    match v {
+        None if hosts > 1 => TargetSessionAttrs::ReadWrite,
+        None | Some("any") => TargetSessionAttrs::Any,
+        Some("read-write") => TargetSessionAttrs::ReadWrite,
+        Some("read-only") => TargetSessionAttrs::ReadOnly,
+        Some("primary") => TargetSessionAttrs::Primary,
+        Some("standby") => TargetSessionAttrs::Standby,
+        Some("prefer-standby") => TargetSessionAttrs::PreferStandby,
+        Some(_) => {
+            c.err(
+                "upstream.target_session_attrs",
+                "must be one of any, read-write, read-only, primary, standby, prefer-standby",
+            );
+            TargetSessionAttrs::Any
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{TargetSessionAttrs, parse};
+
+    const HEAD: &str = "[[clients]]\nuser = \"app\"\npassword = \"pw\"\n[credentials]\n\
+                        source = \"file\"\n[credentials.file]\npath = \"/s.json\"\n";
+
+    fn upstream(lines: &str) -> Result<super::UpstreamConfig, String> {
+        let text = format!("{HEAD}[upstream]\ndatabase = \"app\"\n{lines}\n");
+        parse(&text, [])
+            .map(|c| c.databases[0].upstream.clone())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn hosts_are_parsed_in_order_and_several_default_to_read_write() {
+        let u = upstream("hosts = [\"standby.internal:5433\", \"[::1]:5432\", \"10.0.0.7:6432\"]")
+            .unwrap();
+        let shown: Vec<String> = u.hosts.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            ["standby.internal:5433", "[::1]:5432", "10.0.0.7:6432"]
+        );
+        assert_eq!((u.host.as_str(), u.port), ("standby.internal", 5433));
+        assert_eq!(u.target_session_attrs, TargetSessionAttrs::ReadWrite);
+        let one = upstream("host = \"db\"\nport = 6000").unwrap();
+        assert_eq!(one.hosts.len(), 1);
+        assert_eq!(one.target_session_attrs, TargetSessionAttrs::Any);
+        let any = upstream("hosts = [\"a:1\", \"b:2\"]\ntarget_session_attrs = \"prefer-standby\"");
+        assert_eq!(
+            any.unwrap().target_session_attrs,
+            TargetSessionAttrs::PreferStandby
+        );
+    }
+
+    #[test]
+    fn host_and_hosts_together_and_bad_entries_are_errors_with_paths() {
+        let e = upstream("host = \"a\"\nhosts = [\"b:1\"]").unwrap_err();
+        assert!(
+            e.contains("upstream.hosts") && e.contains("not both"),
+            "{e}"
+        );
+        let e = upstream("hosts = [\"a:1\", \"no-port\", \"a:1\"]").unwrap_err();
+        assert!(
+            e.contains("upstream.hosts[1]") && e.contains("upstream.hosts[2]"),
+            "{e}"
+        );
+        assert!(upstream("hosts = []").unwrap_err().contains("at least one"));
+        let e = upstream("hosts = [\"a:1\"]\ntarget_session_attrs = \"writer\"").unwrap_err();
+        assert!(e.contains("upstream.target_session_attrs"), "{e}");
+        assert!(upstream("").unwrap_err().contains("upstream.host"));
+    }
+}
