@@ -204,6 +204,68 @@ impl Pg {
         Self::start_with(&[])
     }
 
+    /// A streaming standby of this cluster (`pg_basebackup -R`, as the failover acceptance
+    /// script builds one), started on a port of its own.
+    pub fn standby(&self) -> Pg {
+        let dir = tempfile::Builder::new()
+            .prefix("rotagate-pg-standby")
+            .tempdir_in(std::env::temp_dir())
+            .unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        std::fs::create_dir(dir.path().join("sock")).unwrap();
+        give_to_pg(dir.path());
+        check(
+            as_pg(&self.bin.join("pg_basebackup"))
+                .env("PGPASSWORD", SUPERUSER_PASSWORD)
+                .args(["-h", "127.0.0.1", "-U", "postgres", "-R", "-X", "stream", "--no-sync"])
+                .arg(format!("-p{}", self.port))
+                .arg("-D")
+                .arg(dir.path().join("data"))
+                .output(),
+            "pg_basebackup",
+        );
+        let conf = dir.path().join("data/postgresql.auto.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str(&format!(
+            "unix_socket_directories = '{}'\n",
+            dir.path().join("sock").display()
+        ));
+        std::fs::write(&conf, text).unwrap();
+        give_to_pg(dir.path());
+        let pg = Pg {
+            port: free_port(),
+            dir,
+            bin: self.bin.clone(),
+        };
+        pg.pg_ctl_start();
+        pg
+    }
+
+    /// Promotes a standby and waits until it accepts writes.
+    pub fn promote(&self) {
+        check(
+            as_pg(&self.bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(self.dir.path().join("data"))
+                .args(["-w", "promote"])
+                .output(),
+            "pg_ctl promote",
+        );
+    }
+
+    /// Stops the server as a crash would (`-m immediate`).
+    pub fn crash(&self) {
+        let _ = as_pg(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+    }
+
     /// Replaces pg_hba.conf's TCP rule with `method` (md5, password, scram-sha-256) and reloads.
     pub fn set_hba_method(&self, method: &str) {
         let hba = format!("local all all scram-sha-256\nhost all all 127.0.0.1/32 {method}\n");
