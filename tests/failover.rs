@@ -34,7 +34,10 @@ async fn hosts_are_classified_and_the_writer_is_chosen_standby_first() {
     assert_eq!(roles, [Ok(Role::Standby), Ok(Role::Primary)]);
     let writer = choose(TargetSessionAttrs::ReadWrite, &probes).unwrap();
     assert_eq!(writer.host, hosts[1]);
-    assert_eq!(choose(TargetSessionAttrs::Any, &probes).unwrap().host, hosts[0]);
+    assert_eq!(
+        choose(TargetSessionAttrs::Any, &probes).unwrap().host,
+        hosts[0]
+    );
 
     // The primary goes, the standby is promoted: the writer is the first host now.
     primary.crash();

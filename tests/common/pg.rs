@@ -221,7 +221,18 @@ impl Pg {
         check(
             as_pg(&self.bin.join("pg_basebackup"))
                 .env("PGPASSWORD", SUPERUSER_PASSWORD)
-                .args(["-h", "127.0.0.1", "-U", "postgres", "-R", "-X", "stream", "-c", "fast", "--no-sync"])
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                    "-R",
+                    "-X",
+                    "stream",
+                    "-c",
+                    "fast",
+                    "--no-sync",
+                ])
                 .arg(format!("-p{}", self.port))
                 .arg("-D")
                 .arg(dir.path().join("data"))
