@@ -37,6 +37,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/status", get(status))
         .route("/rotate", post(rotate))
+        .route("/failover", post(failover))
         .with_state(state)
 }
 
@@ -103,6 +104,11 @@ fn database_status(db: &Database) -> serde_json::Value {
             "consecutive_failures": rotation.consecutive_failures,
         },
         "last_attempt": rotation.last_attempt,
+        "upstream": {
+            "writer": rotation.writer,
+            "hosts": rotation.hosts,
+            "last_failover": rotation.last_failover,
+        },
         "pools": db.pools.counts(),
         "token": token_status(db),
     })
@@ -155,8 +161,24 @@ async fn status(State(s): State<AdminState>) -> Response {
 /// (or the parameter) the answer is the attempt's report; otherwise `{"databases": {name:
 /// report}}`, with the status of the first attempt that did not succeed.
 async fn rotate(State(s): State<AdminState>, uri: Uri, headers: HeaderMap) -> Response {
+    ask_engines(&s, &uri, &headers, Ask::Rotate).await
+}
+
+/// `POST /failover[?database=NAME]`: look for the host to serve from now; answered like
+/// `/rotate` (200 with the report when a host is served, 502 when none is found).
+async fn failover(State(s): State<AdminState>, uri: Uri, headers: HeaderMap) -> Response {
+    ask_engines(&s, &uri, &headers, Ask::Failover).await
+}
+
+#[derive(Clone, Copy)]
+enum Ask {
+    Rotate,
+    Failover,
+}
+
+async fn ask_engines(s: &AdminState, uri: &Uri, headers: &HeaderMap, ask: Ask) -> Response {
     if let Some(token) = &s.token {
-        if !bearer_matches(&headers, token) {
+        if !bearer_matches(headers, token) {
             return (
                 StatusCode::UNAUTHORIZED,
                 [(header::WWW_AUTHENTICATE, "Bearer")],
@@ -165,7 +187,7 @@ async fn rotate(State(s): State<AdminState>, uri: Uri, headers: HeaderMap) -> Re
                 .into_response();
         }
     }
-    let targets = match query_param(&uri, "database") {
+    let targets = match query_param(uri, "database") {
         Some(name) => match s.databases.get(&name) {
             Some(db) => vec![db],
             None => return (StatusCode::NOT_FOUND, "no such database\n").into_response(),
@@ -175,7 +197,11 @@ async fn rotate(State(s): State<AdminState>, uri: Uri, headers: HeaderMap) -> Re
     let mut reports = serde_json::Map::new();
     let mut code = StatusCode::OK;
     for db in &targets {
-        let Some(report) = db.rotation.rotate_now().await else {
+        let report = match ask {
+            Ask::Rotate => db.rotation.rotate_now().await,
+            Ask::Failover => db.rotation.failover_now().await,
+        };
+        let Some(report) = report else {
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the rotation engine has stopped\n",

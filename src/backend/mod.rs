@@ -125,6 +125,19 @@ impl BackendError {
         }
     }
 
+    /// The host is down, going down, starting up or in recovery: connection refused or
+    /// reset, no answer, or 57P01/57P02/57P03 ("the database system is starting up / shutting
+    /// down / in recovery"). A reason to look for the writer again.
+    pub fn is_host_trouble(&self) -> bool {
+        match self {
+            BackendError::Io(_) | BackendError::Timeout(_) => true,
+            BackendError::Auth { code, .. } | BackendError::Server { code, .. } => {
+                matches!(code.as_str(), "57P01" | "57P02" | "57P03")
+            }
+            _ => false,
+        }
+    }
+
     /// The SQLSTATE the server sent, when it sent one.
     pub fn code(&self) -> Option<&str> {
         match self {

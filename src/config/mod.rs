@@ -177,6 +177,19 @@ pub enum TargetSessionAttrs {
     PreferStandby,
 }
 
+impl TargetSessionAttrs {
+    /// What a host must be, in words, for the log.
+    pub fn wanted(self) -> &'static str {
+        match self {
+            TargetSessionAttrs::Any | TargetSessionAttrs::PreferStandby => "reachable",
+            TargetSessionAttrs::ReadWrite => "writable",
+            TargetSessionAttrs::ReadOnly => "read-only",
+            TargetSessionAttrs::Primary => "a primary",
+            TargetSessionAttrs::Standby => "a standby",
+        }
+    }
+}
+
 /// SCRAM channel binding (`tls-server-end-point`) upstream, as libpq's `channel_binding`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChannelBinding {

@@ -57,6 +57,8 @@ pub struct Flow {
     /// The upstream session ended with this FATAL ErrorResponse (transaction mode keeps it
     /// from the client and owes it an error for the transaction in flight instead).
     pub fatal: Option<Bytes>,
+    /// The server said it is read-only (25006): it may have become a standby.
+    pub read_only: bool,
     /// The portal just bound drops every prepared statement when executed (true: DISCARD ALL).
     pub portal_drops: Option<bool>,
     /// The server sent a message rotagate cannot place.

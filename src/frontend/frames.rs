@@ -203,6 +203,9 @@ impl Policy for ServerPolicy<'_> {
             if h.tag == b'E' && matches!(msg::severity(body), b"FATAL" | b"PANIC") {
                 self.rx.flow.fatal = Some(bytes::Bytes::copy_from_slice(body));
             }
+            if h.tag == b'E' && msg::code(body) == b"25006" {
+                self.rx.flow.read_only = true;
+            }
             return Decision::Pass;
         }
         if self.owes_locals() {

@@ -75,6 +75,9 @@ fn error(body: &[u8], rx: &mut Rx<'_>) -> Out {
         rx.flow.fatal = Some(Bytes::copy_from_slice(body));
         return Out::Fatal;
     }
+    if msg::code(body) == b"25006" {
+        rx.flow.read_only = true;
+    }
     let Some(front) = rx.flow.replies.front_mut() else {
         return Out::Forward;
     };

@@ -107,6 +107,10 @@ pub async fn relay(
     ctx: &RelayCtx<'_>,
 ) -> Result<End, FrontendError> {
     let end = run(c, s, f, ctx).await;
+    // Lost, or told it is read-only: the host may have failed over (rotation looks).
+    if matches!(end, Ok(End::ServerGone(_))) || f.read_only {
+        s.generation().doubt();
+    }
     let pinned_left = matches!(end, Ok(End::ClientGone)) && c.state.pins.is_pinned();
     if !at_rest(c, s, f) || pinned_left || f.unsure {
         close(s, reason(&end, c, f));

@@ -18,6 +18,9 @@ const REAP_EVERY_MAX: Duration = Duration::from_secs(30);
 pub struct Connector {
     /// Told when a login of the current generation is refused, so rotation refetches at once.
     pub auth_failed: Arc<Notify>,
+    /// Told when the current generation's host looks gone or changed role (see
+    /// [`Generation::doubt`]), so rotation looks for the writer at once.
+    pub writer_doubt: Arc<Notify>,
     /// The runtime the connections are used on (each worker has its own).
     pub runtime: tokio::runtime::Handle,
     /// The configured database (the `database` label of the login metrics).
@@ -105,6 +108,9 @@ async fn login(g: &Generation) -> Result<ServerConn, BackendError> {
                 if !g.is_retired() {
                     c.auth_failed.notify_one();
                 }
+            }
+            if e.is_host_trouble() {
+                g.doubt();
             }
             metrics::counter!("rotagate_server_logins_total", "result" => "failure", "database" => db.clone())
                 .increment(1);

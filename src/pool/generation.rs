@@ -127,6 +127,15 @@ impl Generation {
         }
     }
 
+    /// The server this generation logs in to may be gone or no longer the one to serve from
+    /// (a connection lost, a login refused as "starting up", a read-only error): rotation is
+    /// told, unless a newer generation already serves.
+    pub fn doubt(&self) {
+        if !self.is_retired() {
+            self.connector.writer_doubt.notify_one();
+        }
+    }
+
     /// (open, idle) connections.
     pub fn counts(&self) -> (u32, u32) {
         let s = self.shelf();
@@ -144,6 +153,7 @@ impl Generation {
             if alive(&mut conn) {
                 return Some(Pooled::new(conn, self.clone()));
             }
+            self.doubt();
             self.discard(conn);
         }
     }

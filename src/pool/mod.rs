@@ -72,6 +72,8 @@ pub struct Pools {
     closed: std::sync::atomic::AtomicBool,
     /// Signalled when an upstream login of the current generation is refused (28P01/28000).
     pub auth_failed: Arc<Notify>,
+    /// Signalled when the serving host may be gone or changed role ([`Generation::doubt`]).
+    pub writer_doubt: Arc<Notify>,
 }
 
 impl Pools {
@@ -86,6 +88,7 @@ impl Pools {
     ) -> Self {
         assert!(!workers.is_empty(), "at least one worker");
         let auth_failed = Arc::new(Notify::new());
+        let writer_doubt = Arc::new(Notify::new());
         let creds = Arc::new(creds);
         let database: Arc<str> = database.into();
         let connectors: Vec<_> = workers
@@ -93,6 +96,7 @@ impl Pools {
             .map(|runtime| {
                 Arc::new(Connector {
                     auth_failed: auth_failed.clone(),
+                    writer_doubt: writer_doubt.clone(),
                     runtime,
                     database: database.clone(),
                 })
@@ -116,6 +120,7 @@ impl Pools {
             database,
             closed: Default::default(),
             auth_failed,
+            writer_doubt,
         }
     }
 

@@ -15,21 +15,20 @@ pub(crate) fn check_endpoint(
     if allow {
         return Ok(());
     }
-    if let Some(host) = &c.host {
-        if !host.eq_ignore_ascii_case(&up.host) {
-            return Err(format!(
-                "the secret's host {host:?} is not upstream.host {:?} (allow_endpoint_change = false)",
-                up.host
-            ));
-        }
-    }
-    if let Some(port) = c.port {
-        if port != up.port {
-            return Err(format!(
-                "the secret's port {port} is not upstream.port {} (allow_endpoint_change = false)",
-                up.port
-            ));
-        }
+    // With several hosts, the secret may name any of them (RDS names the instance it made
+    // the secret for).
+    let named = |h: &crate::config::HostPort| {
+        c.host.as_ref().is_none_or(|s| s.eq_ignore_ascii_case(&h.host))
+            && c.port.is_none_or(|p| p == h.port)
+    };
+    if !up.hosts.iter().any(named) {
+        let shown: Vec<String> = up.hosts.iter().map(ToString::to_string).collect();
+        return Err(format!(
+            "the secret's host and port ({}:{}) are not one of upstream.hosts [{}] (allow_endpoint_change = false)",
+            c.host.as_deref().unwrap_or("*"),
+            c.port.map_or("*".to_owned(), |p| p.to_string()),
+            shown.join(", ")
+        ));
     }
     if let Some(db) = &c.dbname {
         if *db != up.database {

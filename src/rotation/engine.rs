@@ -3,6 +3,7 @@
 
 use super::Request;
 use super::breaker::Breaker;
+use super::failover::Writer;
 use super::checks::check_endpoint;
 use super::status::{Outcome, Report, RotationStatus, Trigger};
 use super::upstream::Upstream;
@@ -41,11 +42,13 @@ pub struct EngineParts<U> {
 }
 
 pub struct Engine<U> {
-    p: EngineParts<U>,
+    pub(super) p: EngineParts<U>,
     backoff: Backoff,
     retry_at: Option<Instant>,
     last_auth_refetch: Option<Instant>,
-    validated: bool,
+    pub(super) validated: bool,
+    /// Which host to serve from (see `failover.rs`).
+    pub(super) writer: Writer,
     persisted: u64,
     /// The last cache write, finished before the engine stops (nothing validated is lost).
     persisting: Option<tokio::task::JoinHandle<()>>,
@@ -81,7 +84,14 @@ async fn until(deadline: Option<Instant>) {
 
 impl<U: Upstream> Engine<U> {
     pub fn new(parts: EngineParts<U>) -> Self {
+        let up = &parts.endpoint;
+        let writer = Writer::new(
+            up.hosts.len(),
+            up.target_session_attrs,
+            up.writer_check_interval,
+        );
         Self {
+            writer,
             p: parts,
             backoff: Backoff::default(),
             retry_at: None,
@@ -105,14 +115,30 @@ impl<U: Upstream> Engine<U> {
             tracker.spawn(source.run(note_tx.clone(), stop.clone()));
         }
         drop(note_tx);
+        if self.writer.enabled {
+            self.search(Trigger::Start).await;
+        } else {
+            self.found(&self.p.pools.serving());
+        }
         self.handle(Trigger::Start, None, None).await;
         let mut next_refresh = Instant::now() + self.p.refresh_interval;
         let auth_failed = self.p.pools.auth_failed();
+        let doubt = self.p.pools.writer_doubt();
         loop {
             let reopen = self.p.breaker.reopens_at().map(Instant::from_std);
             let (trigger, reply) = tokio::select! {
                 _ = stop.cancelled() => return self.flush().await,
                 Some(req) = requests.recv() => (req.trigger, req.reply),
+                _ = doubt.notified(), if self.writer.enabled => {
+                    let Some(at) = self.writer.doubted(Instant::now()) else { continue };
+                    tokio::time::sleep_until(at).await;
+                    (Trigger::UpstreamLost, None)
+                }
+                _ = until(self.writer.next_check), if self.writer.enabled => (Trigger::WriterCheck, None),
+                _ = until(self.writer.retry_deadline()) => {
+                    let cause = self.writer.retry_at.take().map_or(Trigger::UpstreamLost, |(_, t)| t);
+                    (cause, None)
+                }
                 Some(note) = notes.recv() => {
                     self.on_note(note).await;
                     continue;
@@ -134,6 +160,13 @@ impl<U: Upstream> Engine<U> {
                     (Trigger::Retry, None)
                 }
             };
+            if trigger.is_search() {
+                let report = self.search(trigger).await;
+                if let Some(reply) = reply {
+                    let _ = reply.send(report);
+                }
+                continue;
+            }
             self.handle(trigger, None, reply).await;
         }
     }
@@ -141,6 +174,10 @@ impl<U: Upstream> Engine<U> {
     /// An event: a staged version is prefetched; a change of the current one is an attempt,
     /// skipped when the event names the version already served (events repeat).
     async fn on_note(&mut self, note: Note) {
+        if note.change == Change::Failover {
+            self.search(Trigger::RdsEvent).await;
+            return;
+        }
         if note.change == Change::Pending {
             return self.prefetch(note.version.as_deref()).await;
         }
@@ -323,7 +360,18 @@ impl<U: Upstream> Engine<U> {
             return Step::about(Outcome::Rejected, &candidate, Some(why));
         }
         let next = self.p.pools.generation() + 1;
-        match self.p.pools.validate(&candidate, next).await {
+        let started = Instant::now();
+        let serving = self.p.pools.serving();
+        let mut checked = self.p.pools.validate(&candidate, next, &serving).await;
+        let mut moved = None;
+        if checked.is_err() && self.writer.enabled {
+            // The serving host may be what failed: the writer may have moved meanwhile.
+            if let Some((host, proof)) = self.validate_elsewhere(&candidate, next).await {
+                moved = Some(host);
+                checked = Ok(proof);
+            }
+        }
+        match checked {
             Err(e) => Step::about(
                 Outcome::Rejected,
                 &candidate,
@@ -335,6 +383,9 @@ impl<U: Upstream> Engine<U> {
                 self.persist(&candidate);
                 let old = (self.p.pools.generation(), self.p.pools.current());
                 self.p.pools.publish(candidate, conn);
+                if let Some(to) = moved {
+                    self.moved_by_rotation(serving, to, started);
+                }
                 self.mark_validated();
                 self.retire_when_drained(old);
                 step
@@ -348,7 +399,8 @@ impl<U: Upstream> Engine<U> {
     async fn republish(&mut self) -> Step {
         let current = self.p.pools.current();
         let next = self.p.pools.generation() + 1;
-        match self.p.pools.validate(&current, next).await {
+        let serving = self.p.pools.serving();
+        match self.p.pools.validate(&current, next, &serving).await {
             Ok(conn) => {
                 self.p.pools.publish((*current).clone(), conn);
                 Step::about(Outcome::Reconfigured, &current, None)
@@ -368,7 +420,7 @@ impl<U: Upstream> Engine<U> {
         match self
             .p
             .pools
-            .validate(current, self.p.pools.generation())
+            .validate(current, self.p.pools.generation(), &self.p.pools.serving())
             .await
         {
             Ok(conn) => {
@@ -399,7 +451,9 @@ impl<U: Upstream> Engine<U> {
 
     fn mark_validated(&mut self) {
         self.validated = true;
-        self.p.ready.store(true, Ordering::Release);
+        if self.writer.found {
+            self.p.ready.store(true, Ordering::Release);
+        }
     }
 
     /// Writes the cache off the event loop (it fsyncs); a failure is logged, not fatal.

@@ -2,10 +2,12 @@
 //! version up, a source serving a version (or unavailable), and an event source a test feeds.
 
 use super::upstream::Upstream;
+use super::writer::{Probe, Role};
+use crate::config::HostPort;
 use crate::secrets::Credentials;
 use crate::secrets::provider::{EventSource, Note, SecretProvider, SourceError, Stage};
 use futures::future::BoxFuture;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,6 +34,17 @@ pub struct FakePools {
     drained: Mutex<HashSet<u64>>,
     drain_changed: Notify,
     pub auth: Arc<Notify>,
+    pub doubt: Arc<Notify>,
+    /// Each host's role; a host not listed is down. Logins need the host up.
+    roles: Mutex<HashMap<String, Role>>,
+    serving: Mutex<HostPort>,
+}
+
+pub fn host(name: &str) -> HostPort {
+    HostPort {
+        host: name.into(),
+        port: 5432,
+    }
 }
 
 impl FakePools {
@@ -45,7 +58,24 @@ impl FakePools {
             drained: Mutex::default(),
             drain_changed: Notify::new(),
             auth: Arc::new(Notify::new()),
+            doubt: Arc::new(Notify::new()),
+            roles: Mutex::new(HashMap::from([("db".to_owned(), Role::Primary)])),
+            serving: Mutex::new(host("db")),
         })
+    }
+
+    /// `name` is up as `role`, or down (None).
+    pub fn set_role(&self, name: &str, role: Option<Role>) {
+        let mut roles = self.roles.lock().unwrap();
+        match role {
+            Some(r) => roles.insert(name.into(), r),
+            None => roles.remove(name),
+        };
+    }
+
+    /// The host the current generation is on.
+    pub fn on(&self) -> String {
+        self.serving.lock().unwrap().host.clone()
     }
 
     pub fn accept(&self, version: &str) {
@@ -63,7 +93,7 @@ impl FakePools {
 }
 
 impl Upstream for FakePools {
-    type Proof = ();
+    type Proof = HostPort;
 
     fn generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
@@ -73,15 +103,50 @@ impl Upstream for FakePools {
         self.current.lock().unwrap().clone()
     }
 
-    async fn validate(&self, creds: &Credentials, _generation: u64) -> Result<(), String> {
+    fn serving(&self) -> HostPort {
+        self.serving.lock().unwrap().clone()
+    }
+
+    async fn validate(
+        &self,
+        creds: &Credentials,
+        _generation: u64,
+        host: &HostPort,
+    ) -> Result<HostPort, String> {
         tokio::time::sleep(LOGIN).await;
+        if !self.roles.lock().unwrap().contains_key(&host.host) {
+            return Err("connection refused".into());
+        }
         match self.good.lock().unwrap().contains(&creds.version) {
-            true => Ok(()),
+            true => Ok(host.clone()),
             false => Err("password authentication failed".into()),
         }
     }
 
-    fn publish(&self, creds: Credentials, _proof: ()) -> u64 {
+    async fn probe(&self, hosts: &[HostPort], creds: &Credentials) -> Vec<Probe> {
+        tokio::time::sleep(LOGIN).await;
+        let good = self.good.lock().unwrap().contains(&creds.version);
+        let roles = self.roles.lock().unwrap();
+        hosts
+            .iter()
+            .map(|h| {
+                let role = match roles.get(&h.host) {
+                    Some(_) if !good => Err("password authentication failed".to_owned()),
+                    Some(r) => Ok(*r),
+                    None => Err("connection refused".to_owned()),
+                };
+                Probe {
+                    host: h.clone(),
+                    refused_login: roles.contains_key(&h.host) && !good,
+                    role,
+                    checked: std::time::SystemTime::now(),
+                }
+            })
+            .collect()
+    }
+
+    fn publish(&self, creds: Credentials, proof: HostPort) -> u64 {
+        *self.serving.lock().unwrap() = proof;
         let id = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         let version = creds.version.clone();
         *self.current.lock().unwrap() = Arc::new(creds);
@@ -92,7 +157,7 @@ impl Upstream for FakePools {
         id
     }
 
-    fn adopt(&self, _proof: ()) {
+    fn adopt(&self, _proof: HostPort) {
         self.adopted.fetch_add(1, Ordering::SeqCst);
     }
 
@@ -112,6 +177,10 @@ impl Upstream for FakePools {
 
     fn auth_failed(&self) -> Arc<Notify> {
         self.auth.clone()
+    }
+
+    fn writer_doubt(&self) -> Arc<Notify> {
+        self.doubt.clone()
     }
 }
 

@@ -10,6 +10,7 @@ mod engine;
 mod engine_fakes;
 #[cfg(test)]
 mod engine_tests;
+mod failover;
 mod status;
 mod upstream;
 pub mod writer;
@@ -40,6 +41,11 @@ impl RotationHandle {
     /// Runs one attempt now and returns its report (None when the engine has stopped).
     pub async fn rotate_now(&self) -> Option<Report> {
         self.request(Trigger::Manual).await
+    }
+
+    /// Looks for the host to serve from now (`POST /failover`) and returns what was found.
+    pub async fn failover_now(&self) -> Option<Report> {
+        self.request(Trigger::Failover).await
     }
 
     /// Republishes the serving credential with the pool settings now configured.

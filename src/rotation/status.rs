@@ -18,6 +18,48 @@ pub enum Trigger {
     Retry,
     /// New pool settings (SIGHUP): the serving credential is republished as a new generation.
     Reload,
+    /// `POST /failover`: look for the writer now.
+    Failover,
+    /// The serving host looked gone or changed role: a connection lost, 57P01/02/03, a
+    /// read-only error (25006), a login refused as "starting up" (and the retries after).
+    UpstreamLost,
+    /// The periodic look at every host (`upstream.writer_check_interval`).
+    WriterCheck,
+    /// An RDS failover event on the SQS queue.
+    RdsEvent,
+}
+
+impl Trigger {
+    /// A search for the host to serve from, not a credential attempt.
+    pub fn is_search(self) -> bool {
+        matches!(
+            self,
+            Trigger::Failover | Trigger::UpstreamLost | Trigger::WriterCheck | Trigger::RdsEvent
+        )
+    }
+}
+
+/// One host of `upstream.hosts`, as last looked at (`/status`).
+#[derive(Debug, Clone, Serialize)]
+pub struct HostView {
+    pub host: String,
+    /// primary, read_only, standby; null when it could not be asked.
+    pub role: Option<super::writer::Role>,
+    /// Why it could not be asked (never a credential).
+    pub error: Option<String>,
+    pub serving: bool,
+    pub checked_at: u64,
+}
+
+/// The last move to another host.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailoverView {
+    pub from: String,
+    pub to: String,
+    pub trigger: Trigger,
+    pub at: u64,
+    /// From the first sign of trouble to the new host serving.
+    pub detection_to_serving_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -74,6 +116,18 @@ pub struct StatusView {
     pub breaker: BreakerState,
     pub consecutive_failures: u32,
     pub last_attempt: Option<Report>,
+    /// Every host, as last looked at (empty until the first search).
+    pub hosts: Vec<HostView>,
+    /// The host being served, when one matching `target_session_attrs` is.
+    pub writer: Option<String>,
+    pub last_failover: Option<FailoverView>,
+}
+
+/// Unix seconds.
+pub fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl StatusView {
@@ -101,6 +155,9 @@ impl RotationStatus {
             breaker: BreakerState::Closed,
             consecutive_failures: 0,
             last_attempt: None,
+            hosts: Vec::new(),
+            writer: None,
+            last_failover: None,
         }))
     }
 

@@ -4,7 +4,9 @@
 //! that runs in paused time.
 
 use super::checks::health_check;
-use crate::backend::ServerConn;
+use super::writer::{self, Probe};
+use crate::backend::{ServerConn, UpstreamTarget};
+use crate::config::HostPort;
 use crate::pool::Pools;
 use crate::secrets::Credentials;
 use std::future::Future;
@@ -19,15 +21,24 @@ pub trait Upstream: Send + Sync + 'static {
     fn generation(&self) -> u64;
     /// The credential being served.
     fn current(&self) -> Arc<Credentials>;
-    /// Logs in with `creds` as generation `generation` the way client connections will, and
-    /// checks the session works. The error is for the log and the audit event.
+    /// The host the current generation logs in to.
+    fn serving(&self) -> HostPort;
+    /// Logs in to `host` with `creds` as generation `generation` the way client connections
+    /// will, and checks the session works. The error is for the log and the audit event.
     fn validate(
         &self,
         creds: &Credentials,
         generation: u64,
+        host: &HostPort,
     ) -> impl Future<Output = Result<Self::Proof, String>> + Send;
-    /// Makes `creds` the next generation, with `proof` as its first connection; the old one
-    /// starts draining. Returns the new generation.
+    /// Logs in to every host in `hosts` at once with `creds` and asks each what it is.
+    fn probe(
+        &self,
+        hosts: &[HostPort],
+        creds: &Credentials,
+    ) -> impl Future<Output = Vec<Probe>> + Send;
+    /// Makes `creds` the next generation, on the host `proof` was validated on, with `proof`
+    /// as its first connection; the old one starts draining. Returns the new generation.
     fn publish(&self, creds: Credentials, proof: Self::Proof) -> u64;
     /// Gives the current generation a connection validated with its own credential.
     fn adopt(&self, proof: Self::Proof);
@@ -37,10 +48,13 @@ pub trait Upstream: Send + Sync + 'static {
     fn drained(&self, generation: u64) -> impl Future<Output = ()> + Send;
     /// Told when an upstream login of the current generation is refused.
     fn auth_failed(&self) -> Arc<Notify>;
+    /// Told when the serving host may be gone or no longer the writer.
+    fn writer_doubt(&self) -> Arc<Notify>;
 }
 
 impl Upstream for Pools {
-    type Proof = ServerConn;
+    /// The validated connection and the server it is logged in to.
+    type Proof = (ServerConn, Arc<UpstreamTarget>);
 
     fn generation(&self) -> u64 {
         Pools::generation(self)
@@ -50,18 +64,37 @@ impl Upstream for Pools {
         self.current_creds()
     }
 
-    async fn validate(&self, creds: &Credentials, generation: u64) -> Result<ServerConn, String> {
-        health_check(&self.target(), creds, generation, self.database())
+    fn serving(&self) -> HostPort {
+        self.target().address()
+    }
+
+    async fn validate(
+        &self,
+        creds: &Credentials,
+        generation: u64,
+        host: &HostPort,
+    ) -> Result<Self::Proof, String> {
+        let current = self.target();
+        let target = match current.address() == *host {
+            true => current,
+            false => Arc::new(current.at(host).map_err(|e| e.to_string())?),
+        };
+        let conn = health_check(&target, creds, generation, self.database())
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        Ok((conn, target))
     }
 
-    fn publish(&self, creds: Credentials, proof: ServerConn) -> u64 {
-        Pools::publish(self, creds, proof)
+    async fn probe(&self, hosts: &[HostPort], creds: &Credentials) -> Vec<Probe> {
+        writer::probe_all(&self.target(), hosts, creds).await
     }
 
-    fn adopt(&self, proof: ServerConn) {
-        Pools::adopt(self, proof)
+    fn publish(&self, creds: Credentials, (conn, target): Self::Proof) -> u64 {
+        Pools::publish_to(self, creds, target, conn)
+    }
+
+    fn adopt(&self, (conn, _): Self::Proof) {
+        Pools::adopt(self, conn)
     }
 
     fn drain_timeout(&self) -> std::time::Duration {
@@ -74,5 +107,9 @@ impl Upstream for Pools {
 
     fn auth_failed(&self) -> Arc<Notify> {
         self.auth_failed.clone()
+    }
+
+    fn writer_doubt(&self) -> Arc<Notify> {
+        self.writer_doubt.clone()
     }
 }

@@ -20,12 +20,25 @@ pub enum Role {
     Standby,
 }
 
+impl Role {
+    /// In words, for the log.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Primary => "a primary (writable)",
+            Role::ReadOnly => "read-only (default_transaction_read_only)",
+            Role::Standby => "a standby (in recovery)",
+        }
+    }
+}
+
 /// One host's answer.
 #[derive(Debug, Clone)]
 pub struct Probe {
     pub host: HostPort,
     /// Its role, or why it could not be asked (never a credential).
     pub role: Result<Role, String>,
+    /// The login was refused (28P01/28000): the credential, not the host, is the trouble.
+    pub refused_login: bool,
     pub checked: SystemTime,
 }
 
@@ -37,24 +50,27 @@ pub async fn probe_all(
     creds: &Credentials,
 ) -> Vec<Probe> {
     let probes = hosts.iter().map(|h| async move {
-        let role = match base.at(h) {
+        let (role, refused_login) = match base.at(h) {
             Ok(target) => classify(&target, creds).await,
-            Err(e) => Err(e.to_string()),
+            Err(e) => (Err(e.to_string()), false),
         };
         Probe {
             host: h.clone(),
             role,
+            refused_login,
             checked: SystemTime::now(),
         }
     });
     futures::future::join_all(probes).await
 }
 
-async fn classify(target: &UpstreamTarget, creds: &Credentials) -> Result<Role, String> {
+async fn classify(target: &UpstreamTarget, creds: &Credentials) -> (Result<Role, String>, bool) {
+    let mut refused = false;
     let work = async {
-        let mut conn = backend::connect(target, creds, 0)
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut conn = backend::connect(target, creds, 0).await.map_err(|e| {
+            refused = e.is_auth_failure();
+            e.to_string()
+        })?;
         let reported = conn
             .params
             .reported
@@ -75,9 +91,10 @@ async fn classify(target: &UpstreamTarget, creds: &Credentials) -> Result<Role, 
             Role::Primary
         })
     };
-    tokio::time::timeout(target.connect_timeout * 2, work)
+    let role = tokio::time::timeout(target.connect_timeout * 2, work)
         .await
-        .unwrap_or_else(|_| Err("did not answer in time".into()))
+        .unwrap_or_else(|_| Err("did not answer in time".into()));
+    (role, refused)
 }
 
 async fn one(conn: &mut backend::ServerConn, sql: &str) -> Result<String, String> {
@@ -121,6 +138,7 @@ mod tests {
         Probe {
             host: HostPort::parse(host).unwrap(),
             role: role.map_err(str::to_owned),
+            refused_login: false,
             checked: SystemTime::now(),
         }
     }

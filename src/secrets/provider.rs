@@ -52,6 +52,9 @@ pub enum Change {
     Current,
     /// A version was staged to become current: fetch it ahead, do not swap.
     Pending,
+    /// Not a secret change: an RDS failover of the database's cluster or instance (look for
+    /// the writer now).
+    Failover,
 }
 
 /// Which version a fetch asks for. After an upstream login is refused, the engine asks for the

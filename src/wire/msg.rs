@@ -161,6 +161,22 @@ pub fn severity(body: &[u8]) -> &[u8] {
     found
 }
 
+/// The SQLSTATE (`C`) of an ErrorResponse/NoticeResponse body.
+pub fn code(body: &[u8]) -> &[u8] {
+    let mut rest = body;
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            break;
+        }
+        let end = tail.iter().position(|b| *b == 0).unwrap_or(tail.len());
+        if field == b'C' {
+            return &tail[..end];
+        }
+        rest = tail.get(end + 1..).unwrap_or(&[]);
+    }
+    b""
+}
+
 /// `"name"` with embedded quotes doubled.
 pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))

@@ -1,0 +1,293 @@
+//! Following the writer (design 8.4). With several `upstream.hosts`, or a
+//! `target_session_attrs` other than `any`, the engine looks for the host to serve from: at
+//! start; at once when the serving host looks gone or changed role (a connection lost,
+//! 57P01/02/03, a read-only error, a login refused as "starting up"); on an RDS failover event;
+//! on `POST /failover`; and every `upstream.writer_check_interval`, so a silent promotion is
+//! found too. A host other than the serving one is validated like a new credential and
+//! published as a new generation there; the old generation drains. The credential does not
+//! change, so nothing is retired at the source.
+//!
+//! With no host to serve from, the database is not ready and the search is retried on a short
+//! backoff; clients between transactions keep waiting (up to `pool.acquire_timeout`) in the
+//! old generation's queue and move to the new one when it is published.
+
+use super::engine::Engine;
+use super::status::{FailoverView, HostView, Outcome, Report, Trigger, unix};
+use super::upstream::Upstream;
+use super::writer::{Probe, choose};
+use crate::config::{HostPort, TargetSessionAttrs};
+use crate::secrets::Credentials;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
+
+/// Searches set off by doubt are at least this far apart: one failover makes one search.
+pub(super) const DEBOUNCE: Duration = Duration::from_millis(100);
+/// After a search that found no host to serve from: the first pause, doubling up to the most.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_millis(500);
+/// While no host is found, the warning is repeated at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(30);
+
+/// The engine's state of the search.
+#[derive(Debug)]
+pub(super) struct Writer {
+    /// Several hosts, or a `target_session_attrs` other than `any`.
+    pub enabled: bool,
+    /// A host `target_session_attrs` accepts is being served.
+    pub found: bool,
+    /// The next search after one that found nothing, and what set the first one off.
+    pub retry_at: Option<(Instant, Trigger)>,
+    retry: Duration,
+    /// The next periodic check.
+    pub next_check: Option<Instant>,
+    every: Duration,
+    last_search: Option<Instant>,
+    /// The first sign of trouble not yet resolved (for the detection-to-serving time).
+    detected: Option<Instant>,
+    warned: Option<Instant>,
+}
+
+impl Writer {
+    pub fn new(hosts: usize, attrs: TargetSessionAttrs, every: Duration) -> Self {
+        let enabled = hosts > 1 || attrs != TargetSessionAttrs::Any;
+        Self {
+            enabled,
+            found: !enabled,
+            retry_at: None,
+            retry: RETRY_FIRST,
+            next_check: None,
+            every,
+            last_search: None,
+            detected: None,
+            warned: None,
+        }
+    }
+
+    /// A sign of trouble: when the search it sets off may start (debounced). None while a
+    /// retry is already scheduled (the doubt adds nothing to it).
+    pub fn doubted(&mut self, now: Instant) -> Option<Instant> {
+        self.detected.get_or_insert(now);
+        if self.retry_at.is_some() {
+            return None;
+        }
+        Some(self.last_search.map_or(now, |t| (t + DEBOUNCE).max(now)))
+    }
+
+    pub fn retry_deadline(&self) -> Option<Instant> {
+        self.retry_at.map(|(at, _)| at)
+    }
+}
+
+/// What one search decided.
+enum Found {
+    /// The serving host is still the one.
+    Same,
+    /// Now serving `to` (from the generation's previous host).
+    Moved { from: HostPort, to: HostPort },
+    /// No host to serve from, or the chosen one failed its health check.
+    Nothing(String),
+}
+
+impl<U: Upstream> Engine<U> {
+    /// Looks for the host to serve from and moves there when it is another one (or, for an RDS
+    /// failover event, republishes on the same name so new connections resolve it again).
+    pub(super) async fn search(&mut self, trigger: Trigger) -> Report {
+        let started = Instant::now();
+        self.writer.last_search = Some(started);
+        self.writer.retry_at = None;
+        let creds = self.p.pools.current();
+        let probes = self.p.pools.probe(&self.p.endpoint.hosts, &creds).await;
+        if probes.iter().any(|p| p.refused_login) {
+            // The credential, not the host: refetch it (a rotation may be under way).
+            self.p.pools.auth_failed().notify_one();
+        }
+        let attrs = self.p.endpoint.target_session_attrs;
+        let force = trigger == Trigger::RdsEvent;
+        let found = match choose(attrs, &probes) {
+            None => Found::Nothing(no_match(attrs, &probes)),
+            Some(p) if p.host == self.p.pools.serving() && !force => Found::Same,
+            Some(p) => self.move_to(&p.host.clone(), &creds).await,
+        };
+        let (outcome, reason) = self.settle(trigger, found, started);
+        self.show(&probes);
+        Report {
+            outcome,
+            trigger,
+            source: self.p.provider.kind(),
+            generation: self.p.pools.generation(),
+            version: Some(creds.version.clone()),
+            username: Some(creds.username.clone()),
+            reason: Some(reason),
+            duration_ms: started.elapsed().as_millis() as u64,
+        }
+    }
+
+    /// Validates the serving credential on `host` and publishes it there.
+    async fn move_to(&mut self, host: &HostPort, creds: &Credentials) -> Found {
+        let next = self.p.pools.generation() + 1;
+        match self.p.pools.validate(creds, next, host).await {
+            Ok(proof) => {
+                let from = self.p.pools.serving();
+                self.p.pools.publish(creds.clone(), proof);
+                Found::Moved {
+                    from,
+                    to: host.clone(),
+                }
+            }
+            Err(e) => Found::Nothing(format!("{host} failed its health check: {e}")),
+        }
+    }
+
+    /// A rotation whose candidate failed on the serving host: the candidate, on the host to
+    /// serve from now, if that is another one that takes it.
+    pub(super) async fn validate_elsewhere(
+        &mut self,
+        candidate: &Credentials,
+        generation: u64,
+    ) -> Option<(HostPort, U::Proof)> {
+        let probes = self.p.pools.probe(&self.p.endpoint.hosts, candidate).await;
+        self.show(&probes);
+        let host = choose(self.p.endpoint.target_session_attrs, &probes)?.host.clone();
+        if host == self.p.pools.serving() {
+            return None;
+        }
+        let proof = self.p.pools.validate(candidate, generation, &host).await.ok()?;
+        Some((host, proof))
+    }
+
+    /// Records a move made by a rotation (see [`Engine::validate_elsewhere`]).
+    pub(super) fn moved_by_rotation(&mut self, from: HostPort, to: HostPort, started: Instant) {
+        self.writer.detected.get_or_insert(started);
+        self.settle(Trigger::AuthFailure, Found::Moved { from, to }, started);
+    }
+
+    /// Readiness, retries, metrics, status and the audit line for what a search found.
+    fn settle(&mut self, trigger: Trigger, found: Found, started: Instant) -> (Outcome, String) {
+        let now = Instant::now();
+        self.writer.next_check = Some(now + self.writer.every);
+        match found {
+            Found::Nothing(why) => {
+                self.lost(trigger, &why, now);
+                (Outcome::Failed, why)
+            }
+            Found::Same => {
+                let serving = self.p.pools.serving();
+                if !self.writer.found {
+                    tracing::info!(database = %self.p.database, host = %serving, "serving from {serving} again");
+                }
+                self.found(&serving);
+                (Outcome::Unchanged, format!("serving from {serving}"))
+            }
+            Found::Moved { from, to } => {
+                let detected = self.writer.detected.unwrap_or(started);
+                self.record_move(trigger, &from, &to, detected, started);
+                self.found(&to);
+                (Outcome::Applied, format!("now serving from {to} (was {from})"))
+            }
+        }
+    }
+
+    pub(super) fn found(&mut self, host: &HostPort) {
+        self.writer.found = true;
+        self.writer.retry = RETRY_FIRST;
+        self.writer.detected = None;
+        self.writer.warned = None;
+        if self.validated {
+            self.p.ready.store(true, Ordering::Release);
+        }
+        self.p.status.update(|s| s.writer = Some(host.to_string()));
+        self.writer_gauges(Some(host));
+    }
+
+    /// No host to serve from: not ready, a warning, another search soon.
+    fn lost(&mut self, trigger: Trigger, why: &str, now: Instant) {
+        self.writer.found = false;
+        self.p.ready.store(false, Ordering::Release);
+        let pause = self.writer.retry;
+        self.writer.retry = (pause * 2).min(RETRY_MAX);
+        let cause = match trigger {
+            Trigger::Start | Trigger::AuthFailure => Trigger::UpstreamLost,
+            t => t,
+        };
+        self.writer.retry_at = Some((now + pause, cause));
+        self.p.status.update(|s| s.writer = None);
+        self.writer_gauges(None);
+        if self.writer.warned.is_none_or(|t| now - t >= WARN_EVERY) {
+            self.writer.warned = Some(now);
+            tracing::warn!(database = %self.p.database, reason = %why, "no upstream host to serve from; not ready, looking again");
+        }
+    }
+
+    fn record_move(
+        &self,
+        trigger: Trigger,
+        from: &HostPort,
+        to: &HostPort,
+        detected: Instant,
+        started: Instant,
+    ) {
+        let db = self.p.database.clone();
+        let took = detected.elapsed();
+        if trigger != Trigger::Start {
+            metrics::counter!("rotagate_failovers_total", "database" => db.clone()).increment(1);
+            metrics::histogram!("rotagate_failover_seconds", "database" => db.clone())
+                .record(took.as_secs_f64());
+        }
+        let (from, to) = (from.to_string(), to.to_string());
+        let (detection_ms, search_ms) = (took.as_millis() as u64, started.elapsed().as_millis() as u64);
+        tracing::info!(target: "rotagate::audit", event = "failover", database = %db, trigger = ?trigger,
+            from = %from, to = %to, detection_to_serving_ms = detection_ms, search_ms,
+            generation = self.p.pools.generation(), "serving from another upstream host");
+        self.p.status.update(|s| {
+            s.last_failover = Some(FailoverView {
+                from,
+                to,
+                trigger,
+                at: unix(SystemTime::now()),
+                detection_to_serving_ms: detection_ms,
+            })
+        });
+    }
+
+    /// `rotagate_upstream_writer{host}`: 1 for the serving host, 0 for the others.
+    fn writer_gauges(&self, serving: Option<&HostPort>) {
+        for h in &self.p.endpoint.hosts {
+            let on = serving == Some(h);
+            metrics::gauge!("rotagate_upstream_writer", "database" => self.p.database.clone(), "host" => h.to_string())
+                .set(if on { 1.0 } else { 0.0 });
+        }
+    }
+
+    /// Every host's role and last check, for `/status`.
+    fn show(&self, probes: &[Probe]) {
+        let serving = self.p.pools.serving();
+        let hosts = probes
+            .iter()
+            .map(|p| HostView {
+                host: p.host.to_string(),
+                role: p.role.as_ref().ok().copied(),
+                error: p.role.as_ref().err().cloned(),
+                serving: p.host == serving,
+                checked_at: unix(p.checked),
+            })
+            .collect();
+        self.p.status.update(|s| s.hosts = hosts);
+    }
+}
+
+/// Why no host was chosen, naming each host's answer (never a credential).
+fn no_match(attrs: TargetSessionAttrs, probes: &[Probe]) -> String {
+    let answers: Vec<String> = probes
+        .iter()
+        .map(|p| match &p.role {
+            Ok(role) => format!("{} is {}", p.host, role.name()),
+            Err(e) => format!("{}: {e}", p.host),
+        })
+        .collect();
+    format!(
+        "no host is {} (target_session_attrs): {}",
+        attrs.wanted(),
+        answers.join("; ")
+    )
+}
