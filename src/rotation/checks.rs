@@ -18,7 +18,9 @@ pub(crate) fn check_endpoint(
     // With several hosts, the secret may name any of them (RDS names the instance it made
     // the secret for).
     let named = |h: &crate::config::HostPort| {
-        c.host.as_ref().is_none_or(|s| s.eq_ignore_ascii_case(&h.host))
+        c.host
+            .as_ref()
+            .is_none_or(|s| s.eq_ignore_ascii_case(&h.host))
             && c.port.is_none_or(|p| p == h.port)
     };
     if !up.hosts.iter().any(named) {

@@ -3,8 +3,8 @@
 
 use super::Request;
 use super::breaker::Breaker;
-use super::failover::Writer;
 use super::checks::check_endpoint;
+use super::failover::Writer;
 use super::status::{Outcome, Report, RotationStatus, Trigger};
 use super::upstream::Upstream;
 use crate::config::UpstreamConfig;

@@ -73,6 +73,11 @@ impl FakePools {
         };
     }
 
+    /// Before the engine starts: the pools serve from `name`.
+    pub fn start_on(&self, name: &str) {
+        *self.serving.lock().unwrap() = host(name);
+    }
+
     /// The host the current generation is on.
     pub fn on(&self) -> String {
         self.serving.lock().unwrap().host.clone()
@@ -80,6 +85,11 @@ impl FakePools {
 
     pub fn accept(&self, version: &str) {
         self.good.lock().unwrap().insert(version.into());
+    }
+
+    /// Logins with `version` are refused from now on (revoked).
+    pub fn forget(&self, version: &str) {
+        self.good.lock().unwrap().remove(version);
     }
 
     pub fn published(&self) -> Vec<(u64, String, Instant)> {

@@ -3,10 +3,12 @@
 
 use super::breaker::Breaker;
 use super::engine::{Engine, EngineParts};
-use super::engine_fakes::{DRAIN, FakeEvents, FakePools, FakeSource, LOGIN};
+use super::engine_fakes::{DRAIN, FakeEvents, FakePools, FakeSource, LOGIN, host};
 use super::status::{Outcome, RotationStatus};
 use super::upstream::Upstream;
+use super::writer::Role;
 use super::{Request, RotationHandle, Trigger};
+use crate::config::TargetSessionAttrs;
 use crate::secrets::provider::{Change, Note};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,14 +20,14 @@ use tokio_util::task::TaskTracker;
 
 const COOLDOWN: Duration = Duration::from_secs(30);
 
-struct Harness {
-    pools: Arc<FakePools>,
-    source: Arc<FakeSource>,
-    status: Arc<RotationStatus>,
-    ready: Arc<AtomicBool>,
-    handle: RotationHandle,
-    events: mpsc::Sender<Note>,
-    stop: CancellationToken,
+pub(super) struct Harness {
+    pub pools: Arc<FakePools>,
+    pub source: Arc<FakeSource>,
+    pub status: Arc<RotationStatus>,
+    pub ready: Arc<AtomicBool>,
+    pub handle: RotationHandle,
+    pub events: mpsc::Sender<Note>,
+    pub stop: CancellationToken,
 }
 
 /// An engine serving `serving` (which logs in), with the source at `source`, started: its
@@ -34,10 +36,14 @@ async fn start(serving: &str, source: Option<&str>) -> Harness {
     Setup::default().start(serving, source).await
 }
 
-struct Setup {
+pub(super) struct Setup {
     /// Whether the credential served at start logs in.
-    serving_works: bool,
-    breaker_failures: u32,
+    pub serving_works: bool,
+    pub breaker_failures: u32,
+    /// `upstream.hosts` and each one's role (None: down); the pools start on the first.
+    pub hosts: Vec<(&'static str, Option<Role>)>,
+    pub attrs: TargetSessionAttrs,
+    pub writer_check: Duration,
 }
 
 impl Default for Setup {
@@ -45,16 +51,24 @@ impl Default for Setup {
         Self {
             serving_works: true,
             breaker_failures: 3,
+            hosts: vec![("db", Some(Role::Primary))],
+            attrs: TargetSessionAttrs::Any,
+            writer_check: Duration::from_secs(3600),
         }
     }
 }
 
 impl Setup {
-    async fn start(self, serving: &str, source: Option<&str>) -> Harness {
+    pub async fn start(self, serving: &str, source: Option<&str>) -> Harness {
         let pools = FakePools::serving(serving);
         if self.serving_works {
             pools.accept(serving);
         }
+        pools.set_role("db", None);
+        for (name, role) in &self.hosts {
+            pools.set_role(name, *role);
+        }
+        pools.start_on(self.hosts[0].0);
         let provider = Arc::new(FakeSource::default());
         provider.serve(source);
         let (events, rx) = mpsc::channel(8);
@@ -73,12 +87,9 @@ impl Setup {
                 ca_file: None,
                 connect_timeout: Duration::from_secs(5),
                 channel_binding: crate::config::ChannelBinding::Prefer,
-                hosts: vec![crate::config::HostPort {
-                    host: "db".into(),
-                    port: 5432,
-                }],
-                target_session_attrs: crate::config::TargetSessionAttrs::Any,
-                writer_check_interval: Duration::from_secs(2),
+                hosts: self.hosts.iter().map(|(name, _)| host(name)).collect(),
+                target_session_attrs: self.attrs,
+                writer_check_interval: self.writer_check,
             },
             allow_endpoint_change: false,
             refresh_interval: Duration::from_secs(3600),
@@ -108,15 +119,15 @@ impl Setup {
 
 impl Harness {
     /// Lets the engine finish what it is doing (paused time moves only when all are idle).
-    async fn settle(&self) {
+    pub async fn settle(&self) {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 
-    async fn rotate(&self) -> Outcome {
+    pub async fn rotate(&self) -> Outcome {
         self.handle.rotate_now().await.unwrap().outcome
     }
 
-    fn last(&self) -> Option<(Outcome, Trigger)> {
+    pub fn last(&self) -> Option<(Outcome, Trigger)> {
         let r = self.status.view().last_attempt?;
         Some((r.outcome, r.trigger))
     }

@@ -148,11 +148,18 @@ impl<U: Upstream> Engine<U> {
     ) -> Option<(HostPort, U::Proof)> {
         let probes = self.p.pools.probe(&self.p.endpoint.hosts, candidate).await;
         self.show(&probes);
-        let host = choose(self.p.endpoint.target_session_attrs, &probes)?.host.clone();
+        let host = choose(self.p.endpoint.target_session_attrs, &probes)?
+            .host
+            .clone();
         if host == self.p.pools.serving() {
             return None;
         }
-        let proof = self.p.pools.validate(candidate, generation, &host).await.ok()?;
+        let proof = self
+            .p
+            .pools
+            .validate(candidate, generation, &host)
+            .await
+            .ok()?;
         Some((host, proof))
     }
 
@@ -183,7 +190,10 @@ impl<U: Upstream> Engine<U> {
                 let detected = self.writer.detected.unwrap_or(started);
                 self.record_move(trigger, &from, &to, detected, started);
                 self.found(&to);
-                (Outcome::Applied, format!("now serving from {to} (was {from})"))
+                (
+                    Outcome::Applied,
+                    format!("now serving from {to} (was {from})"),
+                )
             }
         }
     }
@@ -228,14 +238,20 @@ impl<U: Upstream> Engine<U> {
         started: Instant,
     ) {
         let db = self.p.database.clone();
-        let took = detected.elapsed();
-        if trigger != Trigger::Start {
-            metrics::counter!("rotagate_failovers_total", "database" => db.clone()).increment(1);
-            metrics::histogram!("rotagate_failover_seconds", "database" => db.clone())
-                .record(took.as_secs_f64());
+        if trigger == Trigger::Start {
+            // Choosing among the hosts at start is no failover.
+            tracing::info!(database = %db, host = %to, "serving from {to}, the first host that is {}", self.p.endpoint.target_session_attrs.wanted());
+            return;
         }
+        let took = detected.elapsed();
+        metrics::counter!("rotagate_failovers_total", "database" => db.clone()).increment(1);
+        metrics::histogram!("rotagate_failover_seconds", "database" => db.clone())
+            .record(took.as_secs_f64());
         let (from, to) = (from.to_string(), to.to_string());
-        let (detection_ms, search_ms) = (took.as_millis() as u64, started.elapsed().as_millis() as u64);
+        let (detection_ms, search_ms) = (
+            took.as_millis() as u64,
+            started.elapsed().as_millis() as u64,
+        );
         tracing::info!(target: "rotagate::audit", event = "failover", database = %db, trigger = ?trigger,
             from = %from, to = %to, detection_to_serving_ms = detection_ms, search_ms,
             generation = self.p.pools.generation(), "serving from another upstream host");

@@ -11,6 +11,8 @@ mod engine_fakes;
 #[cfg(test)]
 mod engine_tests;
 mod failover;
+#[cfg(test)]
+mod failover_tests;
 mod status;
 mod upstream;
 pub mod writer;

@@ -1,0 +1,183 @@
+//! Following the writer, in paused time against the fake pools: hosts are up as a role or
+//! down, and a test moves them as a failover would.
+
+use super::engine_tests::{Harness, Setup};
+use super::status::{Outcome, Trigger};
+use super::upstream::Upstream;
+use super::writer::Role;
+use crate::config::TargetSessionAttrs;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::time::Instant;
+
+async fn two_hosts(a: Option<Role>, b: Option<Role>, check: Duration) -> Harness {
+    Setup {
+        hosts: vec![("a", a), ("b", b)],
+        attrs: TargetSessionAttrs::ReadWrite,
+        writer_check: check,
+        ..Setup::default()
+    }
+    .start("v1", Some("v1"))
+    .await
+}
+
+fn ready(h: &Harness) -> bool {
+    h.ready.load(Ordering::Acquire)
+}
+
+/// Waits (in paused time) until `cond` holds; returns how long that took.
+async fn until(h: &Harness, limit: Duration, cond: impl Fn(&Harness) -> bool) -> Duration {
+    let t0 = Instant::now();
+    while !cond(h) {
+        assert!(t0.elapsed() < limit, "not within {limit:?}");
+        h.settle().await;
+    }
+    t0.elapsed()
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_writer_is_served_when_a_standby_is_listed_first() {
+    let h = two_hosts(
+        Some(Role::Standby),
+        Some(Role::Primary),
+        Duration::from_secs(3600),
+    )
+    .await;
+    assert_eq!(h.pools.on(), "b");
+    assert!(ready(&h));
+    let view = h.status.view();
+    assert_eq!(view.writer.as_deref(), Some("b:5432"));
+    let roles: Vec<_> = view.hosts.iter().map(|x| x.role).collect();
+    assert_eq!(roles, [Some(Role::Standby), Some(Role::Primary)]);
+    assert!(
+        view.last_failover.is_none(),
+        "choosing at start is no failover"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_writer_makes_one_search_not_ready_until_the_standby_is_promoted() {
+    let h = two_hosts(
+        Some(Role::Standby),
+        Some(Role::Primary),
+        Duration::from_secs(3600),
+    )
+    .await;
+    let generation = h.pools.published().len();
+    // The primary dies; many connections notice at once.
+    h.pools.set_role("b", None);
+    let lost = Instant::now();
+    for _ in 0..20 {
+        h.pools.doubt.notify_one();
+    }
+    until(&h, Duration::from_secs(1), |h| !ready(h)).await;
+    assert!(h.status.view().writer.is_none());
+    // Promoted a second later: found on the next retry, within a second of the promotion.
+    tokio::time::sleep_until(lost + Duration::from_secs(1)).await;
+    h.pools.set_role("a", Some(Role::Primary));
+    let took = until(&h, Duration::from_secs(2), |h| h.pools.on() == "a").await;
+    assert!(took <= Duration::from_millis(600), "{took:?}");
+    assert!(ready(&h));
+    assert_eq!(
+        h.pools.published().len(),
+        generation + 1,
+        "one new generation"
+    );
+    let f = h.status.view().last_failover.expect("a failover recorded");
+    assert_eq!((f.from.as_str(), f.to.as_str()), ("b:5432", "a:5432"));
+    assert_eq!(f.trigger, Trigger::UpstreamLost);
+    assert!(f.detection_to_serving_ms >= 1000, "{f:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_promotion_is_found_by_the_periodic_check() {
+    let every = Duration::from_secs(5);
+    let h = two_hosts(Some(Role::Standby), Some(Role::Primary), every).await;
+    // `a` promoted while `b` still accepts writes: libpq's order says `a`.
+    h.pools.set_role("a", Some(Role::Primary));
+    let took = until(&h, every * 2, |h| h.pools.on() == "a").await;
+    assert!(took <= every + Duration::from_millis(100), "{took:?}");
+    assert_eq!(
+        h.status.view().last_failover.unwrap().trigger,
+        Trigger::WriterCheck
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_no_writer_it_is_never_ready_and_keeps_looking() {
+    let h = two_hosts(Some(Role::Standby), None, Duration::from_secs(3600)).await;
+    assert!(!ready(&h), "a standby is no writer");
+    assert_eq!(
+        h.last(),
+        Some((Outcome::Validated, Trigger::Start)),
+        "the credential is fine"
+    );
+    let report = h.handle.failover_now().await.unwrap();
+    assert_eq!(report.outcome, Outcome::Failed);
+    let reason = report.reason.unwrap();
+    assert!(
+        reason.contains("no host is writable") && reason.contains("a:5432 is a standby"),
+        "{reason}"
+    );
+    // Retries come on a short backoff; the first that finds a writer makes it ready.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(!ready(&h));
+    h.pools.set_role("b", Some(Role::Primary));
+    let took = until(&h, Duration::from_secs(2), ready).await;
+    assert!(took <= Duration::from_millis(600), "{took:?}");
+    assert_eq!(h.pools.on(), "b");
+}
+
+#[tokio::test(start_paused = true)]
+async fn any_serves_the_first_host_that_answers() {
+    let h = Setup {
+        hosts: vec![("a", None), ("b", Some(Role::Standby))],
+        attrs: TargetSessionAttrs::Any,
+        ..Setup::default()
+    }
+    .start("v1", Some("v1"))
+    .await;
+    assert!(ready(&h));
+    assert_eq!(h.pools.on(), "b");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rotation_during_a_failover_ends_on_the_new_writer_with_the_new_credential() {
+    let h = two_hosts(
+        Some(Role::Standby),
+        Some(Role::Primary),
+        Duration::from_secs(3600),
+    )
+    .await;
+    // The writer moves, and before any search the secret changes.
+    h.pools.set_role("b", None);
+    h.pools.set_role("a", Some(Role::Primary));
+    h.pools.accept("v2");
+    h.source.serve(Some("v2"));
+    assert_eq!(h.rotate().await, Outcome::Applied);
+    assert_eq!(h.pools.on(), "a");
+    assert_eq!(h.pools.published().last().unwrap().1, "v2");
+    assert_eq!(h.status.view().last_failover.unwrap().to, "a:5432");
+    assert!(ready(&h));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failover_during_a_rotation_ends_with_the_new_credential_on_the_new_writer() {
+    let h = two_hosts(
+        Some(Role::Standby),
+        Some(Role::Primary),
+        Duration::from_secs(3600),
+    )
+    .await;
+    // The old credential is revoked and the writer moves: the search's logins are refused,
+    // so the credential is fetched again, and the rotation finds the writer.
+    h.pools.set_role("b", None);
+    h.pools.set_role("a", Some(Role::Primary));
+    h.pools.forget("v1");
+    h.pools.accept("v2");
+    h.source.serve(Some("v2"));
+    h.pools.doubt.notify_one();
+    until(&h, Duration::from_secs(3), |h| h.pools.on() == "a").await;
+    assert_eq!(h.pools.current().version, "v2");
+    until(&h, Duration::from_secs(1), ready).await;
+}
