@@ -1,6 +1,6 @@
-//! Failover (issue 14, in progress): which host rotagate serves from among `upstream.hosts`.
-//! A primary and a streaming standby made by the harness, as the acceptance script makes
-//! them.
+//! Failover (design 8.4): which host rotagate serves from among `upstream.hosts`, and how it
+//! follows the writer. A primary and a streaming standby made by the harness, as the
+//! acceptance script makes them.
 
 mod common;
 
@@ -9,6 +9,8 @@ use common::*;
 use rotagate::backend::UpstreamTarget;
 use rotagate::config::{HostPort, TargetSessionAttrs};
 use rotagate::rotation::writer::{Role, choose, probe_all};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_are_classified_and_the_writer_is_chosen_standby_first() {
@@ -49,4 +51,207 @@ async fn hosts_are_classified_and_the_writer_is_chosen_standby_first() {
         choose(TargetSessionAttrs::ReadWrite, &probes).unwrap().host,
         hosts[0]
     );
+}
+
+/// `hosts = [...]` for these clusters, in this order, with more `[upstream]` lines.
+fn hosts_lines(order: &[&Pg], extra: &str) -> String {
+    let list: Vec<String> = order
+        .iter()
+        .map(|pg| format!("\"127.0.0.1:{}\"", pg.port))
+        .collect();
+    format!("hosts = [{}]\n{extra}", list.join(", "))
+}
+
+async fn status(proxy: &TestProxy) -> serde_json::Value {
+    serde_json::from_str(&proxy.get("/status").await.1).unwrap()
+}
+
+/// The port of the server that answered an INSERT through `client`.
+async fn write(client: &tokio_postgres::Client) -> Result<i32, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "INSERT INTO fo (at) VALUES (clock_timestamp()) RETURNING inet_server_port()",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// A primary with a table `fo` the app user writes to, and its streaming standby.
+fn pair() -> (Pg, Pg) {
+    let primary = app_cluster();
+    primary.sql_in(
+        "appdb",
+        &format!("CREATE TABLE fo (at timestamptz); ALTER TABLE fo OWNER TO {APP_USER}"),
+    );
+    let standby = primary.standby();
+    (primary, standby)
+}
+
+/// One client writing in a loop on one connection: the port of each commit, and the errors.
+struct Writer {
+    client: Arc<tokio_postgres::Client>,
+    ports: Arc<Mutex<Vec<i32>>>,
+    task: tokio::task::JoinHandle<u32>,
+}
+
+impl Writer {
+    fn start(client: tokio_postgres::Client, stop: Arc<AtomicBool>) -> Self {
+        let client = Arc::new(client);
+        let ports = Arc::new(Mutex::new(Vec::new()));
+        let (c, p) = (client.clone(), ports.clone());
+        let task = tokio::spawn(async move {
+            let mut errors = 0;
+            while !stop.load(Ordering::Relaxed) {
+                match write(&c).await {
+                    Ok(port) => p.lock().unwrap().push(port),
+                    Err(_) => errors += 1,
+                }
+            }
+            errors
+        });
+        Self {
+            client,
+            ports,
+            task,
+        }
+    }
+
+    fn commits_on(&self, port: u16) -> usize {
+        let ports = self.ports.lock().unwrap();
+        ports.iter().filter(|p| **p == i32::from(port)).count()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_under_load_keeps_every_client_connection() {
+    let (primary, standby) = pair();
+    let proxy = TestProxy::builder(&primary)
+        .upstream_hosts(&hosts_lines(&[&standby, &primary], ""))
+        .pool("acquire_timeout = \"20s\"")
+        .start()
+        .await;
+    let s = status(&proxy).await;
+    assert_eq!(
+        s["upstream"]["writer"],
+        format!("127.0.0.1:{}", primary.port)
+    );
+    let idle = proxy.client().await;
+    assert_eq!(write(&idle).await.unwrap(), i32::from(primary.port));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for _ in 0..4 {
+        writers.push(Writer::start(proxy.client().await, stop.clone()));
+    }
+    wait_until(30, "every client writing through rotagate", || async {
+        writers.iter().all(|w| w.commits_on(primary.port) >= 10)
+    })
+    .await;
+    primary.crash();
+    standby.promote();
+    wait_until(
+        30,
+        "every client writing on the promoted standby",
+        || async { writers.iter().all(|w| w.commits_on(standby.port) >= 10) },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        let errors = w.task.await.unwrap();
+        assert!(!w.client.is_closed(), "the client connection stayed open");
+        assert!(
+            errors <= 2,
+            "only the transaction in flight fails: {errors} errors"
+        );
+    }
+    assert_eq!(
+        write(&idle).await.unwrap(),
+        i32::from(standby.port),
+        "an idle client goes on after the failover"
+    );
+    assert!(proxy.metric("rotagate_failovers_total", "appdb").await >= 1.0);
+    let writer_at = |port: u16| format!("host=\"127.0.0.1:{port}\"");
+    assert_eq!(
+        proxy
+            .metric("rotagate_upstream_writer", &writer_at(standby.port))
+            .await,
+        1.0
+    );
+    assert_eq!(
+        proxy
+            .metric("rotagate_upstream_writer", &writer_at(primary.port))
+            .await,
+        0.0
+    );
+    let s = status(&proxy).await;
+    assert_eq!(
+        s["upstream"]["last_failover"]["to"],
+        format!("127.0.0.1:{}", standby.port)
+    );
+    assert_eq!(s["upstream"]["hosts"][0]["role"], "primary");
+    proxy.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_only_a_standby_read_write_is_never_ready_and_any_serves_it() {
+    let (primary, standby) = pair();
+    let only = hosts_lines(&[&standby], "target_session_attrs = \"read-write\"");
+    let proxy = TestProxy::builder(&primary)
+        .upstream_hosts(&only)
+        .start_unready()
+        .await;
+    wait_until(30, "the standby to be looked at", || async {
+        status(&proxy).await["upstream"]["hosts"][0]["role"] == "standby"
+    })
+    .await;
+    // Looked at, and the credential validated on it: still not ready, as no host is writable.
+    wait_until(30, "the credential to be validated", || async {
+        status(&proxy).await["last_attempt"]["outcome"] == "validated"
+    })
+    .await;
+    assert_eq!(proxy.get("/readyz").await.0, 503);
+    let s = status(&proxy).await;
+    assert!(s["upstream"]["writer"].is_null(), "{s}");
+    let (code, body) = proxy.post("/failover", "").await;
+    assert_eq!(code, 502, "{body}");
+    assert!(body.contains("no host is writable"), "{body}");
+    proxy.stop().await.unwrap();
+
+    let any = hosts_lines(&[&standby], "target_session_attrs = \"any\"");
+    let proxy = TestProxy::builder(&primary)
+        .upstream_hosts(&any)
+        .start()
+        .await;
+    let client = proxy.client().await;
+    let row = client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0), "served from the standby");
+    proxy.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_failover_moves_to_a_host_promoted_silently() {
+    let (primary, standby) = pair();
+    let lines = hosts_lines(&[&standby, &primary], "writer_check_interval = \"1h\"");
+    let proxy = TestProxy::builder(&primary)
+        .upstream_hosts(&lines)
+        .start()
+        .await;
+    let client = proxy.client().await;
+    assert_eq!(write(&client).await.unwrap(), i32::from(primary.port));
+    // Promoted while the primary still runs: libpq's order says the first host now.
+    standby.promote();
+    let (code, body) = proxy.post("/failover", "").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains(&format!("now serving from 127.0.0.1:{}", standby.port)),
+        "{body}"
+    );
+    assert_eq!(write(&client).await.unwrap(), i32::from(standby.port));
+    let (code, body) = proxy.post("/failover", "").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"outcome\":\"unchanged\""), "{body}");
+    proxy.stop().await.unwrap();
 }

@@ -3,6 +3,7 @@
 //! half-open moment) become attempts: fetch -> parse and validate -> health-check -> publish ->
 //! drain -> persist -> audit. The breaker (and the sources' backoff) are pure state machines.
 
+mod audit;
 pub mod breaker;
 mod checks;
 mod engine;

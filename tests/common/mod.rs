@@ -74,6 +74,8 @@ pub struct Builder<'a> {
     upstream_tls: String,
     upstream_host: String,
     upstream_port: Option<u16>,
+    /// `[upstream]` lines instead of `host` and `port` (`hosts = [...]`, ...).
+    upstream_hosts: Option<String>,
     clients: String,
     credentials_extra: String,
     admin_extra: String,
@@ -137,6 +139,11 @@ impl<'a> Builder<'a> {
         self.upstream_port = Some(port);
         self
     }
+    /// `[upstream]` lines that replace `host` and `port`: `hosts = [...]` and what goes with it.
+    pub fn upstream_hosts(mut self, lines: &str) -> Self {
+        self.upstream_hosts = Some(lines.to_owned());
+        self
+    }
     /// Another credential source than the secret file: `source = KIND` and its section.
     pub fn source(mut self, kind: &str, section: &str) -> Self {
         self.source = Some((kind.to_owned(), section.to_owned()));
@@ -176,15 +183,20 @@ impl<'a> Builder<'a> {
                 format!("[credentials.file]\npath = \"{}\"\n", secret.display()),
             ),
         };
+        let hosts = self.upstream_hosts.clone().unwrap_or_else(|| {
+            format!(
+                "host = \"{}\"\nport = {}",
+                self.upstream_host,
+                self.upstream_port.unwrap_or(self.pg.port)
+            )
+        });
         format!(
             "[listen]\naddr = \"127.0.0.1:0\"\n{}\n[admin]\naddr = \"127.0.0.1:0\"\n{}\n{}\n\
-             [upstream]\nhost = \"{}\"\nport = {}\ndatabase = \"appdb\"\n{}\n\n\
+             [upstream]\n{hosts}\ndatabase = \"appdb\"\n{}\n\n\
              [pool]\nmode = \"{}\"\nsize = {}\n{}\n\n[credentials]\nsource = {kind}\n{}\n{section}",
             self.listen_extra,
             self.admin_extra,
             self.clients,
-            self.upstream_host,
-            self.upstream_port.unwrap_or(self.pg.port),
             self.upstream_tls,
             self.mode,
             self.pool_size,
@@ -259,6 +271,7 @@ impl TestProxy {
             upstream_tls: "tls = \"disable\"".into(),
             upstream_host: "127.0.0.1".into(),
             upstream_port: None,
+            upstream_hosts: None,
             credentials_extra: String::new(),
             admin_extra: String::new(),
             vars: Vec::new(),
