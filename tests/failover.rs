@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::aws::{Moto, rds_json};
 use common::pg::Pg;
 use common::*;
 use rotagate::backend::UpstreamTarget;
@@ -254,4 +255,66 @@ async fn post_failover_moves_to_a_host_promoted_silently() {
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"outcome\":\"unchanged\""), "{body}");
     proxy.stop().await.unwrap();
+}
+
+/// An RDS event from `tests/fixtures/rds/NAME.json`.
+fn rds_event(name: &str) -> serde_json::Value {
+    let path = format!(
+        "{}/tests/fixtures/rds/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rds_failover_event_on_the_queue_starts_the_search_at_once() {
+    let (primary, standby) = pair();
+    let moto = Moto::start().await;
+    let aws = moto.clients().await;
+    aws.create_secret("app/db", rds_json(&primary, APP_USER, APP_PASSWORD))
+        .await;
+    let queue = aws.create_queue("rds-events").await;
+    aws.route_rds(&queue).await;
+    // No periodic check to speak of: only the event can tell of the promotion.
+    let lines = hosts_lines(
+        &[&standby, &primary],
+        "writer_check_interval = \"1h\"\nrds_cluster_id = \"app-cluster\"",
+    );
+    let mut b = TestProxy::builder(&primary)
+        .upstream_hosts(&lines)
+        .source("aws", &moto.section("app/db", Some(&queue)))
+        .credentials("refresh_interval = \"1h\"");
+    for (k, v) in moto.env() {
+        b = b.var(&k, &v);
+    }
+    let r = b.spawn().await;
+    r.ready().await;
+    let client = r.client().await;
+    assert_eq!(write(&client).await.unwrap(), i32::from(primary.port));
+    // Another cluster's failover moves nothing.
+    let mut other = rds_event("cluster-failover-completed");
+    other["detail"]["SourceIdentifier"] = "other-cluster".into();
+    aws.put_event(&other).await;
+    wait_until(20, "the other cluster's event to be read", || async {
+        aws.depth(&queue).await == 0
+            && r.metric("rotagate_events_total", "outcome=\"ignored\"")
+                .await
+                >= 1.0
+    })
+    .await;
+    standby.promote();
+    aws.put_event(&rds_event("cluster-failover-completed"))
+        .await;
+    wait_until(20, "writes on the promoted standby", || async {
+        write(&client).await.ok() == Some(i32::from(standby.port))
+    })
+    .await;
+    assert_eq!(r.metric("rotagate_failovers_total", "appdb").await, 1.0);
+    let applied = "outcome=\"applied\",database=\"appdb\"";
+    assert_eq!(r.metric("rotagate_events_total", applied).await, 1.0);
+    let log = r.stop().await;
+    assert!(
+        log.contains("RDS failover event") && log.contains("RDS-EVENT-0071"),
+        "{log}"
+    );
 }

@@ -89,8 +89,9 @@ pub async fn connect(
         };
         startup(&mut conn, target, creds).await?;
         let policy = policy(&conn.stream, target);
+        let endpoint = target.address().to_string();
         let password = creds
-            .login_password()
+            .login_password(&endpoint)
             .await
             .map_err(|e| BackendError::Password(e.to_string()))?;
         auth::authenticate(&mut conn, &creds.username, &password, &policy).await?;

@@ -101,6 +101,27 @@ pub(super) fn check_rds_iam(c: &mut Check, upstream: &UpstreamConfig, cred: &Cre
     }
 }
 
+/// RDS failover events arrive on the secret's SQS queue: `upstream.rds_cluster_id` and
+/// `rds_instance_id` need `credentials.aws.queue_url`.
+pub(super) fn check_rds_events(c: &mut Check, upstream: &UpstreamConfig, cred: &CredentialsConfig) {
+    let queue = cred.aws.as_ref().is_some_and(|a| a.queue_url.is_some());
+    for (path, set) in [
+        ("upstream.rds_cluster_id", upstream.rds_cluster_id.is_some()),
+        (
+            "upstream.rds_instance_id",
+            upstream.rds_instance_id.is_some(),
+        ),
+    ] {
+        if set && !queue {
+            c.err(
+                path,
+                "needs credentials.aws.queue_url: RDS failover events are read from that queue \
+                 (route them there with an EventBridge rule)",
+            );
+        }
+    }
+}
+
 /// `source`: one name, or a list whose first is the primary and the rest fallbacks in order.
 fn sources(c: &mut Check, v: Option<OneOrMany>) -> Vec<SourceKind> {
     let names = match v {

@@ -33,6 +33,8 @@ pub(super) fn databases(
         let pool = pool(c, r.pool.unwrap_or_default(), pool_defaults);
         let credentials = super::credentials::credentials(c, r.credentials);
         super::credentials::check_rds_iam(c, &upstream, &credentials);
+        super::credentials::check_rds_events(c, &upstream, &credentials);
+        super::credentials::check_rds_events(c, &upstream, &credentials);
         out.push(DatabaseConfig {
             name,
             upstream,

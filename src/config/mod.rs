@@ -123,6 +123,10 @@ pub struct UpstreamConfig {
     /// How often the hosts are looked at again for a silent promotion (several hosts, or a
     /// `target_session_attrs` other than `any`).
     pub writer_check_interval: Duration,
+    /// The RDS cluster (Aurora, Multi-AZ DB cluster) or instance (Multi-AZ) whose failover
+    /// events, on `credentials.aws.queue_url`, start a search for the writer at once.
+    pub rds_cluster_id: Option<String>,
+    pub rds_instance_id: Option<String>,
     pub database: String,
     pub tls: UpstreamTls,
     pub ca_file: Option<PathBuf>,

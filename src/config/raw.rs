@@ -88,6 +88,8 @@ pub struct RawUpstream {
     pub hosts: Option<Vec<String>>,
     pub target_session_attrs: Option<String>,
     pub writer_check_interval: Option<String>,
+    pub rds_cluster_id: Option<String>,
+    pub rds_instance_id: Option<String>,
     pub database: Option<String>,
     pub tls: Option<String>,
     pub ca_file: Option<String>,

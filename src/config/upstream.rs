@@ -36,8 +36,10 @@ pub(super) fn upstream(c: &mut Check, r: Option<RawUpstream>) -> UpstreamConfig 
         writer_check_interval: c.duration(
             "upstream.writer_check_interval",
             r.writer_check_interval.as_ref(),
-            Duration::from_secs(2),
+            Duration::from_secs(5),
         ),
+        rds_cluster_id: rds_id(c, "upstream.rds_cluster_id", r.rds_cluster_id),
+        rds_instance_id: rds_id(c, "upstream.rds_instance_id", r.rds_instance_id),
         database: c
             .required("upstream.database", r.database.as_ref())
             .to_owned(),
@@ -127,6 +129,21 @@ fn hosts(c: &mut Check, r: &RawUpstream) -> Vec<HostPort> {
             Vec::new()
         }
     }
+}
+
+/// An RDS identifier: 1-63 letters, digits and hyphens.
+fn rds_id(c: &mut Check, path: &str, v: Option<String>) -> Option<String> {
+    let v = v?;
+    let ok = !v.is_empty()
+        && v.len() <= 63
+        && v.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-');
+    if !ok {
+        c.err(
+            path,
+            "must be an RDS identifier (letters, digits and hyphens)",
+        );
+    }
+    Some(v)
 }
 
 fn session_attrs(c: &mut Check, v: Option<&str>, hosts: usize) -> TargetSessionAttrs {

@@ -135,6 +135,7 @@ fn single_database(
     let upstream = super::upstream::upstream(c, upstream_raw);
     let credentials = super::credentials::credentials(c, credentials);
     super::credentials::check_rds_iam(c, &upstream, &credentials);
+    super::credentials::check_rds_events(c, &upstream, &credentials);
     DatabaseConfig {
         name: upstream.database.clone(),
         credentials,

@@ -114,7 +114,11 @@ async fn one_source(
             Ok((Arc::new(provider), vec![Box::new(watcher)]))
         }
         (SourceKind::Aws, _, Some(a), _) => {
-            let (provider, listener) = aws::source(a, &cfg.name, queues).await?;
+            let rds = aws::rds_events::RdsIds {
+                cluster: cfg.upstream.rds_cluster_id.clone(),
+                instance: cfg.upstream.rds_instance_id.clone(),
+            };
+            let (provider, listener) = aws::source(a, &cfg.name, rds, queues).await?;
             let events: Vec<Box<dyn EventSource>> = match listener {
                 Some(l) => vec![Box::new(l)],
                 None => {

@@ -86,6 +86,8 @@ mod tests {
             }],
             target_session_attrs: crate::config::TargetSessionAttrs::Any,
             writer_check_interval: Duration::from_secs(2),
+            rds_cluster_id: None,
+            rds_instance_id: None,
         }
     }
 

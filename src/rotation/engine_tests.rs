@@ -90,6 +90,8 @@ impl Setup {
                 hosts: self.hosts.iter().map(|(name, _)| host(name)).collect(),
                 target_session_attrs: self.attrs,
                 writer_check_interval: self.writer_check,
+                rds_cluster_id: None,
+                rds_instance_id: None,
             },
             allow_endpoint_change: false,
             refresh_interval: Duration::from_secs(3600),

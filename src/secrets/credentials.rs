@@ -34,9 +34,12 @@ impl Eq for TokenSource {}
 
 impl Credentials {
     /// The password for a login starting now: a fresh token, or the stored password.
-    pub async fn login_password(&self) -> Result<SecretString, super::provider::SourceError> {
+    pub async fn login_password(
+        &self,
+        endpoint: &str,
+    ) -> Result<SecretString, super::provider::SourceError> {
         match &self.token {
-            Some(t) => t.0.password().await,
+            Some(t) => t.0.password(endpoint).await,
             None => Ok(self.password.clone()),
         }
     }

@@ -68,8 +68,11 @@ pub enum Stage {
 /// Where the password of each login comes from when it changes by itself, more often than
 /// the credential (RDS IAM tokens): a fresh password is asked for at every login.
 pub trait LoginToken: Send + Sync {
-    /// The password for a login starting now.
-    fn password(&self) -> BoxFuture<'_, Result<super::SecretString, SourceError>>;
+    /// The password for a login to `endpoint` (`host:port`) starting now.
+    fn password<'a>(
+        &'a self,
+        endpoint: &'a str,
+    ) -> BoxFuture<'a, Result<super::SecretString, SourceError>>;
     /// When the password in use was made and until when it is valid; never the password.
     fn status(&self) -> Option<TokenStatus>;
 }

@@ -304,6 +304,32 @@ impl Aws {
             .unwrap();
     }
 
+    /// The README's EventBridge rule for RDS failover events, to the queue.
+    pub async fn route_rds(&self, queue_url: &str) {
+        let arn = self.queue_arn(queue_url).await;
+        self.events
+            .put_rule()
+            .name("rotagate-rds-failover")
+            .event_pattern(
+                r#"{"source":["aws.rds"],"detail-type":["RDS DB Cluster Event","RDS DB Instance Event"],"detail":{"EventCategories":["failover"]}}"#,
+            )
+            .send()
+            .await
+            .unwrap();
+        let target = aws_sdk_eventbridge::types::Target::builder()
+            .id("rotagate-queue")
+            .arn(arn)
+            .build()
+            .unwrap();
+        self.events
+            .put_targets()
+            .rule("rotagate-rds-failover")
+            .targets(target)
+            .send()
+            .await
+            .unwrap();
+    }
+
     /// put_events of `event` (an EventBridge event as a target receives it) on the default bus.
     pub async fn put_event(&self, event: &serde_json::Value) {
         let resources: Vec<String> = event["resources"]
@@ -315,7 +341,7 @@ impl Aws {
             })
             .unwrap_or_default();
         let entry = aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
-            .source("aws.secretsmanager")
+            .source(event["source"].as_str().unwrap_or("aws.secretsmanager"))
             .detail_type(event["detail-type"].as_str().unwrap())
             .detail(event["detail"].to_string())
             .set_resources(Some(resources))

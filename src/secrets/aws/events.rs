@@ -12,6 +12,7 @@
 //! Anything else is ignored; a body that is not such JSON is invalid. Neither is ever retried.
 
 use super::SecretMatcher;
+use super::rds_events;
 use serde_json::Value;
 
 /// What to do with one queue message.
@@ -25,13 +26,18 @@ pub enum EventAction {
     Ignore(String),
     /// Not an event rotagate can read.
     Invalid(String),
+    /// An RDS failover of the database's cluster or instance (this event ID): look for the
+    /// writer now.
+    Failover { event: String },
 }
 
 impl EventAction {
     /// The `outcome` label of `rotagate_events_total` before the attempt's own result.
     pub fn label(&self) -> &'static str {
         match self {
-            EventAction::Rotate { .. } | EventAction::Prefetch { .. } => "applied",
+            EventAction::Rotate { .. }
+            | EventAction::Prefetch { .. }
+            | EventAction::Failover { .. } => "applied",
             EventAction::Ignore(_) => "ignored",
             EventAction::Invalid(_) => "invalid",
         }
@@ -58,9 +64,16 @@ pub fn classify(body: &str, ours: &SecretMatcher) -> EventAction {
             }
         }
     }
+    if rds_events::is_subscription(&v) {
+        return rds_events::subscription(&v, ours.rds_ids());
+    }
     let Some(detail_type) = v.get("detail-type").and_then(Value::as_str) else {
         return EventAction::Invalid("no detail-type: not an EventBridge event".into());
     };
+    if v.get("source").and_then(Value::as_str) == Some("aws.rds") && !ours.rds_ids().is_empty() {
+        return other_account(&v, ours)
+            .unwrap_or_else(|| rds_events::eventbridge(&v, ours.rds_ids()));
+    }
     if let Some(ignored) = foreign(&v, ours) {
         return ignored;
     }
@@ -91,6 +104,11 @@ fn foreign(v: &Value, ours: &SecretMatcher) -> Option<EventAction> {
             ));
         }
     }
+    other_account(v, ours)
+}
+
+/// An event from another account than the secret's (when that is known).
+fn other_account(v: &Value, ours: &SecretMatcher) -> Option<EventAction> {
     let want = ours.expected_account()?;
     (v.get("account").and_then(Value::as_str) != Some(want))
         .then(|| EventAction::Ignore("an event from another AWS account than the secret's".into()))

@@ -11,12 +11,14 @@
 //! - `sdk`: the SDK's configuration (rustls on ring) and what its errors mean.
 
 pub mod events;
+pub mod rds_events;
 pub mod rds_iam;
 mod sdk;
 pub mod secrets_manager;
 pub mod sqs;
 
 use crate::config::AwsSourceConfig;
+use rds_events::RdsIds;
 use secrets_manager::SecretsManager;
 use sqs::{Queues, Subscription};
 use std::sync::Arc;
@@ -26,12 +28,15 @@ use std::sync::Arc;
 pub async fn source(
     cfg: &AwsSourceConfig,
     database: &str,
+    rds: RdsIds,
     queues: &Arc<Queues>,
 ) -> anyhow::Result<(SecretsManager, Option<Subscription>)> {
     let sdk = sdk::load(cfg).await?;
     let provider = SecretsManager::new(&sdk, cfg.secret_id.clone());
     let listener = cfg.queue_url.clone().map(|url| {
-        let matcher = SecretMatcher::new(&cfg.secret_id).account(cfg.expected_account.clone());
+        let matcher = SecretMatcher::new(&cfg.secret_id)
+            .account(cfg.expected_account.clone())
+            .rds(rds);
         queues.subscribe(&sdk, url, database.to_owned(), matcher)
     });
     Ok((provider, listener))
@@ -45,6 +50,8 @@ pub struct SecretMatcher {
     arn: Option<String>,
     /// The AWS account events must come from, when known.
     account: Option<String>,
+    /// The RDS cluster or instance whose failover events concern the database.
+    rds: RdsIds,
 }
 
 impl SecretMatcher {
@@ -54,11 +61,13 @@ impl SecretMatcher {
                 name,
                 arn: Some(secret_id.to_owned()),
                 account: secret_id.split(':').nth(4).map(str::to_owned),
+                rds: RdsIds::default(),
             },
             None => Self {
                 name: secret_id.to_owned(),
                 arn: None,
                 account: None,
+                rds: RdsIds::default(),
             },
         }
     }
@@ -73,6 +82,16 @@ impl SecretMatcher {
     }
 
     /// The account events must come from, when known.
+    /// Failover events of this RDS cluster or instance concern the database too.
+    pub fn rds(mut self, ids: RdsIds) -> Self {
+        self.rds = ids;
+        self
+    }
+
+    pub fn rds_ids(&self) -> &RdsIds {
+        &self.rds
+    }
+
     pub fn expected_account(&self) -> Option<&str> {
         self.account.as_deref()
     }

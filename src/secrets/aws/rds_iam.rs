@@ -21,6 +21,7 @@ use aws_sigv4::http_request::{
 use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
 use futures::future::BoxFuture;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -32,16 +33,19 @@ const REFRESH_BEFORE: Duration = Duration::from_secs(300);
 /// The credential source: the configured user, with a [`TokenSigner`] for the passwords.
 pub struct RdsIam {
     user: String,
+    /// The first upstream host: a fetch signs a token for it, so a source that cannot sign
+    /// fails there.
+    endpoint: String,
     signer: Arc<TokenSigner>,
 }
 
-/// Signs (and reuses) tokens for one `host:port` and user.
+/// Signs (and reuses) tokens for the user, one per `host:port` logged in to (with several
+/// `upstream.hosts`, each host's token names that host).
 pub struct TokenSigner {
-    endpoint: String,
     user: String,
     region: String,
     credentials: SharedCredentialsProvider,
-    current: Mutex<Option<Signed>>,
+    current: Mutex<HashMap<String, Signed>>,
 }
 
 struct Signed {
@@ -59,14 +63,14 @@ pub async fn source(cfg: &RdsIamSourceConfig, host: &str, port: u16) -> anyhow::
     })?;
     let region = sdk.region().map(|r| r.to_string()).unwrap_or_default();
     let signer = TokenSigner {
-        endpoint: format!("{host}:{port}"),
         user: cfg.user.clone(),
         region,
         credentials,
-        current: Mutex::new(None),
+        current: Mutex::new(HashMap::new()),
     };
     Ok(RdsIam {
         user: cfg.user.clone(),
+        endpoint: format!("{host}:{port}"),
         signer: Arc::new(signer),
     })
 }
@@ -80,7 +84,7 @@ impl SecretProvider for RdsIam {
     /// passwords. A token is signed now, so a source that cannot sign fails here.
     fn fetch(&self, _stage: Stage) -> BoxFuture<'_, Result<Credentials, SourceError>> {
         Box::pin(async move {
-            self.signer.password().await?;
+            self.signer.password(&self.endpoint).await?;
             Ok(Credentials {
                 username: self.user.clone(),
                 password: SecretString::new(String::new()),
@@ -99,12 +103,12 @@ impl SecretProvider for RdsIam {
 }
 
 impl TokenSigner {
-    async fn sign_now(&self) -> Result<Signed, SourceError> {
+    async fn sign_now(&self, endpoint: &str) -> Result<Signed, SourceError> {
         let creds = self.credentials.provide_credentials().await.map_err(|e| {
             SourceError::Unavailable(format!("no AWS credentials to sign an RDS auth token: {e}"))
         })?;
         let now = SystemTime::now();
-        let token = sign_token(&self.endpoint, &self.user, &self.region, &creds, now)
+        let token = sign_token(endpoint, &self.user, &self.region, &creds, now)
             .map_err(SourceError::Invalid)?;
         let mut valid_until = now + LIFETIME;
         if let Some(expiry) = creds.expiry() {
@@ -119,28 +123,36 @@ impl TokenSigner {
 }
 
 impl LoginToken for TokenSigner {
-    fn password(&self) -> BoxFuture<'_, Result<SecretString, SourceError>> {
+    fn password<'a>(
+        &'a self,
+        endpoint: &'a str,
+    ) -> BoxFuture<'a, Result<SecretString, SourceError>> {
         Box::pin(async move {
             let fresh_enough = SystemTime::now() + REFRESH_BEFORE;
-            if let Some(s) = &*self.current.lock().expect("token lock") {
+            if let Some(s) = self.current.lock().expect("token lock").get(endpoint) {
                 if s.valid_until > fresh_enough {
                     return Ok(s.token.clone());
                 }
             }
-            let signed = self.sign_now().await?;
+            let signed = self.sign_now(endpoint).await?;
             let token = signed.token.clone();
-            tracing::debug!(endpoint = %self.endpoint, "signed a new RDS auth token");
-            *self.current.lock().expect("token lock") = Some(signed);
+            tracing::debug!(endpoint, "signed a new RDS auth token");
+            let mut current = self.current.lock().expect("token lock");
+            current.insert(endpoint.to_owned(), signed);
             Ok(token)
         })
     }
 
+    /// The most recently signed token's times.
     fn status(&self) -> Option<TokenStatus> {
         let current = self.current.lock().expect("token lock");
-        current.as_ref().map(|s| TokenStatus {
-            signed_at: s.signed_at,
-            valid_until: s.valid_until,
-        })
+        current
+            .values()
+            .max_by_key(|s| s.signed_at)
+            .map(|s| TokenStatus {
+                signed_at: s.signed_at,
+                valid_until: s.valid_until,
+            })
     }
 }
 
@@ -245,12 +257,23 @@ mod tests {
             creds = creds.expiry(at);
         }
         TokenSigner {
-            endpoint: "db:5432".into(),
             user: "app_iam".into(),
             region: "us-east-1".into(),
             credentials: SharedCredentialsProvider::new(creds.build()),
-            current: Mutex::new(None),
+            current: Mutex::new(HashMap::new()),
         }
+    }
+
+    const DB: &str = "db:5432";
+
+    /// Each host gets a token naming it; a second host's login does not replace the first's.
+    #[tokio::test]
+    async fn each_host_gets_its_own_token() {
+        let s = signer(None);
+        let a = s.password(DB).await.unwrap();
+        let b = s.password("db-2:5432").await.unwrap();
+        assert!(a.expose().starts_with("db:5432/?") && b.expose().starts_with("db-2:5432/?"));
+        assert_eq!(s.password(DB).await.unwrap().expose(), a.expose(), "reused");
     }
 
     /// A token is reused while it has 5 minutes left; credentials that expire sooner make
@@ -259,30 +282,36 @@ mod tests {
     async fn tokens_are_reused_until_they_or_their_credentials_near_expiry() {
         let lasting = signer(None);
         assert!(lasting.status().is_none());
-        let first = lasting.password().await.unwrap();
+        let first = lasting.password(DB).await.unwrap();
         let status = lasting.status().unwrap();
         assert_eq!(status.valid_until, status.signed_at + LIFETIME);
-        lasting.current.lock().unwrap().as_mut().unwrap().signed_at -= Duration::from_secs(1);
-        assert_eq!(lasting.password().await.unwrap().expose(), first.expose());
+        lasting
+            .current
+            .lock()
+            .unwrap()
+            .get_mut(DB)
+            .unwrap()
+            .signed_at -= Duration::from_secs(1);
+        assert_eq!(lasting.password(DB).await.unwrap().expose(), first.expose());
         // Ten minutes on, 5 remain: the next login gets a fresh token.
         let aged = SystemTime::now() + REFRESH_BEFORE - Duration::from_secs(1);
         lasting
             .current
             .lock()
             .unwrap()
-            .as_mut()
+            .get_mut(DB)
             .unwrap()
             .valid_until = aged;
-        lasting.password().await.unwrap();
+        lasting.password(DB).await.unwrap();
         assert!(lasting.status().unwrap().valid_until > aged);
 
         let expiring = SystemTime::now() + Duration::from_secs(120);
         let short = signer(Some(expiring));
-        short.password().await.unwrap();
+        short.password(DB).await.unwrap();
         let s1 = short.status().unwrap();
         assert_eq!(s1.valid_until, expiring, "not past the credentials' expiry");
-        short.current.lock().unwrap().as_mut().unwrap().signed_at -= Duration::from_secs(1);
-        short.password().await.unwrap();
+        short.current.lock().unwrap().get_mut(DB).unwrap().signed_at -= Duration::from_secs(1);
+        short.password(DB).await.unwrap();
         assert!(short.status().unwrap().signed_at > s1.signed_at - Duration::from_secs(1));
     }
 

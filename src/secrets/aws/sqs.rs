@@ -251,7 +251,9 @@ impl SqsListener {
                     _ => classify(body, &s.matcher),
                 };
                 match action {
-                    EventAction::Rotate { .. } | EventAction::Prefetch { .. } => {
+                    EventAction::Rotate { .. }
+                    | EventAction::Prefetch { .. }
+                    | EventAction::Failover { .. } => {
                         out.push((s.tx.clone(), s.database.clone(), action))
                     }
                     other => unrouted = unrouted.or(Some(other)),
@@ -271,12 +273,20 @@ impl SqsListener {
             let (change, version) = match action {
                 EventAction::Rotate { version } => (Change::Current, version),
                 EventAction::Prefetch { version } => (Change::Pending, version),
+                EventAction::Failover { event } => (Change::Failover, Some(event)),
                 EventAction::Ignore(why) | EventAction::Invalid(why) => {
                     tracing::debug!(message_id = id, database = %database, reason = %why, "SQS event ignored");
                     continue;
                 }
             };
-            tracing::info!(message_id = id, database = %database, ?change, version = version.as_deref().unwrap_or(""), "secret change event");
+            match change {
+                Change::Failover => {
+                    tracing::info!(message_id = id, database = %database, event = version.as_deref().unwrap_or(""), "RDS failover event")
+                }
+                _ => {
+                    tracing::info!(message_id = id, database = %database, ?change, version = version.as_deref().unwrap_or(""), "secret change event")
+                }
+            }
             let note = Note {
                 origin: "sqs",
                 change,
