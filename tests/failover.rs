@@ -318,3 +318,109 @@ async fn an_rds_failover_event_on_the_queue_starts_the_search_at_once() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_error_on_the_serving_host_starts_a_search() {
+    let (primary, standby) = pair();
+    // The primary first; no periodic check to speak of.
+    let lines = hosts_lines(&[&primary, &standby], "writer_check_interval = \"1h\"");
+    let proxy = TestProxy::builder(&primary)
+        .upstream_hosts(&lines)
+        .start()
+        .await;
+    let client = proxy.client().await;
+    assert_eq!(write(&client).await.unwrap(), i32::from(primary.port));
+    // The standby is promoted and the old primary turns read-only, as a demoted node would.
+    standby.promote();
+    primary.sql("ALTER SYSTEM SET default_transaction_read_only = on");
+    primary.sql("SELECT pg_reload_conf()");
+    let e = write(&client).await.unwrap_err();
+    assert_eq!(
+        e.code(),
+        Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION)
+    );
+    wait_until(20, "writes on the promoted standby", || async {
+        write(&client).await.ok() == Some(i32::from(standby.port))
+    })
+    .await;
+    let s = status(&proxy).await;
+    assert_eq!(s["upstream"]["last_failover"]["trigger"], "upstream_lost");
+    assert_eq!(s["upstream"]["hosts"][0]["role"], "read_only");
+    proxy.stop().await.unwrap();
+}
+
+/// A line of /etc/hosts for one name, removed when dropped: how a test makes a name change
+/// address (the resolver reads the file at every lookup). Editing it needs root, as CI runs.
+struct HostsEntry {
+    name: String,
+}
+
+const ETC_HOSTS: &str = "/etc/hosts";
+
+impl HostsEntry {
+    fn add(name: &str, addr: &str) -> Self {
+        let entry = Self { name: name.into() };
+        entry.set(addr);
+        entry
+    }
+
+    /// Points the name at `addr` (rewriting the file in place: it may be a bind mount).
+    fn set(&self, addr: &str) {
+        let mut text = self.others();
+        text.push_str(&format!("{addr} {}\n", self.name));
+        std::fs::write(ETC_HOSTS, text).unwrap_or_else(|e| {
+            panic!("this test changes a name's address in {ETC_HOSTS} and needs to write it (run as root, as CI does): {e}")
+        });
+    }
+
+    fn others(&self) -> String {
+        let text = std::fs::read_to_string(ETC_HOSTS).unwrap_or_default();
+        text.lines()
+            .filter(|l| !l.split_whitespace().skip(1).any(|n| n == self.name))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+}
+
+impl Drop for HostsEntry {
+    fn drop(&mut self) {
+        let _ = std::fs::write(ETC_HOSTS, self.others());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_name_is_resolved_again_at_every_connect() {
+    let pg = Pg::start_with(&[("listen_addresses", "127.0.0.1,127.0.0.2".into())]);
+    pg.app_db(APP_USER, APP_PASSWORD);
+    let name = format!("rotagate-dns-{}.test", std::process::id());
+    let entry = HostsEntry::add(&name, "127.0.0.1");
+    // A secret without a host: the name in the config is the endpoint.
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret.json");
+    let json = format!(r#"{{"username":"{APP_USER}","password":"{APP_PASSWORD}"}}"#);
+    std::fs::write(&secret, json).unwrap();
+    let proxy = TestProxy::builder(&pg)
+        .upstream_hosts(&format!("hosts = [\"{name}:{}\"]", pg.port))
+        .secret_at(&secret)
+        .start()
+        .await;
+    let client = proxy.client().await;
+    let server_addr = || async {
+        let row = client
+            .query_one("SELECT host(inet_server_addr())", &[])
+            .await?;
+        Ok::<String, tokio_postgres::Error>(row.get(0))
+    };
+    assert_eq!(server_addr().await.unwrap(), "127.0.0.1");
+    // The name moves; the pool's connections end (as a failover ends them): the next
+    // connection goes to the new address.
+    entry.set("127.0.0.2");
+    pg.sql(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{APP_USER}'"
+    ));
+    wait_until(20, "a connection to the name's new address", || async {
+        server_addr().await.ok().as_deref() == Some("127.0.0.2")
+    })
+    .await;
+    proxy.stop().await.unwrap();
+}

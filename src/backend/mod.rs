@@ -146,3 +146,27 @@ impl BackendError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::BackendError;
+
+    #[test]
+    fn a_host_going_down_starting_up_or_in_recovery_is_host_trouble() {
+        let server = |code: &str| BackendError::Server {
+            code: code.into(),
+            message: "the database system is starting up".into(),
+        };
+        for code in ["57P01", "57P02", "57P03"] {
+            assert!(server(code).is_host_trouble(), "{code}");
+        }
+        assert!(BackendError::Io(std::io::ErrorKind::ConnectionRefused.into()).is_host_trouble());
+        assert!(BackendError::Timeout(std::time::Duration::from_secs(1)).is_host_trouble());
+        assert!(!server("42P01").is_host_trouble());
+        let refused = BackendError::Auth {
+            code: "28P01".into(),
+            message: "password authentication failed".into(),
+        };
+        assert!(!refused.is_host_trouble(), "the credential, not the host");
+    }
+}
