@@ -139,6 +139,8 @@ async fn a_promotion_under_load_keeps_every_client_connection() {
     );
     let idle = proxy.client().await;
     assert_eq!(write(&idle).await.unwrap(), i32::from(primary.port));
+    // A named prepared statement, made on the old writer.
+    let port_of = idle.prepare("SELECT inet_server_port()").await.unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();
     for _ in 0..4 {
@@ -169,6 +171,12 @@ async fn a_promotion_under_load_keeps_every_client_connection() {
         write(&idle).await.unwrap(),
         i32::from(standby.port),
         "an idle client goes on after the failover"
+    );
+    let row = idle.query_one(&port_of, &[]).await.unwrap();
+    assert_eq!(
+        row.get::<_, i32>(0),
+        i32::from(standby.port),
+        "prepared again on the new writer"
     );
     assert!(proxy.metric("rotagate_failovers_total", "appdb").await >= 1.0);
     let writer_at = |port: u16| format!("host=\"127.0.0.1:{port}\"");

@@ -108,7 +108,9 @@ pub async fn relay(
 ) -> Result<End, FrontendError> {
     let end = run(c, s, f, ctx).await;
     // Lost, or told it is read-only: the host may have failed over (rotation looks).
-    if matches!(end, Ok(End::ServerGone(_))) || f.read_only {
+    if f.read_only {
+        s.generation().doubt_read_only();
+    } else if matches!(end, Ok(End::ServerGone(_))) {
         s.generation().doubt();
     }
     let pinned_left = matches!(end, Ok(End::ClientGone)) && c.state.pins.is_pinned();

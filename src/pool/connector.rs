@@ -21,6 +21,9 @@ pub struct Connector {
     /// Told when the current generation's host looks gone or changed role (see
     /// [`Generation::doubt`]), so rotation looks for the writer at once.
     pub writer_doubt: Arc<Notify>,
+    /// Set when a server said it is read-only (25006): connections that resolved a name to
+    /// a demoted writer must go even if the name now answers as the writer.
+    pub read_only_seen: Arc<std::sync::atomic::AtomicBool>,
     /// The runtime the connections are used on (each worker has its own).
     pub runtime: tokio::runtime::Handle,
     /// The configured database (the `database` label of the login metrics).

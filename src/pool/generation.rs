@@ -136,6 +136,16 @@ impl Generation {
         }
     }
 
+    /// A server of this generation said it is read-only (25006): as [`Generation::doubt`],
+    /// and the next search starts a new pool even on the same host name.
+    pub fn doubt_read_only(&self) {
+        if !self.is_retired() {
+            let seen = &self.connector.read_only_seen;
+            seen.store(true, std::sync::atomic::Ordering::Release);
+            self.connector.writer_doubt.notify_one();
+        }
+    }
+
     /// (open, idle) connections.
     pub fn counts(&self) -> (u32, u32) {
         let s = self.shelf();

@@ -74,6 +74,8 @@ pub struct Pools {
     pub auth_failed: Arc<Notify>,
     /// Signalled when the serving host may be gone or changed role ([`Generation::doubt`]).
     pub writer_doubt: Arc<Notify>,
+    /// Set by [`Generation::doubt_read_only`]; taken by the next search.
+    pub read_only_seen: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Pools {
@@ -89,6 +91,7 @@ impl Pools {
         assert!(!workers.is_empty(), "at least one worker");
         let auth_failed = Arc::new(Notify::new());
         let writer_doubt = Arc::new(Notify::new());
+        let read_only_seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let creds = Arc::new(creds);
         let database: Arc<str> = database.into();
         let connectors: Vec<_> = workers
@@ -97,6 +100,7 @@ impl Pools {
                 Arc::new(Connector {
                     auth_failed: auth_failed.clone(),
                     writer_doubt: writer_doubt.clone(),
+                    read_only_seen: read_only_seen.clone(),
                     runtime,
                     database: database.clone(),
                 })
@@ -121,6 +125,7 @@ impl Pools {
             closed: Default::default(),
             auth_failed,
             writer_doubt,
+            read_only_seen,
         }
     }
 

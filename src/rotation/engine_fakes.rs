@@ -35,6 +35,7 @@ pub struct FakePools {
     drain_changed: Notify,
     pub auth: Arc<Notify>,
     pub doubt: Arc<Notify>,
+    pub read_only: std::sync::atomic::AtomicBool,
     /// Each host's role; a host not listed is down. Logins need the host up.
     roles: Mutex<HashMap<String, Role>>,
     serving: Mutex<HostPort>,
@@ -59,6 +60,7 @@ impl FakePools {
             drain_changed: Notify::new(),
             auth: Arc::new(Notify::new()),
             doubt: Arc::new(Notify::new()),
+            read_only: Default::default(),
             roles: Mutex::new(HashMap::from([("db".to_owned(), Role::Primary)])),
             serving: Mutex::new(host("db")),
         })
@@ -191,6 +193,10 @@ impl Upstream for FakePools {
 
     fn writer_doubt(&self) -> Arc<Notify> {
         self.doubt.clone()
+    }
+
+    fn take_read_only(&self) -> bool {
+        self.read_only.swap(false, Ordering::SeqCst)
     }
 }
 

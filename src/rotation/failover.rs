@@ -26,6 +26,8 @@ pub(super) const DEBOUNCE: Duration = Duration::from_millis(100);
 /// After a search that found no host to serve from: the first pause, doubling up to the most.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_millis(500);
+/// A read-only error renews the pool on the same host name at most this often.
+const RENEW_EVERY: Duration = Duration::from_secs(5);
 /// While no host is found, the warning is repeated at most this often.
 const WARN_EVERY: Duration = Duration::from_secs(30);
 
@@ -46,6 +48,8 @@ pub(super) struct Writer {
     /// The first sign of trouble not yet resolved (for the detection-to-serving time).
     detected: Option<Instant>,
     warned: Option<Instant>,
+    /// The last renewal for a read-only error.
+    renewed: Option<Instant>,
 }
 
 impl Writer {
@@ -61,6 +65,7 @@ impl Writer {
             last_search: None,
             detected: None,
             warned: None,
+            renewed: None,
         }
     }
 
@@ -103,7 +108,10 @@ impl<U: Upstream> Engine<U> {
             self.p.pools.auth_failed().notify_one();
         }
         let attrs = self.p.endpoint.target_session_attrs;
-        let force = trigger == Trigger::RdsEvent;
+        // A failover event, or a server that said it is read-only: the name may point at a new
+        // writer while the pool's connections still reach the old one. A new pool then, even
+        // on the same host name (its connections resolve the name again).
+        let force = self.renew_on_read_only() || trigger == Trigger::RdsEvent;
         let found = match choose(attrs, &probes) {
             None => Found::Nothing(no_match(attrs, &probes)),
             Some(p) if p.host == self.p.pools.serving() && !force => Found::Same,
@@ -121,6 +129,29 @@ impl<U: Upstream> Engine<U> {
             reason: Some(reason),
             duration_ms: started.elapsed().as_millis() as u64,
         }
+    }
+
+    /// A read-only error renews the pool on the same host when that host is a name (an
+    /// address cannot have moved), at most once per [`RENEW_EVERY`]: a client that sets
+    /// `default_transaction_read_only` itself must not churn the pool.
+    fn renew_on_read_only(&mut self) -> bool {
+        let seen = self.p.pools.take_read_only();
+        let name = self
+            .p
+            .pools
+            .serving()
+            .host
+            .parse::<std::net::IpAddr>()
+            .is_err();
+        let due = self
+            .writer
+            .renewed
+            .is_none_or(|t| t.elapsed() >= RENEW_EVERY);
+        if seen && name && due {
+            self.writer.renewed = Some(Instant::now());
+            return true;
+        }
+        false
     }
 
     /// Validates the serving credential on `host` and publishes it there.

@@ -181,3 +181,40 @@ async fn a_failover_during_a_rotation_ends_with_the_new_credential_on_the_new_wr
     assert_eq!(h.pools.current().version, "v2");
     until(&h, Duration::from_secs(1), ready).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_read_only_error_renews_the_pool_on_the_same_name_at_most_every_5_s() {
+    let h = Setup {
+        hosts: vec![("cluster-endpoint", Some(Role::Primary))],
+        attrs: TargetSessionAttrs::ReadWrite,
+        ..Setup::default()
+    }
+    .start("v1", Some("v1"))
+    .await;
+    let before = h.pools.published().len();
+    let read_only = || {
+        h.pools.read_only.store(true, Ordering::SeqCst);
+        h.pools.doubt.notify_one();
+    };
+    read_only();
+    until(&h, Duration::from_secs(1), |h| {
+        h.pools.published().len() == before + 1
+    })
+    .await;
+    assert_eq!(
+        h.pools.on(),
+        "cluster-endpoint",
+        "a new pool on the same name"
+    );
+    // Again at once: a search, but no second pool within 5 s.
+    read_only();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.pools.published().len(), before + 1);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    read_only();
+    until(&h, Duration::from_secs(1), |h| {
+        h.pools.published().len() == before + 2
+    })
+    .await;
+    assert!(ready(&h));
+}

@@ -50,6 +50,8 @@ pub trait Upstream: Send + Sync + 'static {
     fn auth_failed(&self) -> Arc<Notify>;
     /// Told when the serving host may be gone or no longer the writer.
     fn writer_doubt(&self) -> Arc<Notify>;
+    /// Whether a server said it is read-only since the last call.
+    fn take_read_only(&self) -> bool;
 }
 
 impl Upstream for Pools {
@@ -111,5 +113,10 @@ impl Upstream for Pools {
 
     fn writer_doubt(&self) -> Arc<Notify> {
         self.writer_doubt.clone()
+    }
+
+    fn take_read_only(&self) -> bool {
+        self.read_only_seen
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
     }
 }
