@@ -83,19 +83,8 @@ fn main() {
     }
 }
 
-/// A primary with a table the app user writes to, and its streaming standby.
-fn pair() -> (Pg, Pg) {
-    let primary = app_cluster();
-    primary.sql_in(
-        "appdb",
-        &format!("CREATE TABLE fo (at timestamptz); ALTER TABLE fo OWNER TO {APP_USER}"),
-    );
-    let standby = primary.standby();
-    (primary, standby)
-}
-
 async fn through_rotagate(after: u64) -> Row {
-    let (primary, standby) = pair();
+    let (primary, standby) = primary_and_standby();
     let hosts = format!(
         "hosts = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]",
         standby.port, primary.port
@@ -114,7 +103,7 @@ async fn through_rotagate(after: u64) -> Row {
 }
 
 async fn direct(after: u64) -> Row {
-    let (primary, standby) = pair();
+    let (primary, standby) = primary_and_standby();
     let url = format!(
         "host=127.0.0.1,127.0.0.1 port={},{} user={APP_USER} password={APP_PASSWORD} \
          dbname=appdb target_session_attrs=read-write connect_timeout=5",

@@ -63,6 +63,17 @@ fn hosts_lines(order: &[&Pg], extra: &str) -> String {
     format!("hosts = [{}]\n{extra}", list.join(", "))
 }
 
+/// rotagate on `lines`, and a client whose first write lands on `primary`.
+async fn serving(primary: &Pg, lines: &str) -> (TestProxy, tokio_postgres::Client) {
+    let proxy = TestProxy::builder(primary)
+        .upstream_hosts(lines)
+        .start()
+        .await;
+    let client = proxy.client().await;
+    assert_eq!(write(&client).await.unwrap(), i32::from(primary.port));
+    (proxy, client)
+}
+
 async fn status(proxy: &TestProxy) -> serde_json::Value {
     serde_json::from_str(&proxy.get("/status").await.1).unwrap()
 }
@@ -76,17 +87,6 @@ async fn write(client: &tokio_postgres::Client) -> Result<i32, tokio_postgres::E
         )
         .await?;
     Ok(row.get(0))
-}
-
-/// A primary with a table `fo` the app user writes to, and its streaming standby.
-fn pair() -> (Pg, Pg) {
-    let primary = app_cluster();
-    primary.sql_in(
-        "appdb",
-        &format!("CREATE TABLE fo (at timestamptz); ALTER TABLE fo OWNER TO {APP_USER}"),
-    );
-    let standby = primary.standby();
-    (primary, standby)
 }
 
 /// One client writing in a loop on one connection: the port of each commit, and the errors.
@@ -126,7 +126,7 @@ impl Writer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_promotion_under_load_keeps_every_client_connection() {
-    let (primary, standby) = pair();
+    let (primary, standby) = primary_and_standby();
     let proxy = TestProxy::builder(&primary)
         .upstream_hosts(&hosts_lines(&[&standby, &primary], ""))
         .pool("acquire_timeout = \"20s\"")
@@ -203,7 +203,7 @@ async fn a_promotion_under_load_keeps_every_client_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_only_a_standby_read_write_is_never_ready_and_any_serves_it() {
-    let (primary, standby) = pair();
+    let (primary, standby) = primary_and_standby();
     let only = hosts_lines(&[&standby], "target_session_attrs = \"read-write\"");
     let proxy = TestProxy::builder(&primary)
         .upstream_hosts(&only)
@@ -242,14 +242,9 @@ async fn with_only_a_standby_read_write_is_never_ready_and_any_serves_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_failover_moves_to_a_host_promoted_silently() {
-    let (primary, standby) = pair();
+    let (primary, standby) = primary_and_standby();
     let lines = hosts_lines(&[&standby, &primary], "writer_check_interval = \"1h\"");
-    let proxy = TestProxy::builder(&primary)
-        .upstream_hosts(&lines)
-        .start()
-        .await;
-    let client = proxy.client().await;
-    assert_eq!(write(&client).await.unwrap(), i32::from(primary.port));
+    let (proxy, client) = serving(&primary, &lines).await;
     // Promoted while the primary still runs: libpq's order says the first host now.
     standby.promote();
     let (code, body) = proxy.post("/failover", "").await;
@@ -276,7 +271,7 @@ fn rds_event(name: &str) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_rds_failover_event_on_the_queue_starts_the_search_at_once() {
-    let (primary, standby) = pair();
+    let (primary, standby) = primary_and_standby();
     let moto = Moto::start().await;
     let aws = moto.clients().await;
     aws.create_secret("app/db", rds_json(&primary, APP_USER, APP_PASSWORD))
@@ -329,15 +324,10 @@ async fn an_rds_failover_event_on_the_queue_starts_the_search_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_error_on_the_serving_host_starts_a_search() {
-    let (primary, standby) = pair();
+    let (primary, standby) = primary_and_standby();
     // The primary first; no periodic check to speak of.
     let lines = hosts_lines(&[&primary, &standby], "writer_check_interval = \"1h\"");
-    let proxy = TestProxy::builder(&primary)
-        .upstream_hosts(&lines)
-        .start()
-        .await;
-    let client = proxy.client().await;
-    assert_eq!(write(&client).await.unwrap(), i32::from(primary.port));
+    let (proxy, client) = serving(&primary, &lines).await;
     // The standby is promoted and the old primary turns read-only, as a demoted node would.
     standby.promote();
     primary.sql("ALTER SYSTEM SET default_transaction_read_only = on");

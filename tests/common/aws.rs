@@ -282,37 +282,23 @@ impl Aws {
     /// An EventBridge rule on the default bus sending every aws.secretsmanager event to the
     /// queue (the queue policy is not enforced by moto; the README shows the real one).
     pub async fn route(&self, queue_url: &str) {
-        let arn = self.queue_arn(queue_url).await;
-        self.events
-            .put_rule()
-            .name("rotagate-secret-events")
-            .event_pattern(r#"{"source":["aws.secretsmanager"]}"#)
-            .send()
-            .await
-            .unwrap();
-        let target = aws_sdk_eventbridge::types::Target::builder()
-            .id("rotagate-queue")
-            .arn(arn)
-            .build()
-            .unwrap();
-        self.events
-            .put_targets()
-            .rule("rotagate-secret-events")
-            .targets(target)
-            .send()
-            .await
-            .unwrap();
+        let pattern = r#"{"source":["aws.secretsmanager"]}"#;
+        self.rule("rotagate-secret-events", pattern, queue_url)
+            .await;
     }
 
     /// The README's EventBridge rule for RDS failover events, to the queue.
     pub async fn route_rds(&self, queue_url: &str) {
+        let pattern = r#"{"source":["aws.rds"],"detail-type":["RDS DB Cluster Event","RDS DB Instance Event"],"detail":{"EventCategories":["failover"]}}"#;
+        self.rule("rotagate-rds-failover", pattern, queue_url).await;
+    }
+
+    async fn rule(&self, name: &str, pattern: &str, queue_url: &str) {
         let arn = self.queue_arn(queue_url).await;
         self.events
             .put_rule()
-            .name("rotagate-rds-failover")
-            .event_pattern(
-                r#"{"source":["aws.rds"],"detail-type":["RDS DB Cluster Event","RDS DB Instance Event"],"detail":{"EventCategories":["failover"]}}"#,
-            )
+            .name(name)
+            .event_pattern(pattern)
             .send()
             .await
             .unwrap();
@@ -323,7 +309,7 @@ impl Aws {
             .unwrap();
         self.events
             .put_targets()
-            .rule("rotagate-rds-failover")
+            .rule(name)
             .targets(target)
             .send()
             .await

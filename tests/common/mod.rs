@@ -54,6 +54,18 @@ pub fn app_cluster() -> Pg {
     pg
 }
 
+/// A primary with a table `fo` the app user writes to, and its streaming standby (as the
+/// failover acceptance script builds them).
+pub fn primary_and_standby() -> (Pg, Pg) {
+    let primary = app_cluster();
+    primary.sql_in(
+        "appdb",
+        &format!("CREATE TABLE fo (at timestamptz); ALTER TABLE fo OWNER TO {APP_USER}"),
+    );
+    let standby = primary.standby();
+    (primary, standby)
+}
+
 pub fn write_secret(path: &std::path::Path, pg: &Pg, user: &str, password: &str) {
     let tmp = path.with_extension("tmp");
     let json = format!(

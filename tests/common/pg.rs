@@ -258,23 +258,21 @@ impl Pg {
 
     /// Promotes a standby and waits until it accepts writes.
     pub fn promote(&self) {
-        check(
-            as_pg(&self.bin.join("pg_ctl"))
-                .arg("-D")
-                .arg(self.dir.path().join("data"))
-                .args(["-w", "promote"])
-                .output(),
-            "pg_ctl promote",
-        );
+        check(self.pg_ctl(&["-w", "promote"]), "pg_ctl promote");
     }
 
     /// Stops the server as a crash would (`-m immediate`).
     pub fn crash(&self) {
-        let _ = as_pg(&self.bin.join("pg_ctl"))
+        let _ = self.pg_ctl(&["-m", "immediate", "-w", "stop"]);
+    }
+
+    /// `pg_ctl -D <data> args...`, as the cluster's owner.
+    fn pg_ctl(&self, args: &[&str]) -> std::io::Result<Output> {
+        as_pg(&self.bin.join("pg_ctl"))
             .arg("-D")
             .arg(self.dir.path().join("data"))
-            .args(["-m", "immediate", "-w", "stop"])
-            .output();
+            .args(args)
+            .output()
     }
 
     /// Replaces pg_hba.conf's TCP rule with `method` (md5, password, scram-sha-256) and reloads.
@@ -306,11 +304,7 @@ impl Pg {
     }
 
     pub fn stop(&self) {
-        let _ = as_pg(&self.bin.join("pg_ctl"))
-            .arg("-D")
-            .arg(self.dir.path().join("data"))
-            .args(["-m", "fast", "-w", "stop"])
-            .output();
+        let _ = self.pg_ctl(&["-m", "fast", "-w", "stop"]);
     }
 
     /// Restarts the server (fast shutdown: every connection is terminated).
