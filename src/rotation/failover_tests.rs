@@ -141,19 +141,29 @@ async fn any_serves_the_first_host_that_answers() {
     assert_eq!(h.pools.on(), "b");
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_rotation_during_a_failover_ends_on_the_new_writer_with_the_new_credential() {
+/// Serving from `b` (the primary) with `v1`; then `b` goes, `a` is promoted and the source
+/// serves `v2` (`v1` revoked when `revoke`).
+async fn moved_and_rotated(revoke: bool) -> Harness {
     let h = two_hosts(
         Some(Role::Standby),
         Some(Role::Primary),
         Duration::from_secs(3600),
     )
     .await;
-    // The writer moves, and before any search the secret changes.
     h.pools.set_role("b", None);
     h.pools.set_role("a", Some(Role::Primary));
+    if revoke {
+        h.pools.forget("v1");
+    }
     h.pools.accept("v2");
     h.source.serve(Some("v2"));
+    h
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rotation_during_a_failover_ends_on_the_new_writer_with_the_new_credential() {
+    // The writer moves, and before any search the secret changes.
+    let h = moved_and_rotated(false).await;
     assert_eq!(h.rotate().await, Outcome::Applied);
     assert_eq!(h.pools.on(), "a");
     assert_eq!(h.pools.published().last().unwrap().1, "v2");
@@ -163,19 +173,9 @@ async fn a_rotation_during_a_failover_ends_on_the_new_writer_with_the_new_creden
 
 #[tokio::test(start_paused = true)]
 async fn a_failover_during_a_rotation_ends_with_the_new_credential_on_the_new_writer() {
-    let h = two_hosts(
-        Some(Role::Standby),
-        Some(Role::Primary),
-        Duration::from_secs(3600),
-    )
-    .await;
     // The old credential is revoked and the writer moves: the search's logins are refused,
     // so the credential is fetched again, and the rotation finds the writer.
-    h.pools.set_role("b", None);
-    h.pools.set_role("a", Some(Role::Primary));
-    h.pools.forget("v1");
-    h.pools.accept("v2");
-    h.source.serve(Some("v2"));
+    let h = moved_and_rotated(true).await;
     h.pools.doubt.notify_one();
     until(&h, Duration::from_secs(3), |h| h.pools.on() == "a").await;
     assert_eq!(h.pools.current().version, "v2");

@@ -156,20 +156,26 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A directory for one cluster that the `postgres` user can enter.
+fn cluster_dir(prefix: &str) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(std::env::temp_dir())
+        .unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    dir
+}
+
 impl Pg {
     /// A fresh cluster with scram-sha-256 auth and the given extra server settings.
     pub fn start_with(settings: &[(&str, String)]) -> Pg {
         let bin = pg_bin();
         let template = template(&bin);
-        let dir = tempfile::Builder::new()
-            .prefix("rotagate-pg")
-            .tempdir_in(std::env::temp_dir())
-            .unwrap();
-        std::fs::set_permissions(
-            dir.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .unwrap();
+        let dir = cluster_dir("rotagate-pg");
         check(
             Command::new("cp")
                 .arg("-a")
@@ -207,15 +213,7 @@ impl Pg {
     /// A streaming standby of this cluster (`pg_basebackup -R`, as the failover acceptance
     /// script builds one), started on a port of its own.
     pub fn standby(&self) -> Pg {
-        let dir = tempfile::Builder::new()
-            .prefix("rotagate-pg-standby")
-            .tempdir_in(std::env::temp_dir())
-            .unwrap();
-        std::fs::set_permissions(
-            dir.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .unwrap();
+        let dir = cluster_dir("rotagate-pg-standby");
         std::fs::create_dir(dir.path().join("sock")).unwrap();
         give_to_pg(dir.path());
         check(
