@@ -198,7 +198,7 @@ async fn bad_secrets_are_rejected_and_the_breaker_opens_then_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn post_rotate_needs_the_token_when_one_is_configured() {
+async fn post_rotate_and_post_failover_need_the_token_when_one_is_configured() {
     let pg = app_cluster();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("token"), "s3cret-admin-token\n").unwrap();
@@ -209,14 +209,17 @@ async fn post_rotate_needs_the_token_when_one_is_configured() {
         ))
         .start()
         .await;
-    assert_eq!(proxy.post("/rotate", "").await.0, 401);
-    assert_eq!(
-        proxy
-            .post("/rotate", "Authorization: Bearer wrong\r\n")
-            .await
-            .0,
-        401
-    );
+    for path in ["/rotate", "/failover"] {
+        assert_eq!(proxy.post(path, "").await.0, 401, "{path}");
+        let wrong = proxy.post(path, "Authorization: Bearer wrong\r\n").await;
+        assert_eq!(wrong.0, 401, "{path}");
+    }
+    // One host, `any`: a search finds the host it serves from.
+    let (code, body) = proxy
+        .post("/failover", "Authorization: Bearer s3cret-admin-token\r\n")
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"trigger\":\"failover\""), "{body}");
     let (code, body) = proxy
         .post("/rotate", "Authorization: Bearer s3cret-admin-token\r\n")
         .await;
