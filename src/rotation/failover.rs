@@ -23,9 +23,12 @@ use tokio::time::Instant;
 
 /// Searches set off by doubt are at least this far apart: one failover makes one search.
 pub(super) const DEBOUNCE: Duration = Duration::from_millis(100);
-/// After a search that found no host to serve from: the first pause, doubling up to the most.
+/// After a search that found no host to serve from: the first pause, doubling up to the most
+/// for FAST_FOR after the trouble began (a promotion is usually seconds away), then up to
+/// `writer_check_interval`.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_millis(250);
+const FAST_FOR: Duration = Duration::from_secs(30);
 /// A read-only error renews the pool on the same host name at most this often.
 const RENEW_EVERY: Duration = Duration::from_secs(5);
 /// While no host is found, the warning is repeated at most this often.
@@ -245,8 +248,13 @@ impl<U: Upstream> Engine<U> {
     fn lost(&mut self, trigger: Trigger, why: &str, now: Instant) {
         self.writer.found = false;
         self.p.ready.store(false, Ordering::Release);
-        let pause = self.writer.retry;
-        self.writer.retry = (pause * 2).min(RETRY_MAX);
+        let began = *self.writer.detected.get_or_insert(now);
+        let most = match now - began < FAST_FOR {
+            true => RETRY_MAX,
+            false => self.writer.every.max(RETRY_MAX),
+        };
+        let pause = self.writer.retry.min(most);
+        self.writer.retry = (pause * 2).min(most);
         let cause = match trigger {
             Trigger::Start | Trigger::AuthFailure => Trigger::UpstreamLost,
             t => t,

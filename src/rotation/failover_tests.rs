@@ -124,8 +124,18 @@ async fn with_no_writer_it_is_never_ready_and_keeps_looking() {
     assert!(!ready(&h));
     h.pools.set_role("b", Some(Role::Primary));
     let took = until(&h, Duration::from_secs(2), ready).await;
-    assert!(took <= Duration::from_millis(600), "{took:?}");
-    assert_eq!(h.pools.on(), "b");
+    assert!(took <= Duration::from_millis(350), "{took:?}");
+    // Half a minute on, the retries slow to writer_check_interval (here an hour).
+    h.pools.set_role("b", None);
+    h.pools.doubt.notify_one();
+    until(&h, Duration::from_secs(1), |h| !ready(h)).await;
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    h.pools.set_role("b", Some(Role::Primary));
+    let took = until(&h, Duration::from_secs(300), ready).await;
+    assert!(
+        took > Duration::from_secs(1),
+        "the retries have slowed: {took:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
