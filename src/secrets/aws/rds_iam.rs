@@ -266,6 +266,11 @@ mod tests {
 
     const DB: &str = "db:5432";
 
+    /// Changes the times of the token held for DB.
+    fn age(s: &TokenSigner, f: impl FnOnce(&mut Signed)) {
+        f(s.current.lock().unwrap().get_mut(DB).unwrap());
+    }
+
     /// Each host gets a token naming it; a second host's login does not replace the first's.
     #[tokio::test]
     async fn each_host_gets_its_own_token() {
@@ -285,23 +290,11 @@ mod tests {
         let first = lasting.password(DB).await.unwrap();
         let status = lasting.status().unwrap();
         assert_eq!(status.valid_until, status.signed_at + LIFETIME);
-        lasting
-            .current
-            .lock()
-            .unwrap()
-            .get_mut(DB)
-            .unwrap()
-            .signed_at -= Duration::from_secs(1);
+        age(&lasting, |s| s.signed_at -= Duration::from_secs(1));
         assert_eq!(lasting.password(DB).await.unwrap().expose(), first.expose());
         // Ten minutes on, 5 remain: the next login gets a fresh token.
         let aged = SystemTime::now() + REFRESH_BEFORE - Duration::from_secs(1);
-        lasting
-            .current
-            .lock()
-            .unwrap()
-            .get_mut(DB)
-            .unwrap()
-            .valid_until = aged;
+        age(&lasting, |s| s.valid_until = aged);
         lasting.password(DB).await.unwrap();
         assert!(lasting.status().unwrap().valid_until > aged);
 
@@ -310,7 +303,7 @@ mod tests {
         short.password(DB).await.unwrap();
         let s1 = short.status().unwrap();
         assert_eq!(s1.valid_until, expiring, "not past the credentials' expiry");
-        short.current.lock().unwrap().get_mut(DB).unwrap().signed_at -= Duration::from_secs(1);
+        age(&short, |s| s.signed_at -= Duration::from_secs(1));
         short.password(DB).await.unwrap();
         assert!(short.status().unwrap().signed_at > s1.signed_at - Duration::from_secs(1));
     }
