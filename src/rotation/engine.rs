@@ -115,12 +115,7 @@ impl<U: Upstream> Engine<U> {
             tracker.spawn(source.run(note_tx.clone(), stop.clone()));
         }
         drop(note_tx);
-        if self.writer.enabled {
-            self.search(Trigger::Start).await;
-        } else {
-            self.found(&self.p.pools.serving());
-        }
-        self.handle(Trigger::Start, None, None).await;
+        self.start().await;
         let mut next_refresh = Instant::now() + self.p.refresh_interval;
         let auth_failed = self.p.pools.auth_failed();
         let doubt = self.p.pools.writer_doubt();
@@ -160,15 +155,30 @@ impl<U: Upstream> Engine<U> {
                     (Trigger::Retry, None)
                 }
             };
-            if trigger.is_search() {
-                let report = self.search(trigger).await;
-                if let Some(reply) = reply {
-                    let _ = reply.send(report);
-                }
-                continue;
-            }
-            self.handle(trigger, None, reply).await;
+            self.dispatch(trigger, reply).await;
         }
+    }
+
+    /// The host to serve from (when there is a choice), then the starting credential.
+    async fn start(&mut self) {
+        if self.writer.enabled {
+            self.search(Trigger::Start).await;
+        } else {
+            self.found(&self.p.pools.serving());
+        }
+        self.handle(Trigger::Start, None, None).await;
+    }
+
+    /// A search for the writer, or a credential attempt.
+    async fn dispatch(&mut self, trigger: Trigger, reply: Option<oneshot::Sender<Report>>) {
+        if trigger.is_search() {
+            let report = self.search(trigger).await;
+            if let Some(reply) = reply {
+                let _ = reply.send(report);
+            }
+            return;
+        }
+        self.handle(trigger, None, reply).await;
     }
 
     /// An event: a staged version is prefetched; a change of the current one is an attempt,
