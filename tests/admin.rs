@@ -82,6 +82,8 @@ async fn every_contract_metric_has_help_text_and_bounded_labels() {
         "rotagate_pool_wait_seconds",
         "rotagate_rotation_duration_seconds",
         "rotagate_credential_age_seconds",
+        "rotagate_failovers_total",
+        "rotagate_upstream_writer",
     ] {
         assert!(
             metrics.contains(&format!("# HELP {name} ")),

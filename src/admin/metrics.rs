@@ -137,4 +137,21 @@ fn describe_limits() {
         Unit::Seconds,
         "Time spent waiting for an upstream connection."
     );
+    describe_failover();
+}
+
+fn describe_failover() {
+    describe_counter!(
+        "rotagate_failovers_total",
+        "Moves to another upstream host (a failover found by the search for the writer)."
+    );
+    describe_gauge!(
+        "rotagate_upstream_writer",
+        "1 for the upstream host being served, 0 for the other configured hosts."
+    );
+    describe_histogram!(
+        "rotagate_failover_seconds",
+        Unit::Seconds,
+        "From the first sign of trouble to the new upstream host serving."
+    );
 }

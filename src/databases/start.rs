@@ -197,4 +197,5 @@ fn zero_metrics(name: &str) {
     metrics::gauge!("rotagate_prepared_statements", "database" => db()).set(0.0);
     metrics::counter!("rotagate_statement_prepares_total", "database" => db()).increment(0);
     metrics::counter!("rotagate_cache_write_failures_total", "database" => db()).increment(0);
+    metrics::counter!("rotagate_failovers_total", "database" => db()).increment(0);
 }
