@@ -201,6 +201,34 @@ mod tests {
     }
 
     #[test]
+    fn each_database_has_its_own_hosts_and_rds_ids_need_a_queue() {
+        let text = "[[clients]]\nuser = \"app\"\npassword = \"pw\"\n\
+            [[databases]]\nname = \"orders\"\n[databases.upstream]\n\
+            hosts = [\"a:5432\", \"b:5432\"]\ndatabase = \"orders\"\n\
+            [databases.credentials]\nsource = \"file\"\n[databases.credentials.file]\npath = \"/s\"\n\
+            [[databases]]\nname = \"users\"\n[databases.upstream]\nhost = \"c\"\n\
+            database = \"users\"\nrds_cluster_id = \"users-cluster\"\n\
+            [databases.credentials]\nsource = \"file\"\n[databases.credentials.file]\npath = \"/t\"\n";
+        let e = parse(text, []).unwrap_err().to_string();
+        assert!(
+            e.contains("databases[1].upstream.rds_cluster_id") && e.contains("queue_url"),
+            "{e}"
+        );
+        let ok = parse(
+            &text.replace("rds_cluster_id = \"users-cluster\"\n", ""),
+            [],
+        )
+        .unwrap();
+        let orders = &ok.databases[0].upstream;
+        assert_eq!(orders.hosts.len(), 2);
+        assert_eq!(orders.target_session_attrs, TargetSessionAttrs::ReadWrite);
+        assert_eq!(
+            ok.databases[1].upstream.target_session_attrs,
+            TargetSessionAttrs::Any
+        );
+    }
+
+    #[test]
     fn host_and_hosts_together_and_bad_entries_are_errors_with_paths() {
         let e = upstream("host = \"a\"\nhosts = [\"b:1\"]").unwrap_err();
         assert!(
