@@ -32,7 +32,7 @@ async fn hosts_are_classified_and_the_writer_is_chosen_standby_first() {
         "v".into(),
     )
     .unwrap();
-    let probes = probe_all(&base, &hosts, &creds).await;
+    let probes = probe_all(&base, &hosts, &creds, TargetSessionAttrs::ReadWrite).await;
     let roles: Vec<_> = probes.iter().map(|p| p.role.clone()).collect();
     assert_eq!(roles, [Ok(Role::Standby), Ok(Role::Primary)]);
     let writer = choose(TargetSessionAttrs::ReadWrite, &probes).unwrap();
@@ -45,7 +45,7 @@ async fn hosts_are_classified_and_the_writer_is_chosen_standby_first() {
     // The primary goes, the standby is promoted: the writer is the first host now.
     primary.crash();
     standby.promote();
-    let probes = probe_all(&base, &hosts, &creds).await;
+    let probes = probe_all(&base, &hosts, &creds, TargetSessionAttrs::ReadWrite).await;
     assert_eq!(probes[0].role, Ok(Role::Primary));
     assert!(probes[1].role.is_err(), "{:?}", probes[1]);
     assert_eq!(
@@ -421,4 +421,39 @@ async fn a_host_name_is_resolved_again_at_every_connect() {
     })
     .await;
     proxy.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_never_answers_does_not_hold_up_the_choice() {
+    let (primary, _standby) = primary_and_standby();
+    // Listed first: accepts TCP and then says nothing, as a host behind a dropped route does.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || silent.incoming().take(64).flatten().collect::<Vec<_>>());
+    // Were the choice to wait for it, readiness would take connect_timeout (a minute).
+    let lines = format!(
+        "hosts = [\"127.0.0.1:{silent_port}\", \"127.0.0.1:{}\"]\nconnect_timeout = \"60s\"",
+        primary.port
+    );
+    let proxy = TestProxy::builder(&primary)
+        .upstream_hosts(&lines)
+        .start_unready()
+        .await;
+    wait_until(20, "ready on the primary", || async {
+        proxy.get("/readyz").await.0 == 200
+    })
+    .await;
+    let s = status(&proxy).await;
+    assert_eq!(
+        s["upstream"]["writer"],
+        format!("127.0.0.1:{}", primary.port)
+    );
+    let first = s["upstream"]["hosts"][0]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(first.contains("no answer yet"), "{s}");
+    let client = proxy.client().await;
+    assert_eq!(write(&client).await.unwrap(), i32::from(primary.port));
+    proxy.stop().await.unwrap();
+    drop(held);
 }

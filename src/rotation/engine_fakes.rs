@@ -135,7 +135,12 @@ impl Upstream for FakePools {
         }
     }
 
-    async fn probe(&self, hosts: &[HostPort], creds: &Credentials) -> Vec<Probe> {
+    async fn probe(
+        &self,
+        hosts: &[HostPort],
+        creds: &Credentials,
+        _attrs: crate::config::TargetSessionAttrs,
+    ) -> Vec<Probe> {
         tokio::time::sleep(LOGIN).await;
         let good = self.good.lock().unwrap().contains(&creds.version);
         let roles = self.roles.lock().unwrap();

@@ -105,12 +105,16 @@ impl<U: Upstream> Engine<U> {
         self.writer.last_search = Some(started);
         self.writer.retry_at = None;
         let creds = self.p.pools.current();
-        let probes = self.p.pools.probe(&self.p.endpoint.hosts, &creds).await;
+        let attrs = self.p.endpoint.target_session_attrs;
+        let probes = self
+            .p
+            .pools
+            .probe(&self.p.endpoint.hosts, &creds, attrs)
+            .await;
         if probes.iter().any(|p| p.refused_login) {
             // The credential, not the host: refetch it (a rotation may be under way).
             self.p.pools.auth_failed().notify_one();
         }
-        let attrs = self.p.endpoint.target_session_attrs;
         // A failover event, or a server that said it is read-only: the name may point at a new
         // writer while the pool's connections still reach the old one. A new pool then, even
         // on the same host name (its connections resolve the name again).
@@ -180,7 +184,12 @@ impl<U: Upstream> Engine<U> {
         candidate: &Credentials,
         generation: u64,
     ) -> Option<(HostPort, U::Proof)> {
-        let probes = self.p.pools.probe(&self.p.endpoint.hosts, candidate).await;
+        let attrs = self.p.endpoint.target_session_attrs;
+        let probes = self
+            .p
+            .pools
+            .probe(&self.p.endpoint.hosts, candidate, attrs)
+            .await;
         self.show(&probes);
         let host = choose(self.p.endpoint.target_session_attrs, &probes)?
             .host

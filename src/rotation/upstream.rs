@@ -6,7 +6,7 @@
 use super::checks::health_check;
 use super::writer::{self, Probe};
 use crate::backend::{ServerConn, UpstreamTarget};
-use crate::config::HostPort;
+use crate::config::{HostPort, TargetSessionAttrs};
 use crate::pool::Pools;
 use crate::secrets::Credentials;
 use std::future::Future;
@@ -31,11 +31,13 @@ pub trait Upstream: Send + Sync + 'static {
         generation: u64,
         host: &HostPort,
     ) -> impl Future<Output = Result<Self::Proof, String>> + Send;
-    /// Logs in to every host in `hosts` at once with `creds` and asks each what it is.
+    /// Logs in to every host in `hosts` at once with `creds` and asks each what it is, until
+    /// the choice `attrs` makes is settled (`writer::probe_all`).
     fn probe(
         &self,
         hosts: &[HostPort],
         creds: &Credentials,
+        attrs: TargetSessionAttrs,
     ) -> impl Future<Output = Vec<Probe>> + Send;
     /// Makes `creds` the next generation, on the host `proof` was validated on, with `proof`
     /// as its first connection; the old one starts draining. Returns the new generation.
@@ -87,8 +89,13 @@ impl Upstream for Pools {
         Ok((conn, target))
     }
 
-    async fn probe(&self, hosts: &[HostPort], creds: &Credentials) -> Vec<Probe> {
-        writer::probe_all(&self.target(), hosts, creds).await
+    async fn probe(
+        &self,
+        hosts: &[HostPort],
+        creds: &Credentials,
+        attrs: TargetSessionAttrs,
+    ) -> Vec<Probe> {
+        writer::probe_all(&self.target(), hosts, creds, attrs).await
     }
 
     fn publish(&self, creds: Credentials, (conn, target): Self::Proof) -> u64 {

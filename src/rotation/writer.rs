@@ -5,8 +5,11 @@
 use crate::backend::{self, UpstreamTarget, query};
 use crate::config::{HostPort, TargetSessionAttrs};
 use crate::secrets::Credentials;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
 
 /// What one host is, as far as choosing goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -42,26 +45,100 @@ pub struct Probe {
     pub checked: SystemTime,
 }
 
+/// How long hosts earlier in the list that have not answered may hold up the choice once a
+/// later one matches: a host that does not answer (a black hole, no RST) would otherwise hold
+/// every search for `connect_timeout`.
+pub const PATIENCE: Duration = Duration::from_secs(1);
+
 /// Logs in to every host at once and classifies each: `in_hot_standby` when the server
 /// reports it (PostgreSQL 14+), else `pg_is_in_recovery()`; then `transaction_read_only`.
+/// Returns as soon as the choice `attrs` makes is settled: every host before the first match
+/// has answered, or [`PATIENCE`] has passed since a match while earlier hosts say nothing
+/// (they are passed over this time, marked as not answering).
 pub async fn probe_all(
     base: &UpstreamTarget,
     hosts: &[HostPort],
     creds: &Credentials,
+    attrs: TargetSessionAttrs,
 ) -> Vec<Probe> {
-    let probes = hosts.iter().map(|h| async move {
-        let (role, refused_login) = match base.at(h) {
-            Ok(target) => classify(&target, creds).await,
-            Err(e) => (Err(e.to_string()), false),
-        };
-        Probe {
-            host: h.clone(),
-            role,
-            refused_login,
-            checked: SystemTime::now(),
+    let mut pending: FuturesUnordered<_> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| async move { (i, probe(base, h, creds).await) })
+        .collect();
+    let mut got: Vec<Option<Probe>> = vec![None; hosts.len()];
+    let mut patience: Option<Instant> = None;
+    while !settled(attrs, &got) {
+        if patience.is_none() && got.iter().flatten().any(|p| first_pass(attrs, p)) {
+            patience = Some(Instant::now() + PATIENCE);
         }
-    });
-    futures::future::join_all(probes).await
+        let deadline = async {
+            match patience {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            next = pending.next() => match next {
+                Some((i, p)) => got[i] = Some(p),
+                None => break,
+            },
+            _ = deadline => break,
+        }
+    }
+    let now = SystemTime::now();
+    got.into_iter()
+        .zip(hosts)
+        .map(|(p, h)| {
+            p.unwrap_or_else(|| Probe {
+                host: h.clone(),
+                role: Err("no answer yet when a later host was chosen".into()),
+                refused_login: false,
+                checked: now,
+            })
+        })
+        .collect()
+}
+
+async fn probe(base: &UpstreamTarget, host: &HostPort, creds: &Credentials) -> Probe {
+    let (role, refused_login) = match base.at(host) {
+        Ok(target) => classify(&target, creds).await,
+        Err(e) => (Err(e.to_string()), false),
+    };
+    Probe {
+        host: host.clone(),
+        role,
+        refused_login,
+        checked: SystemTime::now(),
+    }
+}
+
+/// Whether later answers can no longer change the choice: every host before the first match
+/// has answered (or all have).
+fn settled(attrs: TargetSessionAttrs, got: &[Option<Probe>]) -> bool {
+    for p in got {
+        match p {
+            None => return false,
+            Some(p) if first_pass(attrs, p) => return true,
+            Some(_) => {}
+        }
+    }
+    true
+}
+
+/// What `attrs` takes on its first pass over the list (`prefer-standby`: a standby; its
+/// fallback to any host needs every answer).
+fn first_pass(attrs: TargetSessionAttrs, p: &Probe) -> bool {
+    p.role.as_ref().is_ok_and(|r| wants(attrs, *r))
+}
+
+fn wants(attrs: TargetSessionAttrs, r: Role) -> bool {
+    match attrs {
+        TargetSessionAttrs::Any => true,
+        TargetSessionAttrs::ReadWrite | TargetSessionAttrs::Primary => r == Role::Primary,
+        TargetSessionAttrs::ReadOnly => r != Role::Primary,
+        TargetSessionAttrs::Standby | TargetSessionAttrs::PreferStandby => r == Role::Standby,
+    }
 }
 
 async fn classify(target: &UpstreamTarget, creds: &Credentials) -> (Result<Role, String>, bool) {
@@ -107,21 +184,12 @@ async fn one(conn: &mut backend::ServerConn, sql: &str) -> Result<String, String
 
 /// The first host (in list order) that `attrs` accepts; `prefer-standby` falls back to any.
 pub fn choose(attrs: TargetSessionAttrs, probes: &[Probe]) -> Option<&Probe> {
-    let first = |want: &dyn Fn(Role) -> bool| {
-        probes
-            .iter()
-            .find(|p| p.role.as_ref().is_ok_and(|r| want(*r)))
-    };
+    let found = probes.iter().find(|p| first_pass(attrs, p));
     match attrs {
-        TargetSessionAttrs::Any => first(&|_| true),
-        TargetSessionAttrs::ReadWrite | TargetSessionAttrs::Primary => {
-            first(&|r| r == Role::Primary)
-        }
-        TargetSessionAttrs::ReadOnly => first(&|r| r != Role::Primary),
-        TargetSessionAttrs::Standby => first(&|r| r == Role::Standby),
         TargetSessionAttrs::PreferStandby => {
-            first(&|r| r == Role::Standby).or_else(|| first(&|_| true))
+            found.or_else(|| probes.iter().find(|p| p.role.is_ok()))
         }
+        _ => found,
     }
 }
 
@@ -141,6 +209,31 @@ mod tests {
             refused_login: false,
             checked: SystemTime::now(),
         }
+    }
+
+    #[test]
+    fn the_choice_is_settled_once_every_host_before_the_first_match_answered() {
+        use TargetSessionAttrs::*;
+        let (p, s) = (
+            Some(probe("p:1", Ok(Role::Primary))),
+            Some(probe("s:1", Ok(Role::Standby))),
+        );
+        assert!(
+            !settled(ReadWrite, &[None, p.clone()]),
+            "an earlier host may still answer"
+        );
+        assert!(settled(ReadWrite, &[s.clone(), p.clone()]));
+        assert!(
+            settled(ReadWrite, &[p.clone(), None]),
+            "later hosts cannot change it"
+        );
+        assert!(!settled(ReadWrite, &[s.clone(), None]));
+        assert!(settled(Any, &[s.clone(), None]));
+        assert!(
+            !settled(PreferStandby, &[p.clone(), None]),
+            "a later standby would win"
+        );
+        assert!(settled(PreferStandby, &[p, s]));
     }
 
     #[test]
