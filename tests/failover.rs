@@ -103,10 +103,16 @@ impl Writer {
         let (c, p) = (client.clone(), ports.clone());
         let task = tokio::spawn(async move {
             let mut errors = 0;
-            while !stop.load(Ordering::Relaxed) {
+            // A closed connection ends the loop (the test then fails on it) rather than
+            // spinning on errors that come back at once.
+            while !stop.load(Ordering::Relaxed) && !c.is_closed() {
                 match write(&c).await {
                     Ok(port) => p.lock().unwrap().push(port),
-                    Err(_) => errors += 1,
+                    Err(e) => {
+                        errors += 1;
+                        eprintln!("a writer's transaction failed: {e:?}");
+                        tokio::task::yield_now().await;
+                    }
                 }
             }
             errors
@@ -155,7 +161,11 @@ async fn a_promotion_under_load_keeps_every_client_connection() {
     wait_until(
         30,
         "every client writing on the promoted standby",
-        || async { writers.iter().all(|w| w.commits_on(standby.port) >= 10) },
+        || async {
+            let closed = writers.iter().filter(|w| w.client.is_closed()).count();
+            assert_eq!(closed, 0, "client connections closed by the failover");
+            writers.iter().all(|w| w.commits_on(standby.port) >= 10)
+        },
     )
     .await;
     stop.store(true, Ordering::Relaxed);

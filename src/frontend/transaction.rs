@@ -65,7 +65,16 @@ pub async fn serve(
                 continue;
             }
         };
-        apply(&client.state.settings, &mut server).await?;
+        match apply(&client.state.settings, &mut server).await {
+            Ok(()) => {}
+            // Lost before the client's request went out (a failover): the request is still
+            // in the client's buffer, and the next connection takes it.
+            Err(FrontendError::UpstreamLost) => {
+                server.generation().doubt();
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
         cancel.slot.attach(server.pid, server.key);
         cancel.slot.aim(&server.generation().target);
         let cfg = route.pools.config();

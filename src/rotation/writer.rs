@@ -49,6 +49,8 @@ pub struct Probe {
 /// later one matches: a host that does not answer (a black hole, no RST) would otherwise hold
 /// every search for `connect_timeout`.
 pub const PATIENCE: Duration = Duration::from_secs(1);
+/// How long the hosts after a settled choice may take to answer before the search returns.
+const GRACE: Duration = Duration::from_millis(100);
 
 /// Logs in to every host at once and classifies each: `in_hot_standby` when the server
 /// reports it (PostgreSQL 14+), else `pg_is_in_recovery()`; then `transaction_read_only`.
@@ -68,7 +70,14 @@ pub async fn probe_all(
         .collect();
     let mut got: Vec<Option<Probe>> = vec![None; hosts.len()];
     let mut patience: Option<Instant> = None;
-    while !settled(attrs, &got) {
+    // Once settled, the others get a moment more: their roles are for `/status`, and a login
+    // cut short leaves a note in the server's log.
+    let mut grace: Option<Instant> = None;
+    while grace.is_none_or(|g| Instant::now() < g) {
+        if grace.is_none() && settled(attrs, &got) {
+            grace = Some(Instant::now() + GRACE);
+            patience = grace;
+        }
         if patience.is_none() && got.iter().flatten().any(|p| first_pass(attrs, p)) {
             patience = Some(Instant::now() + PATIENCE);
         }
@@ -92,7 +101,7 @@ pub async fn probe_all(
         .map(|(p, h)| {
             p.unwrap_or_else(|| Probe {
                 host: h.clone(),
-                role: Err("no answer yet when a later host was chosen".into()),
+                role: Err("no answer yet when the search settled".into()),
                 refused_login: false,
                 checked: now,
             })
