@@ -10,6 +10,8 @@ mod raw;
 mod upstream;
 mod validate;
 
+pub use upstream::{HostPort, TargetSessionAttrs};
+
 use crate::crypto::SecretString;
 use std::fmt;
 use std::net::SocketAddr;
@@ -132,66 +134,6 @@ pub struct UpstreamConfig {
     pub ca_file: Option<PathBuf>,
     pub connect_timeout: Duration,
     pub channel_binding: ChannelBinding,
-}
-
-/// One upstream address; the name is resolved again at every connect.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostPort {
-    pub host: String,
-    pub port: u16,
-}
-
-impl HostPort {
-    /// `host:port` or `[v6-address]:port`.
-    pub fn parse(s: &str) -> Option<Self> {
-        let s = s.trim();
-        let (host, port) = match s.strip_prefix('[') {
-            Some(rest) => {
-                let (host, port) = rest.split_once("]:")?;
-                (host, port)
-            }
-            None => s.rsplit_once(':')?,
-        };
-        let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
-        (!host.is_empty() && !host.contains(['/', ' '])).then(|| Self {
-            host: host.to_owned(),
-            port,
-        })
-    }
-}
-
-impl fmt::Display for HostPort {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
-}
-
-/// `target_session_attrs`: which of the hosts rotagate serves from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TargetSessionAttrs {
-    Any,
-    ReadWrite,
-    ReadOnly,
-    Primary,
-    Standby,
-    PreferStandby,
-}
-
-impl TargetSessionAttrs {
-    /// What a host must be, in words, for the log.
-    pub fn wanted(self) -> &'static str {
-        match self {
-            TargetSessionAttrs::Any | TargetSessionAttrs::PreferStandby => "reachable",
-            TargetSessionAttrs::ReadWrite => "writable",
-            TargetSessionAttrs::ReadOnly => "read-only",
-            TargetSessionAttrs::Primary => "a primary",
-            TargetSessionAttrs::Standby => "a standby",
-        }
-    }
 }
 
 /// SCRAM channel binding (`tls-server-end-point`) upstream, as libpq's `channel_binding`.

@@ -1,9 +1,70 @@
-//! Validation of `[upstream]` (and each database's `[databases.upstream]`): the host or hosts,
+//! `[upstream]` (and each database's `[databases.upstream]`): the host addresses and
+//! `target_session_attrs` types, and the validation of the host or hosts,
 //! TLS, channel binding and which host to serve from.
 
 use super::raw::RawUpstream;
 use super::validate::Check;
 use super::*;
+
+/// One upstream address; the name is resolved again at every connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+impl HostPort {
+    /// `host:port` or `[v6-address]:port`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let s = s.trim();
+        let (host, port) = match s.strip_prefix('[') {
+            Some(rest) => {
+                let (host, port) = rest.split_once("]:")?;
+                (host, port)
+            }
+            None => s.rsplit_once(':')?,
+        };
+        let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
+        (!host.is_empty() && !host.contains(['/', ' '])).then(|| Self {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// `target_session_attrs`: which of the hosts rotagate serves from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetSessionAttrs {
+    Any,
+    ReadWrite,
+    ReadOnly,
+    Primary,
+    Standby,
+    PreferStandby,
+}
+
+impl TargetSessionAttrs {
+    /// What a host must be, in words, for the log.
+    pub fn wanted(self) -> &'static str {
+        match self {
+            TargetSessionAttrs::Any | TargetSessionAttrs::PreferStandby => "reachable",
+            TargetSessionAttrs::ReadWrite => "writable",
+            TargetSessionAttrs::ReadOnly => "read-only",
+            TargetSessionAttrs::Primary => "a primary",
+            TargetSessionAttrs::Standby => "a standby",
+        }
+    }
+}
 
 pub(super) fn upstream(c: &mut Check, r: Option<RawUpstream>) -> UpstreamConfig {
     let r = r.unwrap_or_else(|| {
