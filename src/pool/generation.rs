@@ -142,8 +142,8 @@ impl Generation {
         if !self.is_retired() {
             let seen = &self.connector.read_only_seen;
             seen.store(true, std::sync::atomic::Ordering::Release);
-            self.connector.writer_doubt.notify_one();
         }
+        self.doubt();
     }
 
     /// (open, idle) connections.

@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 /// Searches set off by doubt are at least this far apart: one failover makes one search.
-pub(super) const DEBOUNCE: Duration = Duration::from_millis(100);
+const DEBOUNCE: Duration = Duration::from_millis(100);
 /// After a search that found no host to serve from: the first pause, doubling up to the most
 /// for FAST_FOR after the trouble began (a promotion is usually seconds away), then up to
 /// `writer_check_interval`.
