@@ -44,84 +44,100 @@ pub async fn serve(
         if !wait_for_request(client, fe, &route, stop.as_mut()).await? {
             return Ok(());
         }
-        let mut server = match acquire_or_cancel(client, cancel, &route).await {
-            Some(Ok(server)) => server,
-            None => {
-                client.state.failure =
-                    Some(error("57014", "canceling statement due to user request"));
-                continue;
-            }
-            // No connection for this transaction (the upstream refuses, is unreachable or the
-            // pool stayed full): the request fails and the session goes on, so the client's
-            // next transaction tries again. A database replaced on reload serves the request
-            // from its new pools; a removed one ends the session.
-            Some(Err(FrontendError::DatabaseRemoved(name))) => {
-                route = replacement(fe, &route, name)?;
-                continue;
-            }
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "no upstream connection for a client's transaction");
-                client.state.failure = Some(error(e.sqlstate(), &e.client_text()));
-                continue;
-            }
+        let Some(mut server) = ready_connection(client, cancel, fe, &mut route).await? else {
+            continue;
         };
-        match apply(&client.state.settings, &mut server).await {
-            Ok(()) => {}
-            // Lost before the client's request went out (a failover): the request is still
-            // in the client's buffer, and the next connection takes it.
-            Err(FrontendError::UpstreamLost) => {
-                server.generation().doubt();
-                continue;
-            }
-            Err(e) => return Err(e),
-        }
         cancel.slot.attach(server.pid, server.key);
         cancel.slot.aim(&server.generation().target);
         let cfg = route.pools.config();
         flow.reset();
         let end = relay(client, &mut server, &mut flow, &ctx(fe, &route, &cfg)).await;
         cancel.slot.detach().await;
-        match end? {
-            End::Released => {
-                if flow.reread {
-                    reread(client, &mut server, &fe.lists).await;
-                }
-                drop(server);
-                shrink(&mut client.buf);
-            }
-            End::ClientGone => return Ok(()),
-            End::Shutdown => return Err(FrontendError::Shutdown),
-            End::Retired if client.state.pins.is_pinned() => return Err(FrontendError::Retired),
-            End::ServerGone(fatal) if client.state.pins.is_pinned() => {
-                return Err(match fatal {
-                    Some(_) => FrontendError::Reported,
-                    None => FrontendError::UpstreamLost,
-                });
-            }
-            End::Retired => {
-                lost(
-                    client,
-                    &mut server,
-                    &mut flow,
-                    &route.known,
-                    retired_error(),
-                )
-                .await?
-            }
-            End::ServerGone(fatal) => {
-                tracing::warn!("upstream connection lost in the middle of a client's transaction");
-                let e = match fatal {
-                    Some(body) => {
-                        let mut b = BytesMut::new();
-                        msg::error_with_severity(&mut b, &body, "ERROR");
-                        b.freeze()
-                    }
-                    None => error("08006", "server closed the connection unexpectedly"),
-                };
-                lost(client, &mut server, &mut flow, &route.known, e).await?;
-            }
+        if !ended(client, &mut server, &mut flow, fe, &route, end?).await? {
+            return Ok(());
         }
     }
+}
+
+/// A connection brought to the client's settings, or None when this request got its answer
+/// already (an error, the session goes on) or must start over (on a replacement route, or
+/// because the connection was lost before the request went out: the request is still in the
+/// client's buffer, and the next connection takes it).
+async fn ready_connection(
+    client: &mut ClientSide,
+    cancel: &CancelKey,
+    fe: &Frontend,
+    route: &mut Arc<Route>,
+) -> Result<Option<Pooled>, FrontendError> {
+    let mut server = match acquire_or_cancel(client, cancel, route).await {
+        Some(Ok(server)) => server,
+        None => {
+            client.state.failure = Some(error("57014", "canceling statement due to user request"));
+            return Ok(None);
+        }
+        // No connection for this transaction (the upstream refuses, is unreachable or the
+        // pool stayed full): the request fails and the session goes on, so the client's next
+        // transaction tries again. A database replaced on reload serves the request from its
+        // new pools; a removed one ends the session.
+        Some(Err(FrontendError::DatabaseRemoved(name))) => {
+            *route = replacement(fe, route, name)?;
+            return Ok(None);
+        }
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "no upstream connection for a client's transaction");
+            client.state.failure = Some(error(e.sqlstate(), &e.client_text()));
+            return Ok(None);
+        }
+    };
+    match apply(&client.state.settings, &mut server).await {
+        Ok(()) => Ok(Some(server)),
+        // Lost before the client's request went out (a failover).
+        Err(FrontendError::UpstreamLost) => {
+            server.generation().doubt();
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// After the relay: the connection goes back, or the transaction it carried fails and the
+/// session goes on. False when the client left; an error when the session ends.
+async fn ended(
+    client: &mut ClientSide,
+    server: &mut Pooled,
+    flow: &mut Flow,
+    fe: &Frontend,
+    route: &Route,
+    end: End,
+) -> Result<bool, FrontendError> {
+    let pinned = client.state.pins.is_pinned();
+    match end {
+        End::Released => {
+            if flow.reread {
+                reread(client, server, &fe.lists).await;
+            }
+            shrink(&mut client.buf);
+        }
+        End::ClientGone => return Ok(false),
+        End::Shutdown => return Err(FrontendError::Shutdown),
+        End::Retired if pinned => return Err(FrontendError::Retired),
+        End::ServerGone(Some(_)) if pinned => return Err(FrontendError::Reported),
+        End::ServerGone(None) if pinned => return Err(FrontendError::UpstreamLost),
+        End::Retired => lost(client, server, flow, &route.known, retired_error()).await?,
+        End::ServerGone(fatal) => {
+            tracing::warn!("upstream connection lost in the middle of a client's transaction");
+            let e = match fatal {
+                Some(body) => {
+                    let mut b = BytesMut::new();
+                    msg::error_with_severity(&mut b, &body, "ERROR");
+                    b.freeze()
+                }
+                None => error("08006", "server closed the connection unexpectedly"),
+            };
+            lost(client, server, flow, &route.known, e).await?;
+        }
+    }
+    Ok(true)
 }
 
 /// The route now serving `name`, when SIGHUP replaced the session's one (its upstream or
