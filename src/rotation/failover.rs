@@ -106,11 +106,7 @@ impl<U: Upstream> Engine<U> {
         self.writer.retry_at = None;
         let creds = self.p.pools.current();
         let attrs = self.p.endpoint.target_session_attrs;
-        let probes = self
-            .p
-            .pools
-            .probe(&self.p.endpoint.hosts, &creds, attrs)
-            .await;
+        let probes = self.probe_hosts(&creds).await;
         if probes.iter().any(|p| p.refused_login) {
             // The credential, not the host: refetch it (a rotation may be under way).
             self.p.pools.auth_failed().notify_one();
@@ -184,12 +180,7 @@ impl<U: Upstream> Engine<U> {
         candidate: &Credentials,
         generation: u64,
     ) -> Option<(HostPort, U::Proof)> {
-        let attrs = self.p.endpoint.target_session_attrs;
-        let probes = self
-            .p
-            .pools
-            .probe(&self.p.endpoint.hosts, candidate, attrs)
-            .await;
+        let probes = self.probe_hosts(candidate).await;
         self.show(&probes);
         let host = choose(self.p.endpoint.target_session_attrs, &probes)?
             .host
@@ -204,6 +195,14 @@ impl<U: Upstream> Engine<U> {
             .await
             .ok()?;
         Some((host, proof))
+    }
+
+    /// Every configured host's answer to a login with `creds`, until the choice is settled.
+    async fn probe_hosts(&self, creds: &Credentials) -> Vec<Probe> {
+        let endpoint = &self.p.endpoint;
+        (self.p.pools)
+            .probe(&endpoint.hosts, creds, endpoint.target_session_attrs)
+            .await
     }
 
     /// Records a move made by a rotation (see [`Engine::validate_elsewhere`]).
