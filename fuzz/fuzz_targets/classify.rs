@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rotagate::frontend::classify::{Recent, classify};
+use rotagate::frontend::transaction::classify::{Recent, classify};
 
 fuzz_target!(|data: &[u8]| {
     let alone = classify(data);

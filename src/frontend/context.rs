@@ -2,10 +2,11 @@
 //! Sessions depend on this and on their siblings, never on the accept loop above them.
 
 use super::cancel::CancelRegistry;
+use super::error::FrontendError;
 use super::scram::ClientAuth;
 use crate::backend::prepared::Known;
 use crate::config::{ListenConfig, PoolMode};
-use crate::pool::Pools;
+use crate::pool::{PoolError, Pooled, Pools};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio_rustls::TlsAcceptor;
@@ -54,5 +55,17 @@ impl Route {
             known: Known::default(),
             transactions: metrics::counter!("rotagate_transactions_total", "database" => database),
         }
+    }
+}
+
+impl Route {
+    /// An upstream connection from `worker`'s share of the pools (waiting up to
+    /// `pool.acquire_timeout`).
+    pub async fn acquire(&self, worker: usize) -> Result<Pooled, FrontendError> {
+        self.pools.acquire(worker).await.map_err(|e| match e {
+            PoolError::Timeout { waited, last } => FrontendError::PoolTimeout { waited, last },
+            PoolError::Backend(e) => FrontendError::Upstream(e),
+            PoolError::Closed => FrontendError::DatabaseRemoved(self.pools.database().to_string()),
+        })
     }
 }

@@ -116,9 +116,14 @@ fn names_upstream(code: &str) -> bool {
         .any(|class| code.starts_with(class))
 }
 
+/// An I/O error on the client's stream, as a session error.
+pub fn wire_io(e: std::io::Error) -> FrontendError {
+    FrontendError::Wire(e.into())
+}
+
 /// Tells the client why its session ends (a FATAL error), when it can still be told, and
 /// closes the connection.
-pub async fn report(stream: &mut super::startup::ClientStream, e: &FrontendError) {
+pub async fn report(stream: &mut super::stream::ClientStream, e: &FrontendError) {
     use tokio::io::AsyncWriteExt;
     if !e.can_reply() {
         return;

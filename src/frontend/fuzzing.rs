@@ -3,11 +3,11 @@
 //! post-processing of a startup packet. They must return (an error is fine) and never panic,
 //! loop or allocate without bound.
 
-use super::flow::{ClientState, Flow};
-use super::frames::{ClientPolicy, ServerPolicy};
-use super::incoming::Rx;
-use super::lane::{Lane, Policy, walk};
-use super::replies::{Entry, Expect};
+use super::relay::lane::{Lane, Policy, walk};
+use super::transaction::flow::{ClientState, Flow};
+use super::transaction::incoming::Rx;
+use super::transaction::policy::{ClientPolicy, ServerPolicy};
+use super::transaction::replies::{Entry, Expect};
 use crate::backend::ServerParams;
 use crate::backend::prepared::{Known, Prepared};
 use crate::config::{OnPin, PoolConfig, PoolMode};
@@ -27,16 +27,26 @@ pub fn relay(data: &[u8]) {
     let sizes: Vec<usize> = sizes.iter().map(|&b| usize::from(b) + 1).collect();
     let tx = mode & 1 == 1;
     let mut side = Side::default();
-    if mode & 2 == 0 {
-        let cfg = pool_config();
-        run(stream, &sizes, &mut side.client_policy(tx, &cfg));
-    } else {
-        for expect in [Expect::Query, Expect::Parse, Expect::Bind, Expect::Execute] {
-            side.flow.replies.push(Entry::new(expect));
+    let cfg = pool_config();
+    match (tx, mode & 2 == 0) {
+        (true, true) => run(stream, &sizes, &mut side.client_policy(&cfg)),
+        (true, false) => {
+            for expect in [Expect::Query, Expect::Parse, Expect::Bind, Expect::Execute] {
+                side.flow.replies.push(Entry::new(expect));
+            }
+            side.flow.replies.push(Entry::new(Expect::Sync));
+            run(stream, &sizes, &mut side.server_policy());
         }
-        side.flow.replies.push(Entry::new(Expect::Sync));
-        side.flow.pending = 2;
-        run(stream, &sizes, &mut side.server_policy(tx));
+        (false, client) => {
+            let mut session = super::session::Session::new(&side.counter, MAX);
+            if client {
+                run(stream, &sizes, &mut session);
+            } else {
+                session.pending = 2;
+                let mut policy = session.incoming(&mut side.status, &mut side.params);
+                run(stream, &sizes, &mut policy);
+            }
+        }
     }
 }
 
@@ -67,13 +77,8 @@ impl Default for Side {
 }
 
 impl Side {
-    pub(super) fn client_policy<'a>(
-        &'a mut self,
-        tx: bool,
-        cfg: &'a PoolConfig,
-    ) -> ClientPolicy<'a> {
+    pub(super) fn client_policy<'a>(&'a mut self, cfg: &'a PoolConfig) -> ClientPolicy<'a> {
         ClientPolicy {
-            tx_mode: tx,
             client: &mut self.state,
             prepared: &mut self.prepared,
             flow: &mut self.flow,
@@ -81,9 +86,8 @@ impl Side {
         }
     }
 
-    pub(super) fn server_policy(&mut self, tx: bool) -> ServerPolicy<'_> {
+    pub(super) fn server_policy(&mut self) -> ServerPolicy<'_> {
         ServerPolicy {
-            tx_mode: tx,
             rx: Rx {
                 client: &mut self.state,
                 prepared: &mut self.prepared,
@@ -142,7 +146,7 @@ pub fn startup(data: &[u8]) {
         };
         if let PgWireFrontendMessage::Startup(s) = m {
             if let Ok((_, _, params)) = super::startup::split_params(s.parameters) {
-                let _ = super::settings::Settings::from_startup(&params);
+                let _ = super::transaction::settings::Settings::from_startup(&params);
             }
             return;
         }

@@ -3,29 +3,17 @@
 //! opens an upstream connection itself except to forward a CancelRequest.
 
 pub mod cancel;
-pub mod classify;
 mod context;
 pub mod error;
-mod flow;
-mod frames;
 #[cfg(any(test, fuzzing))]
 pub mod fuzzing;
-pub mod incoming;
-mod lane;
-mod local;
-pub mod outgoing;
 pub mod pending;
-mod pins;
-mod relay;
-pub mod replies;
+pub mod relay;
 pub mod scram;
 mod session;
-pub mod settings;
 pub mod startup;
-pub mod statements;
-mod transaction;
-#[cfg(test)]
-mod walk_tests;
+pub mod stream;
+pub mod transaction;
 
 pub use context::{Frontend, Route, Routes};
 pub(crate) use error::report;

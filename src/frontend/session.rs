@@ -4,15 +4,20 @@
 
 use super::cancel::CancelKey;
 use super::context::{Frontend, Route};
+use super::error::wire_io;
 use super::error::{FrontendError, report};
-use super::flow::{ClientState, Flow};
-use super::relay::{ClientSide, End, RelayCtx, at_rest, close, relay};
-use super::settings::{Settings, sync_sql};
+use super::relay::lane::{Decision, Need, Policy, walk};
+use super::relay::side::ClientSide;
+use super::relay::{End, Protocol, Signals, at_rest, close, relay};
 use super::startup::Login;
-use crate::backend::query;
+use super::transaction::flow::ClientState;
+use super::transaction::policy::{MAX_SERVER_MESSAGE, split_param};
+use super::transaction::settings::{Settings, apply};
+use crate::backend::{ServerConn, query};
 use crate::config::PoolMode;
-use crate::pool::{PoolError, Pooled};
-use crate::wire::msg;
+use crate::pool::Pooled;
+use crate::wire::scan::Header;
+use crate::wire::{HEADER_LEN, msg};
 use bytes::BytesMut;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
@@ -45,9 +50,10 @@ pub async fn serve(login: Login, fe: &Frontend, worker: usize) {
         settings,
         ..ClientState::default()
     };
-    let mut client = ClientSide::new(stream, rbuf, state, worker);
-    client.state.pins.database = Some(route.pools.database().clone());
-    match run(&mut client, fe, &route).await {
+    let mut client = ClientSide::new(stream, rbuf, worker);
+    let mut state = state;
+    state.pins.database = Some(route.pools.database().clone());
+    match run(&mut client, &mut state, fe, &route).await {
         Ok(()) | Err(FrontendError::Reported) => {}
         Err(e) => {
             tracing::info!(user = %user, error = %e, "client session ended with an error");
@@ -58,6 +64,7 @@ pub async fn serve(login: Login, fe: &Frontend, worker: usize) {
 
 async fn run(
     client: &mut ClientSide,
+    state: &mut ClientState,
     fe: &Frontend,
     route: &Arc<Route>,
 ) -> Result<(), FrontendError> {
@@ -65,11 +72,11 @@ async fn run(
     msg::auth_ok(&mut out);
     client.stream.write_all(&out).await.map_err(wire_io)?;
 
-    let mut server = acquire(route, client.worker).await?;
-    client.state.settings.fill_defaults(&server.params);
-    apply(&client.state.settings, &mut server).await?;
-    client.state.settings.settle(&server.params, &fe.lists);
-    server.params.session = client.state.settings.list.clone();
+    let mut server = route.acquire(client.worker).await?;
+    state.settings.fill_defaults(&server.params);
+    apply(&state.settings, &mut server).await?;
+    state.settings.settle(&server.params, &fe.lists);
+    server.params.session = state.settings.list.clone();
     let session_pid = (route.mode == PoolMode::Session).then_some(server.pid);
     let cancel = fe.cancels.register(session_pid);
     cancel.slot.aim(&server.generation().target);
@@ -78,39 +85,9 @@ async fn run(
         PoolMode::Session => session_mode(client, server, &cancel, fe, route).await,
         PoolMode::Transaction => {
             drop(server);
-            super::transaction::serve(client, &cancel, fe, route).await
+            super::transaction::serve(client, state, &cancel, fe, route).await
         }
     }
-}
-
-pub(super) fn wire_io(e: std::io::Error) -> FrontendError {
-    FrontendError::Wire(e.into())
-}
-
-pub(super) async fn acquire(route: &Route, worker: usize) -> Result<Pooled, FrontendError> {
-    route.pools.acquire(worker).await.map_err(|e| match e {
-        PoolError::Timeout { waited, last } => FrontendError::PoolTimeout { waited, last },
-        PoolError::Backend(e) => FrontendError::Upstream(e),
-        PoolError::Closed => FrontendError::DatabaseRemoved(route.pools.database().to_string()),
-    })
-}
-
-/// Brings the upstream session to the client's settings, in one query when they differ. A
-/// failure closes the connection.
-pub(super) async fn apply(settings: &Settings, server: &mut Pooled) -> Result<(), FrontendError> {
-    let Some(sql) = sync_sql(&settings.list, &server.params.session) else {
-        return Ok(());
-    };
-    if let Err(e) = query::simple(server, &sql).await {
-        close(server, "reset_failed");
-        return Err(if server.broken && e.code().is_none() {
-            FrontendError::UpstreamLost
-        } else {
-            FrontendError::Upstream(e)
-        });
-    }
-    server.params.session = settings.list.clone();
-    Ok(())
 }
 
 /// ParameterStatus as the upstream spells it, our BackendKeyData, ReadyForQuery.
@@ -128,21 +105,6 @@ async fn greet(
     client.stream.write_all(&out).await.map_err(wire_io)
 }
 
-pub(super) fn ctx<'a>(
-    fe: &'a Frontend,
-    route: &'a Route,
-    cfg: &'a crate::config::PoolConfig,
-) -> RelayCtx<'a> {
-    RelayCtx {
-        mode: route.mode,
-        cfg,
-        max_client_message: fe.listen.max_message_size,
-        shutdown: &fe.shutdown,
-        transactions: &route.transactions,
-        known: &route.known,
-    }
-}
-
 async fn session_mode(
     client: &mut ClientSide,
     mut server: Pooled,
@@ -150,13 +112,12 @@ async fn session_mode(
     fe: &Frontend,
     route: &Route,
 ) -> Result<(), FrontendError> {
-    let cfg = route.pools.config();
-    let mut flow = Flow::default();
+    let mut session = Session::new(&route.transactions, fe.listen.max_message_size);
     cancel.slot.attach(server.pid, server.key);
     cancel.slot.aim(&server.generation().target);
-    let end = relay(client, &mut server, &mut flow, &ctx(fe, route, &cfg)).await;
+    let end = relay(client, &mut server, &mut session, &fe.shutdown).await;
     cancel.slot.detach().await;
-    if at_rest(client, &server, &flow) {
+    if at_rest(client, &server, &session) {
         reset(&mut server).await;
     }
     match end? {
@@ -180,5 +141,157 @@ async fn reset(server: &mut Pooled) {
             tracing::debug!(error = %e, "DISCARD ALL failed; closing the connection");
             close(server, "reset_failed");
         }
+    }
+}
+
+/// Session mode's [`Protocol`]: it only counts what is owed (each Query, FunctionCall and Sync
+/// owes a ReadyForQuery) and watches ReadyForQuery, ParameterStatus and FATAL errors.
+pub(super) struct Session<'a> {
+    signals: Signals,
+    /// Queries, FunctionCalls and Syncs whose ReadyForQuery has not come back.
+    pub(super) pending: u32,
+    /// Extended-protocol messages sent since the last Sync.
+    unsynced: bool,
+    transactions: &'a metrics::Counter,
+    max_client_message: usize,
+}
+
+impl<'a> Session<'a> {
+    pub(super) fn new(transactions: &'a metrics::Counter, max_client_message: usize) -> Self {
+        Self {
+            signals: Signals::default(),
+            pending: 0,
+            unsynced: false,
+            transactions,
+            max_client_message,
+        }
+    }
+
+    /// The policy for the server's messages of connection `s`.
+    pub(super) fn incoming<'b>(
+        &'b mut self,
+        tx_status: &'b mut u8,
+        params: &'b mut crate::backend::ServerParams,
+    ) -> Incoming<'b> {
+        Incoming {
+            signals: &mut self.signals,
+            pending: &mut self.pending,
+            tx_status,
+            params,
+            transactions: self.transactions,
+        }
+    }
+}
+
+impl Protocol for Session<'_> {
+    fn client(&mut self, c: &mut ClientSide, _: &mut ServerConn) -> Result<usize, FrontendError> {
+        let max = self.max_client_message;
+        Ok(walk(&mut c.buf, &mut c.up, max, &mut c.scratch, self)?)
+    }
+
+    fn server(&mut self, c: &mut ClientSide, s: &mut ServerConn) -> Result<usize, FrontendError> {
+        let mut policy = self.incoming(&mut s.tx_status, &mut s.params);
+        walk(
+            &mut s.rbuf,
+            &mut c.down,
+            MAX_SERVER_MESSAGE,
+            &mut c.scratch,
+            &mut policy,
+        )
+        .map_err(|e| FrontendError::ServerProtocol(e.to_string()))
+    }
+
+    fn signals(&self) -> &Signals {
+        &self.signals
+    }
+
+    fn settled(&self) -> bool {
+        self.pending == 0 && !self.unsynced
+    }
+
+    fn releases(&self) -> bool {
+        false
+    }
+
+    fn pinned(&self) -> bool {
+        false
+    }
+}
+
+/// Client messages in session mode: counted, never changed.
+impl Policy for Session<'_> {
+    fn need(&self, _: u8) -> Need {
+        Need::Nothing
+    }
+
+    fn decide(&mut self, h: Header, _: &[u8], _: &mut BytesMut) -> Decision {
+        if self.signals.terminate || h.tag == b'X' {
+            self.signals.terminate = true;
+            return Decision::Stop;
+        }
+        match h.tag {
+            b'Q' | b'F' => self.pending += 1,
+            b'S' => {
+                self.pending += 1;
+                self.unsynced = false;
+            }
+            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => self.unsynced = true,
+            _ => {}
+        }
+        Decision::Pass
+    }
+}
+
+/// Server messages in session mode: watched, never changed.
+pub(super) struct Incoming<'a> {
+    signals: &'a mut Signals,
+    pending: &'a mut u32,
+    tx_status: &'a mut u8,
+    params: &'a mut crate::backend::ServerParams,
+    transactions: &'a metrics::Counter,
+}
+
+impl Policy for Incoming<'_> {
+    fn need(&self, tag: u8) -> Need {
+        if matches!(tag, b'Z' | b'S' | b'E') {
+            Need::Whole
+        } else {
+            Need::Nothing
+        }
+    }
+
+    fn decide(&mut self, h: Header, m: &[u8], _: &mut BytesMut) -> Decision {
+        if self.signals.fatal.is_some() {
+            return Decision::Stop;
+        }
+        let body = match m.get(HEADER_LEN..) {
+            Some(body) if m.len() == h.total() => body,
+            _ => &[][..],
+        };
+        match h.tag {
+            b'Z' => {
+                let status = body.first().copied().unwrap_or(b'E');
+                *self.pending = self.pending.saturating_sub(1);
+                *self.tx_status = status;
+                if status == b'I' {
+                    self.transactions.increment(1);
+                }
+            }
+            b'S' => {
+                if let Some((name, value)) = split_param(body) {
+                    self.params.report(name, value);
+                }
+            }
+            b'E' => {
+                if matches!(msg::severity(body), b"FATAL" | b"PANIC") {
+                    self.signals.fatal = Some(bytes::Bytes::copy_from_slice(body));
+                }
+                if msg::code(body) == b"25006" {
+                    self.signals.read_only = true;
+                }
+            }
+            _ => {}
+        }
+        Decision::Pass
     }
 }

@@ -11,13 +11,12 @@ use pgwire::api::ClientInfo;
 use pgwire::api::auth::sasl::scram::ScramServerAuth;
 use pgwire::messages::PgWireFrontendMessage;
 use pgwire::messages::startup::SecretKey;
-use pgwire::tokio::server::MaybeTls;
 use std::net::SocketAddr;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-pub type ClientStream = MaybeTls;
+pub use super::stream::ClientStream;
 
 /// What a new connection asked for.
 pub enum Hello {

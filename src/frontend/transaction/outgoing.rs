@@ -9,11 +9,11 @@
 
 use super::classify::{Class, PinReason, Sole};
 use super::flow::{Acts, ClientState, Flow};
-use super::lane::{Decision, Need};
 use super::replies::{Effect, Entry, Expect, Local};
 use super::statements::{Statement, UPSTREAM_PREFIX};
 use crate::backend::prepared::Prepared;
 use crate::config::{OnPin, PoolConfig};
+use crate::frontend::relay::lane::{Decision, Need};
 use crate::wire::{HEADER_LEN, msg, scan::cstr_end};
 use bytes::{BufMut, Bytes, BytesMut};
 use std::sync::Arc;

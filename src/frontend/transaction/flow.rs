@@ -5,6 +5,7 @@ use super::pins::Pins;
 use super::replies::Replies;
 use super::settings::Settings;
 use super::statements::Statements;
+use crate::frontend::relay::Signals;
 use bytes::Bytes;
 
 /// What executing a statement does to prepared statements, known when it is parsed.
@@ -42,30 +43,20 @@ pub struct ClientState {
 /// Where the protocol stands while a client holds an upstream connection.
 #[derive(Debug, Default)]
 pub struct Flow {
-    /// Transaction mode: the replies owed, in order.
+    /// The replies owed, in order.
     pub replies: Replies,
-    /// Session mode: Queries, FunctionCalls and Syncs whose ReadyForQuery has not come back.
-    pub pending: u32,
     /// Extended-protocol messages sent since the last Sync.
     pub unsynced: bool,
     /// The server skips messages until the next Sync: an error came before one was sent.
     pub skipping: bool,
     /// Settings may have changed: read them back when the transaction ends.
     pub reread: bool,
-    /// The client sent Terminate.
-    pub terminate: bool,
-    /// The upstream session ended with this FATAL ErrorResponse (transaction mode keeps it
-    /// from the client and owes it an error for the transaction in flight instead).
-    pub fatal: Option<Bytes>,
-    /// The server said it is read-only (25006): it may have become a standby.
-    pub read_only: bool,
+    /// What the relay reads: Terminate, a FATAL error, 25006, doubt about the connection.
+    pub signals: Signals,
     /// The portal just bound drops every prepared statement when executed (true: DISCARD ALL).
     pub portal_drops: Option<bool>,
     /// The server sent a message rotagate cannot place.
     pub protocol: Option<&'static str>,
-    /// What rotagate knows of the connection's prepared statements may be wrong (a statement
-    /// list that drops them all failed part way): close it at release.
-    pub unsure: bool,
 }
 
 impl Flow {
@@ -81,6 +72,6 @@ impl Flow {
 
     /// Nothing owed either way and no extended-protocol message waits for its Sync.
     pub fn settled(&self) -> bool {
-        self.replies.is_empty() && self.pending == 0 && !self.unsynced && !self.skipping
+        self.replies.is_empty() && !self.unsynced && !self.skipping
     }
 }

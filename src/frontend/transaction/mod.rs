@@ -13,23 +13,39 @@
 //! transaction in flight and its session goes on; a pinned client's session ends with it.
 //! When no connection can be had for a transaction, that request fails and the session goes on.
 
+pub mod classify;
+pub mod flow;
+pub mod incoming;
+mod local;
+pub mod outgoing;
+pub mod pins;
+pub mod policy;
+pub mod replies;
+pub mod settings;
+pub mod statements;
+#[cfg(test)]
+mod walk_tests;
+
 use super::cancel::CancelKey;
 use super::context::{Frontend, Route};
 use super::error::FrontendError;
-use super::flow::Flow;
-use super::local::{self, Next};
-use super::relay::{ClientSide, End, close, relay};
-use super::session::{acquire, apply, ctx, wire_io};
-use super::settings::{fits, reread_list, reread_sql};
+use super::error::wire_io;
+use super::relay::side::ClientSide;
+use super::relay::{End, close, relay};
 use crate::backend::query;
 use crate::pool::Pooled;
 use crate::wire::msg;
 use bytes::{Bytes, BytesMut};
+use flow::{ClientState, Flow};
+use local::Next;
+use policy::Transaction;
+use settings::{apply, fits, reread_list, reread_sql};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub async fn serve(
     client: &mut ClientSide,
+    state: &mut ClientState,
     cancel: &CancelKey,
     fe: &Frontend,
     route: &Arc<Route>,
@@ -41,19 +57,29 @@ pub async fn serve(
     loop {
         // Each turn is a transaction; other tasks get their turn between them too.
         tokio::task::consume_budget().await;
-        if !wait_for_request(client, fe, &route, stop.as_mut()).await? {
+        if !wait_for_request(client, state, fe, &route, stop.as_mut()).await? {
             return Ok(());
         }
-        let Some(mut server) = ready_connection(client, cancel, fe, &mut route).await? else {
+        let Some(mut server) = ready_connection(client, state, cancel, fe, &mut route).await?
+        else {
             continue;
         };
         cancel.slot.attach(server.pid, server.key);
         cancel.slot.aim(&server.generation().target);
         let cfg = route.pools.config();
         flow.reset();
-        let end = relay(client, &mut server, &mut flow, &ctx(fe, &route, &cfg)).await;
+        let mut tx = Transaction {
+            state,
+            flow: &mut flow,
+            cfg: &cfg,
+            max_client_message: fe.listen.max_message_size,
+            transactions: &route.transactions,
+            known: &route.known,
+        };
+        let end = relay(client, &mut server, &mut tx, &fe.shutdown).await;
         cancel.slot.detach().await;
-        if !ended(client, &mut server, &mut flow, fe, &route, end?).await? {
+        let end = end?;
+        if !ended(client, state, &mut server, &mut flow, fe, &route, end).await? {
             return Ok(());
         }
     }
@@ -64,15 +90,16 @@ pub async fn serve(
 /// because the connection was lost before the request went out: the request is still in the
 /// client's buffer, and the next connection takes it).
 async fn ready_connection(
-    client: &mut ClientSide,
+    client: &ClientSide,
+    state: &mut ClientState,
     cancel: &CancelKey,
     fe: &Frontend,
     route: &mut Arc<Route>,
 ) -> Result<Option<Pooled>, FrontendError> {
-    let mut server = match acquire_or_cancel(client, cancel, route).await {
+    let mut server = match acquire_or_cancel(client, state, cancel, route).await {
         Some(Ok(server)) => server,
         None => {
-            client.state.failure = Some(error("57014", "canceling statement due to user request"));
+            state.failure = Some(error("57014", "canceling statement due to user request"));
             return Ok(None);
         }
         // No connection for this transaction (the upstream refuses, is unreachable or the
@@ -85,11 +112,11 @@ async fn ready_connection(
         }
         Some(Err(e)) => {
             tracing::warn!(error = %e, "no upstream connection for a client's transaction");
-            client.state.failure = Some(error(e.sqlstate(), &e.client_text()));
+            state.failure = Some(error(e.sqlstate(), &e.client_text()));
             return Ok(None);
         }
     };
-    match apply(&client.state.settings, &mut server).await {
+    match apply(&state.settings, &mut server).await {
         Ok(()) => Ok(Some(server)),
         // Lost before the client's request went out (a failover).
         Err(FrontendError::UpstreamLost) => {
@@ -104,17 +131,18 @@ async fn ready_connection(
 /// session goes on. False when the client left; an error when the session ends.
 async fn ended(
     client: &mut ClientSide,
+    state: &mut ClientState,
     server: &mut Pooled,
     flow: &mut Flow,
     fe: &Frontend,
     route: &Route,
     end: End,
 ) -> Result<bool, FrontendError> {
-    let pinned = client.state.pins.is_pinned();
+    let pinned = state.pins.is_pinned();
     match end {
         End::Released => {
             if flow.reread {
-                reread(client, server, &fe.lists).await;
+                reread(state, server, &fe.lists).await;
             }
             shrink(&mut client.buf);
         }
@@ -123,7 +151,7 @@ async fn ended(
         End::Retired if pinned => return Err(FrontendError::Retired),
         End::ServerGone(Some(_)) if pinned => return Err(FrontendError::Reported),
         End::ServerGone(None) if pinned => return Err(FrontendError::UpstreamLost),
-        End::Retired => lost(client, server, flow, &route.known, retired_error()).await?,
+        End::Retired => lost(client, state, server, flow, &route.known, retired_error()).await?,
         End::ServerGone(fatal) => {
             tracing::warn!("upstream connection lost in the middle of a client's transaction");
             let e = match fatal {
@@ -134,7 +162,7 @@ async fn ended(
                 }
                 None => error("08006", "server closed the connection unexpectedly"),
             };
-            lost(client, server, flow, &route.known, e).await?;
+            lost(client, state, server, flow, &route.known, e).await?;
         }
     }
     Ok(true)
@@ -168,6 +196,7 @@ fn retired_error() -> Bytes {
 /// the errors owed. A reply cut in half cannot be finished: then the client's session ends.
 async fn lost(
     client: &mut ClientSide,
+    state: &mut ClientState,
     server: &mut Pooled,
     flow: &mut Flow,
     known: &crate::backend::prepared::Known,
@@ -181,7 +210,7 @@ async fn lost(
     let mut out = BytesMut::from(a);
     out.extend_from_slice(b);
     client.down.abandon(&mut server.rbuf);
-    local::fail_in_flight(client, server, flow, known, e, &mut out);
+    local::fail_in_flight(client, state, server, flow, known, e, &mut out);
     client.stream.write_all(&out).await.map_err(wire_io)?;
     client.stream.flush().await.map_err(wire_io)
 }
@@ -190,11 +219,12 @@ async fn lost(
 /// there at once needs no cancel watch.
 async fn acquire_or_cancel(
     client: &ClientSide,
+    state: &ClientState,
     cancel: &CancelKey,
     route: &Route,
 ) -> Option<Result<Pooled, FrontendError>> {
     use futures::FutureExt;
-    let mut acquiring = std::pin::pin!(acquire_fitting(client, route));
+    let mut acquiring = std::pin::pin!(acquire_fitting(client, state, route));
     match acquiring.as_mut().now_or_never() {
         Some(r) => Some(r),
         None => cancel.slot.cancellable(acquiring).await,
@@ -203,10 +233,14 @@ async fn acquire_or_cancel(
 
 /// A connection this client may use: one holding a custom-setting placeholder the client never
 /// made is closed (only a new session is rid of it) and another is taken.
-async fn acquire_fitting(client: &ClientSide, route: &Route) -> Result<Pooled, FrontendError> {
+async fn acquire_fitting(
+    client: &ClientSide,
+    state: &ClientState,
+    route: &Route,
+) -> Result<Pooled, FrontendError> {
     loop {
-        let mut server = acquire(route, client.worker).await?;
-        if fits(&server.params.placeholders, &client.state.settings.list) {
+        let mut server = route.acquire(client.worker).await?;
+        if fits(&server.params.placeholders, &state.settings.list) {
             return Ok(server);
         }
         close(&mut server, "placeholder");
@@ -215,14 +249,14 @@ async fn acquire_fitting(client: &ClientSide, route: &Route) -> Result<Pooled, F
 
 /// Reads the connection's settings back after a transaction that may have changed them; they
 /// become the client's. A failure closes the connection (the client keeps what it had).
-async fn reread(client: &mut ClientSide, server: &mut Pooled, lists: &crate::backend::Interner) {
-    let sql = reread_sql(client.state.settings.custom());
+async fn reread(state: &mut ClientState, server: &mut Pooled, lists: &crate::backend::Interner) {
+    let sql = reread_sql(state.settings.custom());
     match query::rows(server, &sql).await {
         Ok(rows) => {
             let login = server.params.defaults.get("session_authorization").cloned();
             let found = reread_list(rows, login.as_deref());
             let session = lists.intern(found.session);
-            client.state.settings.reread(&session, lists);
+            state.settings.reread(&session, lists);
             server.params.session = session;
             for p in found.placeholders {
                 if !server.params.placeholders.contains(&p) {
@@ -242,6 +276,7 @@ async fn reread(client: &mut ClientSide, server: &mut Pooled, lists: &crate::bac
 /// shutdown came first.
 async fn wait_for_request(
     client: &mut ClientSide,
+    state: &mut ClientState,
     fe: &Frontend,
     route: &Route,
     mut stop: std::pin::Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
@@ -254,7 +289,7 @@ async fn wait_for_request(
         known: &route.known,
     };
     loop {
-        let next = local::answer(&mut client.buf, &mut client.state, &limits, &mut out)?;
+        let next = local::answer(&mut client.buf, state, &limits, &mut out)?;
         if !out.is_empty() {
             client.stream.write_all(&out).await.map_err(wire_io)?;
             client.stream.flush().await.map_err(wire_io)?;

@@ -72,11 +72,11 @@ fn complete(rx: &mut Rx<'_>) -> Out {
 fn error(body: &[u8], rx: &mut Rx<'_>) -> Out {
     let severity = msg::severity(body);
     if severity == b"FATAL" || severity == b"PANIC" {
-        rx.flow.fatal = Some(Bytes::copy_from_slice(body));
+        rx.flow.signals.fatal = Some(Bytes::copy_from_slice(body));
         return Out::Fatal;
     }
     if msg::code(body) == b"25006" {
-        rx.flow.read_only = true;
+        rx.flow.signals.read_only = true;
     }
     let Some(front) = rx.flow.replies.front_mut() else {
         return Out::Forward;
@@ -133,7 +133,7 @@ fn finish(e: Entry, ok: bool, rx: &mut Rx<'_>) {
             },
             true,
         ) => rx.client.pins.unpin(),
-        (Effect::Drops { sole: false, .. }, false) => rx.flow.unsure = true,
+        (Effect::Drops { sole: false, .. }, false) => rx.flow.signals.unsure = true,
         (
             Effect::Drops {
                 client, upstream, ..
@@ -178,7 +178,7 @@ pub fn locals(rx: &mut Rx<'_>, out: &mut BytesMut) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frontend::statements::{Statement, Statements};
+    use crate::frontend::transaction::statements::{Statement, Statements};
     use std::sync::Arc;
 
     struct World {

@@ -10,8 +10,9 @@
 //! it was last brought to; handing it to a client with another list costs one query
 //! ([`sync_sql`]), and nothing when the lists are equal.
 
-use super::error::FrontendError;
-use crate::backend::{Interner, ServerParams, SettingList};
+use crate::backend::{Interner, ServerConn, ServerParams, SettingList, query};
+use crate::frontend::error::FrontendError;
+use crate::frontend::relay::close;
 use crate::wire::msg::{quote_ident, quote_literal};
 
 /// Reported settings a client may change and must get back on every connection.
@@ -232,6 +233,24 @@ pub fn sync_sql(to: &SettingList, from: &SettingList) -> Option<String> {
         sql.push_str(&format!("SELECT {}", sets.join(", ")));
     }
     Some(sql)
+}
+
+/// Brings an upstream session to the client's settings, in one query when they differ. A
+/// failure closes the connection.
+pub async fn apply(settings: &Settings, server: &mut ServerConn) -> Result<(), FrontendError> {
+    let Some(sql) = sync_sql(&settings.list, &server.params.session) else {
+        return Ok(());
+    };
+    if let Err(e) = query::simple(server, &sql).await {
+        close(server, "reset_failed");
+        return Err(if server.broken && e.code().is_none() {
+            FrontendError::UpstreamLost
+        } else {
+            FrontendError::Upstream(e)
+        });
+    }
+    server.params.session = settings.list.clone();
+    Ok(())
 }
 
 /// `-c name=value` and `--name=value` pairs from libpq's `options`; backslash escapes spaces.

@@ -3,10 +3,11 @@
 //! in both directions and both modes, with transaction mode's real decisions (named statements
 //! renamed, Closes answered, DEALLOCATE answered, pins, replies matched).
 
-use super::fuzzing::Side;
-use super::lane::{Lane, Policy, walk};
 use super::replies::{Entry, Expect};
 use crate::config::PoolConfig;
+use crate::frontend::fuzzing::Side;
+use crate::frontend::relay::lane::{Lane, Policy, walk};
+use crate::frontend::session::Session;
 use crate::wire::msg;
 use bytes::{Buf, BufMut, BytesMut};
 use proptest::prelude::*;
@@ -14,7 +15,7 @@ use proptest::prelude::*;
 fn cfg() -> PoolConfig {
     PoolConfig {
         max_client_statement_bytes: 1 << 20,
-        ..super::fuzzing::pool_config()
+        ..crate::frontend::fuzzing::pool_config()
     }
 }
 
@@ -124,13 +125,7 @@ fn write(lane: &mut Lane, src: &mut BytesMut, n: usize, out: &mut Vec<u8>) {
 /// of replies owed.
 fn client_run(input: &[u8], cuts: &[usize], writes: &[usize]) -> (Vec<u8>, usize) {
     let (mut side, cfg) = (Side::default(), cfg());
-    let out = relay(
-        input,
-        cuts,
-        writes,
-        1 << 20,
-        &mut side.client_policy(true, &cfg),
-    );
+    let out = relay(input, cuts, writes, 1 << 20, &mut side.client_policy(&cfg));
     (out, side.flow.replies.len())
 }
 
@@ -152,18 +147,20 @@ fn server_replies(rows: &[usize]) -> Vec<u8> {
 
 fn server_run(input: &[u8], queries: usize, cuts: &[usize], writes: &[usize], tx: bool) -> Vec<u8> {
     let mut side = Side::default();
-    for _ in 0..queries {
-        if tx {
+    if tx {
+        for _ in 0..queries {
             side.flow.replies.push(Entry::new(Expect::Query));
-        } else {
-            side.flow.pending += 1;
         }
+        let out = relay(input, cuts, writes, 1 << 30, &mut side.server_policy());
+        assert!(side.flow.replies.is_empty(), "every reply matched");
+        return out;
     }
-    let out = relay(input, cuts, writes, 1 << 30, &mut side.server_policy(tx));
-    assert!(
-        side.flow.replies.is_empty() && side.flow.pending == 0,
-        "every reply matched"
-    );
+    let counter = metrics::Counter::noop();
+    let mut session = Session::new(&counter, 1 << 20);
+    session.pending = queries as u32;
+    let mut policy = session.incoming(&mut side.status, &mut side.params);
+    let out = relay(input, cuts, writes, 1 << 30, &mut policy);
+    assert_eq!(session.pending, 0, "every reply matched");
     out
 }
 
@@ -239,8 +236,8 @@ proptest! {
         let input: Vec<u8> = msgs.concat();
         let lens: Vec<usize> = msgs.iter().map(Vec::len).collect();
         let cuts = cut_points(&lens, &anywhere, &near);
-        let (mut side, cfg) = (Side::default(), cfg());
-        let mut policy = side.client_policy(false, &cfg);
+        let counter = metrics::Counter::noop();
+        let mut policy = Session::new(&counter, 1 << 20);
         let out = relay(&input, &cuts, &[7, 100, 5000], 1 << 20, &mut policy);
         prop_assert!(out == input);
     }

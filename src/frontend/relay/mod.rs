@@ -1,22 +1,22 @@
-//! The hot path: bytes between one client and one upstream connection. [`frames`] decides per
-//! message; this file moves the bytes. Reads and writes of both directions are polled
-//! together in one future, so neither direction can block the other; each direction is
-//! written with one vectored write from rotagate's own bytes and the read buffer. The relay
-//! ends at rest (transaction mode, not pinned), when the client leaves, when the server goes,
-//! at shutdown between transactions, or when its credential generation is retired; every end
-//! that is not at rest closes the upstream connection and counts why.
+//! The hot path: bytes between one client and one upstream connection. A [`Protocol`] (one per
+//! pool mode) decides per message; this file moves the bytes. Reads and writes of both
+//! directions are polled together in one future, so neither direction can block the other;
+//! each direction is written with one vectored write from rotagate's own bytes and the read
+//! buffer. The relay ends at rest (when the protocol releases there), when the client leaves,
+//! when the server goes, at shutdown between transactions, or when its credential generation is
+//! retired; every end that is not at rest closes the upstream connection and counts why.
+
+pub mod lane;
+pub mod side;
 
 use super::error::FrontendError;
-use super::flow::{ClientState, Flow};
-use super::frames;
-use super::lane::Lane;
-use super::startup::ClientStream;
+use super::stream::ClientStream;
 use crate::backend::ServerConn;
-use crate::config::{PoolConfig, PoolMode};
 use crate::pool::Pooled;
 use bytes::{Bytes, BytesMut};
 use futures::task::AtomicWaker;
 use pgwire::tokio::server::MaybeTls;
+use side::ClientSide;
 use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice};
 use std::pin::{Pin, pin};
@@ -31,37 +31,37 @@ const MAX_READY: usize = 256 * 1024;
 /// Free space a read wants in its buffer.
 const READ_ROOM: usize = 8 * 1024;
 
-/// The client half: its stream, what it sent that is not yet forwarded, both lanes, and what it
-/// keeps between transactions.
-pub struct ClientSide {
-    pub stream: ClientStream,
-    pub buf: BytesMut,
-    /// Client bytes on their way upstream (from `buf`).
-    pub up: Lane,
-    /// Server bytes and rotagate's replies on their way to the client (from the server's
-    /// read buffer).
-    pub down: Lane,
-    pub state: ClientState,
-    /// Where decisions write the bytes they send.
-    pub scratch: BytesMut,
-    /// The worker (event loop) this client lives on: its share of the pools is used.
-    pub worker: usize,
-    /// Woken when the generation of the connection being relayed expires.
-    pub waker: Arc<AtomicWaker>,
+/// What both pool modes' decisions tell the relay.
+#[derive(Debug, Default)]
+pub struct Signals {
+    /// The client sent Terminate.
+    pub terminate: bool,
+    /// The upstream session ended with this FATAL ErrorResponse (transaction mode keeps it
+    /// from the client and owes it an error for the transaction in flight instead).
+    pub fatal: Option<Bytes>,
+    /// The server said it is read-only (25006): it may have become a standby.
+    pub read_only: bool,
+    /// What rotagate knows of the connection's state may be wrong: close it at the end.
+    pub unsure: bool,
 }
 
-impl ClientSide {
-    pub fn new(stream: ClientStream, buf: BytesMut, state: ClientState, worker: usize) -> Self {
-        Self {
-            stream,
-            buf,
-            up: Lane::default(),
-            down: Lane::default(),
-            state,
-            scratch: BytesMut::new(),
-            worker,
-            waker: Arc::new(AtomicWaker::new()),
-        }
+/// A pool mode's decisions on the messages of both directions.
+pub trait Protocol {
+    /// Decides on what the client sent (`c.buf`, queued on `c.up`); returns how many more bytes
+    /// the message at the front needs.
+    fn client(&mut self, c: &mut ClientSide, s: &mut ServerConn) -> Result<usize, FrontendError>;
+    /// Decides on what the server sent (`s.rbuf`, queued on `c.down`).
+    fn server(&mut self, c: &mut ClientSide, s: &mut ServerConn) -> Result<usize, FrontendError>;
+    fn signals(&self) -> &Signals;
+    /// Nothing owed either way and no extended-protocol message waits for its Sync.
+    fn settled(&self) -> bool;
+    /// The relay ends as soon as the connection is at rest (transaction mode, not pinned).
+    fn releases(&self) -> bool;
+    /// The client's session is its upstream session: the connection closes when it leaves.
+    fn pinned(&self) -> bool;
+    /// A client walk that stopped to wait for replies may go on (they came).
+    fn resume(&mut self) -> bool {
+        false
     }
 }
 
@@ -80,15 +80,6 @@ pub enum End {
     Retired,
 }
 
-pub struct RelayCtx<'a> {
-    pub mode: PoolMode,
-    pub cfg: &'a PoolConfig,
-    pub max_client_message: usize,
-    pub shutdown: &'a CancellationToken,
-    pub transactions: &'a metrics::Counter,
-    pub known: &'a crate::backend::prepared::Known,
-}
-
 /// Why rotagate closed an upstream connection (`rotagate_server_connections_closed_total`).
 pub fn close(s: &mut ServerConn, reason: &'static str) {
     if !s.broken {
@@ -103,27 +94,27 @@ pub fn close(s: &mut ServerConn, reason: &'static str) {
 pub async fn relay(
     c: &mut ClientSide,
     s: &mut Pooled,
-    f: &mut Flow,
-    ctx: &RelayCtx<'_>,
+    p: &mut impl Protocol,
+    shutdown: &CancellationToken,
 ) -> Result<End, FrontendError> {
-    let end = run(c, s, f, ctx).await;
+    let end = run(c, s, p, shutdown).await;
     // Lost, or told it is read-only: the host may have failed over (rotation looks).
-    if f.read_only {
+    if p.signals().read_only {
         s.generation().doubt_read_only();
     } else if matches!(end, Ok(End::ServerGone(_))) {
         s.generation().doubt();
     }
-    let pinned_left = matches!(end, Ok(End::ClientGone)) && c.state.pins.is_pinned();
-    if !at_rest(c, s, f) || pinned_left || f.unsure {
-        close(s, reason(&end, c, f));
+    let pinned_left = matches!(end, Ok(End::ClientGone)) && p.pinned();
+    if !at_rest(c, s, p) || pinned_left || p.signals().unsure {
+        close(s, reason(&end, p));
     }
     end
 }
 
-fn reason(end: &Result<End, FrontendError>, c: &ClientSide, f: &Flow) -> &'static str {
+fn reason(end: &Result<End, FrontendError>, p: &impl Protocol) -> &'static str {
     match end {
-        Ok(End::ClientGone) if c.state.pins.is_pinned() => "pinned",
-        _ if f.unsure => "unsure",
+        Ok(End::ClientGone) if p.pinned() => "pinned",
+        _ if p.signals().unsure => "unsure",
         Ok(End::Released | End::Shutdown) => "busy",
         Ok(End::ClientGone) => "client_left",
         Ok(End::ServerGone(_)) => "server_lost",
@@ -136,9 +127,9 @@ fn reason(end: &Result<End, FrontendError>, c: &ClientSide, f: &Flow) -> &'stati
 }
 
 /// Nothing in flight either way, nothing owed, and the server idle outside a transaction.
-pub fn at_rest(c: &ClientSide, s: &ServerConn, f: &Flow) -> bool {
-    f.settled()
-        && f.fatal.is_none()
+pub fn at_rest(c: &ClientSide, s: &ServerConn, p: &impl Protocol) -> bool {
+    p.settled()
+        && p.signals().fatal.is_none()
         && !s.broken
         && s.tx_status == b'I'
         && c.up.queued() == 0
@@ -190,38 +181,42 @@ impl Default for Wants {
 async fn run(
     c: &mut ClientSide,
     s: &mut Pooled,
-    f: &mut Flow,
-    ctx: &RelayCtx<'_>,
+    p: &mut impl Protocol,
+    stop: &CancellationToken,
 ) -> Result<End, FrontendError> {
-    let mut shutdown = pin!(ctx.shutdown.cancelled());
+    let mut shutdown = pin!(stop.cancelled());
     let (home, waker) = (s.generation().clone(), c.waker.clone());
     home.watch(&waker);
     let _unwatch = Unwatch(&home, &waker);
     let mut w = Wants::default();
     loop {
         if w.scan_client {
-            w.client = frames::client(c, s, f, ctx)?;
+            w.client = p.client(c, s)?;
             w.scan_client = false;
             w.scan_server = true;
         }
         if w.scan_server {
-            w.server = frames::server(c, s, f, ctx)?;
+            w.server = p.server(c, s)?;
             w.scan_server = false;
+            if p.resume() {
+                w.scan_client = true;
+                continue;
+            }
         }
         let drained =
             c.up.queued() == 0 && c.down.queued() == 0 && !w.flush_server && !w.flush_client;
         if drained {
-            if let Some(end) = ended(c, s, f, ctx) {
+            if let Some(end) = ended(c, s, p, stop) {
                 return Ok(end);
             }
         }
-        let idle = drained && at_rest(c, s, f);
+        let idle = drained && at_rest(c, s, p);
         let io = poll_fn(|cx| {
             waker.register(cx.waker());
             if home.is_expired() {
                 return Poll::Ready(Io::Retired);
             }
-            poll_io(cx, c, s, f, &w, idle, shutdown.as_mut())
+            poll_io(cx, c, s, p.signals(), &w, idle, shutdown.as_mut())
         })
         .await;
         // Every step is I/O on a tokio socket, which spends the task's budget: a relay that
@@ -242,18 +237,24 @@ impl Drop for Unwatch<'_> {
 }
 
 /// Ends that wait until everything queued is written.
-fn ended(c: &ClientSide, s: &ServerConn, f: &Flow, ctx: &RelayCtx<'_>) -> Option<End> {
-    if f.terminate {
+fn ended(
+    c: &ClientSide,
+    s: &ServerConn,
+    p: &impl Protocol,
+    stop: &CancellationToken,
+) -> Option<End> {
+    let signals = p.signals();
+    if signals.terminate {
         return Some(End::ClientGone);
     }
-    if f.fatal.is_some() {
-        return Some(End::ServerGone(f.fatal.clone()));
+    if signals.fatal.is_some() {
+        return Some(End::ServerGone(signals.fatal.clone()));
     }
-    let rest = at_rest(c, s, f);
-    if rest && ctx.mode == PoolMode::Transaction && !c.state.pins.is_pinned() {
+    let rest = at_rest(c, s, p);
+    if rest && p.releases() {
         return Some(End::Released);
     }
-    if rest && ctx.shutdown.is_cancelled() {
+    if rest && stop.is_cancelled() {
         return Some(End::Shutdown);
     }
     None
@@ -326,7 +327,7 @@ fn poll_io(
     cx: &mut Context<'_>,
     c: &mut ClientSide,
     s: &mut ServerConn,
-    f: &Flow,
+    f: &Signals,
     w: &Wants,
     idle: bool,
     shutdown: Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,

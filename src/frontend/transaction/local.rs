@@ -5,11 +5,11 @@
 //! needs a connection.
 
 use super::classify::{PinReason, Sole, classify};
-use super::error::FrontendError;
 use super::flow::ClientState;
-use super::relay::ClientSide;
 use super::statements::{Statement, upstream_name};
 use crate::backend::prepared::Known;
+use crate::frontend::error::FrontendError;
+use crate::frontend::relay::side::ClientSide;
 use crate::wire::{msg, scan};
 use bytes::{Buf, Bytes, BytesMut};
 use std::sync::Arc;
@@ -166,6 +166,7 @@ fn parse(state: &mut ClientState, body: &[u8], l: &Limits<'_>, out: &mut BytesMu
 /// then; with nothing in flight, the client's next request gets the error.
 pub fn fail_in_flight(
     c: &mut ClientSide,
+    state: &mut ClientState,
     s: &mut crate::backend::ServerConn,
     f: &mut super::flow::Flow,
     known: &Known,
@@ -177,7 +178,7 @@ pub fn fail_in_flight(
     let mut any = false;
     let entries: Vec<_> = f.replies.drain().collect();
     let mut rx = super::incoming::Rx {
-        client: &mut c.state,
+        client: state,
         prepared: &mut s.prepared,
         flow: f,
         tx_status: &mut s.tx_status,
@@ -199,11 +200,11 @@ pub fn fail_in_flight(
         super::incoming::abandon(e, &mut rx);
     }
     if owed {
-        c.state.skip_until_sync = true;
+        state.skip_until_sync = true;
     } else if !any || f.unsynced {
-        c.state.failure = Some(error);
+        state.failure = Some(error);
     }
-    c.state.drop_left = c.up.abandon(&mut c.buf);
+    state.drop_left = c.up.abandon(&mut c.buf);
 }
 
 #[cfg(test)]

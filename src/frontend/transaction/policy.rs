@@ -1,0 +1,209 @@
+//! Transaction mode's [`Protocol`]: each client message goes to [`outgoing`], each server
+//! message to [`incoming`], and the replies rotagate owes itself are written in their turn.
+
+use super::flow::{ClientState, Flow};
+use super::incoming::{self, Out, Rx};
+use super::outgoing::{self, Tx};
+use crate::backend::prepared::{Known, Prepared};
+use crate::backend::{ServerConn, ServerParams};
+use crate::config::PoolConfig;
+use crate::frontend::error::FrontendError;
+use crate::frontend::relay::lane::{Decision, Need, Policy, walk};
+use crate::frontend::relay::side::ClientSide;
+use crate::frontend::relay::{Protocol, Signals};
+use crate::wire::HEADER_LEN;
+use crate::wire::scan::Header;
+use bytes::BytesMut;
+
+/// The largest message rotagate accepts from the upstream server.
+pub const MAX_SERVER_MESSAGE: usize = 1 << 30;
+
+/// What transaction mode's decisions read and change while a client holds a connection.
+pub struct Transaction<'a> {
+    pub state: &'a mut ClientState,
+    pub flow: &'a mut Flow,
+    pub cfg: &'a PoolConfig,
+    pub max_client_message: usize,
+    pub transactions: &'a metrics::Counter,
+    pub known: &'a Known,
+}
+
+impl Protocol for Transaction<'_> {
+    fn client(&mut self, c: &mut ClientSide, s: &mut ServerConn) -> Result<usize, FrontendError> {
+        let mut policy = ClientPolicy {
+            client: self.state,
+            prepared: &mut s.prepared,
+            flow: self.flow,
+            cfg: self.cfg,
+        };
+        Ok(walk(
+            &mut c.buf,
+            &mut c.up,
+            self.max_client_message,
+            &mut c.scratch,
+            &mut policy,
+        )?)
+    }
+
+    fn server(&mut self, c: &mut ClientSide, s: &mut ServerConn) -> Result<usize, FrontendError> {
+        let mut policy = ServerPolicy {
+            rx: Rx {
+                client: self.state,
+                prepared: &mut s.prepared,
+                flow: self.flow,
+                tx_status: &mut s.tx_status,
+                known: self.known,
+            },
+            params: &mut s.params,
+            transactions: self.transactions,
+        };
+        // Replies rotagate owes with no server message to follow (a DEALLOCATE it answered).
+        if policy.owes_locals() {
+            if !c.down.can_rewrite() {
+                return Ok(0);
+            }
+            c.scratch.clear();
+            incoming::locals(&mut policy.rx, &mut c.scratch);
+            c.down.append(&mut s.rbuf, &c.scratch);
+        }
+        let walked = walk(
+            &mut s.rbuf,
+            &mut c.down,
+            MAX_SERVER_MESSAGE,
+            &mut c.scratch,
+            &mut policy,
+        );
+        if let Some(why) = self.flow.protocol {
+            return Err(FrontendError::ServerProtocol(why.to_owned()));
+        }
+        walked.map_err(|e| FrontendError::ServerProtocol(e.to_string()))
+    }
+
+    fn signals(&self) -> &Signals {
+        &self.flow.signals
+    }
+
+    fn settled(&self) -> bool {
+        self.flow.settled()
+    }
+
+    fn releases(&self) -> bool {
+        !self.state.pins.is_pinned()
+    }
+
+    fn pinned(&self) -> bool {
+        self.state.pins.is_pinned()
+    }
+}
+
+/// Client messages, decided by [`outgoing`].
+pub struct ClientPolicy<'a> {
+    pub client: &'a mut ClientState,
+    pub prepared: &'a mut Prepared,
+    pub flow: &'a mut Flow,
+    pub cfg: &'a PoolConfig,
+}
+
+impl Policy for ClientPolicy<'_> {
+    fn need(&self, tag: u8) -> Need {
+        outgoing::need(tag)
+    }
+
+    fn decide(&mut self, h: Header, msg: &[u8], out: &mut BytesMut) -> Decision {
+        if self.flow.signals.terminate || h.tag == b'X' {
+            self.flow.signals.terminate = true;
+            return Decision::Stop;
+        }
+        let mut tx = Tx {
+            client: self.client,
+            prepared: self.prepared,
+            flow: self.flow,
+            cfg: self.cfg,
+            out,
+        };
+        outgoing::decide(h.tag, msg, h.total(), &mut tx)
+    }
+}
+
+/// Server messages, matched against the replies owed by [`incoming`].
+pub struct ServerPolicy<'a> {
+    pub rx: Rx<'a>,
+    pub params: &'a mut ServerParams,
+    pub transactions: &'a metrics::Counter,
+}
+
+impl ServerPolicy<'_> {
+    fn owes_locals(&self) -> bool {
+        matches!(
+            self.rx.flow.replies.front().map(|e| e.expect),
+            Some(super::replies::Expect::Local(_))
+        )
+    }
+
+    /// ReadyForQuery counts transactions; ParameterStatus updates the connection's values.
+    fn watch(&mut self, tag: u8, body: &[u8]) {
+        match tag {
+            b'Z' if body.first() == Some(&b'I') => self.transactions.increment(1),
+            b'S' => {
+                if let Some((name, value)) = split_param(body) {
+                    self.params.report(name, value);
+                    self.rx.flow.reread = true;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Policy for ServerPolicy<'_> {
+    fn need(&self, tag: u8) -> Need {
+        if incoming::need_whole(tag) || self.owes_locals() {
+            Need::Whole
+        } else {
+            Need::Nothing
+        }
+    }
+
+    fn decide(&mut self, h: Header, msg: &[u8], out: &mut BytesMut) -> Decision {
+        if self.rx.flow.signals.fatal.is_some() {
+            return Decision::Stop;
+        }
+        // Whole whenever `need` asked for it (and sometimes when it did not: then unused).
+        let body = match msg.get(HEADER_LEN..) {
+            Some(body) if msg.len() == h.total() => body,
+            _ => &[][..],
+        };
+        if matches!(h.tag, b'Z' | b'S') {
+            self.watch(h.tag, body);
+        }
+        if self.owes_locals() {
+            incoming::locals(&mut self.rx, out);
+        }
+        let owed = !out.is_empty();
+        match incoming::decide(h.tag, body, &mut self.rx) {
+            Ok(Out::Forward) if owed => Decision::Inject,
+            Ok(Out::Forward) => Decision::Pass,
+            Ok(Out::Hide) => Decision::Replace,
+            Ok(Out::Replace(e)) => {
+                out.extend_from_slice(&e);
+                Decision::Replace
+            }
+            // A pinned client's session is the upstream session: it ends as PostgreSQL ends it.
+            Ok(Out::Fatal) if self.rx.client.pins.is_pinned() && owed => Decision::Inject,
+            Ok(Out::Fatal) if self.rx.client.pins.is_pinned() => Decision::Pass,
+            Ok(Out::Fatal) => Decision::Replace,
+            Err(why) => {
+                self.rx.flow.protocol = Some(why);
+                Decision::Stop
+            }
+        }
+    }
+}
+
+/// A ParameterStatus body's name and value.
+pub fn split_param(body: &[u8]) -> Option<(&str, &str)> {
+    let mut parts = body.split(|b| *b == 0);
+    let name = std::str::from_utf8(parts.next()?).ok()?;
+    let value = std::str::from_utf8(parts.next()?).ok()?;
+    Some((name, value))
+}
