@@ -53,6 +53,11 @@ pub struct Raw {
 impl Raw {
     /// Connects and logs in with SCRAM as `user` to `appdb`.
     pub async fn connect(addr: SocketAddr, user: &str, password: &str) -> Raw {
+        Raw::connect_to(addr, user, password, "appdb").await
+    }
+
+    /// Connects and logs in with SCRAM as `user` to `database`.
+    pub async fn connect_to(addr: SocketAddr, user: &str, password: &str, database: &str) -> Raw {
         let stream = TcpStream::connect(addr)
             .await
             .expect("connect to the proxy");
@@ -63,7 +68,7 @@ impl Raw {
             key: (0, 0),
         };
         let mut out = BytesMut::new();
-        frontend::startup_message([("user", user), ("database", "appdb")], &mut out).unwrap();
+        frontend::startup_message([("user", user), ("database", database)], &mut out).unwrap();
         raw.send(&out).await;
         raw.authenticate(password).await;
         loop {

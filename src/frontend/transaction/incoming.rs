@@ -81,7 +81,9 @@ fn error(body: &[u8], rx: &mut Rx<'_>) -> Out {
     let Some(front) = rx.flow.replies.front_mut() else {
         return Out::Forward;
     };
-    if front.expect == Expect::Query {
+    // A Query's error, or one sent in reply to Sync (a deferred constraint or a serialization
+    // failure at the implicit commit): ReadyForQuery still follows.
+    if front.expect.is_sync_point() {
         let first = !front.failed;
         front.failed = true;
         return match (front.refusal(), first) {
@@ -270,6 +272,36 @@ mod tests {
         assert!(w.client.statements.contains(b"s2"), "its Close was skipped");
         assert!(w.prepared.is_empty());
         assert!(!w.flow.skipping);
+    }
+
+    #[test]
+    fn an_error_in_reply_to_sync_is_relayed_and_ready_for_query_follows() {
+        let mut w = World::new();
+        for e in [Expect::Bind, Expect::Execute, Expect::Sync] {
+            w.flow.replies.push(Entry::new(e));
+        }
+        let mut rx = w.rx();
+        assert_eq!(decide(b'2', b"", &mut rx), Ok(Out::Forward));
+        assert_eq!(decide(b'C', b"UPDATE 1\0", &mut rx), Ok(Out::Forward));
+        assert_eq!(decide(b'E', &err("23505"), &mut rx), Ok(Out::Forward));
+        assert_eq!(decide(b'N', b"", &mut rx), Ok(Out::Forward));
+        assert_eq!(decide(b'Z', b"I", &mut rx), Ok(Out::Forward));
+        assert!(w.flow.replies.is_empty() && !w.flow.skipping);
+    }
+
+    #[test]
+    fn a_query_after_a_failed_message_before_sync_is_skipped_too() {
+        let mut w = World::new();
+        for e in [Expect::Parse, Expect::Query, Expect::Bind, Expect::Sync] {
+            w.flow.replies.push(Entry::new(e));
+        }
+        let mut rx = w.rx();
+        assert_eq!(decide(b'E', &err("42601"), &mut rx), Ok(Out::Forward));
+        assert_eq!(
+            rx.flow.replies.front().map(|e| e.expect),
+            Some(Expect::Sync)
+        );
+        assert_eq!(decide(b'Z', b"I", &mut rx), Ok(Out::Forward));
     }
 
     #[test]

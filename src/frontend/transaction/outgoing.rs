@@ -44,13 +44,13 @@ pub struct Tx<'a> {
 /// message when [`need`] says so; for a Bind, as much of it as has arrived (`len` in all).
 pub fn decide(tag: u8, msg: &[u8], len: usize, tx: &mut Tx<'_>) -> Decision {
     let body = &msg[HEADER_LEN..];
-    let extended = matches!(tag, b'P' | b'B' | b'D' | b'E' | b'C' | b'H');
-    if extended {
+    if matches!(tag, b'P' | b'B' | b'D' | b'E' | b'C' | b'H') {
         tx.flow.unsynced = true;
-        if tx.flow.skipping && tag != b'H' {
-            // The server skips it too; nothing is owed for it.
-            return Decision::Replace;
-        }
+    }
+    // After an error the server skips everything up to Sync, a Query or FunctionCall too;
+    // nothing is owed for what it skips.
+    if tx.flow.skipping && matches!(tag, b'P' | b'B' | b'D' | b'E' | b'C' | b'Q' | b'F') {
+        return Decision::Replace;
     }
     match tag {
         b'Q' => query(body, tx),

@@ -34,11 +34,6 @@ pub enum Expect {
 }
 
 impl Expect {
-    /// Whether the server's ErrorResponse ends this entry and skips the rest up to Sync.
-    pub fn is_extended(self) -> bool {
-        !matches!(self, Expect::Query | Expect::Sync | Expect::Local(_))
-    }
-
     pub fn is_sync_point(self) -> bool {
         matches!(self, Expect::Query | Expect::Sync)
     }
@@ -184,11 +179,10 @@ impl Replies {
     }
 
     /// Removes the entries the server skips after an error, up to the next Sync, front first.
+    /// A simple Query (or FunctionCall) sent before that Sync is ignored too.
     pub fn pop_skipped(&mut self) -> Option<Entry> {
         match self.entries.front() {
-            Some(e) if e.expect.is_extended() || matches!(e.expect, Expect::Local(_)) => {
-                self.entries.pop_front()
-            }
+            Some(e) if e.expect != Expect::Sync => self.entries.pop_front(),
             _ => None,
         }
     }
@@ -225,6 +219,6 @@ mod tests {
         }
         assert_eq!(skipped, 3);
         assert_eq!(r.front().map(|e| e.expect), Some(Expect::Sync));
-        assert!(Expect::Query.is_sync_point() && !Expect::Query.is_extended());
+        assert!(Expect::Query.is_sync_point() && Expect::Sync.is_sync_point());
     }
 }
