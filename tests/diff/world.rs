@@ -1,0 +1,172 @@
+//! Two worlds run in lockstep: each client with a PostgreSQL session of its own (database
+//! `appdb_direct`), and the same clients through rotagate in transaction mode (database `appdb`,
+//! `pool.size` 1 or 2). Every step goes to both; the replies must be the same.
+
+use super::proto::{FMsg, Proto, Transcript, exchange};
+use super::sessions::{Gen, Step};
+use crate::common::pg::Pg;
+use crate::common::wire::Raw;
+use crate::common::{APP_PASSWORD, APP_USER, CLIENT_PASSWORD, CLIENT_USER, TestProxy};
+
+/// The schema every program starts from, in both databases.
+fn schema(clients: usize) -> String {
+    let mut sql = String::from(
+        "DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public; \
+         CREATE TYPE mood AS ENUM ('ok', 'sad'); \
+         CREATE TABLE t_shared (id int PRIMARY KEY, v text); \
+         INSERT INTO t_shared VALUES (1, 'one'), (2, 'two'), (3, 'three');",
+    );
+    for c in 0..clients {
+        sql.push_str(&format!(
+            " CREATE TABLE t_c{c} (id int PRIMARY KEY, n int NOT NULL, \
+             UNIQUE (n) DEFERRABLE INITIALLY DEFERRED); \
+             INSERT INTO t_c{c} VALUES (1, 1), (2, 2), (3, 3);"
+        ));
+    }
+    sql
+}
+
+/// Makes `appdb_direct` beside `appdb` (once per cluster).
+pub fn prepare_cluster(pg: &Pg) {
+    if pg.sql("SELECT count(*) FROM pg_database WHERE datname = 'appdb_direct'") == "0" {
+        pg.sql(&format!("CREATE DATABASE appdb_direct OWNER {APP_USER}"));
+    }
+}
+
+async fn reset(pg: &Pg, db: &str, clients: usize) {
+    let url = format!(
+        "host=127.0.0.1 port={} user={APP_USER} password={APP_PASSWORD} dbname={db}",
+        pg.port
+    );
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to reset the schema");
+    let task = tokio::spawn(conn);
+    client
+        .batch_execute(&schema(clients))
+        .await
+        .expect("reset the schema");
+    drop(client);
+    let _ = task.await;
+}
+
+/// Where a program stopped agreeing.
+#[derive(Debug, Clone)]
+pub struct Divergence {
+    /// Index of the step in the program.
+    pub at: usize,
+    pub direct: Transcript,
+    pub proxied: Transcript,
+}
+
+pub struct Worlds<'a> {
+    pg: &'a Pg,
+    proxy: TestProxy,
+    direct: Vec<Raw>,
+    proxied: Vec<Raw>,
+    /// Where each client's direct session stands (and, the same while they agree, its proxied one).
+    pub protos: Vec<Proto>,
+    proxied_protos: Vec<Proto>,
+}
+
+impl<'a> Worlds<'a> {
+    /// Fresh schemas, a fresh rotagate with `pool` connections, and `clients` clients in each
+    /// world.
+    pub async fn new(pg: &'a Pg, clients: usize, pool: usize) -> Worlds<'a> {
+        reset(pg, "appdb_direct", clients).await;
+        reset(pg, "appdb", clients).await;
+        let proxy = TestProxy::builder(pg).pool_size(pool as u32).start().await;
+        let mut w = Worlds {
+            pg,
+            proxy,
+            direct: Vec::new(),
+            proxied: Vec::new(),
+            protos: vec![Proto::new(); clients],
+            proxied_protos: vec![Proto::new(); clients],
+        };
+        for _ in 0..clients {
+            w.direct.push(w.login_direct().await);
+            w.proxied.push(w.login_proxied().await);
+        }
+        w
+    }
+
+    async fn login_direct(&self) -> Raw {
+        let addr = ([127, 0, 0, 1], self.pg.port).into();
+        Raw::connect_to(addr, APP_USER, APP_PASSWORD, "appdb_direct").await
+    }
+
+    async fn login_proxied(&self) -> Raw {
+        Raw::connect(self.proxy.addr, CLIENT_USER, CLIENT_PASSWORD).await
+    }
+
+    /// Runs one step in both worlds: None while they agree.
+    pub async fn apply(&mut self, at: usize, step: &Step) -> Option<Divergence> {
+        match step {
+            Step::Reconnect { client } => {
+                let c = *client;
+                self.direct[c] = self.login_direct().await;
+                self.proxied[c] = self.login_proxied().await;
+                self.protos[c] = Proto::new();
+                self.proxied_protos[c] = Proto::new();
+                None
+            }
+            Step::Send { client, msgs } => {
+                let c = *client;
+                let direct = exchange(&mut self.direct[c], msgs, &mut self.protos[c]).await;
+                assert!(
+                    !direct.last().is_some_and(|l| l == "hung" || l == "closed"),
+                    "the tester's own reading of the protocol is wrong: PostgreSQL did not send \
+                     what it expected for step {at} ({step}); replies: {direct:?}"
+                );
+                let proxied =
+                    exchange(&mut self.proxied[c], msgs, &mut self.proxied_protos[c]).await;
+                (direct != proxied).then(|| Divergence {
+                    at,
+                    direct,
+                    proxied,
+                })
+            }
+        }
+    }
+
+    /// Whether a recorded step can run now without waiting on another client (a replay that
+    /// left out earlier steps may reach one that cannot).
+    pub fn runnable(&self, step: &Step, pool: usize) -> bool {
+        let c = step.client();
+        if c >= self.protos.len() {
+            return false;
+        }
+        let busy: Vec<usize> = (0..self.protos.len())
+            .filter(|&k| self.protos[k].busy())
+            .collect();
+        if busy.len() >= pool && !busy.contains(&c) {
+            return false;
+        }
+        match step {
+            Step::Reconnect { .. } => !self.protos[c].busy(),
+            Step::Send { msgs, .. } => {
+                // A Query the server would skip, or DDL another's transaction would block.
+                let skipped_query = self.protos[c].skipping
+                    && msgs
+                        .iter()
+                        .take_while(|m| !matches!(m, FMsg::Sync))
+                        .any(|m| matches!(m, FMsg::Query(_)));
+                let ddl = msgs.iter().any(|m| {
+                    matches!(m, FMsg::Query(q) if q.starts_with("ALTER") || q.starts_with("DROP") || q.starts_with("CREATE"))
+                });
+                let others_busy = busy.iter().any(|&k| k != c);
+                !skipped_query && !(ddl && others_busy)
+            }
+        }
+    }
+
+    /// Every client back at rest (part of the program, and compared too).
+    pub fn closing_steps(&self) -> Vec<Step> {
+        let mut g = Gen::new(0, self.protos.len(), 1);
+        (0..self.protos.len())
+            .filter(|&c| self.protos[c].busy() || self.protos[c].skipping)
+            .map(|c| g.finish(c, &self.protos[c]))
+            .collect()
+    }
+}
