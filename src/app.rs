@@ -195,6 +195,7 @@ fn frontend(
         cancels: Arc::new(CancelRegistry::default()),
         shutdown: shutdown.clone(),
         lists: Default::default(),
+        sessions: Default::default(),
     }))
 }
 

@@ -1,47 +1,85 @@
-//! Which of rotagate's named statements exist on one upstream connection, least recently used
-//! first out. The names are rotagate's own (`rotagate_` and a digest of the statement); which
-//! client calls a statement what is the frontend's business, not this connection's.
+//! rotagate's named statements on one upstream connection, least recently used first out.
+//!
+//! Each statement has a name of this connection's own (`rotagate_` and a number), the key of
+//! the statement it prepares (a digest of the query text and parameter types, given by the
+//! frontend) and, once known, the digest of what the server described for it (parameter types
+//! and result columns, as they were when it was prepared). Two statements with the same key and
+//! description behave alike in every way a client can see, so each (key, description) is kept
+//! once: a duplicate is closed at the connection's next hand-over. Which client calls a
+//! statement what is the frontend's business, not this connection's.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 
-/// How many names [`Known`] keeps before it starts over.
+/// A statement's identity as the frontend computes it: a digest of its Parse body.
+pub type Key = u128;
+/// A digest of a statement's description (parameter types, result columns).
+pub type DescDigest = u64;
+
+/// How many keys [`Known`] keeps before it starts over.
 const MAX_KNOWN: usize = 10_000;
 
-/// Upstream statement names that prepared without error on this upstream. A client's Parse of
-/// one is answered without taking a connection (rotagate prepares it where it is used); a
-/// client that prepares while other clients wait for connections never holds them up.
+/// Statement keys that prepared (and were described) on an upstream. While every connection is
+/// busy, a client's Parse of one is answered without a connection (its description is learned
+/// where it is first used): a client that prepares with a blocking call while another client on
+/// its thread holds a connection in a transaction (pgbench `-M prepared` does) does not hold
+/// that one up.
 #[derive(Debug, Default)]
 pub struct Known {
-    names: Mutex<HashSet<Arc<str>>>,
+    keys: std::sync::Mutex<std::collections::HashSet<Key>>,
 }
 
 impl Known {
-    pub fn insert(&self, name: &Arc<str>) {
-        let mut names = self.names.lock().expect("known statements lock");
-        if names.len() >= MAX_KNOWN && !names.contains(name) {
-            names.clear();
+    pub fn insert(&self, key: Key) {
+        let mut keys = self.keys.lock().expect("known statements lock");
+        if keys.len() >= MAX_KNOWN && !keys.contains(&key) {
+            keys.clear();
         }
-        names.insert(name.clone());
+        keys.insert(key);
     }
 
-    pub fn contains(&self, name: &str) -> bool {
-        self.names
+    pub fn contains(&self, key: Key) -> bool {
+        self.keys
             .lock()
             .expect("known statements lock")
-            .contains(name)
+            .contains(&key)
     }
+}
+
+/// What this connection knows of one of its statements.
+#[derive(Debug, Clone, Copy)]
+pub struct Slot {
+    pub key: Key,
+    /// Known once the server described it.
+    pub desc: Option<DescDigest>,
+    tick: u64,
+}
+
+/// Statements taken by a statement that drops them all (DISCARD ALL, DEALLOCATE ALL), to be
+/// put back if it fails.
+#[derive(Debug, Default)]
+pub struct Taken {
+    names: HashMap<Arc<str>, Slot>,
 }
 
 /// Prepared statements of one upstream connection. Counted in `rotagate_prepared_statements`
 /// while the connection lives.
 pub struct Prepared {
-    names: HashMap<Arc<str>, u64>,
+    names: HashMap<Arc<str>, Slot>,
+    /// (key, description) -> the statement kept for it.
+    index: HashMap<(Key, DescDigest), Arc<str>>,
     /// Use counter: each lookup or insert takes the next tick.
     tick: u64,
     /// Statements used at or after this tick serve the current pipeline (since the last Sync
     /// sent) and are not evicted: closing one would close a portal bound to it.
     in_use_from: u64,
+    /// The number in the next statement name.
+    next: u64,
+    /// Duplicates to close when the connection next serves a client (no portal uses them then).
+    to_close: Vec<Arc<str>>,
+    /// Whose statement the connection's unnamed statement is: (client id, the client's serial
+    /// of that Parse); None when it is nobody's that rotagate can vouch for.
+    pub unnamed: Option<(u64, u64)>,
     gauge: metrics::Gauge,
     /// `rotagate_statement_prepares_total` of the connection's database.
     prepares: metrics::Counter,
@@ -51,25 +89,15 @@ impl Default for Prepared {
     fn default() -> Self {
         Self {
             names: HashMap::new(),
+            index: HashMap::new(),
             tick: 0,
             in_use_from: 0,
+            next: 0,
+            to_close: Vec::new(),
+            unnamed: None,
             gauge: metrics::Gauge::noop(),
             prepares: metrics::Counter::noop(),
         }
-    }
-}
-
-impl Prepared {
-    /// Counts this connection's statements under its database (before any is prepared).
-    pub fn count_for(&mut self, database: &str) {
-        let db = database.to_owned();
-        self.gauge = metrics::gauge!("rotagate_prepared_statements", "database" => db.clone());
-        self.prepares = metrics::counter!("rotagate_statement_prepares_total", "database" => db);
-    }
-
-    /// A statement was prepared (sent as a Parse) on this connection.
-    pub fn count_prepare(&self) {
-        self.prepares.increment(1);
     }
 }
 
@@ -82,6 +110,13 @@ impl std::fmt::Debug for Prepared {
 }
 
 impl Prepared {
+    /// Counts this connection's statements under its database (before any is prepared).
+    pub fn count_for(&mut self, database: &str) {
+        let db = database.to_owned();
+        self.gauge = metrics::gauge!("rotagate_prepared_statements", "database" => db.clone());
+        self.prepares = metrics::counter!("rotagate_statement_prepares_total", "database" => db);
+    }
+
     pub fn len(&self) -> usize {
         self.names.len()
     }
@@ -90,31 +125,124 @@ impl Prepared {
         self.names.is_empty()
     }
 
-    /// Whether `name` is prepared; marks it used.
+    pub fn contains(&self, name: &str) -> bool {
+        self.names.contains_key(name)
+    }
+
+    /// What the connection knows of `name`.
+    pub fn slot(&self, name: &str) -> Option<Slot> {
+        self.names.get(name).copied()
+    }
+
+    /// A new statement of `key` is being prepared (a Parse is on its way): its name.
+    pub fn fresh(&mut self, key: Key) -> Arc<str> {
+        self.next += 1;
+        self.tick += 1;
+        let name: Arc<str> = format!("rotagate_{}", self.next).into();
+        let slot = Slot {
+            key,
+            desc: None,
+            tick: self.tick,
+        };
+        self.names.insert(name.clone(), slot);
+        self.gauge.increment(1.0);
+        self.prepares.increment(1);
+        name
+    }
+
+    /// The statement kept for `key` described as `desc`, marked used.
+    pub fn find(&mut self, key: Key, desc: DescDigest) -> Option<Arc<str>> {
+        let name = self.index.get(&(key, desc))?.clone();
+        self.touch(&name);
+        Some(name)
+    }
+
+    /// The statement kept for `key` described as `desc`, not marked used.
+    pub fn index_of(&self, key: Key, desc: DescDigest) -> Option<&Arc<str>> {
+        self.index.get(&(key, desc))
+    }
+
+    /// Marks `name` used; false when the connection lacks it.
     pub fn touch(&mut self, name: &str) -> bool {
         self.tick += 1;
         match self.names.get_mut(name) {
-            Some(t) => {
-                *t = self.tick;
+            Some(slot) => {
+                slot.tick = self.tick;
                 true
             }
             None => false,
         }
     }
 
-    pub fn insert(&mut self, name: Arc<str>) {
-        self.tick += 1;
-        if self.names.insert(name, self.tick).is_none() {
+    /// The server described `name` as `desc`. It now stands for its key and description; the
+    /// statement that did before is closed at the next hand-over. The newer one is kept because
+    /// PostgreSQL does not invalidate a plan whose query refers to a type dropped and made again
+    /// (only its parameter types show in a description): an older statement may fail where a
+    /// newer one of the same description works. False when it replaced one.
+    pub fn learned(&mut self, name: &Arc<str>, desc: DescDigest) -> bool {
+        let Some(slot) = self.names.get_mut(name) else {
+            return true;
+        };
+        slot.desc = Some(desc);
+        match self.index.insert((slot.key, desc), name.clone()) {
+            Some(older) if older != *name => {
+                self.to_close.push(older);
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Forgets `name` (its Parse failed, or it is being closed); what it was, to put it back.
+    pub fn remove(&mut self, name: &str) -> Option<Slot> {
+        let slot = self.names.remove(name)?;
+        self.gauge.decrement(1.0);
+        if let Some(desc) = slot.desc {
+            if self
+                .index
+                .get(&(slot.key, desc))
+                .is_some_and(|n| &**n == name)
+            {
+                self.index.remove(&(slot.key, desc));
+            }
+        }
+        self.to_close.retain(|n| &**n != name);
+        Some(slot)
+    }
+
+    /// Puts back what [`Prepared::remove`] took (a Close that the server skipped).
+    pub fn restore(&mut self, name: Arc<str>, slot: Slot) {
+        if let Some(desc) = slot.desc {
+            self.index
+                .entry((slot.key, desc))
+                .or_insert_with(|| name.clone());
+        }
+        if self.names.insert(name, slot).is_none() {
             self.gauge.increment(1.0);
         }
     }
 
-    pub fn remove(&mut self, name: &str) -> bool {
-        let gone = self.names.remove(name).is_some();
-        if gone {
-            self.gauge.decrement(1.0);
+    /// `name` is of no use: it is closed at the next hand-over.
+    pub fn discard(&mut self, name: &Arc<str>) {
+        self.to_close.push(name.clone());
+    }
+
+    /// Duplicates to close now, with what they were (to put back if the Close is skipped).
+    pub fn take_to_close(&mut self) -> Vec<(Arc<str>, Slot)> {
+        let names = std::mem::take(&mut self.to_close);
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            if let Some(slot) = self.names.remove(&name) {
+                self.gauge.decrement(1.0);
+                out.push((name, slot));
+            }
         }
-        gone
+        out
+    }
+
+    /// Whether duplicates wait to be closed.
+    pub fn has_to_close(&self) -> bool {
+        !self.to_close.is_empty()
     }
 
     /// Every statement is gone (DISCARD ALL, DEALLOCATE ALL upstream).
@@ -122,16 +250,20 @@ impl Prepared {
         self.take_all();
     }
 
-    /// Every statement is gone; returns their names for [`Prepared::restore`].
-    pub fn take_all(&mut self) -> Vec<Arc<str>> {
+    /// Every named statement is gone; returns them for [`Prepared::restore_all`].
+    pub fn take_all(&mut self) -> Taken {
         self.gauge.decrement(self.names.len() as f64);
-        self.names.drain().map(|(n, _)| n).collect()
+        self.index.clear();
+        self.to_close.clear();
+        Taken {
+            names: std::mem::take(&mut self.names),
+        }
     }
 
     /// Puts back what [`Prepared::take_all`] took (the statement that would drop them failed).
-    pub fn restore(&mut self, names: Vec<Arc<str>>) {
-        for name in names {
-            self.insert(name);
+    pub fn restore_all(&mut self, taken: Taken) {
+        for (name, slot) in taken.names {
+            self.restore(name, slot);
         }
     }
 
@@ -148,8 +280,8 @@ impl Prepared {
         }
         self.names
             .iter()
-            .filter(|(_, t)| **t < self.in_use_from)
-            .min_by_key(|(_, t)| **t)
+            .filter(|(_, s)| s.tick < self.in_use_from)
+            .min_by_key(|(_, s)| s.tick)
             .map(|(n, _)| n.clone())
     }
 }
@@ -167,22 +299,44 @@ mod tests {
     #[test]
     fn evicts_the_least_recently_used_outside_the_pipeline() {
         let mut p = Prepared::default();
-        p.insert("a".into());
-        p.insert("b".into());
+        let a = p.fresh(1);
+        let b = p.fresh(2);
         assert_eq!(p.victim(3), None);
-        assert_eq!(
-            p.victim(2).as_deref(),
-            None,
-            "both serve the current pipeline"
-        );
+        assert_eq!(p.victim(2), None, "both serve the current pipeline");
         p.new_pipeline();
-        assert_eq!(p.victim(2).as_deref(), Some("a"));
-        assert!(p.touch("a"));
-        assert_eq!(p.victim(2).as_deref(), Some("b"));
-        assert!(p.remove("b"));
-        assert!(!p.touch("b"));
+        assert_eq!(p.victim(2).as_ref(), Some(&a));
+        assert!(p.touch(&a));
+        assert_eq!(p.victim(2).as_ref(), Some(&b));
+        assert!(p.remove(&b).is_some());
+        assert!(!p.touch(&b));
         assert_eq!(p.len(), 1);
         p.clear();
         assert!(p.is_empty());
+    }
+
+    #[test]
+    fn one_statement_per_key_and_description_the_newest_and_the_rest_close_later() {
+        let mut p = Prepared::default();
+        let older = p.fresh(7);
+        let newer = p.fresh(7);
+        assert!(p.learned(&older, 100));
+        assert!(!p.learned(&newer, 100), "the newer replaces the older");
+        assert_eq!(p.find(7, 100).as_ref(), Some(&newer));
+        assert_eq!(
+            p.find(7, 200),
+            None,
+            "another description is another statement"
+        );
+        let closed: Vec<_> = p.take_to_close().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(closed, vec![older.clone()]);
+        assert!(!p.contains(&older) && p.contains(&newer));
+        let slot = p.remove(&newer).unwrap();
+        assert_eq!(p.find(7, 100), None);
+        p.restore(newer.clone(), slot);
+        assert_eq!(p.find(7, 100).as_ref(), Some(&newer));
+        let taken = p.take_all();
+        assert!(p.is_empty() && p.find(7, 100).is_none());
+        p.restore_all(taken);
+        assert_eq!(p.find(7, 100), Some(newer));
     }
 }

@@ -35,6 +35,36 @@ pub fn server_error(e: &ErrorResponseBody) -> BackendError {
     }
 }
 
+/// Closes rotagate's statements `names` on an idle connection (Close each, then Sync) and waits
+/// for ReadyForQuery. Only for a connection at rest.
+pub async fn close_statements(
+    conn: &mut ServerConn,
+    names: &[std::sync::Arc<str>],
+) -> Result<(), BackendError> {
+    let mut buf = bytes::BytesMut::new();
+    for name in names {
+        crate::wire::msg::describe_or_close(&mut buf, b'C', b'S', name.as_bytes());
+    }
+    crate::wire::msg::empty(&mut buf, b'S');
+    if let Err(e) = conn.stream.write_all(&buf).await {
+        conn.broken = true;
+        return Err(e.into());
+    }
+    loop {
+        match next_message(conn).await {
+            Ok(Message::ReadyForQuery(r)) => {
+                conn.tx_status = r.status();
+                return Ok(());
+            }
+            Ok(_) => {}
+            Err(e) => {
+                conn.broken = true;
+                return Err(e);
+            }
+        }
+    }
+}
+
 /// Runs `sql` with the simple protocol and waits for ReadyForQuery. ParameterStatus messages
 /// update the connection's params. The first error is returned after the server is ready again;
 /// any error leaves the connection usable unless it is an I/O error. Only for a connection at
@@ -51,6 +81,8 @@ pub async fn rows(
     let mut rows = Vec::new();
     let mut buf = bytes::BytesMut::new();
     crate::wire::msg::query(&mut buf, sql);
+    // A simple Query drops the session's unnamed statement.
+    conn.prepared.unnamed = None;
     if let Err(e) = conn.stream.write_all(&buf).await {
         conn.broken = true;
         return Err(e.into());

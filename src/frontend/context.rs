@@ -30,6 +30,8 @@ pub struct Frontend {
     pub shutdown: CancellationToken,
     /// Equal session-setting lists shared, so hand-overs compare them in one step.
     pub lists: crate::backend::Interner,
+    /// Numbers client sessions (a connection's unnamed statement is told apart by it).
+    pub sessions: std::sync::atomic::AtomicU64,
 }
 
 /// The databases clients may open, by the name they ask for.
@@ -51,8 +53,8 @@ impl Route {
         let database = pools.database().to_string();
         Self {
             mode: pools.config().mode,
-            pools,
             known: Known::default(),
+            pools,
             transactions: metrics::counter!("rotagate_transactions_total", "database" => database),
         }
     }

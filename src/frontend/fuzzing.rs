@@ -79,6 +79,7 @@ impl Default for Side {
 impl Side {
     pub(super) fn client_policy<'a>(&'a mut self, cfg: &'a PoolConfig) -> ClientPolicy<'a> {
         ClientPolicy {
+            status: self.status,
             client: &mut self.state,
             prepared: &mut self.prepared,
             flow: &mut self.flow,

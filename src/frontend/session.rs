@@ -46,6 +46,9 @@ pub async fn serve(login: Login, fe: &Frontend, worker: usize) {
         Err(e) => return report(&mut stream, &e).await,
     };
     let state = ClientState {
+        id: 1 + fe
+            .sessions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         who: format!("{user}@{peer}"),
         settings,
         ..ClientState::default()

@@ -168,6 +168,11 @@ impl Generation {
         }
     }
 
+    /// No connection here is idle and `pool.size` are open: a client would wait for one.
+    pub fn saturated(&self) -> bool {
+        self.shelf().idle.is_empty() && self.shared.open() >= self.shared.size()
+    }
+
     /// An idle connection, or a place in the queue. With room under `pool.size` a connection
     /// opens for the queued client; at the limit, another worker's idle connection is taken.
     /// `Err` when the generation is retired: look at the current one.

@@ -168,6 +168,11 @@ impl Pools {
         }
     }
 
+    /// Whether a client on `worker` would have to wait for a connection now.
+    pub fn saturated(&self, worker: usize) -> bool {
+        self.shards[worker].current.load().saturated()
+    }
+
     pub fn generation(&self) -> u64 {
         self.current_id.load(Ordering::Acquire)
     }

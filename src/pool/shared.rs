@@ -50,6 +50,11 @@ impl Shared {
         self.open.load(Ordering::Acquire)
     }
 
+    /// `pool.size`.
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
     pub fn closed(&self, n: u32) {
         self.open.fetch_sub(n, Ordering::AcqRel);
     }

@@ -22,6 +22,17 @@ fn put_cstr(buf: &mut BytesMut, s: &str) {
 
 /// ErrorResponse with severity, SQLSTATE and message, as PostgreSQL writes them.
 pub fn error(buf: &mut BytesMut, severity: &str, code: &str, message: &str) {
+    error_detail(buf, severity, code, message, None);
+}
+
+/// ErrorResponse with a DETAIL field too.
+pub fn error_detail(
+    buf: &mut BytesMut,
+    severity: &str,
+    code: &str,
+    message: &str,
+    detail: Option<&str>,
+) {
     let at = begin(buf, b'E');
     for (field, value) in [
         (b'S', severity),
@@ -31,6 +42,10 @@ pub fn error(buf: &mut BytesMut, severity: &str, code: &str, message: &str) {
     ] {
         buf.put_u8(field);
         put_cstr(buf, value);
+    }
+    if let Some(d) = detail {
+        buf.put_u8(b'D');
+        put_cstr(buf, d);
     }
     buf.put_u8(0);
     finish(buf, at);
@@ -118,63 +133,69 @@ pub fn command_complete(buf: &mut BytesMut, tag: &str) {
     finish(buf, at);
 }
 
-/// An ErrorResponse body's fields with the severity (both `S` and `V`) replaced: the server's
-/// FATAL becomes an ERROR when the client's session outlives the upstream connection.
-pub fn error_with_severity(buf: &mut BytesMut, body: &[u8], severity: &str) {
-    let at = begin(buf, b'E');
+/// The fields of an ErrorResponse/NoticeResponse body: (type byte, value), up to the
+/// terminating NUL.
+pub fn fields(body: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
     let mut rest = body;
-    while let Some((&field, tail)) = rest.split_first() {
+    std::iter::from_fn(move || {
+        let (&field, tail) = rest.split_first()?;
         if field == 0 {
-            break;
+            return None;
         }
         let end = tail.iter().position(|b| *b == 0).unwrap_or(tail.len());
+        rest = tail.get(end + 1..).unwrap_or(&[]);
+        Some((field, &tail[..end]))
+    })
+}
+
+/// An ErrorResponse with a body's fields, `change` deciding each value (None: as it is).
+fn error_from(buf: &mut BytesMut, body: &[u8], mut change: impl FnMut(u8) -> Option<String>) {
+    let at = begin(buf, b'E');
+    for (field, value) in fields(body) {
         buf.put_u8(field);
-        match field {
-            b'S' | b'V' => put_cstr(buf, severity),
-            _ => {
-                buf.put_slice(&tail[..end]);
+        match change(field) {
+            Some(v) => put_cstr(buf, &v),
+            None => {
+                buf.put_slice(value);
                 buf.put_u8(0);
             }
         }
-        rest = tail.get(end + 1..).unwrap_or(&[]);
     }
     buf.put_u8(0);
     finish(buf, at);
 }
 
+/// An ErrorResponse body's fields with the severity (both `S` and `V`) replaced: the server's
+/// FATAL becomes an ERROR when the client's session outlives the upstream connection.
+pub fn error_with_severity(buf: &mut BytesMut, body: &[u8], severity: &str) {
+    error_from(buf, body, |f| {
+        matches!(f, b'S' | b'V').then(|| severity.to_owned())
+    });
+}
+
+/// An ErrorResponse body's fields with the message (`M`) replaced.
+pub fn error_with_message(buf: &mut BytesMut, body: &[u8], message: &str) {
+    error_from(buf, body, |f| (f == b'M').then(|| message.to_owned()));
+}
+
+/// The value of field `which` of an ErrorResponse/NoticeResponse body (empty when absent).
+pub fn field(body: &[u8], which: u8) -> &[u8] {
+    fields(body)
+        .find(|(f, _)| *f == which)
+        .map_or(&[][..], |(_, v)| v)
+}
+
 /// The non-localized severity of an ErrorResponse/NoticeResponse body (`V`, else `S`).
 pub fn severity(body: &[u8]) -> &[u8] {
-    let mut found: &[u8] = b"";
-    let mut rest = body;
-    while let Some((&field, tail)) = rest.split_first() {
-        if field == 0 {
-            break;
-        }
-        let end = tail.iter().position(|b| *b == 0).unwrap_or(tail.len());
-        match field {
-            b'V' => return &tail[..end],
-            b'S' => found = &tail[..end],
-            _ => {}
-        }
-        rest = tail.get(end + 1..).unwrap_or(&[]);
+    match field(body, b'V') {
+        b"" => field(body, b'S'),
+        v => v,
     }
-    found
 }
 
 /// The SQLSTATE (`C`) of an ErrorResponse/NoticeResponse body.
 pub fn code(body: &[u8]) -> &[u8] {
-    let mut rest = body;
-    while let Some((&field, tail)) = rest.split_first() {
-        if field == 0 {
-            break;
-        }
-        let end = tail.iter().position(|b| *b == 0).unwrap_or(tail.len());
-        if field == b'C' {
-            return &tail[..end];
-        }
-        rest = tail.get(end + 1..).unwrap_or(&[]);
-    }
-    b""
+    field(body, b'C')
 }
 
 /// `"name"` with embedded quotes doubled.
@@ -193,22 +214,8 @@ pub fn quote_literal(s: &str) -> String {
 
 /// Reads the SQLSTATE and message of an ErrorResponse/NoticeResponse body.
 pub fn parse_error_fields(body: &[u8]) -> (String, String) {
-    let (mut code, mut message) = (String::new(), String::new());
-    let mut rest = body;
-    while let Some((&field, tail)) = rest.split_first() {
-        if field == 0 {
-            break;
-        }
-        let end = tail.iter().position(|b| *b == 0).unwrap_or(tail.len());
-        let value = String::from_utf8_lossy(&tail[..end]).into_owned();
-        match field {
-            b'C' => code = value,
-            b'M' => message = value,
-            _ => {}
-        }
-        rest = tail.get(end + 1..).unwrap_or(&[]);
-    }
-    (code, message)
+    let text = |f| String::from_utf8_lossy(field(body, f)).into_owned();
+    (text(b'C'), text(b'M'))
 }
 
 #[cfg(test)]
@@ -247,6 +254,10 @@ mod tests {
         );
         let len = u32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize;
         assert_eq!(len + 1, out.len());
+        let mut renamed = BytesMut::new();
+        error_with_message(&mut renamed, &out[5..], "another");
+        assert_eq!(parse_error_fields(&renamed[5..]).1, "another");
+        assert_eq!(severity(&renamed[5..]), b"ERROR");
     }
 
     #[test]

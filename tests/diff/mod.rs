@@ -4,6 +4,7 @@
 //! Every reply must be the same, message for message ([`proto`] says how replies are read and
 //! what is compared). A failing program is shrunk to a small reproduction, printed with its
 //! seed.
+#![allow(dead_code)]
 
 pub mod proto;
 pub mod sessions;
@@ -52,30 +53,49 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// Generates and runs one program; the number of messages sent, or the failure (shrunk).
-pub async fn run(pg: &Pg, shape: Shape) -> Result<usize, Box<Failure>> {
+/// What one program came to.
+pub struct Ran {
+    pub messages: usize,
+    /// It ended early at the divergence [`world::documented`] allows.
+    pub documented: bool,
+}
+
+/// Generates and runs one program: the messages sent, or the failure (shrunk).
+pub async fn run(pg: &Pg, shape: Shape) -> Result<Ran, Box<Failure>> {
     let mut worlds = Worlds::new(pg, shape.clients, shape.pool).await;
     let mut sessions = Gen::new(shape.seed, shape.clients, shape.pool);
     let mut program = Vec::new();
     let mut sent = 0;
-    while sent < shape.messages {
-        let step = sessions.step(&worlds.protos);
-        sent += step.weight();
-        program.push(step.clone());
-        if let Some(d) = worlds.apply(program.len() - 1, &step).await {
+    let mut closing = false;
+    loop {
+        let steps = if sent < shape.messages {
+            vec![sessions.step(&worlds.protos)]
+        } else if !closing {
+            closing = true;
+            worlds.closing_steps()
+        } else {
+            break;
+        };
+        for step in steps {
+            sent += step.weight();
+            program.push(step.clone());
+            let Some(d) = worlds.apply(program.len() - 1, &step).await else {
+                continue;
+            };
+            if world::documented(&d) {
+                return Ok(Ran {
+                    messages: sent,
+                    documented: true,
+                });
+            }
             drop(worlds);
             return Err(Box::new(shrink(pg, shape, program, d).await));
         }
     }
-    for step in worlds.closing_steps() {
-        sent += step.weight();
-        program.push(step.clone());
-        if let Some(d) = worlds.apply(program.len() - 1, &step).await {
-            drop(worlds);
-            return Err(Box::new(shrink(pg, shape, program, d).await));
-        }
-    }
-    Ok(sent)
+    Ok(Ran {
+        messages: sent,
+        documented: false,
+    })
 }
 
 /// Runs a recorded program (steps that cannot run in the state reached are left out, and the
@@ -89,13 +109,13 @@ pub async fn replay(pg: &Pg, shape: Shape, program: &[Step]) -> (Option<Divergen
         }
         ran.push(step.clone());
         if let Some(d) = worlds.apply(ran.len() - 1, step).await {
-            return (Some(d), ran);
+            return (Some(d).filter(|d| !world::documented(d)), ran);
         }
     }
     for step in worlds.closing_steps() {
         ran.push(step.clone());
         if let Some(d) = worlds.apply(ran.len() - 1, &step).await {
-            return (Some(d), ran);
+            return (Some(d).filter(|d| !world::documented(d)), ran);
         }
     }
     (None, ran)

@@ -120,9 +120,10 @@ impl FMsg {
             }
             FMsg::CopyDone => msg::empty(out, b'c'),
             FMsg::CopyFail => {
+                let reason = b"no thanks\0";
                 out.put_u8(b'f');
-                out.put_u32(4 + 9);
-                out.put_slice(b"no thanks\0");
+                out.put_u32(4 + reason.len() as u32);
+                out.put_slice(reason);
             }
         }
     }

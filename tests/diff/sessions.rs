@@ -193,7 +193,7 @@ impl Gen {
         }
         let msgs = match self.rng.below(100) {
             0..=39 => self.simple(client, p, may_hold, ddl),
-            _ => self.extended(client, may_hold),
+            _ => self.extended(client, may_hold, p.status == b'E'),
         };
         Step::Send { client, msgs }
     }
@@ -240,7 +240,7 @@ impl Gen {
         ];
         if may_hold {
             sqls.push("BEGIN".into());
-            sqls.push("BEGIN; SELECT 1".into());
+            sqls.push("BEGIN; SAVEPOINT sp".into());
         }
         if ddl && !p.busy() {
             sqls.extend([
@@ -289,10 +289,18 @@ impl Gen {
         msgs
     }
 
-    fn extended(&mut self, client: usize, may_hold: bool) -> Vec<FMsg> {
+    fn extended(&mut self, client: usize, may_hold: bool, aborted: bool) -> Vec<FMsg> {
         let mut msgs = Vec::new();
         for _ in 0..1 + self.rng.below(5) {
             let m = match self.rng.below(100) {
+                // PostgreSQL 15.18 crashes (signal 11) on the unnamed portal of a transaction
+                // that began with a multi-statement Query and then failed: `BEGIN; SELECT 1`,
+                // a failed `ROLLBACK TO SAVEPOINT`, Parse + Flush, Sync, then Describe and
+                // Execute of portal "". Not in the unnamed portal of an aborted transaction.
+                53..=88 if aborted => FMsg::Describe {
+                    statement: true,
+                    name: self.any_name(),
+                },
                 0..=27 => self.parse(client),
                 28..=52 => self.bind(client),
                 53..=64 => FMsg::Describe {

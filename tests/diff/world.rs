@@ -50,6 +50,16 @@ async fn reset(pg: &Pg, db: &str, clients: usize) {
     let _ = task.await;
 }
 
+/// A divergence README.md documents as what transaction mode cannot reproduce: PostgreSQL
+/// does not invalidate a plan that refers to a type dropped and made again other than through
+/// the statement's parameter types, and keeps failing it with `XX000 cache lookup failed for
+/// type`; the same statement prepared by rotagate on another connection works. The worlds
+/// differ after it, so the program ends there.
+pub fn documented(d: &Divergence) -> bool {
+    let stale_type = |t: &Transcript| t.iter().any(|m| m.contains("cache lookup failed for type"));
+    stale_type(&d.direct) && !stale_type(&d.proxied)
+}
+
 /// Where a program stopped agreeing.
 #[derive(Debug, Clone)]
 pub struct Divergence {
@@ -114,14 +124,26 @@ impl<'a> Worlds<'a> {
             Step::Send { client, msgs } => {
                 let c = *client;
                 let direct = exchange(&mut self.direct[c], msgs, &mut self.protos[c]).await;
-                assert!(
-                    !direct.last().is_some_and(|l| l == "hung" || l == "closed"),
-                    "the tester's own reading of the protocol is wrong: PostgreSQL did not send \
-                     what it expected for step {at} ({step}); replies: {direct:?}"
-                );
+                if direct.last().is_some_and(|l| l == "hung" || l == "closed") {
+                    let log =
+                        std::fs::read_to_string(self.pg.dir().join("pg.log")).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                    panic!(
+                        "the tester's own reading of the protocol is wrong: PostgreSQL did not \
+                         send what it expected for step {at} ({step}); replies: {direct:?}\n\
+                         PostgreSQL's log ends:\n{}",
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    );
+                }
                 let proxied =
                     exchange(&mut self.proxied[c], msgs, &mut self.proxied_protos[c]).await;
-                (direct != proxied).then(|| Divergence {
+                if std::env::var_os("DIFF_TRACE").is_some() {
+                    eprintln!("{at:4} {step}\n     direct  {direct:?}\n     proxied {proxied:?}");
+                }
+                if direct == proxied {
+                    return None;
+                }
+                Some(Divergence {
                     at,
                     direct,
                     proxied,
@@ -156,7 +178,15 @@ impl<'a> Worlds<'a> {
                     matches!(m, FMsg::Query(q) if q.starts_with("ALTER") || q.starts_with("DROP") || q.starts_with("CREATE"))
                 });
                 let others_busy = busy.iter().any(|&k| k != c);
-                !skipped_query && !(ddl && others_busy)
+                // See `sessions.rs`: PostgreSQL 15.18 can crash on the unnamed portal there.
+                let crash = self.protos[c].status == b'E'
+                    && msgs.iter().any(|m| {
+                        matches!(m, FMsg::Describe { statement: false, name } | FMsg::Execute { portal: name, .. } if name.is_empty())
+                    });
+                if crash {
+                    return false;
+                }
+                !(skipped_query || ddl && others_busy)
             }
         }
     }

@@ -37,6 +37,11 @@ pub enum Decision {
     NeedMore,
     /// Stop before this message (Terminate, or the session is ending).
     Stop,
+    /// Send the scratch bytes and stop before this message: it is decided again once the
+    /// replies it waits for have come.
+    Hold,
+    /// Send the message (whole: a Sync), then the scratch bytes.
+    Append,
 }
 
 /// Decides on the messages of one direction.
@@ -81,6 +86,14 @@ pub fn walk(
             Decision::RewriteHead(n) => lane.rewrite_head(src, n, scratch, total),
             Decision::NeedMore => return Ok((total - have).min(4096)),
             Decision::Stop => return Ok(0),
+            Decision::Hold => {
+                lane.append(src, scratch);
+                return Ok(0);
+            }
+            Decision::Append => {
+                lane.pass(src, total);
+                lane.append(src, scratch);
+            }
         }
     }
 }

@@ -4,9 +4,11 @@
 use super::pins::Pins;
 use super::replies::Replies;
 use super::settings::Settings;
-use super::statements::Statements;
+use super::statements::{Desc, Statement, Statements};
 use crate::frontend::relay::Signals;
 use bytes::Bytes;
+use std::collections::VecDeque;
+use std::sync::Arc;
 
 /// What executing a statement does to prepared statements, known when it is parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,18 +19,37 @@ pub enum Acts {
     DropsAll { discard_all: bool },
 }
 
+impl Acts {
+    /// What executing a statement of this class does to prepared statements.
+    pub fn of(class: &super::classify::Class) -> Option<Acts> {
+        use super::classify::Sole;
+        match &class.sole {
+            Some(Sole::Deallocate(name)) => Some(Acts::Deallocate(name.clone())),
+            Some(Sole::DiscardAll) => Some(Acts::DropsAll { discard_all: true }),
+            _ if class.drops_statements => Some(Acts::DropsAll { discard_all: false }),
+            _ => None,
+        }
+    }
+}
+
 /// What a client keeps between transactions.
 #[derive(Debug, Default)]
 pub struct ClientState {
+    /// Tells this client's unnamed statement from other clients' on a shared connection.
+    pub id: u64,
     /// Names the client in log lines: `user@peer`.
     pub who: String,
     pub settings: Settings,
     pub statements: Statements,
+    /// The client's unnamed statement, as the server has confirmed it.
+    pub unnamed: Option<Unnamed>,
+    /// Numbers the client's unnamed Parses.
+    pub serials: u64,
     pub pins: Pins,
     /// The last plain statement text, to skip classifying it again.
     pub recent: super::classify::Recent,
     /// What the client's unnamed statement does to prepared statements when executed.
-    pub unnamed: Option<Acts>,
+    pub unnamed_acts: Option<Acts>,
     /// An error owed for the client's next request: its transaction ended with the upstream
     /// connection (the server terminated it, or a cancel ended its wait).
     pub failure: Option<Bytes>,
@@ -57,21 +78,147 @@ pub struct Flow {
     pub portal_drops: Option<bool>,
     /// The server sent a message rotagate cannot place.
     pub protocol: Option<&'static str>,
+    /// Sync points (Sync, Query, FunctionCall) decided so far.
+    pub segment: u32,
+    /// Statements prepared upstream for the client in this hand-over, by statement.
+    pub fresh: Vec<(Arc<Statement>, Arc<str>)>,
+    /// Upstream names that stand for a client's name in this hand-over's error messages.
+    pub aliases: Vec<(Arc<str>, Box<[u8]>)>,
+    /// Describes whose replies are captured, in order.
+    pub captures: VecDeque<Capture>,
+    /// The ParameterDescription of the capture at the front, until its RowDescription comes.
+    pub capture_params: Vec<u8>,
+    /// The error of rotagate's own quiet Parse that failed, for the Query it was made for.
+    pub quiet_error: Option<Bytes>,
+    /// The client's messages wait (the message at the front is decided again once it ends).
+    pub hold: Option<Hold>,
+    /// A hold ended: the client's messages may be walked again.
+    pub resumed: bool,
+    /// What the messages decided so far do to the client's unnamed statement.
+    pub unnamed_spec: Spec,
+    /// Parses and Queries decided whose effect on the unnamed statement is not confirmed yet.
+    pub unnamed_unconfirmed: u32,
+    /// The unnamed Parses among them, in order.
+    pub unnamed_parses: VecDeque<PendingUnnamed>,
 }
 
 impl Flow {
-    /// Fresh for the next attachment; the reply queue keeps its memory.
+    /// A Query (or a reply rotagate gives to one) drops the unnamed statement.
+    pub fn unnamed_dropped(&mut self) {
+        self.unnamed_spec = Spec::Dropped;
+        self.unnamed_unconfirmed += 1;
+    }
+
+    /// Fresh for the next attachment; the queues keep their memory.
     pub fn reset(&mut self) {
         let mut replies = std::mem::take(&mut self.replies);
         replies.clear();
+        let mut captures = std::mem::take(&mut self.captures);
+        captures.clear();
+        let mut parses = std::mem::take(&mut self.unnamed_parses);
+        parses.clear();
+        let mut fresh = std::mem::take(&mut self.fresh);
+        fresh.clear();
         *self = Flow {
             replies,
+            captures,
+            unnamed_parses: parses,
+            fresh,
             ..Flow::default()
         };
+    }
+
+    /// A Sync, Query or FunctionCall was decided.
+    pub fn next_segment(&mut self) {
+        self.segment += 1;
     }
 
     /// Nothing owed either way and no extended-protocol message waits for its Sync.
     pub fn settled(&self) -> bool {
         self.replies.is_empty() && !self.unsynced && !self.skipping
     }
+
+    /// The upstream name of a statement prepared for the client in this hand-over.
+    pub fn fresh_name(&self, stmt: &Arc<Statement>) -> Option<Arc<str>> {
+        self.fresh
+            .iter()
+            .rev()
+            .find(|(s, _)| Arc::ptr_eq(s, stmt))
+            .map(|(_, n)| n.clone())
+    }
+}
+
+/// What the replies of a captured Describe are for.
+#[derive(Debug)]
+pub enum Capture {
+    /// A client's new statement: its description, and its connection's index.
+    Learn {
+        stmt: Arc<Statement>,
+        upstream: Arc<str>,
+    },
+    /// A Describe of the connection's unnamed statement, which may be the client's.
+    LearnUnnamed,
+    /// A statement prepared again for a client (None: its unnamed statement).
+    Check {
+        stmt: Arc<Statement>,
+        upstream: Option<Arc<str>>,
+        want: Box<Desc>,
+    },
+}
+
+/// Why the client's messages wait.
+#[derive(Debug)]
+pub enum Hold {
+    /// For the description of a statement prepared again (`upstream`: its name there, when
+    /// it is not the client's unnamed statement).
+    Check {
+        verdict: Option<Verdict>,
+        upstream: Option<Arc<str>>,
+    },
+    /// For the server to confirm what earlier messages did to the unnamed statement.
+    Unnamed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Described as the client's statement was: it is the client's.
+    Same,
+    /// The same result, other parameter types (a type the client's statement takes was
+    /// dropped and made again: PostgreSQL does not revalidate such a statement, so a Describe
+    /// of it still answers as it did).
+    Params,
+    /// Described otherwise: the client's statement would fail revalidation.
+    Changed,
+    /// Its Parse or Describe failed or was skipped (the server now skips to Sync).
+    Failed,
+}
+
+/// A client's unnamed statement, as the server confirmed it.
+#[derive(Debug, Clone)]
+pub struct Unnamed {
+    pub stmt: Arc<Statement>,
+    /// Which of the client's Parses made it.
+    pub serial: u64,
+    /// What the server described, when the client described it.
+    pub desc: Option<Desc>,
+}
+
+/// An unnamed Parse sent upstream whose reply has not come.
+#[derive(Debug)]
+pub struct PendingUnnamed {
+    pub stmt: Arc<Statement>,
+    pub serial: u64,
+    /// rotagate's own Parse of the client's statement again (not a new statement).
+    pub again: bool,
+}
+
+/// What the messages decided in this hand-over do to the unnamed statement, if they all run.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Spec {
+    #[default]
+    Untouched,
+    /// Parsed (by the client, or again by rotagate) in this run of messages up to a Sync.
+    Parsed(u32),
+    /// Dropped by a Query or closed.
+    Dropped,
 }

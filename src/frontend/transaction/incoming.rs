@@ -1,10 +1,14 @@
 //! Server messages in transaction mode, matched in order against the replies owed
 //! ([`super::replies`]): replies to injected messages are hidden, refused messages get
 //! rotagate's error instead of the server's, replies rotagate gives itself go out in their
-//! turn, and what an entry changed ahead of time is undone when the server fails or skips it.
+//! turn, descriptions are captured where asked ([`super::checks`]), and what an entry changed
+//! ahead of time is undone when the server fails or skips it.
 
+use super::checks;
 use super::flow::{ClientState, Flow};
-use super::replies::{Effect, Entry, Expect, Local};
+use super::named;
+use super::replies::{Effect, Entry, Expect, Local, Note, Outcome};
+use super::unnamed;
 use crate::backend::prepared::{Known, Prepared};
 use crate::wire::msg;
 use bytes::{Bytes, BytesMut};
@@ -16,7 +20,7 @@ pub enum Out {
     Hide,
     /// Send this ErrorResponse instead.
     Replace(Bytes),
-    /// A FATAL error: the upstream session is ending (kept in `Flow::fatal`).
+    /// A FATAL error: the upstream session is ending (kept in `Signals::fatal`).
     Fatal,
 }
 
@@ -29,33 +33,75 @@ pub struct Rx<'a> {
     pub known: &'a Known,
 }
 
-/// Whether a server message's whole body is needed to decide on it.
-pub fn need_whole(tag: u8) -> bool {
-    matches!(tag, b'Z' | b'S' | b'E' | b'1' | b'3')
+/// Whether a server message's whole body is needed to decide on it (`captures`: a Describe's
+/// replies are being captured).
+pub fn need_whole(tag: u8, captures: bool) -> bool {
+    matches!(tag, b'Z' | b'S' | b'E' | b'1' | b'3') || (captures && matches!(tag, b't' | b'T'))
 }
 
 /// Decides on one server message; `body` is whole when [`need_whole`] says so. An error is a
 /// message rotagate cannot place: the connection must close.
 pub fn decide(tag: u8, body: &[u8], rx: &mut Rx<'_>) -> Result<Out, &'static str> {
     use Expect::*;
-    let front = rx.flow.replies.front().map(|e| e.expect);
+    let front = rx.flow.replies.front().map(|e| (e.expect, e.note));
     match (tag, front) {
         (b'S' | b'N' | b'A', _) => Ok(Out::Forward),
         (b'E', _) => Ok(error(body, rx)),
-        (b'Z', Some(Sync | Query)) => {
+        (b'Z', Some((Tagged(tag), _))) => {
             *rx.tx_status = body.first().copied().unwrap_or(b'E');
             let e = rx.flow.replies.pop().expect("front exists");
             let failed = e.failed;
-            finish(e, !failed, rx);
-            Ok(Out::Forward)
+            finish(
+                e,
+                if failed {
+                    Outcome::Failed
+                } else {
+                    Outcome::Done
+                },
+                rx,
+            );
+            if failed {
+                return Ok(Out::Forward);
+            }
+            let mut b = BytesMut::new();
+            msg::command_complete(&mut b, tag);
+            msg::ready_for_query(&mut b, *rx.tx_status);
+            Ok(Out::Replace(b.freeze()))
         }
-        (b'1', Some(Parse)) | (b'2', Some(Bind)) | (b'3', Some(Close)) => Ok(complete(rx)),
-        (b'n', Some(DescribeStatement | DescribePortal))
-        | (b'T', Some(DescribeStatement | DescribePortal))
-        | (b'C' | b'I' | b's', Some(Execute)) => Ok(complete(rx)),
-        (b't', Some(DescribeStatement)) => Ok(Out::Forward),
-        (b'D' | b'd' | b'c' | b'G' | b'H' | b'W', Some(Execute | Query))
-        | (b'T' | b'C' | b'I' | b'V', Some(Query)) => Ok(Out::Forward),
+        (b'T' | b'D' | b'C' | b'I', Some((Tagged(_), _))) => Ok(Out::Hide),
+        (b'Z', Some((Sync | Query, _))) => {
+            *rx.tx_status = body.first().copied().unwrap_or(b'E');
+            let e = rx.flow.replies.pop().expect("front exists");
+            let outcome = if e.failed {
+                Outcome::Failed
+            } else {
+                Outcome::Done
+            };
+            let hidden = e.hidden;
+            finish(e, outcome, rx);
+            Ok(if hidden { Out::Hide } else { Out::Forward })
+        }
+        (b'1', Some((Parse, _))) | (b'2', Some((Bind, _))) | (b'3', Some((Close, _))) => {
+            Ok(complete(rx))
+        }
+        (b'n' | b'T', Some((DescribeStatement, Note::Capture))) => {
+            let rows = (tag == b'T').then_some(body);
+            checks::described(rows, rx.flow, rx.prepared, rx.client, rx.known);
+            Ok(complete(rx))
+        }
+        (b'n', Some((DescribeStatement | DescribePortal, _)))
+        | (b'T', Some((DescribeStatement | DescribePortal, _)))
+        | (b'C' | b'I' | b's', Some((Execute, _))) => Ok(complete(rx)),
+        (b't', Some((DescribeStatement, Note::Probe))) => Ok(Out::Forward),
+        (b't', Some((DescribeStatement, note))) => {
+            if note == Note::Capture {
+                checks::params(body, rx.flow);
+            }
+            let hidden = rx.flow.replies.front().is_some_and(|e| e.hidden);
+            Ok(if hidden { Out::Hide } else { Out::Forward })
+        }
+        (b'D' | b'd' | b'c' | b'G' | b'H' | b'W', Some((Execute | Query, _)))
+        | (b'T' | b'C' | b'I' | b'V', Some((Query, _))) => Ok(Out::Forward),
         (_, None) => Err("a message the client did not ask for"),
         _ => Err("a reply out of order"),
     }
@@ -65,7 +111,7 @@ pub fn decide(tag: u8, body: &[u8], rx: &mut Rx<'_>) -> Result<Out, &'static str
 fn complete(rx: &mut Rx<'_>) -> Out {
     let e = rx.flow.replies.pop().expect("front exists");
     let hidden = e.hidden;
-    finish(e, true, rx);
+    finish(e, Outcome::Done, rx);
     if hidden { Out::Hide } else { Out::Forward }
 }
 
@@ -84,49 +130,90 @@ fn error(body: &[u8], rx: &mut Rx<'_>) -> Out {
     // A Query's error, or one sent in reply to Sync (a deferred constraint or a serialization
     // failure at the implicit commit): ReadyForQuery still follows.
     if front.expect.is_sync_point() {
+        if front.quiet {
+            front.failed = true;
+            return Out::Hide;
+        }
         let first = !front.failed;
         front.failed = true;
-        return match (front.refusal(), first) {
-            (Some(r), true) => Out::Replace(r.clone()),
-            _ => Out::Forward,
-        };
+        if let (Some(r), true) = (front.refusal(), first) {
+            return Out::Replace(r.clone());
+        }
+        return named::client_names_in_error(body, None, rx.client, rx.prepared, rx.flow)
+            .map_or(Out::Forward, Out::Replace);
     }
     // An extended-protocol message failed: the server skips the rest up to Sync.
     let failed = rx.flow.replies.pop().expect("front exists");
-    let out = failed.refusal().cloned().map_or(Out::Forward, Out::Replace);
-    finish(failed, false, rx);
-    while let Some(skipped) = rx.flow.replies.pop_skipped() {
-        finish(skipped, false, rx);
+    if failed.quiet && failed.expect == Expect::Parse && rx.flow.quiet_error.is_none() {
+        let mut b = BytesMut::new();
+        msg::error_with_severity(&mut b, body, "ERROR");
+        rx.flow.quiet_error = Some(b.freeze());
     }
+    let out = match failed.refusal() {
+        _ if failed.quiet => Out::Hide,
+        Some(r) => Out::Replace(r.clone()),
+        None => named::client_names_in_error(
+            body,
+            failed.client_name(),
+            rx.client,
+            rx.prepared,
+            rx.flow,
+        )
+        .map_or(Out::Forward, Out::Replace),
+    };
+    let mut ended = vec![(failed, Outcome::Failed)];
+    while let Some(skipped) = rx.flow.replies.pop_skipped() {
+        ended.push((skipped, Outcome::Skipped));
+    }
+    undo(ended, rx);
     if rx.flow.replies.front().is_none() {
         rx.flow.skipping = true;
     }
     out
 }
 
-/// An entry whose connection is gone: undone as if the server had failed it.
-pub fn abandon(e: Entry, rx: &mut Rx<'_>) {
-    finish(e, false, rx);
+/// Entries that failed or were skipped, in queue order: their notes are confirmed in order,
+/// and what they changed ahead of time is undone last change first.
+pub fn undo(ended: Vec<(Entry, Outcome)>, rx: &mut Rx<'_>) {
+    for (e, outcome) in &ended {
+        confirm(e.note, *outcome, rx);
+    }
+    for (e, outcome) in ended.into_iter().rev() {
+        settle(e, outcome, rx);
+    }
 }
 
-/// What a finished entry's success or failure does to the client's names and the
-/// connection's statements.
-fn finish(e: Entry, ok: bool, rx: &mut Rx<'_>) {
+/// What a finished entry's outcome does to the client's names and the connection's
+/// statements.
+fn finish(e: Entry, outcome: Outcome, rx: &mut Rx<'_>) {
+    confirm(e.note, outcome, rx);
+    settle(e, outcome, rx);
+}
+
+/// What the outcome of an entry's message tells the state kept beside the queue.
+fn confirm(note: Note, outcome: Outcome, rx: &mut Rx<'_>) {
+    match note {
+        Note::None => {}
+        Note::Capture if outcome != Outcome::Done => checks::lost(rx.flow),
+        Note::Capture => {}
+        note => unnamed::confirm(note, outcome, rx.client, rx.prepared, rx.flow),
+    }
+}
+
+/// Applies or undoes what an entry changed ahead of its reply.
+fn settle(e: Entry, outcome: Outcome, rx: &mut Rx<'_>) {
     if !e.has_effect() {
         return;
     }
+    let ok = outcome == Outcome::Done;
     match (e.into_effect(), ok) {
-        (Effect::Prepare { upstream, .. }, true) => rx.known.insert(&upstream),
         (Effect::Prepare { upstream, client }, false) => {
             rx.prepared.remove(&upstream);
             if let Some(name) = client {
                 rx.client.statements.remove(&name);
             }
         }
-        (Effect::ClientParse(name), false) => {
-            rx.client.statements.remove(&name);
-        }
-        (Effect::Unprepare(name), false) => rx.prepared.insert(name),
+        (Effect::Unprepare(name, slot), false) => rx.prepared.restore(name, slot),
         (Effect::ClientClose(name, stmt), false) => rx.client.statements.restore(&name, stmt),
         (Effect::Deallocate(taken), false) => rx.client.statements.restore_all(*taken),
         (
@@ -143,7 +230,7 @@ fn finish(e: Entry, ok: bool, rx: &mut Rx<'_>) {
             false,
         ) => {
             rx.client.statements.restore_all(*client);
-            rx.prepared.restore(upstream);
+            rx.prepared.restore_all(*upstream);
         }
         _ => {}
     }
@@ -155,6 +242,7 @@ pub fn locals(rx: &mut Rx<'_>, out: &mut BytesMut) {
         let e = rx.flow.replies.pop().expect("front exists");
         match local {
             Local::ParseComplete => msg::empty(out, b'1'),
+            Local::Bytes => out.extend_from_slice(e.refusal().map_or(&[][..], |b| &b[..])),
             Local::CloseComplete => msg::empty(out, b'3'),
             Local::Deallocate { all } => {
                 let status = *rx.tx_status;
@@ -165,15 +253,16 @@ pub fn locals(rx: &mut Rx<'_>, out: &mut BytesMut) {
                         "25P02",
                         "current transaction is aborted, commands ignored until end of transaction block",
                     );
-                    finish(e, false, rx);
+                    finish(e, Outcome::Failed, rx);
                 } else {
                     msg::command_complete(out, if all { "DEALLOCATE ALL" } else { "DEALLOCATE" });
+                    finish(e, Outcome::Done, rx);
                 }
                 msg::ready_for_query(out, status);
                 continue;
             }
         }
-        finish(e, true, rx);
+        finish(e, Outcome::Done, rx);
     }
 }
 
@@ -246,11 +335,11 @@ mod tests {
             .statements
             .insert(b"s1", stmt.clone(), 1 << 20)
             .unwrap();
-        w.prepared.insert(stmt.upstream.clone());
+        let upstream = w.prepared.fresh(stmt.key);
         w.flow
             .replies
             .push(Entry::new(Expect::Parse).effect(Effect::Prepare {
-                upstream: stmt.upstream.clone(),
+                upstream,
                 client: Some(b"s1"[..].into()),
             }));
         let closed = Arc::new(Statement::new(

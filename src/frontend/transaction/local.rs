@@ -2,17 +2,16 @@
 //! the error owed for a transaction whose connection went (then, as the server would after an
 //! error, extended-protocol messages are dropped up to the next Sync), a lone Sync, and a
 //! DEALLOCATE of the client's own statements (psycopg's cache sends these). Everything else
-//! needs a connection.
+//! needs a connection: a Parse too, since what the server makes of a statement now is what the
+//! client's statement is (`super::checks`).
 
 use super::classify::{PinReason, Sole, classify};
 use super::flow::ClientState;
-use super::statements::{Statement, upstream_name};
 use crate::backend::prepared::Known;
 use crate::frontend::error::FrontendError;
 use crate::frontend::relay::side::ClientSide;
 use crate::wire::{msg, scan};
-use bytes::{Buf, Bytes, BytesMut};
-use std::sync::Arc;
+use bytes::{Buf, BytesMut};
 
 /// Where the client's input stands after the local answers.
 #[derive(Debug, PartialEq, Eq)]
@@ -27,9 +26,11 @@ pub enum Next {
 
 /// What the answers read besides the client.
 pub struct Limits<'a> {
+    /// The largest message a client may send.
     pub max_message: usize,
     pub statement_bytes: usize,
-    pub known: &'a Known,
+    /// The statements known to prepare, when every connection is busy now.
+    pub busy: &'a (dyn Fn() -> Option<&'a Known> + Sync),
 }
 
 /// Answers what it can from the front of the client's buffer into `out`.
@@ -122,36 +123,35 @@ fn deallocate(state: &mut ClientState, body: &[u8], out: &mut BytesMut) -> bool 
         }
         _ => return false,
     }
+    // A simple Query drops the session's unnamed statement.
+    state.unnamed = None;
     msg::ready_for_query(out, b'I');
     true
 }
 
-/// A named Parse of a statement known to prepare upstream: the client's name is registered and
-/// ParseComplete answered; the connection that needs it is prepared when it is used.
+/// A named Parse of a statement known to prepare upstream, while every connection is busy: the
+/// client's name is registered and ParseComplete answered ([`Known`] says why). What the server
+/// makes of it is learned where it is first used.
 fn parse(state: &mut ClientState, body: &[u8], l: &Limits<'_>, out: &mut BytesMut) -> bool {
     let Some(name_end) = scan::cstr_end(body, 1) else {
         return false;
     };
     let (name, tail) = (&body[..name_end - 1], &body[name_end..]);
-    if name.is_empty() || state.statements.contains(name) {
+    if name.is_empty() || state.statements.contains(name) || name.starts_with(b"rotagate_") {
         return false;
     }
-    let upstream = upstream_name(tail);
-    if !l.known.contains(&upstream) {
+    let key = super::statements::key(tail);
+    if !(l.busy)().is_some_and(|known| known.contains(key)) {
         return false;
     }
     let class = classify(tail.split(|b| *b == 0).next().unwrap_or(tail));
     if !class.is_plain() {
         return false;
     }
-    let stmt = Statement {
-        upstream,
-        tail: Bytes::copy_from_slice(tail),
-        class,
-    };
+    let stmt = super::statements::Statement::new(bytes::Bytes::copy_from_slice(tail), class);
     if state
         .statements
-        .insert(name, Arc::new(stmt), l.statement_bytes)
+        .insert(name, std::sync::Arc::new(stmt), l.statement_bytes)
         .is_err()
     {
         return false;
@@ -173,18 +173,11 @@ pub fn fail_in_flight(
     error: bytes::Bytes,
     out: &mut BytesMut,
 ) {
-    use super::replies::{Expect, Local};
+    use super::replies::{Expect, Local, Outcome};
     let mut owed = false;
     let mut any = false;
-    let entries: Vec<_> = f.replies.drain().collect();
-    let mut rx = super::incoming::Rx {
-        client: state,
-        prepared: &mut s.prepared,
-        flow: f,
-        tx_status: &mut s.tx_status,
-        known,
-    };
-    for e in entries {
+    let mut ended = Vec::new();
+    for e in f.replies.drain() {
         any = true;
         if !owed {
             out.extend_from_slice(&error);
@@ -192,13 +185,24 @@ pub fn fail_in_flight(
         }
         if matches!(
             e.expect,
-            Expect::Sync | Expect::Query | Expect::Local(Local::Deallocate { .. })
+            Expect::Sync
+                | Expect::Query
+                | Expect::Tagged(_)
+                | Expect::Local(Local::Deallocate { .. })
         ) {
             msg::ready_for_query(out, b'I');
             owed = false;
         }
-        super::incoming::abandon(e, &mut rx);
+        ended.push((e, Outcome::Failed));
     }
+    let mut rx = super::incoming::Rx {
+        client: state,
+        prepared: &mut s.prepared,
+        flow: f,
+        tx_status: &mut s.tx_status,
+        known,
+    };
+    super::incoming::undo(ended, &mut rx);
     if owed {
         state.skip_until_sync = true;
     } else if !any || f.unsynced {
@@ -210,12 +214,15 @@ pub fn fail_in_flight(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frontend::transaction::statements::Statement;
+    use bytes::Bytes;
+    use std::sync::Arc;
 
-    fn limits(known: &Known) -> Limits<'_> {
+    fn limits() -> Limits<'static> {
         Limits {
             max_message: 1 << 20,
             statement_bytes: 1 << 20,
-            known,
+            busy: &|| None,
         }
     }
 
@@ -240,7 +247,6 @@ mod tests {
 
     #[test]
     fn an_owed_error_answers_the_next_request_then_skips_to_its_sync() {
-        let known = Known::default();
         let mut state = ClientState {
             failure: Some(Bytes::from_static(b"E\0\0\0\x04")),
             ..ClientState::default()
@@ -249,21 +255,20 @@ mod tests {
         msg::empty(&mut buf, b'H');
         let mut out = BytesMut::new();
         assert_eq!(
-            answer(&mut buf, &mut state, &limits(&known), &mut out).unwrap(),
+            answer(&mut buf, &mut state, &limits(), &mut out).unwrap(),
             Next::Read(0)
         );
         assert_eq!(tags(&out), "E", "the error, then nothing until the Sync");
         msg::empty(&mut buf, b'S');
         msg::query(&mut buf, "SELECT 2");
         out.clear();
-        let next = answer(&mut buf, &mut state, &limits(&known), &mut out).unwrap();
+        let next = answer(&mut buf, &mut state, &limits(), &mut out).unwrap();
         assert_eq!((next, tags(&out)), (Next::Connect, "Z".to_owned()));
         assert_eq!(&buf[..1], b"Q", "the next request waits for a connection");
     }
 
     #[test]
     fn a_lone_sync_and_a_deallocate_need_no_connection_and_terminate_ends() {
-        let known = Known::default();
         let mut state = ClientState::default();
         let stmt = std::sync::Arc::new(Statement::new(
             Bytes::from_static(b"SELECT 1\0\0\0"),
@@ -275,37 +280,45 @@ mod tests {
         msg::query(&mut buf, "DEALLOCATE s1");
         msg::query(&mut buf, "DEALLOCATE s1");
         let mut out = BytesMut::new();
-        let next = answer(&mut buf, &mut state, &limits(&known), &mut out).unwrap();
+        let next = answer(&mut buf, &mut state, &limits(), &mut out).unwrap();
         assert_eq!((next, tags(&out)), (Next::Connect, "ZCZ".to_owned()));
         assert!(state.statements.is_empty());
         let mut buf = BytesMut::new();
         msg::empty(&mut buf, b'X');
         assert_eq!(
-            answer(&mut buf, &mut state, &limits(&known), &mut out).unwrap(),
+            answer(&mut buf, &mut state, &limits(), &mut out).unwrap(),
             Next::Terminate
         );
     }
 
     #[test]
-    fn a_parse_of_a_known_statement_is_answered_and_an_unknown_one_needs_the_server() {
-        let known = Known::default();
+    fn a_parse_needs_the_server_and_a_local_deallocate_drops_the_unnamed_statement() {
         let mut state = ClientState::default();
         let mut buf = parse_msg("s1", "SELECT 1");
         let mut out = BytesMut::new();
         assert_eq!(
-            answer(&mut buf, &mut state, &limits(&known), &mut out).unwrap(),
+            answer(&mut buf, &mut state, &limits(), &mut out).unwrap(),
             Next::Connect
         );
-        known.insert(&upstream_name(b"SELECT 1\0\0\0"));
-        let next = answer(&mut buf, &mut state, &limits(&known), &mut out).unwrap();
-        assert_eq!((next, tags(&out)), (Next::Read(0), "1".to_owned()));
-        assert!(state.statements.contains(b"s1"));
-        let mut buf = parse_msg("s2", "LISTEN ch");
-        known.insert(&upstream_name(b"LISTEN ch\0\0\0"));
-        assert_eq!(
-            answer(&mut buf, &mut state, &limits(&known), &mut out).unwrap(),
-            Next::Connect,
-            "a statement that pins is decided with a connection"
+        let stmt = Arc::new(Statement::new(
+            Bytes::from_static(b"SELECT 1\0\0\0"),
+            Default::default(),
+        ));
+        state
+            .statements
+            .insert(b"s1", stmt.clone(), 1 << 20)
+            .unwrap();
+        state.unnamed = Some(super::super::flow::Unnamed {
+            stmt,
+            serial: 1,
+            desc: None,
+        });
+        let mut buf = BytesMut::new();
+        msg::query(&mut buf, "DEALLOCATE s1");
+        answer(&mut buf, &mut state, &limits(), &mut out).unwrap();
+        assert!(
+            state.unnamed.is_none(),
+            "a simple Query drops it, as in PostgreSQL"
         );
     }
 }

@@ -13,16 +13,22 @@
 //! transaction in flight and its session goes on; a pinned client's session ends with it.
 //! When no connection can be had for a transaction, that request fails and the session goes on.
 
+pub mod checks;
 pub mod classify;
 pub mod flow;
 pub mod incoming;
+pub mod lexer;
 mod local;
+pub mod named;
 pub mod outgoing;
 pub mod pins;
 pub mod policy;
 pub mod replies;
 pub mod settings;
+pub mod sqlnames;
 pub mod statements;
+pub mod tx;
+pub mod unnamed;
 #[cfg(test)]
 mod walk_tests;
 
@@ -116,7 +122,11 @@ async fn ready_connection(
             return Ok(None);
         }
     };
-    match apply(&state.settings, &mut server).await {
+    let applied = match apply(&state.settings, &mut server).await {
+        Ok(()) => close_duplicates(&mut server).await,
+        Err(e) => Err(e),
+    };
+    match applied {
         Ok(()) => Ok(Some(server)),
         // Lost before the client's request went out (a failover).
         Err(FrontendError::UpstreamLost) => {
@@ -125,6 +135,30 @@ async fn ready_connection(
         }
         Err(e) => Err(e),
     }
+}
+
+/// Closes the statements that turned out to duplicate others (they are closed at rest, never
+/// inside a transaction, where a portal made from one may be open). A failure closes the
+/// connection.
+async fn close_duplicates(server: &mut Pooled) -> Result<(), FrontendError> {
+    if !server.prepared.has_to_close() {
+        return Ok(());
+    }
+    let names: Vec<_> = server
+        .prepared
+        .take_to_close()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    if let Err(e) = query::close_statements(server, &names).await {
+        close(server, "reset_failed");
+        return Err(if server.broken && e.code().is_none() {
+            FrontendError::UpstreamLost
+        } else {
+            FrontendError::Upstream(e)
+        });
+    }
+    Ok(())
 }
 
 /// After the relay: the connection goes back, or the transaction it carried fails and the
@@ -282,13 +316,13 @@ async fn wait_for_request(
     mut stop: std::pin::Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
 ) -> Result<bool, FrontendError> {
     let mut out = BytesMut::new();
-    let cfg = route.pools.config();
-    let limits = local::Limits {
-        max_message: fe.listen.max_message_size,
-        statement_bytes: cfg.max_client_statement_bytes,
-        known: &route.known,
-    };
     loop {
+        let busy = || route.pools.saturated(client.worker).then_some(&route.known);
+        let limits = local::Limits {
+            max_message: fe.listen.max_message_size,
+            statement_bytes: route.pools.config().max_client_statement_bytes,
+            busy: &busy,
+        };
         let next = local::answer(&mut client.buf, state, &limits, &mut out)?;
         if !out.is_empty() {
             client.stream.write_all(&out).await.map_err(wire_io)?;

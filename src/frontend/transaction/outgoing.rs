@@ -1,25 +1,25 @@
 //! Client messages in transaction mode, one at a time: each gets its reply entries, and some
-//! are rewritten. A client's named statement travels under rotagate's upstream name and is
-//! prepared first on a connection that lacks it; a Close of a client name and a DEALLOCATE of
-//! one are answered by rotagate; statements that change settings mark the transaction for a
-//! re-read; statements that pin do so (or are refused with `on_pin = "error"`). A message
-//! rotagate refuses still goes upstream as one that fails (Describe of a name no client can
-//! have, or an unparseable Query), so the server's transaction state moves exactly as it
-//! would have; the server's error is then replaced by rotagate's.
+//! are rewritten. Named statements are [`super::named`]'s, the unnamed one
+//! [`super::unnamed`]'s; a DEALLOCATE of a client's statement is answered by rotagate;
+//! statements that change settings mark the transaction for a re-read; statements that pin do
+//! so (or are refused with `on_pin = "error"`). A message rotagate refuses still goes upstream
+//! as one that fails (Describe of a name no client can have, or an unparseable Query), so the
+//! server's transaction state moves exactly as it would have; the server's error is then
+//! replaced by rotagate's.
 
+use super::checks;
 use super::classify::{Class, PinReason, Sole};
-use super::flow::{Acts, ClientState, Flow};
-use super::replies::{Effect, Entry, Expect, Local};
-use super::statements::{Statement, UPSTREAM_PREFIX};
-use crate::backend::prepared::Prepared;
-use crate::config::{OnPin, PoolConfig};
+use super::flow::{Acts, Capture};
+use super::named;
+use super::replies::{Effect, Entry, Expect, Local, Note};
+use super::sqlnames::{self, Mentions};
+use super::statements::Statements;
+pub use super::tx::Tx;
+use super::tx::{effects, push, refuse, text};
+use super::unnamed::{self, Use};
 use crate::frontend::relay::lane::{Decision, Need};
 use crate::wire::{HEADER_LEN, msg, scan::cstr_end};
-use bytes::{BufMut, Bytes, BytesMut};
-use std::sync::Arc;
 
-/// A Describe of this statement name always fails upstream: no upstream name has a `-`.
-const NO_SUCH_STATEMENT: &[u8] = b"rotagate_-";
 /// The statement an unnamed `DEALLOCATE name` deallocates upstream.
 const THROWAWAY: &str = "rotagate_deallocate";
 
@@ -29,15 +29,6 @@ pub fn need(tag: u8) -> Need {
         b'B' => Need::Names,
         _ => Need::Nothing,
     }
-}
-
-/// What a decision reads and changes.
-pub struct Tx<'a> {
-    pub client: &'a mut ClientState,
-    pub prepared: &'a mut Prepared,
-    pub flow: &'a mut Flow,
-    pub cfg: &'a PoolConfig,
-    pub out: &'a mut BytesMut,
 }
 
 /// Decides on the message at the front of `msg` (its header included). `msg` holds the whole
@@ -50,9 +41,13 @@ pub fn decide(tag: u8, msg: &[u8], len: usize, tx: &mut Tx<'_>) -> Decision {
     // After an error the server skips everything up to Sync, a Query or FunctionCall too;
     // nothing is owed for what it skips.
     if tx.flow.skipping && matches!(tag, b'P' | b'B' | b'D' | b'E' | b'C' | b'Q' | b'F') {
-        return Decision::Replace;
+        // A Describe whose own check failed (not one the server skipped) answers the failure.
+        if !(tag == b'D' && checks::failed(tx.flow) && tx.flow.quiet_error.is_some()) {
+            tx.flow.hold = None;
+            return Decision::Replace;
+        }
     }
-    match tag {
+    let d = match tag {
         b'Q' => query(body, tx),
         b'P' => parse(body, tx),
         b'B' => bind(body, len, tx),
@@ -69,110 +64,65 @@ pub fn decide(tag: u8, msg: &[u8], len: usize, tx: &mut Tx<'_>) -> Decision {
             tx.flow.unsynced = false;
             tx.flow.skipping = false;
             tx.prepared.new_pipeline();
-            push(tx, Entry::new(Expect::Sync))
+            tx.flow.replies.push(Entry::new(Expect::Sync));
+            let learn = unnamed::kept(tx);
+            tx.flow.next_segment();
+            if learn {
+                return Decision::Append;
+            }
+            Decision::Pass
         }
         b'F' => {
             tx.flow.reread = true;
+            tx.flow.next_segment();
             push(tx, Entry::new(Expect::Query))
         }
         b'X' => Decision::Stop,
         _ => Decision::Pass,
+    };
+    // rotagate's own messages (a Close of a duplicate, a Parse again) go first.
+    match d {
+        Decision::Pass if !tx.out.is_empty() => Decision::Inject,
+        d => d,
     }
-}
-
-fn push(tx: &mut Tx<'_>, e: Entry) -> Decision {
-    tx.flow.replies.push(e);
-    Decision::Pass
-}
-
-/// The string at the start of `bytes`, up to its NUL.
-fn text(bytes: &[u8]) -> &[u8] {
-    match memchr::memchr(0, bytes) {
-        Some(i) => &bytes[..i],
-        None => bytes,
-    }
-}
-
-/// Applies what a statement does to the session; Some(refusal) when `on_pin = "error"` refuses
-/// it.
-fn effects(class: &Class, tx: &mut Tx<'_>) -> Option<Bytes> {
-    if let Some(reason) = class.pin {
-        if tx.cfg.on_pin == OnPin::Error {
-            return Some(error(
-                "0A000",
-                &format!(
-                    "{} is not supported in transaction pool mode (pool.on_pin = \"error\"): \
-                     it would tie the session to one upstream connection",
-                    reason.statement()
-                ),
-            ));
-        }
-        tx.client.pins.pin(reason, &tx.client.who);
-    }
-    if class.settings {
-        tx.flow.reread = true;
-        if !tx.client.settings.note_custom(&class.custom) {
-            tx.client.pins.pin(PinReason::Other, &tx.client.who);
-        }
-    }
-    None
-}
-
-fn error(code: &str, message: &str) -> Bytes {
-    let mut b = BytesMut::new();
-    msg::error(&mut b, "ERROR", code, message);
-    b.freeze()
-}
-
-/// Sends a message that fails upstream in place of the refused one; `refusal` replaces the
-/// server's error.
-fn refuse(tx: &mut Tx<'_>, simple: bool, refusal: Bytes) -> Decision {
-    if simple {
-        msg::query(tx.out, "rotagate");
-        tx.flow
-            .replies
-            .push(Entry::new(Expect::Query).refused(refusal));
-    } else {
-        msg::describe_or_close(tx.out, b'D', b'S', NO_SUCH_STATEMENT);
-        tx.flow
-            .replies
-            .push(Entry::new(Expect::DescribeStatement).refused(refusal));
-    }
-    Decision::Replace
 }
 
 fn query(body: &[u8], tx: &mut Tx<'_>) -> Decision {
+    tx.flow.next_segment();
     // A Query's body is its text and a NUL.
-    let class = tx
-        .client
-        .recent
-        .classify(body.strip_suffix(&[0]).unwrap_or(body));
-    if class.is_plain() {
-        return push(tx, Entry::new(Expect::Query));
+    let sql = body.strip_suffix(&[0]).unwrap_or(body);
+    let class = tx.client.recent.classify(sql);
+    let mentions = sqlnames::mentions(sql, tx);
+    if class.is_plain() && mentions.is_empty() {
+        tx.flow.unnamed_dropped();
+        return push(tx, Entry::new(Expect::Query).note(Note::UnnamedDrop));
     }
     if let Some(refusal) = effects(&class, tx) {
         return refuse(tx, true, refusal);
     }
+    let answered_here = matches!(&class.sole, Some(Sole::Deallocate(n)) if tx.client.statements.contains(n))
+        || matches!(class.sole, Some(Sole::DeallocateAll));
+    if !mentions.is_empty() && !answered_here && !class.drops_statements {
+        return query_naming(sql, &mentions, tx);
+    }
     let sql_prepared = tx.client.pins.has(PinReason::SqlPrepare);
+    tx.flow.unnamed_dropped();
     match class.sole {
         Some(Sole::Deallocate(name)) if tx.client.statements.contains(&name) => {
-            let mut taken = super::statements::Statements::default();
+            let mut taken = Statements::default();
             if let Some(stmt) = tx.client.statements.remove(&name) {
                 taken.restore(&name, stmt);
             }
-            tx.flow.replies.push(
-                Entry::new(Expect::Local(Local::Deallocate { all: false }))
-                    .effect(Effect::Deallocate(Box::new(taken))),
-            );
-            Decision::Replace
+            deallocate(false, Effect::Deallocate(Box::new(taken)), tx)
         }
         Some(Sole::DeallocateAll) if !sql_prepared => {
             let taken = tx.client.statements.take_all();
-            tx.flow.replies.push(
-                Entry::new(Expect::Local(Local::Deallocate { all: true }))
-                    .effect(Effect::Deallocate(Box::new(taken))),
-            );
-            Decision::Replace
+            deallocate(true, Effect::Deallocate(Box::new(taken)), tx)
+        }
+        Some(Sole::DiscardAll)
+            if tx.status == b'I' && !tx.flow.unsynced && !tx.client.pins.is_pinned() =>
+        {
+            discard_all(tx)
         }
         sole => {
             let effect = if class.drops_statements {
@@ -180,9 +130,102 @@ fn query(body: &[u8], tx: &mut Tx<'_>) -> Decision {
             } else {
                 Effect::None
             };
-            push(tx, Entry::new(Expect::Query).effect(effect))
+            let e = Entry::new(Expect::Query)
+                .effect(effect)
+                .note(Note::UnnamedDrop);
+            push(tx, e)
         }
     }
+}
+
+/// A Query that names some of the client's statements (see [`sqlnames`]).
+fn query_naming(sql: &[u8], m: &Mentions, tx: &mut Tx<'_>) -> Decision {
+    let mut upstream = Vec::with_capacity(m.executed.len());
+    for e in &m.executed {
+        match named::held(tx) {
+            named::Held::Wait => return Decision::Hold,
+            // What PostgreSQL says of the client's statement now (in an aborted transaction:
+            // that it is aborted).
+            named::Held::Drop => {
+                let error = tx.flow.quiet_error.take().unwrap_or_else(checks::stale);
+                return refuse(tx, true, sqlnames::failed_execute(e, error));
+            }
+            // Its result type changed since the client prepared it; in an aborted
+            // transaction the server says so itself.
+            named::Held::Stale(Some(again)) if tx.status == b'E' => {
+                upstream.push(again);
+                continue;
+            }
+            named::Held::Stale(_) | named::Held::Cached => {
+                return refuse(tx, true, sqlnames::failed_execute(e, checks::stale()));
+            }
+            named::Held::Go => {}
+        }
+        match named::resolve(&e.stmt, tx, named::Mode::Query) {
+            named::Found::Here(name) => upstream.push(name),
+            named::Found::Checking => return Decision::Hold,
+        }
+    }
+    for (e, name) in m.executed.iter().zip(&upstream) {
+        tx.flow
+            .aliases
+            .push((name.clone(), e.name.clone().into_boxed_slice()));
+    }
+    if !m.named.is_empty() {
+        sqlnames::before(&m.named, tx);
+    }
+    msg::query(tx.out, &sqlnames::rewritten(sql, &m.executed, &upstream));
+    tx.flow.unnamed_dropped();
+    tx.flow
+        .replies
+        .push(Entry::new(Expect::Query).note(Note::UnnamedDrop));
+    if !m.named.is_empty() {
+        sqlnames::after(&m.named, tx);
+    }
+    Decision::Replace
+}
+
+/// A client's DEALLOCATE of its own statements: answered by rotagate outside any transaction.
+/// Inside one, a Query would end an implicit transaction (and its portals) or drop the unnamed
+/// portal of a transaction block, so the server runs one that deallocates a throwaway
+/// statement (made first, quietly, with a Sync of its own: in an aborted transaction that
+/// fails, and the Query then fails as the client's would).
+fn deallocate(all: bool, effect: Effect, tx: &mut Tx<'_>) -> Decision {
+    let tag = if all { "DEALLOCATE ALL" } else { "DEALLOCATE" };
+    if !tx.flow.unsynced && tx.status == b'I' {
+        let e = Entry::new(Expect::Local(Local::Deallocate { all }));
+        tx.flow
+            .replies
+            .push(e.effect(effect).note(Note::UnnamedDrop));
+        return Decision::Replace;
+    }
+    msg::parse(tx.out, THROWAWAY.as_bytes(), b"SELECT\0\0\0");
+    tx.flow.replies.push(Entry::new(Expect::Parse).quiet());
+    msg::empty(tx.out, b'S');
+    tx.flow.replies.push(Entry::new(Expect::Sync).quiet());
+    msg::query(tx.out, &format!("DEALLOCATE {THROWAWAY}"));
+    let e = Entry::new(Expect::Tagged(tag)).effect(effect);
+    tx.flow.replies.push(e.note(Note::UnnamedDrop));
+    Decision::Replace
+}
+
+/// DISCARD ALL as its parts, but for DEALLOCATE ALL and DISCARD PLANS: the connection's
+/// statements are shared by clients (the client's own names go), and invalidating their plans
+/// would make another client's statement behave as its own would not.
+const DISCARD_ALL: &str = "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; \
+     SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES";
+
+/// A client's DISCARD ALL outside a transaction block and a pipeline (in one it fails as it
+/// would).
+fn discard_all(tx: &mut Tx<'_>) -> Decision {
+    msg::query(tx.out, DISCARD_ALL);
+    let taken = tx.client.statements.take_all();
+    tx.flow.replies.push(
+        Entry::new(Expect::Tagged("DISCARD ALL"))
+            .effect(Effect::Deallocate(Box::new(taken)))
+            .note(Note::UnnamedDrop),
+    );
+    Decision::Replace
 }
 
 /// A statement that drops every prepared statement is on its way: the client's names and the
@@ -191,19 +234,9 @@ fn query(body: &[u8], tx: &mut Tx<'_>) -> Decision {
 fn drops(discard_all: bool, sole: bool, tx: &mut Tx<'_>) -> Effect {
     Effect::Drops {
         client: Box::new(tx.client.statements.take_all()),
-        upstream: tx.prepared.take_all(),
+        upstream: Box::new(tx.prepared.take_all()),
         discard_all,
         sole,
-    }
-}
-
-/// What executing a statement of this class does to prepared statements.
-fn acts(class: &Class) -> Option<Acts> {
-    match &class.sole {
-        Some(Sole::Deallocate(name)) => Some(Acts::Deallocate(name.clone())),
-        Some(Sole::DiscardAll) => Some(Acts::DropsAll { discard_all: true }),
-        _ if class.drops_statements => Some(Acts::DropsAll { discard_all: false }),
-        _ => None,
     }
 }
 
@@ -217,7 +250,7 @@ fn deallocate_unnamed(tx: &mut Tx<'_>) -> Decision {
     tx.flow.replies.push(Entry::new(Expect::Parse).hidden());
     let text = format!("DEALLOCATE {THROWAWAY}\0\0\0");
     msg::parse(tx.out, b"", text.as_bytes());
-    tx.flow.replies.push(Entry::new(Expect::Parse));
+    unnamed::parse(text.as_bytes(), Class::default(), tx);
     Decision::Replace
 }
 
@@ -230,100 +263,18 @@ fn parse(body: &[u8], tx: &mut Tx<'_>) -> Decision {
     if let Some(refusal) = effects(&class, tx) {
         return refuse(tx, false, refusal);
     }
-    if name.is_empty() {
-        tx.client.unnamed = acts(&class);
-        if let Some(Acts::Deallocate(target)) = &tx.client.unnamed {
-            if tx.client.statements.contains(target) {
-                return deallocate_unnamed(tx);
-            }
-            tx.client.unnamed = None;
+    if !name.is_empty() {
+        return named::parse(name, tail, class, tx);
+    }
+    tx.client.unnamed_acts = Acts::of(&class);
+    if let Some(Acts::Deallocate(target)) = &tx.client.unnamed_acts {
+        if tx.client.statements.contains(target) {
+            return deallocate_unnamed(tx);
         }
-        return push(tx, Entry::new(Expect::Parse));
+        tx.client.unnamed_acts = None;
     }
-    if tx.client.statements.contains(name) {
-        let m = format!(
-            "prepared statement \"{}\" already exists",
-            String::from_utf8_lossy(name)
-        );
-        return refuse(tx, false, error("42P05", &m));
-    }
-    let stmt = Arc::new(Statement::new(Bytes::copy_from_slice(tail), class));
-    let limit = tx.cfg.max_client_statement_bytes;
-    if tx
-        .client
-        .statements
-        .insert(name, stmt.clone(), limit)
-        .is_err()
-    {
-        let m = format!(
-            "rotagate keeps at most {limit} bytes of prepared statements per client in \
-             transaction mode (pool.max_client_statement_bytes); close statements you no longer use"
-        );
-        return refuse(tx, false, error("53400", &m));
-    }
-    if tx.prepared.touch(&stmt.upstream) {
-        tx.flow.replies.push(
-            Entry::new(Expect::Local(Local::ParseComplete))
-                .effect(Effect::ClientParse(name.into())),
-        );
-        return Decision::Replace;
-    }
-    prepare(&stmt, Some(name), tx);
-    Decision::Replace
-}
-
-/// Prepares `stmt` on the connection (closing the least recently used one first when it has
-/// `max_prepared_statements`): the client's own Parse, renamed, or one rotagate injects (hidden)
-/// for a statement the client uses.
-fn prepare(stmt: &Statement, client: Option<&[u8]>, tx: &mut Tx<'_>) {
-    evict(tx);
-    msg::parse(tx.out, stmt.upstream.as_bytes(), &stmt.tail);
-    tx.prepared.insert(stmt.upstream.clone());
-    tx.prepared.count_prepare();
-    let entry = Entry::new(Expect::Parse).effect(Effect::Prepare {
-        upstream: stmt.upstream.clone(),
-        client: client.map(Into::into),
-    });
-    tx.flow.replies.push(if client.is_some() {
-        entry
-    } else {
-        entry.hidden()
-    });
-}
-
-/// Closes the least recently used statement when the connection has `max_prepared_statements`.
-fn evict(tx: &mut Tx<'_>) {
-    if let Some(victim) = tx.prepared.victim(tx.cfg.max_prepared_statements) {
-        msg::describe_or_close(tx.out, b'C', b'S', victim.as_bytes());
-        tx.prepared.remove(&victim);
-        tx.flow.replies.push(
-            Entry::new(Expect::Close)
-                .hidden()
-                .effect(Effect::Unprepare(victim)),
-        );
-    }
-}
-
-/// Makes sure the connection has `stmt`, writing the Parse (and Close) that takes into `out`.
-fn ensure(stmt: &Statement, tx: &mut Tx<'_>) {
-    if !tx.prepared.touch(&stmt.upstream) {
-        prepare(stmt, None, tx);
-    }
-}
-
-/// A client's statement name: its statement, or a refusal for a name in rotagate's own space.
-fn lookup(name: &[u8], tx: &Tx<'_>) -> Result<Option<Arc<Statement>>, Bytes> {
-    if let Some(stmt) = tx.client.statements.get(name) {
-        return Ok(Some(stmt.clone()));
-    }
-    if name.starts_with(UPSTREAM_PREFIX.as_bytes()) {
-        let m = format!(
-            "prepared statement \"{}\" does not exist",
-            String::from_utf8_lossy(name)
-        );
-        return Err(error("26000", &m));
-    }
-    Ok(None)
+    unnamed::parse(tail, class, tx);
+    Decision::Pass
 }
 
 fn bind(body: &[u8], len: usize, tx: &mut Tx<'_>) -> Decision {
@@ -335,43 +286,87 @@ fn bind(body: &[u8], len: usize, tx: &mut Tx<'_>) -> Decision {
     };
     let portal_end = cstr_end(body, 1).expect("two strings hold one");
     let name = &body[portal_end..names_end - 1];
-    if name.is_empty() {
-        let effect = match tx.client.unnamed.clone() {
-            None => Effect::None,
-            Some(Acts::Deallocate(target)) => {
-                let mut taken = super::statements::Statements::default();
-                if let Some(stmt) = tx.client.statements.remove(&target) {
-                    taken.restore(&target, stmt);
-                }
-                Effect::Deallocate(Box::new(taken))
-            }
-            Some(Acts::DropsAll { discard_all }) => {
-                tx.flow.portal_drops = Some(discard_all);
-                Effect::None
-            }
-        };
-        return push(tx, Entry::new(Expect::Bind).effect(effect));
+    if !name.is_empty() {
+        return named::bind(body, len, portal_end, names_end, tx);
     }
-    let stmt = match lookup(name, tx) {
-        Ok(Some(stmt)) => stmt,
-        Ok(None) => return push(tx, Entry::new(Expect::Bind)),
-        Err(refusal) => return refuse(tx, false, refusal),
+    if checks::changed(tx.flow) && HEADER_LEN + body.len() < len {
+        return Decision::NeedMore;
+    }
+    // In an aborted transaction the unnamed statement cannot be parsed again, but PostgreSQL
+    // checks a Bind's counts before it says the transaction is aborted.
+    if tx.status == b'E' && unnamed::elsewhere(tx) {
+        let wanted = tx
+            .client
+            .unnamed
+            .as_ref()
+            .and_then(|u| u.desc.as_ref())
+            .map(|d| d.params.len());
+        match named::miscounted(body, names_end, wanted, b"") {
+            named::Counted::NeedMore => return Decision::NeedMore,
+            named::Counted::Wrong(e) => return refuse(tx, false, e),
+            named::Counted::Right => {}
+        }
+    }
+    if let Some(d) = unnamed_use(tx, Some((body, portal_end, names_end))) {
+        return d;
+    }
+    let effect = match tx.client.unnamed_acts.clone() {
+        None => Effect::None,
+        Some(Acts::Deallocate(target)) => {
+            let mut taken = Statements::default();
+            if let Some(stmt) = tx.client.statements.remove(&target) {
+                taken.restore(&target, stmt);
+            }
+            Effect::Deallocate(Box::new(taken))
+        }
+        Some(Acts::DropsAll { discard_all }) => {
+            tx.flow.portal_drops = Some(discard_all);
+            Effect::None
+        }
     };
-    if let Some(refusal) = effects(&stmt.class, tx) {
-        return refuse(tx, false, refusal);
+    push(tx, Entry::new(Expect::Bind).effect(effect))
+}
+
+/// A Bind or Describe of the unnamed statement: Some(decision) when it does not simply pass
+/// (it waits, is refused, or its statement changed since the client prepared it); when it
+/// passes, its Describe's replies are captured. `bind`: the Bind's body with its names' ends,
+/// whole.
+fn unnamed_use(tx: &mut Tx<'_>, bind: Option<(&[u8], usize, usize)>) -> Option<Decision> {
+    let desc = tx.client.unnamed.as_ref().and_then(|u| u.desc.clone());
+    match (named::held(tx), bind) {
+        (named::Held::Wait, _) => return Some(Decision::Hold),
+        (named::Held::Drop, Some(_)) => return Some(Decision::Replace),
+        (named::Held::Drop, None) => {
+            return Some(match tx.flow.quiet_error.take() {
+                Some(e) => named::answer(desc.as_ref(), Some(e), tx),
+                None => Decision::Replace,
+            });
+        }
+        (named::Held::Stale(_) | named::Held::Cached, Some((body, portal_end, names_end))) => {
+            return Some(named::stale_bind(body, portal_end, names_end, "", tx));
+        }
+        (named::Held::Stale(_), None) => {
+            return Some(refuse(tx, false, checks::stale_described(desc.as_ref())));
+        }
+        (named::Held::Cached, None) => return Some(named::answer(desc.as_ref(), None, tx)),
+        (named::Held::Go, _) => {}
     }
-    if let Some(Acts::DropsAll { discard_all }) = acts(&stmt.class) {
-        tx.flow.portal_drops = Some(discard_all);
+    if bind.is_none() && named::aborted_no_result(desc.as_ref(), tx) && unnamed::elsewhere(tx) {
+        return Some(named::answer(desc.as_ref(), None, tx));
     }
-    ensure(&stmt, tx);
-    let new_len = len - HEADER_LEN + 4 - name.len() + stmt.upstream.len();
-    tx.out.put_u8(b'B');
-    tx.out.put_u32(new_len as u32);
-    tx.out.put_slice(&body[..portal_end]);
-    tx.out.put_slice(stmt.upstream.as_bytes());
-    tx.out.put_u8(0);
-    tx.flow.replies.push(Entry::new(Expect::Bind));
-    Decision::RewriteHead(HEADER_LEN + names_end)
+    match unnamed::use_it(tx, bind.is_none()) {
+        Use::Hold => Some(Decision::Hold),
+        Use::Refuse(e) => Some(refuse(tx, false, e)),
+        Use::Pass => {
+            if bind.is_none() {
+                tx.flow
+                    .replies
+                    .push(Entry::new(Expect::DescribeStatement).note(Note::Capture));
+                tx.flow.captures.push_back(Capture::LearnUnnamed);
+            }
+            None
+        }
+    }
 }
 
 fn describe(body: &[u8], tx: &mut Tx<'_>) -> Decision {
@@ -379,33 +374,23 @@ fn describe(body: &[u8], tx: &mut Tx<'_>) -> Decision {
     if kind != Some(b'S') {
         return push(tx, Entry::new(Expect::DescribePortal));
     }
-    if name.is_empty() {
-        return push(tx, Entry::new(Expect::DescribeStatement));
+    if !name.is_empty() {
+        return named::describe(name, tx);
     }
-    match lookup(name, tx) {
-        Ok(Some(stmt)) => {
-            ensure(&stmt, tx);
-            msg::describe_or_close(tx.out, b'D', b'S', stmt.upstream.as_bytes());
-            tx.flow.replies.push(Entry::new(Expect::DescribeStatement));
-            Decision::Replace
-        }
-        Ok(None) => push(tx, Entry::new(Expect::DescribeStatement)),
-        Err(refusal) => refuse(tx, false, refusal),
+    match unnamed_use(tx, None) {
+        Some(d) => d,
+        None => Decision::Pass,
     }
 }
 
 fn close(body: &[u8], tx: &mut Tx<'_>) -> Decision {
     let (kind, name) = (body.first().copied(), text(body.get(1..).unwrap_or(&[])));
-    if kind != Some(b'S') || name.is_empty() {
+    if kind != Some(b'S') {
         return push(tx, Entry::new(Expect::Close));
     }
-    // The upstream statement stays for other clients (and the LRU); only the name goes.
-    let effect = match tx.client.statements.remove(name) {
-        Some(stmt) => Effect::ClientClose(name.into(), stmt),
-        None => Effect::None,
-    };
-    tx.flow
-        .replies
-        .push(Entry::new(Expect::Local(Local::CloseComplete)).effect(effect));
-    Decision::Replace
+    if name.is_empty() {
+        unnamed::close(tx);
+        return Decision::Replace;
+    }
+    named::close(name, tx)
 }

@@ -31,6 +31,7 @@ pub struct Transaction<'a> {
 impl Protocol for Transaction<'_> {
     fn client(&mut self, c: &mut ClientSide, s: &mut ServerConn) -> Result<usize, FrontendError> {
         let mut policy = ClientPolicy {
+            status: s.tx_status,
             client: self.state,
             prepared: &mut s.prepared,
             flow: self.flow,
@@ -57,14 +58,10 @@ impl Protocol for Transaction<'_> {
             params: &mut s.params,
             transactions: self.transactions,
         };
-        // Replies rotagate owes with no server message to follow (a DEALLOCATE it answered).
-        if policy.owes_locals() {
-            if !c.down.can_rewrite() {
-                return Ok(0);
-            }
-            c.scratch.clear();
-            incoming::locals(&mut policy.rx, &mut c.scratch);
-            c.down.append(&mut s.rbuf, &c.scratch);
+        // Replies rotagate owes with no server message to follow (a DEALLOCATE it answered),
+        // before the server's messages and after the last of them.
+        if !owed_locals(&mut policy, c, &mut s.rbuf) {
+            return Ok(0);
         }
         let walked = walk(
             &mut s.rbuf,
@@ -73,6 +70,9 @@ impl Protocol for Transaction<'_> {
             &mut c.scratch,
             &mut policy,
         );
+        if c.down.at_boundary() {
+            owed_locals(&mut policy, c, &mut s.rbuf);
+        }
         if let Some(why) = self.flow.protocol {
             return Err(FrontendError::ServerProtocol(why.to_owned()));
         }
@@ -94,10 +94,34 @@ impl Protocol for Transaction<'_> {
     fn pinned(&self) -> bool {
         self.state.pins.is_pinned()
     }
+
+    fn resume(&mut self) -> bool {
+        std::mem::take(&mut self.flow.resumed)
+    }
+}
+
+/// Writes the replies rotagate owes at the front of the queue; false when they must wait (the
+/// bytes before them are too many to copy now).
+fn owed_locals(
+    policy: &mut ServerPolicy<'_>,
+    c: &mut ClientSide,
+    rbuf: &mut bytes::BytesMut,
+) -> bool {
+    if !policy.owes_locals() {
+        return true;
+    }
+    if !c.down.can_rewrite() {
+        return false;
+    }
+    c.scratch.clear();
+    incoming::locals(&mut policy.rx, &mut c.scratch);
+    c.down.append(rbuf, &c.scratch);
+    true
 }
 
 /// Client messages, decided by [`outgoing`].
 pub struct ClientPolicy<'a> {
+    pub status: u8,
     pub client: &'a mut ClientState,
     pub prepared: &'a mut Prepared,
     pub flow: &'a mut Flow,
@@ -115,6 +139,7 @@ impl Policy for ClientPolicy<'_> {
             return Decision::Stop;
         }
         let mut tx = Tx {
+            status: self.status,
             client: self.client,
             prepared: self.prepared,
             flow: self.flow,
@@ -157,7 +182,8 @@ impl ServerPolicy<'_> {
 
 impl Policy for ServerPolicy<'_> {
     fn need(&self, tag: u8) -> Need {
-        if incoming::need_whole(tag) || self.owes_locals() {
+        let captures = !self.rx.flow.captures.is_empty();
+        if incoming::need_whole(tag, captures) || self.owes_locals() {
             Need::Whole
         } else {
             Need::Nothing

@@ -6,6 +6,7 @@
 //! undo when the server skips or fails the message.
 
 use super::statements::{Statement, Statements};
+use crate::backend::prepared::{Slot, Taken};
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -29,13 +30,16 @@ pub enum Expect {
     Sync,
     /// A simple Query or a FunctionCall: anything, up to ReadyForQuery.
     Query,
+    /// A Query rotagate sends in place of the client's: its replies but errors are hidden,
+    /// and the client gets this CommandComplete tag before the ReadyForQuery.
+    Tagged(&'static str),
     /// Nothing: rotagate answers when this entry reaches the front.
     Local(Local),
 }
 
 impl Expect {
     pub fn is_sync_point(self) -> bool {
-        matches!(self, Expect::Query | Expect::Sync)
+        matches!(self, Expect::Query | Expect::Sync | Expect::Tagged(_))
     }
 }
 
@@ -44,6 +48,8 @@ impl Expect {
 pub enum Local {
     ParseComplete,
     CloseComplete,
+    /// The bytes kept as the entry's refusal (a Describe rotagate answers itself).
+    Bytes,
     /// CommandComplete `DEALLOCATE` (or `DEALLOCATE ALL`) and ReadyForQuery.
     Deallocate {
         all: bool,
@@ -62,10 +68,8 @@ pub enum Effect {
         upstream: Arc<str>,
         client: Option<Box<[u8]>>,
     },
-    /// A client's named Parse answered locally: the name goes if it is skipped.
-    ClientParse(Box<[u8]>),
     /// An injected Close: the connection still has the statement if it is skipped.
-    Unprepare(Arc<str>),
+    Unprepare(Arc<str>, Slot),
     /// A client's Close of a statement: the name comes back if the Close is skipped.
     ClientClose(Box<[u8]>, Arc<Statement>),
     /// A DEALLOCATE rotagate answered: the names come back if it fails.
@@ -76,10 +80,42 @@ pub enum Effect {
     /// is unknown. DISCARD ALL's success unpins the client.
     Drops {
         client: Box<Statements>,
-        upstream: Vec<Arc<str>>,
+        upstream: Box<Taken>,
         discard_all: bool,
         sole: bool,
     },
+}
+
+/// What an entry does to state kept beside the queue, in the queue's order: the client's
+/// unnamed statement (each Query drops it) and the descriptions
+/// captured from hidden Describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Note {
+    None,
+    /// The client's Parse of its unnamed statement (`Flow::unnamed_parses` holds it).
+    UnnamedParse,
+    /// rotagate's Parse of the client's unnamed statement again, on a connection another
+    /// client's unnamed statement had replaced it on.
+    UnnamedReparse,
+    /// Something the server runs as a simple Query: it drops the unnamed statement.
+    UnnamedDrop,
+    /// The client's Close of its unnamed statement (answered by rotagate).
+    UnnamedClose,
+    /// A Describe whose replies are captured (`Flow::captures` holds what for).
+    Capture,
+    /// A Describe whose ParameterDescription the client sees and whose row description it
+    /// does not (`checks::stale`).
+    Probe,
+}
+
+/// How the server dealt with the message an entry stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    /// It failed with an ErrorResponse (a Query or Sync that failed still ran).
+    Failed,
+    /// The server skipped it after an earlier error.
+    Skipped,
 }
 
 /// One reply owed. Small (most entries need neither a refusal nor an effect), since one is
@@ -89,8 +125,11 @@ pub struct Entry {
     pub expect: Expect,
     /// The client must not see the reply (an injected Parse or Close).
     pub hidden: bool,
+    /// Not even an error from it: rotagate's own Parse, Close or Sync around a Query.
+    pub quiet: bool,
     /// An ErrorResponse came for this Query (it goes on to ReadyForQuery).
     pub failed: bool,
+    pub note: Note,
     extra: Option<Box<Extra>>,
 }
 
@@ -98,6 +137,9 @@ pub struct Entry {
 struct Extra {
     refusal: Option<Bytes>,
     effect: Effect,
+    /// The client's name of the statement a Bind went to, when its errors must name that one
+    /// (the client has several names for the same statement).
+    named: Option<Box<[u8]>>,
 }
 
 impl Entry {
@@ -105,13 +147,27 @@ impl Entry {
         Self {
             expect,
             hidden: false,
+            quiet: false,
             failed: false,
+            note: Note::None,
             extra: None,
         }
     }
 
     pub fn hidden(mut self) -> Self {
         self.hidden = true;
+        self
+    }
+
+    /// Hidden, errors included.
+    pub fn quiet(mut self) -> Self {
+        self.hidden = true;
+        self.quiet = true;
+        self
+    }
+
+    pub fn note(mut self, note: Note) -> Self {
+        self.note = note;
         self
     }
 
@@ -127,6 +183,16 @@ impl Entry {
         self
     }
 
+    pub fn named(mut self, name: &[u8]) -> Self {
+        self.extra.get_or_insert_with(Default::default).named = Some(name.into());
+        self
+    }
+
+    /// The client's name that [`Entry::named`] set.
+    pub fn client_name(&self) -> Option<&[u8]> {
+        self.extra.as_ref().and_then(|x| x.named.as_deref())
+    }
+
     /// rotagate's ErrorResponse, sent instead of the server's.
     pub fn refusal(&self) -> Option<&Bytes> {
         self.extra.as_ref().and_then(|x| x.refusal.as_ref())
@@ -134,6 +200,11 @@ impl Entry {
 
     pub fn has_effect(&self) -> bool {
         self.extra.is_some()
+    }
+
+    /// What the entry changed ahead of its reply, in place.
+    pub fn effect_ref(&self) -> Option<&Effect> {
+        self.extra.as_ref().map(|x| &x.effect)
     }
 
     /// What the entry changed ahead of its reply.
@@ -157,8 +228,16 @@ impl Replies {
         self.entries.front()
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.iter()
+    }
+
     pub fn front_mut(&mut self) -> Option<&mut Entry> {
         self.entries.front_mut()
+    }
+
+    pub fn last_mut(&mut self) -> Option<&mut Entry> {
+        self.entries.back_mut()
     }
 
     pub fn pop(&mut self) -> Option<Entry> {

@@ -1,54 +1,175 @@
-//! A client's named prepared statements in transaction mode. Each client has its own names;
-//! each name maps to a [`Statement`] whose upstream name is rotagate's (`rotagate_` and a digest
-//! of the query text and parameter types), so identical statements from many clients share one
-//! upstream statement. The text is kept so that any upstream connection, of any credential
-//! generation, can be prepared on demand. What a client may keep is bounded in bytes.
+//! A client's prepared statements in transaction mode. Each client has its own names; each name
+//! maps to a [`Statement`]: its Parse body (query text and parameter types), what executing it
+//! does to the session, and, once the server has described it, its [`Desc`]ription as it was
+//! when the client prepared it. The text is kept so that any upstream connection, of any
+//! credential generation, can be prepared on demand; the description tells whether a statement
+//! prepared there now is the one the client prepared (a schema change in between makes it
+//! another). What a client may keep is bounded in bytes.
 
 use super::classify::Class;
-use bytes::Bytes;
+use crate::backend::prepared::{DescDigest, Key};
+use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, OnceLock};
 
 /// Upstream statement names start with this; client names that do too are never forwarded.
 pub const UPSTREAM_PREFIX: &str = "rotagate_";
 
-/// Per statement on top of its name and text: the map entry, the Arc and the upstream name.
+/// Per statement on top of its name and text: the map entry, the Arc and the description.
 const OVERHEAD: usize = 128;
 
 #[derive(Debug)]
 pub struct Statement {
-    /// rotagate's name for it on every upstream connection.
-    pub upstream: Arc<str>,
+    /// A digest of `tail`: statements with the same key prepare the same text and types.
+    pub key: Key,
     /// The Parse body after the name: query text, NUL, parameter type count and OIDs.
     pub tail: Bytes,
     /// What executing it does to the session.
     pub class: Class,
+    /// What the server described when the client prepared it.
+    pub desc: OnceLock<Desc>,
 }
 
 impl Statement {
     pub fn new(tail: Bytes, class: Class) -> Self {
         Self {
-            upstream: upstream_name(&tail),
+            key: key(&tail),
             tail,
             class,
+            desc: OnceLock::new(),
+        }
+    }
+
+    /// A client's unnamed statement: it is never shared, so it needs no key.
+    pub fn unnamed(tail: Bytes, class: Class) -> Self {
+        Self {
+            key: 0,
+            tail,
+            class,
+            desc: OnceLock::new(),
         }
     }
 
     fn cost(&self, name: &[u8]) -> usize {
         name.len() + self.tail.len() + OVERHEAD
     }
+
+    /// The Parse body that prepares this statement anew as the client prepared it: its text
+    /// with the parameter types the server gave it then (when known), so that a type dropped
+    /// since fails as it would for the client's own statement when it is bound.
+    pub fn tail_as_prepared(&self, desc: Option<&Desc>) -> Bytes {
+        let Some(desc) = desc else {
+            return self.tail.clone();
+        };
+        let text_end = memchr::memchr(0, &self.tail).map_or(self.tail.len(), |i| i + 1);
+        let mut b = BytesMut::with_capacity(text_end + 2 + 4 * desc.params.len());
+        b.put_slice(&self.tail[..text_end]);
+        b.put_u16(desc.params.len() as u16);
+        for p in &desc.params {
+            b.put_u32(*p);
+        }
+        b.freeze()
+    }
 }
 
-/// `rotagate_` and the first 128 bits of SHA-256 over the Parse body after the name, in hex: the
-/// same for the same text and parameter types, whoever prepares it.
-pub fn upstream_name(tail: &[u8]) -> Arc<str> {
+/// The first 128 bits of SHA-256 over a Parse body after the name.
+pub fn key(tail: &[u8]) -> Key {
     let digest = ring::digest::digest(&ring::digest::SHA256, tail);
-    let mut name = String::with_capacity(UPSTREAM_PREFIX.len() + 32);
-    name.push_str(UPSTREAM_PREFIX);
-    for b in &digest.as_ref()[..16] {
-        name.push_str(&format!("{b:02x}"));
+    u128::from_be_bytes(digest.as_ref()[..16].try_into().expect("16 bytes"))
+}
+
+/// What the server said a prepared statement takes and returns: its parameter types and its
+/// result columns (name, type, type modifier), or no result. These are what PostgreSQL
+/// compares when it revalidates a cached plan ("cached plan must not change result type").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desc {
+    pub params: Vec<u32>,
+    pub columns: Option<Vec<(Vec<u8>, u32, i32)>>,
+    pub digest: DescDigest,
+    /// The ParameterDescription and RowDescription (None: NoData) bodies as the server sent
+    /// them.
+    raw_params: Bytes,
+    raw_rows: Option<Bytes>,
+}
+
+impl Desc {
+    /// From a ParameterDescription body and a RowDescription body (None: NoData). None when
+    /// the bodies are malformed.
+    pub fn new(params: &[u8], rows: Option<&[u8]>) -> Option<Desc> {
+        let raw = params;
+        let n = u16::from_be_bytes(params.get(..2)?.try_into().ok()?) as usize;
+        let params: Vec<u32> = (0..n)
+            .map(|i| {
+                Some(u32::from_be_bytes(
+                    params.get(2 + 4 * i..6 + 4 * i)?.try_into().ok()?,
+                ))
+            })
+            .collect::<Option<_>>()?;
+        let columns = match rows {
+            None => None,
+            Some(body) => Some(columns(body)?),
+        };
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        params.hash(&mut h);
+        columns.hash(&mut h);
+        Some(Desc {
+            params,
+            columns,
+            digest: h.finish(),
+            raw_params: Bytes::copy_from_slice(&raw[..raw_len(raw, n)]),
+            raw_rows: rows.map(Bytes::copy_from_slice),
+        })
     }
-    name.into()
+
+    /// What a Describe of the statement answered: ParameterDescription, then RowDescription
+    /// or NoData.
+    pub fn answer(&self, out: &mut BytesMut) {
+        out.put_u8(b't');
+        out.put_u32(4 + self.raw_params.len() as u32);
+        out.put_slice(&self.raw_params);
+        match &self.raw_rows {
+            Some(rows) => {
+                out.put_u8(b'T');
+                out.put_u32(4 + rows.len() as u32);
+                out.put_slice(rows);
+            }
+            None => {
+                out.put_u8(b'n');
+                out.put_u32(4);
+            }
+        }
+    }
+
+    /// The ParameterDescription a Describe of the statement begins with.
+    pub fn parameter_description(&self, out: &mut BytesMut) {
+        out.put_u8(b't');
+        out.put_u32(4 + 2 + 4 * self.params.len() as u32);
+        out.put_u16(self.params.len() as u16);
+        for p in &self.params {
+            out.put_u32(*p);
+        }
+    }
+}
+
+fn raw_len(_raw: &[u8], n: usize) -> usize {
+    2 + 4 * n
+}
+
+fn columns(body: &[u8]) -> Option<Vec<(Vec<u8>, u32, i32)>> {
+    let n = u16::from_be_bytes(body.get(..2)?.try_into().ok()?) as usize;
+    let mut at = 2;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let end = at + memchr::memchr(0, body.get(at..)?)?;
+        let name = body[at..end].to_vec();
+        let f = body.get(end + 1..end + 19)?;
+        let typ = u32::from_be_bytes(f[6..10].try_into().ok()?);
+        let typmod = i32::from_be_bytes(f[12..16].try_into().ok()?);
+        out.push((name, typ, typmod));
+        at = end + 19;
+    }
+    Some(out)
 }
 
 /// The statement bytes a client tried to keep beyond its bound.
@@ -61,6 +182,9 @@ pub struct OverLimit {
 #[derive(Debug, Default)]
 pub struct Statements {
     names: HashMap<Box<[u8]>, Arc<Statement>>,
+    /// How many names each statement key has (more than one: the client prepared the same
+    /// text and types under several names).
+    keys: HashMap<Key, u32>,
     bytes: usize,
 }
 
@@ -71,6 +195,10 @@ impl Statements {
 
     pub fn contains(&self, name: &[u8]) -> bool {
         self.names.contains_key(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&Box<[u8]>, &Arc<Statement>)> {
+        self.names.iter()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -93,25 +221,39 @@ impl Statements {
         if self.bytes + cost > limit {
             return Err(OverLimit { limit });
         }
-        self.bytes += cost;
-        if let Some(old) = self.names.insert(name.into(), stmt) {
-            self.bytes -= old.cost(name);
-        }
+        self.restore(name, stmt);
         Ok(())
     }
 
     /// Puts back what [`Statements::remove`] took (an undone Close), whatever the bound.
     pub fn restore(&mut self, name: &[u8], stmt: Arc<Statement>) {
         self.bytes += stmt.cost(name);
+        *self.keys.entry(stmt.key).or_default() += 1;
         if let Some(old) = self.names.insert(name.into(), stmt) {
             self.bytes -= old.cost(name);
+            self.forget_key(old.key);
         }
     }
 
     pub fn remove(&mut self, name: &[u8]) -> Option<Arc<Statement>> {
         let stmt = self.names.remove(name)?;
         self.bytes -= stmt.cost(name);
+        self.forget_key(stmt.key);
         Some(stmt)
+    }
+
+    fn forget_key(&mut self, key: Key) {
+        if let Some(n) = self.keys.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.keys.remove(&key);
+            }
+        }
+    }
+
+    /// Whether another of the client's names has the same text and types as `stmt`.
+    pub fn shared(&self, stmt: &Statement) -> bool {
+        self.keys.get(&stmt.key).is_some_and(|n| *n > 1)
     }
 
     /// Takes every name (DEALLOCATE ALL, DISCARD ALL); [`Statements::restore_all`] undoes it.
@@ -137,12 +279,10 @@ mod tests {
     }
 
     #[test]
-    fn same_text_same_upstream_name() {
+    fn same_text_same_key() {
         let (a, b, c) = (stmt("SELECT 1"), stmt("SELECT 1"), stmt("SELECT 2"));
-        assert_eq!(a.upstream, b.upstream);
-        assert_ne!(a.upstream, c.upstream);
-        assert!(a.upstream.starts_with(UPSTREAM_PREFIX));
-        assert_eq!(a.upstream.len(), UPSTREAM_PREFIX.len() + 32);
+        assert_eq!(a.key, b.key);
+        assert_ne!(a.key, c.key);
     }
 
     #[test]
@@ -160,5 +300,38 @@ mod tests {
         assert!(s.is_empty() && s.bytes() == 0);
         s.restore_all(all);
         assert!(s.contains(b"s1"));
+    }
+
+    #[test]
+    fn descriptions_compare_types_and_names_not_tables() {
+        let params = [0u8, 1, 0, 0, 0, 23];
+        let row = |table: u32, typ: u32| {
+            let mut b = BytesMut::new();
+            b.put_u16(1);
+            b.put_slice(b"a\0");
+            b.put_u32(table);
+            b.put_i16(1);
+            b.put_u32(typ);
+            b.put_i16(4);
+            b.put_i32(-1);
+            b.put_i16(0);
+            b.to_vec()
+        };
+        let a = Desc::new(&params, Some(&row(16400, 23))).unwrap();
+        let b = Desc::new(&params, Some(&row(16500, 23))).unwrap();
+        let c = Desc::new(&params, Some(&row(16400, 20))).unwrap();
+        assert_eq!(
+            a.digest, b.digest,
+            "the same result from a table made again"
+        );
+        assert_ne!(a.digest, c.digest);
+        assert_ne!(a.digest, Desc::new(&params, None).unwrap().digest);
+        assert_eq!(a.params, [23]);
+        let s = stmt("SELECT $1");
+        assert_eq!(
+            &s.tail_as_prepared(Some(&a))[..],
+            b"SELECT $1\0\0\x01\0\0\0\x17"
+        );
+        assert!(Desc::new(&[0, 2, 0], None).is_none());
     }
 }

@@ -1,0 +1,90 @@
+//! What a decision on a client message reads and writes ([`Tx`]), and what many decisions do:
+//! queue the replies owed, apply what a statement does to the session (settings, pins), and
+//! refuse a message the way PostgreSQL would fail it.
+
+use super::classify::{Class, PinReason};
+use super::flow::{ClientState, Flow};
+use super::replies::{Entry, Expect, Note};
+use crate::backend::prepared::Prepared;
+use crate::config::{OnPin, PoolConfig};
+use crate::frontend::relay::lane::Decision;
+use crate::wire::msg;
+use bytes::{Bytes, BytesMut};
+
+/// A Describe of this statement name always fails upstream: no upstream name has a `-`.
+const NO_SUCH_STATEMENT: &[u8] = b"rotagate_-";
+
+/// What a decision reads and changes.
+pub struct Tx<'a> {
+    /// The status of the connection's last ReadyForQuery.
+    pub status: u8,
+    pub client: &'a mut ClientState,
+    pub prepared: &'a mut Prepared,
+    pub flow: &'a mut Flow,
+    pub cfg: &'a PoolConfig,
+    pub out: &'a mut BytesMut,
+}
+
+pub fn push(tx: &mut Tx<'_>, e: Entry) -> Decision {
+    tx.flow.replies.push(e);
+    Decision::Pass
+}
+
+/// The string at the start of `bytes`, up to its NUL.
+pub fn text(bytes: &[u8]) -> &[u8] {
+    match memchr::memchr(0, bytes) {
+        Some(i) => &bytes[..i],
+        None => bytes,
+    }
+}
+
+/// Applies what a statement does to the session; Some(refusal) when `on_pin = "error"` refuses
+/// it.
+pub fn effects(class: &Class, tx: &mut Tx<'_>) -> Option<Bytes> {
+    if let Some(reason) = class.pin {
+        if tx.cfg.on_pin == OnPin::Error {
+            return Some(error(
+                "0A000",
+                &format!(
+                    "{} is not supported in transaction pool mode (pool.on_pin = \"error\"): \
+                     it would tie the session to one upstream connection",
+                    reason.statement()
+                ),
+            ));
+        }
+        tx.client.pins.pin(reason, &tx.client.who);
+    }
+    if class.settings {
+        tx.flow.reread = true;
+        if !tx.client.settings.note_custom(&class.custom) {
+            tx.client.pins.pin(PinReason::Other, &tx.client.who);
+        }
+    }
+    None
+}
+
+pub fn error(code: &str, message: &str) -> Bytes {
+    let mut b = BytesMut::new();
+    msg::error(&mut b, "ERROR", code, message);
+    b.freeze()
+}
+
+/// Sends a message that fails upstream in place of the refused one; `refusal` replaces the
+/// server's error.
+pub fn refuse(tx: &mut Tx<'_>, simple: bool, refusal: Bytes) -> Decision {
+    if simple {
+        msg::query(tx.out, "rotagate");
+        tx.flow.unnamed_dropped();
+        tx.flow.replies.push(
+            Entry::new(Expect::Query)
+                .refused(refusal)
+                .note(Note::UnnamedDrop),
+        );
+    } else {
+        msg::describe_or_close(tx.out, b'D', b'S', NO_SUCH_STATEMENT);
+        tx.flow
+            .replies
+            .push(Entry::new(Expect::DescribeStatement).refused(refusal));
+    }
+    Decision::Replace
+}

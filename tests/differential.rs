@@ -1,0 +1,42 @@
+//! Transaction mode against direct sessions, differentially (design 9.1): generated client
+//! sessions run straight against PostgreSQL, each client on a session of its own, and through
+//! rotagate with `pool.size` 1 and 2, so that clients share connections; every reply must be the
+//! same. A short run with fixed seeds (`DIFF_SEED=n` runs that seed instead); the long run is
+//! `cargo bench --bench differential`.
+
+mod common;
+#[path = "diff/mod.rs"]
+mod diff;
+
+use common::*;
+use diff::{Shape, run, seed_from_env};
+
+async fn check(seeds: &[u64], clients: usize, pool: usize, messages: usize) {
+    let pg = app_cluster();
+    diff::world::prepare_cluster(&pg);
+    let mut total = 0;
+    for &seed in seeds {
+        let seed = seed_from_env(seed);
+        let shape = Shape {
+            seed,
+            clients,
+            pool,
+            messages,
+        };
+        match run(&pg, shape).await {
+            Ok(ran) => total += ran.messages,
+            Err(failure) => panic!("{failure}"),
+        }
+    }
+    assert!(total > 0, "the programs ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_on_one_connection_see_what_sessions_of_their_own_see() {
+    check(&[1, 2, 3], 2, 1, 400).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_clients_on_two_connections_see_what_sessions_of_their_own_see() {
+    check(&[11, 12, 13], 3, 2, 400).await;
+}
