@@ -292,15 +292,15 @@ fn bind(body: &[u8], len: usize, tx: &mut Tx<'_>) -> Decision {
     if checks::changed(tx.flow) && HEADER_LEN + body.len() < len {
         return Decision::NeedMore;
     }
-    // In an aborted transaction the unnamed statement cannot be parsed again, but PostgreSQL
-    // checks a Bind's counts before it says the transaction is aborted.
-    if tx.status == b'E' && unnamed::elsewhere(tx) {
-        let wanted = tx
-            .client
-            .unnamed
-            .as_ref()
-            .and_then(|u| u.desc.as_ref())
-            .map(|d| d.params.len());
+    // PostgreSQL checks a Bind's counts before anything that parsing the statement again here
+    // could fail on first (an aborted transaction, a table dropped since).
+    let wanted = tx
+        .client
+        .unnamed
+        .as_ref()
+        .and_then(|u| u.desc.as_ref())
+        .map(|d| d.params.len());
+    if wanted.is_some() && unnamed::elsewhere(tx) {
         match named::miscounted(body, names_end, wanted, b"") {
             named::Counted::NeedMore => return Decision::NeedMore,
             named::Counted::Wrong(e) => return refuse(tx, false, e),
