@@ -6,18 +6,7 @@ use super::*;
 
 /// `[pool]` (or a database's `[databases.pool]`), with `base` for every key not set.
 pub(super) fn pool(c: &mut Check, r: RawPool, base: &PoolConfig) -> PoolConfig {
-    let mode = match r.mode.as_deref() {
-        None => base.mode,
-        Some("transaction") => PoolMode::Transaction,
-        Some("session") => PoolMode::Session,
-        Some(_) => {
-            c.err(
-                "pool.mode",
-                "must be one of transaction, session (the value is not shown)".to_owned(),
-            );
-            PoolMode::Transaction
-        }
-    };
+    let mode = mode(c, r.mode.as_deref(), base.mode);
     let size = c.range("pool.size", r.size, base.size.into(), 1, 10_000) as u32;
     let min_idle = c.range("pool.min_idle", r.min_idle, base.min_idle.into(), 0, 10_000) as u32;
     if min_idle > size {
@@ -66,6 +55,21 @@ pub(super) fn pool(c: &mut Check, r: RawPool, base: &PoolConfig) -> PoolConfig {
             r.drain_timeout.as_ref(),
             base.drain_timeout,
         ),
+    }
+}
+
+fn mode(c: &mut Check, r: Option<&str>, base: PoolMode) -> PoolMode {
+    match r {
+        None => base,
+        Some("transaction") => PoolMode::Transaction,
+        Some("session") => PoolMode::Session,
+        Some(_) => {
+            c.err(
+                "pool.mode",
+                "must be one of transaction, session (the value is not shown)".to_owned(),
+            );
+            PoolMode::Transaction
+        }
     }
 }
 

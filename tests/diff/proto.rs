@@ -57,41 +57,12 @@ impl FMsg {
     pub fn encode(&self, out: &mut BytesMut) {
         match self {
             FMsg::Query(sql) => msg::query(out, sql),
-            FMsg::Parse { name, sql, types } => {
-                let mut tail = sql.as_bytes().to_vec();
-                tail.push(0);
-                tail.extend_from_slice(&(types.len() as u16).to_be_bytes());
-                for t in types {
-                    tail.extend_from_slice(&t.to_be_bytes());
-                }
-                msg::parse(out, name.as_bytes(), &tail);
-            }
+            FMsg::Parse { name, sql, types } => parse(out, name, sql, types),
             FMsg::Bind {
                 portal,
                 stmt,
                 params,
-            } => {
-                let mut body = BytesMut::new();
-                body.put_slice(portal.as_bytes());
-                body.put_u8(0);
-                body.put_slice(stmt.as_bytes());
-                body.put_u8(0);
-                body.put_i16(0);
-                body.put_i16(params.len() as i16);
-                for p in params {
-                    match p {
-                        Some(v) => {
-                            body.put_i32(v.len() as i32);
-                            body.put_slice(v.as_bytes());
-                        }
-                        None => body.put_i32(-1),
-                    }
-                }
-                body.put_i16(0);
-                out.put_u8(b'B');
-                out.put_u32(body.len() as u32 + 4);
-                out.put_slice(&body);
-            }
+            } => bind(out, portal, stmt, params),
             FMsg::Describe { statement, name } => msg::describe_or_close(
                 out,
                 b'D',
@@ -127,6 +98,39 @@ impl FMsg {
             }
         }
     }
+}
+
+fn parse(out: &mut BytesMut, name: &str, sql: &str, types: &[u32]) {
+    let mut tail = sql.as_bytes().to_vec();
+    tail.push(0);
+    tail.extend_from_slice(&(types.len() as u16).to_be_bytes());
+    for t in types {
+        tail.extend_from_slice(&t.to_be_bytes());
+    }
+    msg::parse(out, name.as_bytes(), &tail);
+}
+
+fn bind(out: &mut BytesMut, portal: &str, stmt: &str, params: &[Option<String>]) {
+    let mut body = BytesMut::new();
+    body.put_slice(portal.as_bytes());
+    body.put_u8(0);
+    body.put_slice(stmt.as_bytes());
+    body.put_u8(0);
+    body.put_i16(0);
+    body.put_i16(params.len() as i16);
+    for p in params {
+        match p {
+            Some(v) => {
+                body.put_i32(v.len() as i32);
+                body.put_slice(v.as_bytes());
+            }
+            None => body.put_i32(-1),
+        }
+    }
+    body.put_i16(0);
+    out.put_u8(b'B');
+    out.put_u32(body.len() as u32 + 4);
+    out.put_slice(&body);
 }
 
 impl std::fmt::Display for FMsg {

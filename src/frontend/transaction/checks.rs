@@ -11,7 +11,9 @@
 
 use super::flow::{Capture, ClientState, Flow, Hold, Verdict};
 use super::statements::Desc;
+use super::tx::{Tx, error, refuse};
 use crate::backend::prepared::{Known, Prepared};
+use crate::frontend::relay::lane::Decision;
 use crate::wire::msg;
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
@@ -168,4 +170,53 @@ fn verdict(flow: &mut Flow, v: Verdict) {
         *verdict = Some(v);
         flow.resumed = true;
     }
+}
+
+/// A Bind's first checks, as PostgreSQL makes them: None when they pass, else the decision
+/// (more of the message needed, or the client's `08P01`).
+pub fn bind_counts(
+    body: &[u8],
+    names_end: usize,
+    wanted: Option<usize>,
+    name: &[u8],
+    tx: &mut Tx<'_>,
+) -> Option<Decision> {
+    match miscounted(body, names_end, wanted, name) {
+        Counted::NeedMore => Some(Decision::NeedMore),
+        Counted::Wrong(e) => Some(refuse(tx, false, e)),
+        Counted::Right => None,
+    }
+}
+
+enum Counted {
+    NeedMore,
+    Wrong(Bytes),
+    Right,
+}
+
+/// PostgreSQL's first checks of a Bind (its parameter formats against its parameters, those
+/// against the statement's `wanted`), on a Bind `body` whose names end at `names_end`.
+fn miscounted(body: &[u8], names_end: usize, wanted: Option<usize>, name: &[u8]) -> Counted {
+    let count = |at: usize| {
+        body.get(at..at + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
+    };
+    let Some(formats) = count(names_end) else {
+        return Counted::NeedMore;
+    };
+    let Some(params) = count(names_end + 2 + 2 * formats) else {
+        return Counted::NeedMore;
+    };
+    let m = if formats > 1 && formats != params {
+        format!("bind message has {formats} parameter formats but {params} parameters")
+    } else if wanted.is_some_and(|w| w != params) {
+        format!(
+            "bind message supplies {params} parameters, but prepared statement \"{}\" requires {}",
+            String::from_utf8_lossy(name),
+            wanted.unwrap_or_default()
+        )
+    } else {
+        return Counted::Right;
+    };
+    Counted::Wrong(error("08P01", &m))
 }

@@ -47,38 +47,10 @@ pub fn decide(tag: u8, body: &[u8], rx: &mut Rx<'_>) -> Result<Out, &'static str
     match (tag, front) {
         (b'S' | b'N' | b'A', _) => Ok(Out::Forward),
         (b'E', _) => Ok(error(body, rx)),
-        (b'Z', Some((Tagged(tag), _))) => {
-            *rx.tx_status = body.first().copied().unwrap_or(b'E');
-            let e = rx.flow.replies.pop().expect("front exists");
-            let failed = e.failed;
-            finish(
-                e,
-                if failed {
-                    Outcome::Failed
-                } else {
-                    Outcome::Done
-                },
-                rx,
-            );
-            if failed {
-                return Ok(Out::Forward);
-            }
-            let mut b = BytesMut::new();
-            msg::command_complete(&mut b, tag);
-            msg::ready_for_query(&mut b, *rx.tx_status);
-            Ok(Out::Replace(b.freeze()))
-        }
+        (b'Z', Some((Tagged(tag), _))) => Ok(tagged_ready(tag, body, rx)),
         (b'T' | b'D' | b'C' | b'I', Some((Tagged(_), _))) => Ok(Out::Hide),
         (b'Z', Some((Sync | Query, _))) => {
-            *rx.tx_status = body.first().copied().unwrap_or(b'E');
-            let e = rx.flow.replies.pop().expect("front exists");
-            let outcome = if e.failed {
-                Outcome::Failed
-            } else {
-                Outcome::Done
-            };
-            let hidden = e.hidden;
-            finish(e, outcome, rx);
+            let (hidden, _) = ready(body, rx);
             Ok(if hidden { Out::Hide } else { Out::Forward })
         }
         (b'1', Some((Parse, _))) | (b'2', Some((Bind, _))) | (b'3', Some((Close, _))) => {
@@ -105,6 +77,33 @@ pub fn decide(tag: u8, body: &[u8], rx: &mut Rx<'_>) -> Result<Out, &'static str
         (_, None) => Err("a message the client did not ask for"),
         _ => Err("a reply out of order"),
     }
+}
+
+/// A ReadyForQuery ends the front entry: the transaction status is taken, the entry finished.
+/// Returns whether it was hidden and whether it failed.
+fn ready(body: &[u8], rx: &mut Rx<'_>) -> (bool, bool) {
+    *rx.tx_status = body.first().copied().unwrap_or(b'E');
+    let e = rx.flow.replies.pop().expect("front exists");
+    let (hidden, failed) = (e.hidden, e.failed);
+    let outcome = if failed {
+        Outcome::Failed
+    } else {
+        Outcome::Done
+    };
+    finish(e, outcome, rx);
+    (hidden, failed)
+}
+
+/// The end of a statement rotagate ran in place of the client's (`DISCARD ALL` in parts): the
+/// client sees the tag it sent, or the error.
+fn tagged_ready(tag: &'static str, body: &[u8], rx: &mut Rx<'_>) -> Out {
+    if ready(body, rx).1 {
+        return Out::Forward;
+    }
+    let mut b = BytesMut::new();
+    msg::command_complete(&mut b, tag);
+    msg::ready_for_query(&mut b, *rx.tx_status);
+    Out::Replace(b.freeze())
 }
 
 /// The front entry is complete and succeeded.

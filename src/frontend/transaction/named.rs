@@ -215,39 +215,6 @@ fn lacks(stmt: &Arc<Statement>, tx: &Tx<'_>) -> bool {
             .is_none_or(|d| tx.prepared.index_of(stmt.key, d.digest).is_none())
 }
 
-pub enum Counted {
-    NeedMore,
-    Wrong(Bytes),
-    Right,
-}
-
-/// PostgreSQL's first checks of a Bind (its parameter formats against its parameters, those
-/// against the statement's `wanted`), on a Bind `body` whose names end at `names_end`.
-pub fn miscounted(body: &[u8], names_end: usize, wanted: Option<usize>, name: &[u8]) -> Counted {
-    let count = |at: usize| {
-        body.get(at..at + 2)
-            .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
-    };
-    let Some(formats) = count(names_end) else {
-        return Counted::NeedMore;
-    };
-    let Some(params) = count(names_end + 2 + 2 * formats) else {
-        return Counted::NeedMore;
-    };
-    let m = if formats > 1 && formats != params {
-        format!("bind message has {formats} parameter formats but {params} parameters")
-    } else if wanted.is_some_and(|w| w != params) {
-        format!(
-            "bind message supplies {params} parameters, but prepared statement \"{}\" requires {}",
-            String::from_utf8_lossy(name),
-            wanted.unwrap_or_default()
-        )
-    } else {
-        return Counted::Right;
-    };
-    Counted::Wrong(error("08P01", &m))
-}
-
 /// A client's statement name: its statement, or a refusal for a name in rotagate's own space.
 fn lookup(name: &[u8], tx: &Tx<'_>) -> Result<Option<Arc<Statement>>, Bytes> {
     if let Some(stmt) = tx.client.statements.get(name) {
@@ -361,19 +328,8 @@ pub fn bind(
     if let Some(refusal) = effects(&stmt.class, tx) {
         return refuse(tx, false, refusal);
     }
-    // PostgreSQL checks a Bind's counts before anything that preparing the statement here
-    // again could fail on first (an aborted transaction, a type dropped since).
-    if stmt.desc.get().is_some() && lacks(&stmt, tx) {
-        match miscounted(
-            body,
-            names_end,
-            stmt.desc.get().map(|d| d.params.len()),
-            name,
-        ) {
-            Counted::NeedMore => return Decision::NeedMore,
-            Counted::Wrong(e) => return refuse(tx, false, e),
-            Counted::Right => {}
-        }
+    if let Some(decision) = count_first(body, names_end, name, &stmt, tx) {
+        return decision;
     }
     let upstream = match resolve(&stmt, tx, Mode::Bind) {
         Found::Here(name) => name,
@@ -395,6 +351,22 @@ pub fn bind(
         entry
     });
     Decision::RewriteHead(HEADER_LEN + names_end)
+}
+
+/// PostgreSQL checks a Bind's counts before anything that preparing the statement here again
+/// could fail on first (an aborted transaction, a type dropped since).
+fn count_first(
+    body: &[u8],
+    names_end: usize,
+    name: &[u8],
+    stmt: &Arc<Statement>,
+    tx: &mut Tx<'_>,
+) -> Option<Decision> {
+    let desc = stmt.desc.get()?;
+    if !lacks(stmt, tx) {
+        return None;
+    }
+    checks::bind_counts(body, names_end, Some(desc.params.len()), name, tx)
 }
 
 pub fn describe(name: &[u8], tx: &mut Tx<'_>) -> Decision {

@@ -301,10 +301,8 @@ fn bind(body: &[u8], len: usize, tx: &mut Tx<'_>) -> Decision {
         .and_then(|u| u.desc.as_ref())
         .map(|d| d.params.len());
     if wanted.is_some() && unnamed::elsewhere(tx) {
-        match named::miscounted(body, names_end, wanted, b"") {
-            named::Counted::NeedMore => return Decision::NeedMore,
-            named::Counted::Wrong(e) => return refuse(tx, false, e),
-            named::Counted::Right => {}
+        if let Some(decision) = checks::bind_counts(body, names_end, wanted, b"", tx) {
+            return decision;
         }
     }
     if let Some(d) = unnamed_use(tx, Some((body, portal_end, names_end))) {

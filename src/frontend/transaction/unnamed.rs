@@ -16,10 +16,10 @@ use super::classify::Class;
 use super::flow::{Capture, ClientState, Flow, Hold, PendingUnnamed, Spec, Unnamed};
 use super::replies::{Entry, Expect, Local, Note, Outcome};
 use super::statements::Statement;
-use super::tx::Tx;
+use super::tx::{Tx, error};
 use crate::backend::prepared::Prepared;
 use crate::wire::msg;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use std::sync::Arc;
 
 /// The client's Parse of its unnamed statement.
@@ -79,19 +79,17 @@ pub fn use_it(tx: &mut Tx<'_>, describe: bool) -> Use {
         _ => {}
     }
     let Some(u) = tx.client.unnamed.clone() else {
-        let mut b = BytesMut::new();
-        msg::error(
-            &mut b,
-            "ERROR",
-            "26000",
-            "unnamed prepared statement does not exist",
-        );
-        return Use::Refuse(b.freeze());
+        return Use::Refuse(error("26000", "unnamed prepared statement does not exist"));
     };
     if tx.prepared.unnamed == Some((tx.client.id, u.serial)) {
         return Use::Pass;
     }
-    // Another client's unnamed statement (or none) is there: parse the client's again.
+    reparse(&u, describe, tx)
+}
+
+/// Another client's unnamed statement (or none) is on the connection: the client's is parsed
+/// again, and checked against its description when it has one.
+fn reparse(u: &Unnamed, describe: bool, tx: &mut Tx<'_>) -> Use {
     let tail = match describe {
         true => u.stmt.tail.clone(),
         false => u.stmt.tail_as_prepared(u.desc.as_ref()),
