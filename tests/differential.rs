@@ -1,7 +1,8 @@
 //! Transaction mode against direct sessions, differentially (design 9.1): generated client
 //! sessions run straight against PostgreSQL, each client on a session of its own, and through
 //! rotagate with `pool.size` 1 and 2, so that clients share connections; every reply must be the
-//! same. A short run with fixed seeds (`DIFF_SEED=n` runs that seed instead); the long run is
+//! same. A short run with fixed seeds (`DIFF_SEED=n` runs that seed instead, `DIFF_MESSAGES=n` that
+//! many messages a program, `DIFF_TRACE=1` prints every step's replies); the long run is
 //! `cargo bench --bench differential`.
 
 mod common;
@@ -21,7 +22,7 @@ async fn check(seeds: &[u64], clients: usize, pool: usize, messages: usize) {
             seed,
             clients,
             pool,
-            messages,
+            messages: diff::messages_from_env(messages),
         };
         match run(&pg, shape).await {
             Ok(ran) => total += ran.messages,

@@ -309,3 +309,59 @@ async fn pgbench_prepared_runs_clean_over_a_small_pool() {
     let mut a = Raw::connect(proxy.addr, CLIENT_USER, CLIENT_PASSWORD).await;
     assert_eq!(query(&mut a, "SELECT 1").await, "T D C ZI");
 }
+
+/// A Parse of a statement rotagate knows is answered without a connection only while every
+/// connection is kept by a client between its messages (a transaction block), and a client
+/// that waits for a connection when that comes to pass gets its answer then. A connection that
+/// is merely running a query is waited for: the Parse goes upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parse_is_answered_without_a_connection_only_when_every_connection_is_kept() {
+    let pg = app_cluster();
+    let proxy = TestProxy::builder(&pg).pool_size(1).start().await;
+    let addr = ([127, 0, 0, 1], pg.port).into();
+    let mut holder = Raw::connect(addr, APP_USER, APP_PASSWORD).await;
+    let mut a = Raw::connect(proxy.addr, CLIENT_USER, CLIENT_PASSWORD).await;
+    let mut b = Raw::connect(proxy.addr, CLIENT_USER, CLIENT_PASSWORD).await;
+    let known = "SELECT 'known'::text";
+    assert_eq!(
+        run(&mut a, Ext::new().parse("k", known).sync()).await,
+        "1 ZI"
+    );
+    let prepares = || proxy.metric("rotagate_statement_prepares_total", "");
+    // A's connection runs a query outside a transaction block: B's Parse waits and goes up.
+    assert_eq!(
+        query(&mut holder, "SELECT pg_advisory_lock(7)").await,
+        "T D C ZI"
+    );
+    let mut q = bytes::BytesMut::new();
+    msg::query(&mut q, "SELECT pg_advisory_xact_lock(7), 'busy-not-kept'");
+    a.send(&q).await;
+    wait_running(&pg, "busy-not-kept").await;
+    let before = prepares().await;
+    b.send(&Ext::new().parse("k", known).sync().0).await;
+    query(&mut holder, "SELECT pg_advisory_unlock(7)").await;
+    assert_eq!(outline(&a.until_ready().await), "T D C ZI");
+    assert_eq!(outline(&b.until_ready().await), "1 ZI");
+    assert!(prepares().await > before, "B's Parse went upstream");
+    // Now A runs into a transaction block and keeps the connection: B's Parse, sent while A's
+    // query still runs, is answered once A's transaction block is open, before A ends it.
+    query(&mut holder, "SELECT pg_advisory_lock(7)").await;
+    q.clear();
+    msg::query(
+        &mut q,
+        "BEGIN; SELECT pg_advisory_xact_lock(7), 'kept-soon'",
+    );
+    a.send(&q).await;
+    wait_running(&pg, "kept-soon").await;
+    let before = prepares().await;
+    b.send(&Ext::new().parse("k2", known).sync().0).await;
+    query(&mut holder, "SELECT pg_advisory_unlock(7)").await;
+    assert_eq!(outline(&a.until_ready().await), "C T D C ZT");
+    assert_eq!(outline(&b.until_ready().await), "1 ZI");
+    assert_eq!(prepares().await, before, "answered without the server");
+    assert_eq!(query(&mut a, "COMMIT").await, "C ZI");
+    assert_eq!(
+        run(&mut b, Ext::new().bind("k2", &[]).execute().sync()).await,
+        "2 D C ZI"
+    );
+}

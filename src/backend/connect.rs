@@ -86,6 +86,7 @@ pub async fn connect(
             tx_status: b'I',
             prepared: Default::default(),
             database: "".into(),
+            kept: Default::default(),
         };
         startup(&mut conn, target, creds).await?;
         let policy = policy(&conn.stream, target);

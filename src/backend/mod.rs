@@ -40,6 +40,67 @@ pub struct ServerConn {
     /// The configured database it serves (the `database` label of its metrics); set by the
     /// pool that opened it.
     pub database: std::sync::Arc<str>,
+    /// Counts it, while a client keeps it between messages, in its pool's [`Kept`] gauge.
+    pub kept: Kept,
+}
+
+/// Counts a connection in a gauge its pool shares while a client keeps it between messages
+/// (inside a transaction block, or pinned): the pool tells a pool that is merely busy from one
+/// whose every connection waits on its client (the pool's `saturated`). Leaving the gauge is certain:
+/// dropping the connection does it.
+#[derive(Debug, Default)]
+pub struct Kept {
+    gauge: Option<std::sync::Arc<KeptGauge>>,
+    counted: bool,
+}
+
+/// How many of a pool's connections clients keep between messages; waiters hear each rise.
+#[derive(Debug, Default)]
+pub struct KeptGauge {
+    count: std::sync::atomic::AtomicU32,
+    rose: tokio::sync::Notify,
+}
+
+impl KeptGauge {
+    pub fn get(&self) -> u32 {
+        self.count.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Fires at the next rise; create it before looking at the count.
+    pub fn rose(&self) -> tokio::sync::futures::Notified<'_> {
+        self.rose.notified()
+    }
+}
+
+impl Kept {
+    /// Counts the connection in `gauge` from now on (the pool that opened it).
+    pub fn count_in(&mut self, gauge: std::sync::Arc<KeptGauge>) {
+        self.set(false);
+        self.gauge = Some(gauge);
+    }
+
+    /// Whether a client keeps the connection now.
+    pub fn set(&mut self, kept: bool) {
+        use std::sync::atomic::Ordering;
+        if kept == self.counted {
+            return;
+        }
+        self.counted = kept;
+        if let Some(g) = &self.gauge {
+            if kept {
+                g.count.fetch_add(1, Ordering::AcqRel);
+                g.rose.notify_waiters();
+            } else {
+                g.count.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        self.set(false);
+    }
 }
 
 impl std::fmt::Debug for ServerConn {

@@ -20,10 +20,10 @@ pub type DescDigest = u64;
 const MAX_KNOWN: usize = 10_000;
 
 /// Statement keys that prepared (and were described) on an upstream. While every connection is
-/// busy, a client's Parse of one is answered without a connection (its description is learned
-/// where it is first used): a client that prepares with a blocking call while another client on
-/// its thread holds a connection in a transaction (pgbench `-M prepared` does) does not hold
-/// that one up.
+/// kept by a client inside a transaction block (or pinned), a client's Parse of one is answered
+/// without a connection (its description is learned where it is first used): a client that
+/// prepares with a blocking call while another client on its thread holds a connection in a
+/// transaction (pgbench `-M prepared` does) does not hold that one up.
 #[derive(Debug, Default)]
 pub struct Known {
     keys: std::sync::Mutex<std::collections::HashSet<Key>>,

@@ -79,7 +79,10 @@ async fn open(g: Arc<Generation>) {
     let mut pause = RETRY_FIRST;
     loop {
         match login(&g).await {
-            Ok(conn) => return g.put(Box::new(conn)),
+            Ok(mut conn) => {
+                conn.kept.count_in(g.shared.kept.clone());
+                return g.put(Box::new(conn));
+            }
             Err(_) if wanted(&g) => {
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(RETRY_MAX);

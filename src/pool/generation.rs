@@ -168,9 +168,18 @@ impl Generation {
         }
     }
 
-    /// No connection here is idle and `pool.size` are open: a client would wait for one.
+    /// How many connections of this generation clients keep between messages.
+    pub(super) fn kept_gauge(&self) -> &crate::backend::KeptGauge {
+        &self.shared.kept
+    }
+
+    /// No connection here is idle, `pool.size` are open and every one of them waits on the
+    /// client that keeps it (inside a transaction block, or pinned): a client would wait until
+    /// one of those clients moves, not merely until a query in flight ends.
     pub fn saturated(&self) -> bool {
-        self.shelf().idle.is_empty() && self.shared.open() >= self.shared.size()
+        self.shared.open() >= self.shared.size()
+            && self.shared.all_kept()
+            && self.shelf().idle.is_empty()
     }
 
     /// An idle connection, or a place in the queue. With room under `pool.size` a connection
@@ -299,10 +308,11 @@ impl Generation {
     }
 
     /// Gives a validated connection to the generation (the rotation engine's proof).
-    pub(super) fn adopt(self: &Arc<Self>, conn: Box<ServerConn>) {
+    pub(super) fn adopt(self: &Arc<Self>, mut conn: Box<ServerConn>) {
         if !self.shared.try_open() {
             return;
         }
+        conn.kept.count_in(self.shared.kept.clone());
         self.shelf().open += 1;
         self.put(conn);
     }

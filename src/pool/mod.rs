@@ -168,9 +168,25 @@ impl Pools {
         }
     }
 
-    /// Whether a client on `worker` would have to wait for a connection now.
+    /// Whether a client on `worker` would wait for a connection until another client moves:
+    /// every connection is kept by a client between its messages.
     pub fn saturated(&self, worker: usize) -> bool {
         self.shards[worker].current.load().saturated()
+    }
+
+    /// Resolves once [`Self::saturated`] holds on `worker` (it is looked at again at every
+    /// rise of the kept gauge of the generation current when this began).
+    pub async fn stuck(&self, worker: usize) {
+        let g = self.shards[worker].current.load_full();
+        loop {
+            let rose = g.kept_gauge().rose();
+            let mut rose = std::pin::pin!(rose);
+            rose.as_mut().enable();
+            if g.saturated() {
+                return;
+            }
+            rose.await;
+        }
     }
 
     pub fn generation(&self) -> u64 {

@@ -17,6 +17,9 @@ pub(super) struct Shared {
     /// Clients queued, on every worker (a hint: a queued client that gave up still counts until
     /// its place is cleared).
     pub waiting: AtomicU32,
+    /// Connections a client keeps between its messages (in a transaction block, or pinned),
+    /// on every worker; each connection counts itself ([`crate::backend::Kept`]).
+    pub kept: Arc<crate::backend::KeptGauge>,
     /// Every worker's object of this generation, set once they all exist.
     siblings: OnceLock<Vec<Weak<Generation>>>,
 }
@@ -27,6 +30,7 @@ impl Shared {
             size,
             open: AtomicU32::new(0),
             waiting: AtomicU32::new(0),
+            kept: Arc::default(),
             siblings: OnceLock::new(),
         }
     }
@@ -57,6 +61,11 @@ impl Shared {
 
     pub fn closed(&self, n: u32) {
         self.open.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// Whether every connection open (at `pool.size`) waits on its client.
+    pub fn all_kept(&self) -> bool {
+        self.kept.get() >= self.open()
     }
 
     pub fn someone_waits(&self) -> bool {

@@ -160,3 +160,11 @@ pub fn seed_from_env(default: u64) -> u64 {
         Err(_) => default,
     }
 }
+
+/// Messages a program from `DIFF_MESSAGES`, or `default`.
+pub fn messages_from_env(default: usize) -> usize {
+    match std::env::var("DIFF_MESSAGES") {
+        Ok(s) => s.parse().expect("DIFF_MESSAGES is a number"),
+        Err(_) => default,
+    }
+}

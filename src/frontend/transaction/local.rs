@@ -133,21 +133,12 @@ fn deallocate(state: &mut ClientState, body: &[u8], out: &mut BytesMut) -> bool 
 /// client's name is registered and ParseComplete answered ([`Known`] says why). What the server
 /// makes of it is learned where it is first used.
 fn parse(state: &mut ClientState, body: &[u8], l: &Limits<'_>, out: &mut BytesMut) -> bool {
-    let Some(name_end) = scan::cstr_end(body, 1) else {
+    let Some(known) = (l.busy)() else {
         return false;
     };
-    let (name, tail) = (&body[..name_end - 1], &body[name_end..]);
-    if name.is_empty() || state.statements.contains(name) || name.starts_with(b"rotagate_") {
+    let Some((name, tail, class)) = answerable(state, body, known) else {
         return false;
-    }
-    let key = super::statements::key(tail);
-    if !(l.busy)().is_some_and(|known| known.contains(key)) {
-        return false;
-    }
-    let class = classify(tail.split(|b| *b == 0).next().unwrap_or(tail));
-    if !class.is_plain() {
-        return false;
-    }
+    };
     let stmt = super::statements::Statement::new(bytes::Bytes::copy_from_slice(tail), class);
     if state
         .statements
@@ -158,6 +149,37 @@ fn parse(state: &mut ClientState, body: &[u8], l: &Limits<'_>, out: &mut BytesMu
     }
     msg::empty(out, b'1');
     true
+}
+
+/// A Parse `body` rotagate may answer while every connection is kept: a new client name, a
+/// plain statement known to prepare. Its name, text and class.
+fn answerable<'b>(
+    state: &ClientState,
+    body: &'b [u8],
+    known: &Known,
+) -> Option<(&'b [u8], &'b [u8], super::classify::Class)> {
+    let name_end = scan::cstr_end(body, 1)?;
+    let (name, tail) = (&body[..name_end - 1], &body[name_end..]);
+    if name.is_empty() || state.statements.contains(name) || name.starts_with(b"rotagate_") {
+        return None;
+    }
+    if !known.contains(super::statements::key(tail)) {
+        return None;
+    }
+    let class = classify(tail.split(|b| *b == 0).next().unwrap_or(tail));
+    class.is_plain().then_some((name, tail, class))
+}
+
+/// Whether the client's next message is a Parse [`answer`] would answer once every connection
+/// is kept: then waiting for a connection may end when that happens.
+pub fn parse_first(buf: &[u8], state: &ClientState, known: &Known) -> bool {
+    let Ok(Some(h)) = scan::header(buf, usize::MAX) else {
+        return false;
+    };
+    h.tag == b'P'
+        && buf
+            .get(crate::wire::HEADER_LEN..h.total())
+            .is_some_and(|body| answerable(state, body, known).is_some())
 }
 
 /// The error and ReadyForQuery owed for every request in flight when the upstream connection

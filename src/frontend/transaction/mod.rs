@@ -103,8 +103,8 @@ async fn ready_connection(
     route: &mut Arc<Route>,
 ) -> Result<Option<Pooled>, FrontendError> {
     let mut server = match acquire_or_cancel(client, state, cancel, route).await {
-        Some(Ok(server)) => server,
-        None => {
+        Waited::Got(Ok(server)) => server,
+        Waited::Canceled => {
             state.failure = Some(error("57014", "canceling statement due to user request"));
             return Ok(None);
         }
@@ -112,11 +112,12 @@ async fn ready_connection(
         // pool stayed full): the request fails and the session goes on, so the client's next
         // transaction tries again. A database replaced on reload serves the request from its
         // new pools; a removed one ends the session.
-        Some(Err(FrontendError::DatabaseRemoved(name))) => {
+        Waited::Stuck => return Ok(None),
+        Waited::Got(Err(FrontendError::DatabaseRemoved(name))) => {
             *route = replacement(fe, route, name)?;
             return Ok(None);
         }
-        Some(Err(e)) => {
+        Waited::Got(Err(e)) => {
             tracing::warn!(error = %e, "no upstream connection for a client's transaction");
             state.failure = Some(error(e.sqlstate(), &e.client_text()));
             return Ok(None);
@@ -249,20 +250,42 @@ async fn lost(
     client.stream.flush().await.map_err(wire_io)
 }
 
-/// A connection, or None when a cancel from the client ended the wait. A connection that is
-/// there at once needs no cancel watch.
+/// A connection, unless a cancel from the client ended the wait or the client's Parse can be
+/// answered without one. A connection that is there at once needs no cancel watch.
 async fn acquire_or_cancel(
     client: &ClientSide,
     state: &ClientState,
     cancel: &CancelKey,
     route: &Route,
-) -> Option<Result<Pooled, FrontendError>> {
+) -> Waited {
     use futures::FutureExt;
     let mut acquiring = std::pin::pin!(acquire_fitting(client, state, route));
-    match acquiring.as_mut().now_or_never() {
-        Some(r) => Some(r),
-        None => cancel.slot.cancellable(acquiring).await,
+    if let Some(r) = acquiring.as_mut().now_or_never() {
+        return Waited::Got(r);
     }
+    if !local::parse_first(&client.buf, state, &route.known) {
+        return cancel
+            .slot
+            .cancellable(acquiring)
+            .await
+            .map_or(Waited::Canceled, Waited::Got);
+    }
+    // A Parse rotagate answers once every connection is kept by its client: the wait ends
+    // then, and the Parse is answered (a client that prepares with a blocking call while
+    // another client on its thread keeps a connection in a transaction must not hang).
+    tokio::select! {
+        r = cancel.slot.cancellable(acquiring) => r.map_or(Waited::Canceled, Waited::Got),
+        () = route.pools.stuck(client.worker) => Waited::Stuck,
+    }
+}
+
+/// How a wait for a connection ended.
+enum Waited {
+    Got(Result<Pooled, FrontendError>),
+    /// A cancel from the client.
+    Canceled,
+    /// Every connection is kept by its client, and the client's Parse can be answered now.
+    Stuck,
 }
 
 /// A connection this client may use: one holding a custom-setting placeholder the client never

@@ -73,6 +73,8 @@ impl Protocol for Transaction<'_> {
         if c.down.at_boundary() {
             owed_locals(&mut policy, c, &mut s.rbuf);
         }
+        s.kept
+            .set(s.tx_status != b'I' || self.state.pins.is_pinned());
         if let Some(why) = self.flow.protocol {
             return Err(FrontendError::ServerProtocol(why.to_owned()));
         }
