@@ -46,12 +46,26 @@ impl Known {
     }
 }
 
+/// When statements were prepared, in one order for every connection and client: a client's
+/// statement is served only by an upstream statement prepared no earlier than the client's own
+/// Parse. PostgreSQL does not invalidate a plan whose query refers to a type dropped and made
+/// again (only its parameter types show in a description), so an older statement of the same
+/// description may fail where the client's own would work.
+static PREPARED_AT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// The next point in [`PREPARED_AT`]'s order.
+pub fn now() -> u64 {
+    PREPARED_AT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// What this connection knows of one of its statements.
 #[derive(Debug, Clone, Copy)]
 pub struct Slot {
     pub key: Key,
     /// Known once the server described it.
     pub desc: Option<DescDigest>,
+    /// When its Parse was sent ([`now`]).
+    pub born: u64,
     tick: u64,
 }
 
@@ -142,6 +156,7 @@ impl Prepared {
         let slot = Slot {
             key,
             desc: None,
+            born: now(),
             tick: self.tick,
         };
         self.names.insert(name.clone(), slot);
@@ -150,16 +165,22 @@ impl Prepared {
         name
     }
 
-    /// The statement kept for `key` described as `desc`, marked used.
-    pub fn find(&mut self, key: Key, desc: DescDigest) -> Option<Arc<str>> {
-        let name = self.index.get(&(key, desc))?.clone();
+    /// The statement kept for `key` described as `desc`, prepared at `since` or later, marked
+    /// used.
+    pub fn find(&mut self, key: Key, desc: DescDigest, since: u64) -> Option<Arc<str>> {
+        let name = self.index_of(key, desc, since)?.clone();
         self.touch(&name);
         Some(name)
     }
 
-    /// The statement kept for `key` described as `desc`, not marked used.
-    pub fn index_of(&self, key: Key, desc: DescDigest) -> Option<&Arc<str>> {
-        self.index.get(&(key, desc))
+    /// The statement kept for `key` described as `desc`, prepared at `since` or later, not
+    /// marked used.
+    pub fn index_of(&self, key: Key, desc: DescDigest, since: u64) -> Option<&Arc<str>> {
+        let name = self.index.get(&(key, desc))?;
+        self.names
+            .get(name)
+            .is_some_and(|slot| slot.born >= since)
+            .then_some(name)
     }
 
     /// Marks `name` used; false when the connection lacks it.
@@ -321,9 +342,9 @@ mod tests {
         let newer = p.fresh(7);
         assert!(p.learned(&older, 100));
         assert!(!p.learned(&newer, 100), "the newer replaces the older");
-        assert_eq!(p.find(7, 100).as_ref(), Some(&newer));
+        assert_eq!(p.find(7, 100, 0).as_ref(), Some(&newer));
         assert_eq!(
-            p.find(7, 200),
+            p.find(7, 200, 0),
             None,
             "another description is another statement"
         );
@@ -331,12 +352,30 @@ mod tests {
         assert_eq!(closed, vec![older.clone()]);
         assert!(!p.contains(&older) && p.contains(&newer));
         let slot = p.remove(&newer).unwrap();
-        assert_eq!(p.find(7, 100), None);
+        assert_eq!(p.find(7, 100, 0), None);
         p.restore(newer.clone(), slot);
-        assert_eq!(p.find(7, 100).as_ref(), Some(&newer));
+        assert_eq!(p.find(7, 100, 0).as_ref(), Some(&newer));
         let taken = p.take_all();
-        assert!(p.is_empty() && p.find(7, 100).is_none());
+        assert!(p.is_empty() && p.find(7, 100, 0).is_none());
         p.restore_all(taken);
-        assert_eq!(p.find(7, 100), Some(newer));
+        assert_eq!(p.find(7, 100, 0), Some(newer));
+    }
+
+    #[test]
+    fn a_statement_serves_only_clients_that_prepared_no_later_than_it() {
+        let mut p = Prepared::default();
+        let before = now();
+        let name = p.fresh(7);
+        let after = now();
+        assert!(p.learned(&name, 100));
+        assert_eq!(p.find(7, 100, before).as_ref(), Some(&name));
+        assert_eq!(
+            p.index_of(7, 100, after),
+            None,
+            "older than the client's Parse"
+        );
+        let newer = p.fresh(7);
+        assert!(!p.learned(&newer, 100));
+        assert_eq!(p.find(7, 100, after), Some(newer));
     }
 }

@@ -142,7 +142,7 @@ pub fn resolve(stmt: &Arc<Statement>, tx: &mut Tx<'_>, mode: Mode) -> Found {
         return Found::Here(name);
     }
     let desc = stmt.desc.get();
-    if let Some(name) = desc.and_then(|d| tx.prepared.find(stmt.key, d.digest)) {
+    if let Some(name) = desc.and_then(|d| tx.prepared.find(stmt.key, d.digest, stmt.born)) {
         return Found::Here(name);
     }
     let tail = match mode {
@@ -209,10 +209,11 @@ pub fn aborted_no_result(desc: Option<&Desc>, tx: &Tx<'_>) -> bool {
 /// Whether the connection has nothing for the client's `stmt` yet.
 fn lacks(stmt: &Arc<Statement>, tx: &Tx<'_>) -> bool {
     tx.flow.fresh_name(stmt).is_none()
-        && stmt
-            .desc
-            .get()
-            .is_none_or(|d| tx.prepared.index_of(stmt.key, d.digest).is_none())
+        && stmt.desc.get().is_none_or(|d| {
+            tx.prepared
+                .index_of(stmt.key, d.digest, stmt.born)
+                .is_none()
+        })
 }
 
 /// A client's statement name: its statement, or a refusal for a name in rotagate's own space.

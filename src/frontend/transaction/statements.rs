@@ -29,6 +29,9 @@ pub struct Statement {
     pub class: Class,
     /// What the server described when the client prepared it.
     pub desc: OnceLock<Desc>,
+    /// When the client prepared it ([`crate::backend::prepared::now`]): only upstream
+    /// statements prepared then or later serve it.
+    pub born: u64,
 }
 
 impl Statement {
@@ -38,6 +41,7 @@ impl Statement {
             tail,
             class,
             desc: OnceLock::new(),
+            born: crate::backend::prepared::now(),
         }
     }
 
@@ -48,6 +52,7 @@ impl Statement {
             tail,
             class,
             desc: OnceLock::new(),
+            born: 0,
         }
     }
 
