@@ -365,3 +365,57 @@ async fn a_parse_is_answered_without_a_connection_only_when_every_connection_is_
         "2 D C ZI"
     );
 }
+
+/// Extended messages not yet synced, then a Query naming the client's statement, which the
+/// connection no longer has (`max_prepared_statements` 1 closed it): the Query ends their
+/// implicit transaction, as it does directly (an error at its commit is the Query's), whether
+/// the statement prepares again or fails to.
+async fn unsynced_then_execute(a: &mut Raw) -> Vec<String> {
+    let mut got = vec![
+        query(
+            a,
+            "CREATE TABLE dq (n int UNIQUE DEFERRABLE INITIALLY DEFERRED)",
+        )
+        .await,
+    ];
+    got.push(query(a, "INSERT INTO dq VALUES (1); CREATE TABLE dq_gone (x int)").await);
+    got.push(run(a, Ext::new().parse("s1", "SELECT 1").sync()).await);
+    got.push(run(a, Ext::new().parse("s3", "SELECT * FROM dq_gone").sync()).await);
+    got.push(query(a, "DROP TABLE dq_gone").await);
+    for (statement, n) in [("s1", b"1"), ("s3", b"2")] {
+        got.push(run(a, Ext::new().parse("s2", "SELECT 2").sync()).await);
+        got.push(run(a, Ext::new().close_statement("s2").sync()).await);
+        let insert = Ext::new()
+            .parse("", "INSERT INTO dq VALUES ($1::int)")
+            .bind("", &[n])
+            .execute()
+            .flush();
+        a.send(&insert.0).await;
+        let mut replies = Vec::new();
+        for _ in 0..3 {
+            replies.extend(a.next().await);
+        }
+        got.push(outline(&replies));
+        got.push(query(a, &format!("EXECUTE {statement}")).await);
+        got.push(run(a, Ext::new().sync()).await);
+    }
+    got.push(outline(&a.query("SELECT count(*) FROM dq").await));
+    got.push(query(a, "DROP TABLE dq").await);
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_after_unsynced_messages_ends_their_transaction_as_directly() {
+    let pg = app_cluster();
+    let direct: std::net::SocketAddr = format!("127.0.0.1:{}", pg.port).parse().unwrap();
+    let want = unsynced_then_execute(&mut Raw::connect(direct, APP_USER, APP_PASSWORD).await).await;
+    let proxy = TestProxy::builder(&pg)
+        .pool_size(1)
+        .pool("max_prepared_statements = 1")
+        .start()
+        .await;
+    let mut a = Raw::connect(proxy.addr, CLIENT_USER, CLIENT_PASSWORD).await;
+    let got = unsynced_then_execute(&mut a).await;
+    assert_eq!(got, want, "through rotagate, then directly");
+    assert!(want.iter().any(|o| o.contains("E:23505")), "{want:?}");
+}

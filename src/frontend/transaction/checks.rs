@@ -115,11 +115,19 @@ pub fn described(
     };
     let desc = Desc::new(&flow.capture_params, rows);
     match capture {
-        Capture::Learn { stmt, upstream } => {
+        Capture::Learn {
+            stmt,
+            upstream,
+            held,
+        } => {
             if let Some(d) = desc {
                 known.insert(stmt.key);
                 prepared.learned(&upstream, d.digest);
                 let _ = stmt.desc.set(d);
+            }
+            if held {
+                flow.fresh.push((stmt, upstream));
+                verdict(flow, Verdict::Same);
             }
         }
         Capture::LearnUnnamed => {
@@ -160,7 +168,9 @@ pub fn described(
 
 /// The capture at the front will not complete: its Describe failed or was skipped.
 pub fn lost(flow: &mut Flow) {
-    if let Some(Capture::Check { .. }) = flow.captures.pop_front() {
+    if let Some(Capture::Check { .. } | Capture::Learn { held: true, .. }) =
+        flow.captures.pop_front()
+    {
         verdict(flow, Verdict::Failed);
     }
 }

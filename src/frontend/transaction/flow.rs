@@ -155,6 +155,8 @@ pub enum Capture {
     Learn {
         stmt: Arc<Statement>,
         upstream: Arc<str>,
+        /// A message waits for it ([`Hold::Check`]): its outcome is the verdict.
+        held: bool,
     },
     /// A Describe of the connection's unnamed statement, which may be the client's.
     LearnUnnamed,

@@ -43,6 +43,7 @@ pub fn parse(name: &[u8], tail: &[u8], class: Class, tx: &mut Tx<'_>) -> Decisio
         Capture::Learn {
             stmt: stmt.clone(),
             upstream: upstream.clone(),
+            held: false,
         },
         tx,
     );
@@ -152,14 +153,23 @@ pub fn resolve(stmt: &Arc<Statement>, tx: &mut Tx<'_>, mode: Mode) -> Found {
     let upstream = prepare(stmt, &tail, None, tx);
     quiet_if(mode != Mode::Bind, tx);
     tx.flow.quiet_error = None;
+    // A Query's statement is made with a Sync of rotagate's after it, so that a failure
+    // cannot make the server skip the Query; with extended messages unsynced, whose implicit
+    // transaction the client's Query ends, the Query waits for the outcome instead.
+    let wait = query && tx.flow.unsynced;
     let Some(desc) = desc else {
         // Its description never came (its first Describe was skipped): learn it now.
         let capture = Capture::Learn {
             stmt: stmt.clone(),
             upstream: upstream.clone(),
+            held: wait,
         };
         describe_hidden(&upstream, capture, tx);
         quiet_if(query, tx);
+        if wait {
+            msg::empty(tx.out, b'H');
+            return hold_for(upstream, tx);
+        }
         if query {
             sync_quietly(tx);
         }
@@ -173,11 +183,16 @@ pub fn resolve(stmt: &Arc<Statement>, tx: &mut Tx<'_>, mode: Mode) -> Found {
     };
     describe_hidden(&upstream, capture, tx);
     quiet_if(query, tx);
-    if query {
+    if query && !wait {
         sync_quietly(tx);
     } else {
         msg::empty(tx.out, b'H');
     }
+    hold_for(upstream, tx)
+}
+
+/// The message waits for what the server makes of `upstream`.
+fn hold_for(upstream: Arc<str>, tx: &mut Tx<'_>) -> Found {
     tx.flow.hold = Some(Hold::Check {
         verdict: None,
         upstream: Some(upstream),

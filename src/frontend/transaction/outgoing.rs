@@ -41,8 +41,10 @@ pub fn decide(tag: u8, msg: &[u8], len: usize, tx: &mut Tx<'_>) -> Decision {
     // After an error the server skips everything up to Sync, a Query or FunctionCall too;
     // nothing is owed for what it skips.
     if tx.flow.skipping && matches!(tag, b'P' | b'B' | b'D' | b'E' | b'C' | b'Q' | b'F') {
-        // A Describe whose own check failed (not one the server skipped) answers the failure.
-        if !(tag == b'D' && checks::failed(tx.flow) && tx.flow.quiet_error.is_some()) {
+        // A Describe whose own check failed (not one the server skipped) answers the failure;
+        // a Query whose check failed ends the skipping (see `query_naming`).
+        let own = (tag == b'D' && tx.flow.quiet_error.is_some()) || tag == b'Q';
+        if !(own && checks::failed(tx.flow)) {
             tx.flow.hold = None;
             return Decision::Replace;
         }
@@ -148,6 +150,13 @@ fn query_naming(sql: &[u8], m: &Mentions, tx: &mut Tx<'_>) -> Decision {
             // that it is aborted).
             named::Held::Drop => {
                 let error = tx.flow.quiet_error.take().unwrap_or_else(checks::stale);
+                if tx.flow.skipping {
+                    // The server skips to a Sync after rotagate's failed Parse (unsynced
+                    // messages before it); the client's Query, which fails, would have ended
+                    // their implicit transaction as that Sync does.
+                    named::sync_quietly(tx);
+                    tx.flow.skipping = false;
+                }
                 return refuse(tx, true, sqlnames::failed_execute(e, error));
             }
             // Its result type changed since the client prepared it; in an aborted
@@ -188,8 +197,11 @@ fn query_naming(sql: &[u8], m: &Mentions, tx: &mut Tx<'_>) -> Decision {
 /// A client's DEALLOCATE of its own statements: answered by rotagate outside any transaction.
 /// Inside one, a Query would end an implicit transaction (and its portals) or drop the unnamed
 /// portal of a transaction block, so the server runs one that deallocates a throwaway
-/// statement (made first, quietly, with a Sync of its own: in an aborted transaction that
-/// fails, and the Query then fails as the client's would).
+/// statement, made first, quietly. In a transaction block with nothing unsynced that Parse
+/// gets a Sync of its own (in an aborted transaction it fails, and the Query then fails as the
+/// client's would). With extended messages unsynced it gets none: a Sync would end their
+/// implicit transaction (an error at its commit belongs to the client's Query, which ends it
+/// directly) or the skipping after their error (where the client's Query is skipped too).
 fn deallocate(all: bool, effect: Effect, tx: &mut Tx<'_>) -> Decision {
     let tag = if all { "DEALLOCATE ALL" } else { "DEALLOCATE" };
     if !tx.flow.unsynced && tx.status == b'I' {
@@ -201,8 +213,10 @@ fn deallocate(all: bool, effect: Effect, tx: &mut Tx<'_>) -> Decision {
     }
     msg::parse(tx.out, THROWAWAY.as_bytes(), b"SELECT\0\0\0");
     tx.flow.replies.push(Entry::new(Expect::Parse).quiet());
-    msg::empty(tx.out, b'S');
-    tx.flow.replies.push(Entry::new(Expect::Sync).quiet());
+    if !tx.flow.unsynced {
+        msg::empty(tx.out, b'S');
+        tx.flow.replies.push(Entry::new(Expect::Sync).quiet());
+    }
     msg::query(tx.out, &format!("DEALLOCATE {THROWAWAY}"));
     let e = Entry::new(Expect::Tagged(tag)).effect(effect);
     tx.flow.replies.push(e.note(Note::UnnamedDrop));
