@@ -50,7 +50,15 @@ pub fn decide(tag: u8, msg: &[u8], len: usize, tx: &mut Tx<'_>) -> Decision {
         }
     }
     let d = match tag {
-        b'Q' => query(body, tx),
+        // A Query ends what extended messages before it left unsynced (their implicit
+        // transaction; in a block, only their turn), as a Sync would.
+        b'Q' => match query(body, tx) {
+            Decision::Hold => Decision::Hold,
+            d => {
+                tx.flow.unsynced = false;
+                d
+            }
+        },
         b'P' => parse(body, tx),
         b'B' => bind(body, len, tx),
         b'D' => describe(body, tx),
