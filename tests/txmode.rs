@@ -240,3 +240,55 @@ async fn on_pin_error_refuses_the_statement_and_the_session_goes_on() {
         "0"
     );
 }
+
+/// What a client's reads of `pg_prepared_statements` show, by Query and by the extended
+/// protocol, outside and inside a transaction block, after a DEALLOCATE.
+async fn view_reads(a: &mut common::wire::Raw) -> Vec<String> {
+    use common::wire::{Ext, first_column};
+    const LIST: &str = "SELECT coalesce(string_agg(name || ':' || statement || ':' || \
+         parameter_types::text || ':' || from_sql, ' | ' ORDER BY prepare_time), '-') \
+         FROM pg_prepared_statements";
+    const COUNT: &str = "SELECT count(*) FROM pg_catalog.pg_prepared_statements AS p \
+         WHERE p.name = 's1'";
+    let mut got = Vec::new();
+    let read = async |a: &mut common::wire::Raw, got: &mut Vec<String>| {
+        got.push(first_column(&a.query(LIST).await).join(","));
+        let e = Ext::new().parse("", COUNT).bind("", &[]).execute().sync();
+        a.send(&e.0).await;
+        got.push(first_column(&a.until_ready().await).join(","));
+    };
+    read(a, &mut got).await;
+    for (name, sql) in [("s1", "SELECT $1::int"), ("s2", "SELECT $1::date, 'it''s'")] {
+        a.send(&Ext::new().parse(name, sql).sync().0).await;
+        a.until_ready().await;
+    }
+    read(a, &mut got).await;
+    a.query("BEGIN").await;
+    read(a, &mut got).await;
+    a.query("COMMIT").await;
+    a.query("DEALLOCATE s1").await;
+    read(a, &mut got).await;
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reads_its_own_statements_in_pg_prepared_statements() {
+    use common::wire::{Ext, Raw};
+    let pg = app_cluster();
+    let direct: std::net::SocketAddr = format!("127.0.0.1:{}", pg.port).parse().unwrap();
+    let want = view_reads(&mut Raw::connect(direct, APP_USER, APP_PASSWORD).await).await;
+    assert!(
+        want[2].starts_with("s1:SELECT $1::int:{integer}:false | s2:"),
+        "{want:?}"
+    );
+    let proxy = TestProxy::builder(&pg).pool_size(1).start().await;
+    // Another client's statements share the connection; they are not the reader's.
+    let mut other = Raw::connect(proxy.addr, CLIENT_USER, CLIENT_PASSWORD).await;
+    other
+        .send(&Ext::new().parse("o1", "SELECT $1::int").sync().0)
+        .await;
+    other.until_ready().await;
+    let mut a = Raw::connect(proxy.addr, CLIENT_USER, CLIENT_PASSWORD).await;
+    let got = view_reads(&mut a).await;
+    assert_eq!(got, want, "through rotagate, then directly");
+}

@@ -96,8 +96,14 @@ pub fn ready_for_query(buf: &mut BytesMut, status: u8) {
 
 /// A simple-protocol Query ('Q').
 pub fn query(buf: &mut BytesMut, sql: &str) {
+    query_bytes(buf, sql.as_bytes());
+}
+
+/// Query ('Q') of text in the client's encoding, which need not be UTF-8.
+pub fn query_bytes(buf: &mut BytesMut, sql: &[u8]) {
     let at = begin(buf, b'Q');
-    put_cstr(buf, sql);
+    buf.put_slice(sql);
+    buf.put_u8(0);
     finish(buf, at);
 }
 

@@ -74,12 +74,18 @@ pub struct Class {
     pub sole: Option<Sole>,
     /// Somewhere it drops every prepared statement (`DEALLOCATE ALL`, `DISCARD ALL`).
     pub drops_statements: bool,
+    /// It may read `pg_prepared_statements` (see [`super::view`]).
+    pub reads_view: bool,
 }
 
 impl Class {
     /// Nothing to do for this statement.
     pub fn is_plain(&self) -> bool {
-        !self.settings && self.pin.is_none() && self.sole.is_none() && !self.drops_statements
+        !self.settings
+            && self.pin.is_none()
+            && self.sole.is_none()
+            && !self.drops_statements
+            && !self.reads_view
     }
 
     fn pin(&mut self, reason: PinReason) {
@@ -393,6 +399,8 @@ fn underscore(s: &[u8], i: usize, class: &mut Class) {
         class.pin(PinReason::AdvisoryLock);
     } else if is(before, "pg") && is(after, "temp") {
         class.pin(PinReason::TempTable);
+    } else if is(before, "pg") && is(after, "prepared") {
+        class.reads_view = true;
     }
 }
 

@@ -96,6 +96,9 @@ pub struct Flow {
     pub resumed: bool,
     /// What the messages decided so far do to the client's unnamed statement.
     pub unnamed_spec: Spec,
+    /// An unnamed Parse went upstream since the last Sync (whatever came after it: a Close or
+    /// Query after it may be skipped by the server).
+    pub unnamed_parsed: bool,
     /// Parses and Queries decided whose effect on the unnamed statement is not confirmed yet.
     pub unnamed_unconfirmed: u32,
     /// The unnamed Parses among them, in order.

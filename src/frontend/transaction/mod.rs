@@ -29,6 +29,7 @@ pub mod sqlnames;
 pub mod statements;
 pub mod tx;
 pub mod unnamed;
+pub mod view;
 #[cfg(test)]
 mod walk_tests;
 

@@ -17,6 +17,7 @@ use super::statements::Statements;
 pub use super::tx::Tx;
 use super::tx::{effects, push, refuse, text};
 use super::unnamed::{self, Use};
+use super::view;
 use crate::frontend::relay::lane::{Decision, Need};
 use crate::wire::{HEADER_LEN, msg, scan::cstr_end};
 
@@ -102,7 +103,7 @@ fn query(body: &[u8], tx: &mut Tx<'_>) -> Decision {
     // A Query's body is its text and a NUL.
     let sql = body.strip_suffix(&[0]).unwrap_or(body);
     let class = tx.client.recent.classify(sql);
-    let mentions = sqlnames::mentions(sql, tx);
+    let mentions = sqlnames::mentions(sql, class.reads_view, tx);
     if class.is_plain() && mentions.is_empty() {
         tx.flow.unnamed_dropped();
         return push(tx, Entry::new(Expect::Query).note(Note::UnnamedDrop));
@@ -191,7 +192,8 @@ fn query_naming(sql: &[u8], m: &Mentions, tx: &mut Tx<'_>) -> Decision {
     if !m.named.is_empty() {
         sqlnames::before(&m.named, tx);
     }
-    msg::query(tx.out, &sqlnames::rewritten(sql, &m.executed, &upstream));
+    let text = sqlnames::rewritten(sql, m, &upstream, tx);
+    msg::query_bytes(tx.out, &text);
     tx.flow.unnamed_dropped();
     tx.flow
         .replies
@@ -285,6 +287,8 @@ fn parse(body: &[u8], tx: &mut Tx<'_>) -> Decision {
     if let Some(refusal) = effects(&class, tx) {
         return refuse(tx, false, refusal);
     }
+    let read_view = class.reads_view.then(|| view::tail(tail, tx)).flatten();
+    let tail = read_view.as_deref().unwrap_or(tail);
     if !name.is_empty() {
         return named::parse(name, tail, class, tx);
     }
@@ -296,6 +300,10 @@ fn parse(body: &[u8], tx: &mut Tx<'_>) -> Decision {
         tx.client.unnamed_acts = None;
     }
     unnamed::parse(tail, class, tx);
+    if read_view.is_some() {
+        msg::parse(tx.out, b"", tail);
+        return Decision::Replace;
+    }
     Decision::Pass
 }
 

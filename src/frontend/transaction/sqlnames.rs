@@ -11,12 +11,15 @@
 //!   before the Query and closed after it, each followed by a Sync of its own, all unseen by
 //!   the client.
 //!
+//! A query of `pg_prepared_statements` reads the client's statements instead ([`view`]).
+//!
 //! (`DEALLOCATE name` alone is answered by rotagate without the server.)
 
 use super::lexer::{Token, spans};
 use super::replies::{Entry, Expect};
 use super::statements::Statement;
 use super::tx::Tx;
+use super::view;
 use crate::wire::msg;
 use std::ops::Range;
 use std::sync::Arc;
@@ -38,18 +41,21 @@ pub struct Mentions {
     pub executed: Vec<Executed>,
     /// Every other mention, once each.
     pub named: Vec<(Box<[u8]>, Arc<Statement>)>,
+    /// Where it reads `pg_prepared_statements`, and whether an alias follows ([`view`]).
+    pub views: Vec<(Range<usize>, bool)>,
 }
 
 impl Mentions {
     pub fn is_empty(&self) -> bool {
-        self.executed.is_empty() && self.named.is_empty()
+        self.executed.is_empty() && self.named.is_empty() && self.views.is_empty()
     }
 }
 
-/// What `sql` names of the client's statements (none in a COPY, whose data must follow it).
-pub fn mentions(sql: &[u8], tx: &Tx<'_>) -> Mentions {
+/// What `sql` names of the client's statements (none in a COPY, whose data must follow it);
+/// `reads_view`: the classifier saw `pg_prepared`.
+pub fn mentions(sql: &[u8], reads_view: bool, tx: &Tx<'_>) -> Mentions {
     let mut m = Mentions::default();
-    if tx.client.statements.is_empty() {
+    if tx.client.statements.is_empty() && !reads_view {
         return m;
     }
     let standard = tx.client.settings.list.get("standard_conforming_strings") != Some("off");
@@ -57,12 +63,16 @@ pub fn mentions(sql: &[u8], tx: &Tx<'_>) -> Mentions {
     if tokens.first().is_some_and(|(t, _)| t.is_keyword("copy")) {
         return m;
     }
+    if reads_view {
+        m.views = view::references(&tokens);
+    }
     let mut after_execute = false;
     for (i, (t, span)) in tokens.iter().enumerate() {
         let was_execute = std::mem::replace(&mut after_execute, t.is_keyword("execute"));
         let (name, ident) = match t {
             Token::Ident { name, .. } => (name, true),
-            Token::Str(name) => (name, false),
+            // A name in a string is looked up in the view, which lists the client's names.
+            Token::Str(name) if m.views.is_empty() => (name, false),
             _ => continue,
         };
         let Some(stmt) = tx.client.statements.get(name) else {
@@ -108,8 +118,6 @@ fn arguments(after: &[(Token, Range<usize>)]) -> usize {
 }
 
 /// Prepares each statement under the client's name, then a Sync (so that a failure there
-/// cannot make the server skip the Query).
-/// Prepares each statement under the client's name, then a Sync (so that a failure there
 /// cannot make the server skip the Query). Where no transaction of the client's, explicit or
 /// implicit, could be aborted by a failure, it is the client's text (and, when that no longer
 /// prepares, an empty statement stands in under its name: a second Parse, which fails when the
@@ -140,17 +148,20 @@ pub fn after(named: &[(Box<[u8]>, Arc<Statement>)], tx: &mut Tx<'_>) {
     tx.flow.replies.push(Entry::new(Expect::Sync).quiet());
 }
 
-/// `sql` with each executed name replaced by its upstream name (`upstream`, in order).
-pub fn rewritten(sql: &[u8], executed: &[Executed], upstream: &[Arc<str>]) -> String {
-    let mut out = Vec::with_capacity(sql.len() + 16 * upstream.len());
-    let mut at = 0;
-    for (e, name) in executed.iter().zip(upstream) {
-        out.extend_from_slice(&sql[at..e.span.start]);
-        out.extend_from_slice(name.as_bytes());
-        at = e.span.end;
+/// `sql` with each executed name replaced by its upstream name (`upstream`, in order) and each
+/// reading of `pg_prepared_statements` by the client's list.
+pub fn rewritten(sql: &[u8], m: &Mentions, upstream: &[Arc<str>], tx: &Tx<'_>) -> Vec<u8> {
+    let mut edits: Vec<(Range<usize>, String)> = m
+        .executed
+        .iter()
+        .zip(upstream)
+        .map(|(e, name)| (e.span.clone(), name.to_string()))
+        .collect();
+    for (span, aliased) in &m.views {
+        edits.push((span.clone(), view::replacement(tx.client, *aliased)));
     }
-    out.extend_from_slice(&sql[at..]);
-    String::from_utf8_lossy(&out).into_owned()
+    edits.sort_by_key(|(span, _)| span.start);
+    view::edit(sql, &edits)
 }
 
 /// What PostgreSQL says when an EXECUTE of a statement that no longer works as prepared is

@@ -32,6 +32,8 @@ pub struct Statement {
     /// When the client prepared it ([`crate::backend::prepared::now`]): only upstream
     /// statements prepared then or later serve it.
     pub born: u64,
+    /// When the client prepared it, as `pg_prepared_statements` shows it ([`super::view`]).
+    pub prepared: std::time::SystemTime,
 }
 
 impl Statement {
@@ -42,6 +44,7 @@ impl Statement {
             class,
             desc: OnceLock::new(),
             born: crate::backend::prepared::now(),
+            prepared: std::time::SystemTime::now(),
         }
     }
 
@@ -53,6 +56,7 @@ impl Statement {
             class,
             desc: OnceLock::new(),
             born: 0,
+            prepared: std::time::UNIX_EPOCH,
         }
     }
 

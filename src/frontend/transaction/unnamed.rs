@@ -42,6 +42,7 @@ pub fn parse(tail: &[u8], class: Class, tx: &mut Tx<'_>) {
         again: false,
     });
     tx.flow.unnamed_spec = Spec::Parsed(tx.flow.segment);
+    tx.flow.unnamed_parsed = true;
     tx.flow.unnamed_unconfirmed += 1;
     tx.flow
         .replies
@@ -110,6 +111,7 @@ fn reparse(u: &Unnamed, describe: bool, tx: &mut Tx<'_>) -> Use {
     });
     tx.flow.unnamed_unconfirmed += 1;
     tx.flow.unnamed_spec = Spec::Parsed(tx.flow.segment);
+    tx.flow.unnamed_parsed = true;
     let Some(desc) = &u.desc else {
         return Use::Pass;
     };
@@ -150,10 +152,12 @@ pub fn elsewhere(tx: &Tx<'_>) -> bool {
 /// of it is learned now (a Describe of the client's own may have been skipped), so that it can
 /// be checked then:
 /// a Describe after the Sync (before it, an error earlier in the pipeline would make the
-/// server skip it), with a Sync of its own, both unseen. True when it wrote them.
+/// server skip it), with a Sync of its own, both unseen (where the statement is gone, the
+/// Describe fails unseen). True when it wrote them.
 pub fn kept(tx: &mut Tx<'_>) -> bool {
-    let parsed_here = matches!(tx.flow.unnamed_spec, Spec::Parsed(s) if s == tx.flow.segment);
-    if !parsed_here {
+    // Parsed since the last Sync, even if a Close or Query came after: the server skips those
+    // after an error, and the statement outlives the Sync then.
+    if !std::mem::take(&mut tx.flow.unnamed_parsed) {
         return false;
     }
     msg::describe_or_close(tx.out, b'D', b'S', b"");
