@@ -74,7 +74,7 @@ pub struct Class {
     pub sole: Option<Sole>,
     /// Somewhere it drops every prepared statement (`DEALLOCATE ALL`, `DISCARD ALL`).
     pub drops_statements: bool,
-    /// It may read `pg_prepared_statements` (see [`super::view`]).
+    /// It may read `pg_prepared_statements` (see view.rs).
     pub reads_view: bool,
 }
 

@@ -32,7 +32,7 @@ pub struct Statement {
     /// When the client prepared it ([`crate::backend::prepared::now`]): only upstream
     /// statements prepared then or later serve it.
     pub born: u64,
-    /// When the client prepared it, as `pg_prepared_statements` shows it ([`super::view`]).
+    /// When the client prepared it, as `pg_prepared_statements` shows it (view.rs).
     pub prepared: std::time::SystemTime,
 }
 
