@@ -246,12 +246,7 @@ pub fn locals(rx: &mut Rx<'_>, out: &mut BytesMut) {
             Local::Deallocate { all } => {
                 let status = *rx.tx_status;
                 if status == b'E' {
-                    msg::error(
-                        out,
-                        "ERROR",
-                        "25P02",
-                        "current transaction is aborted, commands ignored until end of transaction block",
-                    );
+                    out.extend_from_slice(&super::tx::aborted());
                     finish(e, Outcome::Failed, rx);
                 } else {
                     msg::command_complete(out, if all { "DEALLOCATE ALL" } else { "DEALLOCATE" });

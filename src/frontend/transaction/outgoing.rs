@@ -15,7 +15,7 @@ use super::replies::{Effect, Entry, Expect, Local, Note};
 use super::sqlnames::{self, Mentions};
 use super::statements::Statements;
 pub use super::tx::Tx;
-use super::tx::{effects, push, refuse, text};
+use super::tx::{aborted, effects, push, refuse, text};
 use super::unnamed::{self, Use};
 use super::view;
 use crate::frontend::relay::lane::{Decision, Need};
@@ -113,6 +113,11 @@ fn query(body: &[u8], tx: &mut Tx<'_>) -> Decision {
     }
     let answered_here = matches!(&class.sole, Some(Sole::Deallocate(n)) if tx.client.statements.contains(n))
         || matches!(class.sole, Some(Sole::DeallocateAll));
+    // In an aborted transaction block the Query fails before anything it names is looked at
+    // (and the server skips it after an error before it): a Query that fails stands in.
+    if tx.status == b'E' && (answered_here || !mentions.is_empty()) {
+        return refuse(tx, true, aborted());
+    }
     if !mentions.is_empty() && !answered_here && !class.drops_statements {
         return query_naming(sql, &mentions, tx);
     }

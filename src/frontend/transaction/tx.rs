@@ -63,6 +63,14 @@ pub fn effects(class: &Class, tx: &mut Tx<'_>) -> Option<Bytes> {
     None
 }
 
+/// PostgreSQL's error for a statement in an aborted transaction block.
+pub fn aborted() -> Bytes {
+    error(
+        "25P02",
+        "current transaction is aborted, commands ignored until end of transaction block",
+    )
+}
+
 pub fn error(code: &str, message: &str) -> Bytes {
     let mut b = BytesMut::new();
     msg::error(&mut b, "ERROR", code, message);
