@@ -50,9 +50,16 @@ async fn three_clients_on_two_connections_see_what_sessions_of_their_own_see() {
 /// at its commit (1000246); a DEALLOCATE ALL in an aborted transaction block after a Query
 /// that followed unsynced messages (1000269); an unnamed statement whose Bind failed and whose
 /// Close the server then skipped, bound again after a schema change (1000289); a DEALLOCATE
-/// ALL in an aborted transaction block after a Close rotagate answered (1000438).
+/// ALL in an aborted transaction block after a Close rotagate answered (1000438); an unnamed
+/// Parse, then a Query that begins a transaction block, then a Close of it and a Sync (1000512).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeds_the_long_run_diverged_on_stay_fixed() {
-    check(&[1_000_011, 1_000_198, 1_000_269, 1_000_438], 3, 2, 2_000).await;
+    check(
+        &[1_000_011, 1_000_198, 1_000_269, 1_000_438, 1_000_512],
+        3,
+        2,
+        2_000,
+    )
+    .await;
     check(&[1_000_246, 1_000_289], 2, 1, 2_000).await;
 }

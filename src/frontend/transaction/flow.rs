@@ -99,6 +99,9 @@ pub struct Flow {
     /// An unnamed Parse went upstream since the last Sync (whatever came after it: a Close or
     /// Query after it may be skipped by the server).
     pub unnamed_parsed: bool,
+    /// A Close or Query came after that Parse: the statement is gone unless an error made the
+    /// server skip them.
+    pub unnamed_maybe_gone: bool,
     /// Parses and Queries decided whose effect on the unnamed statement is not confirmed yet.
     pub unnamed_unconfirmed: u32,
     /// The unnamed Parses among them, in order.
@@ -108,6 +111,7 @@ pub struct Flow {
 impl Flow {
     /// A Query (or a reply rotagate gives to one) drops the unnamed statement.
     pub fn unnamed_dropped(&mut self) {
+        self.unnamed_maybe_gone |= self.unnamed_parsed;
         self.unnamed_spec = Spec::Dropped;
         self.unnamed_unconfirmed += 1;
     }

@@ -72,11 +72,11 @@ pub fn decide(tag: u8, msg: &[u8], len: usize, tx: &mut Tx<'_>) -> Decision {
             push(tx, Entry::new(Expect::Execute).effect(effect))
         }
         b'S' => {
+            let erred = std::mem::take(&mut tx.flow.skipping);
             tx.flow.unsynced = false;
-            tx.flow.skipping = false;
             tx.prepared.new_pipeline();
             tx.flow.replies.push(Entry::new(Expect::Sync));
-            let learn = unnamed::kept(tx);
+            let learn = unnamed::kept(tx, erred);
             tx.flow.next_segment();
             if learn {
                 return Decision::Append;

@@ -154,10 +154,15 @@ pub fn elsewhere(tx: &Tx<'_>) -> bool {
 /// a Describe after the Sync (before it, an error earlier in the pipeline would make the
 /// server skip it), with a Sync of its own, both unseen (where the statement is gone, the
 /// Describe fails unseen). True when it wrote them.
-pub fn kept(tx: &mut Tx<'_>) -> bool {
-    // Parsed since the last Sync, even if a Close or Query came after: the server skips those
-    // after an error, and the statement outlives the Sync then.
-    if !std::mem::take(&mut tx.flow.unnamed_parsed) {
+///
+/// A Close or Query after the Parse drops the statement unless an error made the server skip
+/// them: the Describe goes only when an error has come back by now (`erred`). Without an
+/// error, a Describe failing after the Sync would abort the transaction block the Query may
+/// have begun (the long run's seed 1000512); the status after a Sync that followed an error is
+/// idle or failed, where it fails harmlessly.
+pub fn kept(tx: &mut Tx<'_>, erred: bool) -> bool {
+    let gone = std::mem::take(&mut tx.flow.unnamed_maybe_gone);
+    if !std::mem::take(&mut tx.flow.unnamed_parsed) || (gone && !erred) {
         return false;
     }
     msg::describe_or_close(tx.out, b'D', b'S', b"");
