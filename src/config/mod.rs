@@ -178,6 +178,9 @@ pub struct PoolConfig {
     pub size: u32,
     pub min_idle: u32,
     pub on_pin: OnPin,
+    /// `pool.max_pinned`: clients of the database that may be pinned at once; None for the
+    /// default, `size - 1` (see [`PoolConfig::max_pinned`]).
+    pub max_pinned: Option<u32>,
     /// rotagate's named statements kept per upstream connection (least recently used go).
     pub max_prepared_statements: usize,
     /// Bytes of named-statement text one client may keep in transaction mode.
@@ -188,6 +191,14 @@ pub struct PoolConfig {
     pub drain_timeout: Duration,
 }
 
+impl PoolConfig {
+    /// Clients of the database that may be pinned at once: `pool.max_pinned`, by default one
+    /// less than `pool.size`, so that pinned clients never hold the last upstream connection.
+    pub fn max_pinned(&self) -> u32 {
+        self.max_pinned.unwrap_or(self.size.saturating_sub(1))
+    }
+}
+
 /// The defaults of every `[pool]` key.
 impl Default for PoolConfig {
     fn default() -> Self {
@@ -196,6 +207,7 @@ impl Default for PoolConfig {
             size: 20,
             min_idle: 0,
             on_pin: OnPin::Pin,
+            max_pinned: None,
             max_prepared_statements: 250,
             max_client_statement_bytes: 1 << 20,
             acquire_timeout: Duration::from_secs(30),

@@ -16,11 +16,16 @@ pub(super) fn pool(c: &mut Check, r: RawPool, base: &PoolConfig) -> PoolConfig {
         );
     }
     let on_pin = on_pin(c, r.on_pin.as_deref(), base.on_pin);
+    let max_pinned = match r.max_pinned {
+        Some(_) => Some(c.range("pool.max_pinned", r.max_pinned, 0, 0, size.into()) as u32),
+        None => base.max_pinned.filter(|m| *m <= size),
+    };
     PoolConfig {
         mode,
         size,
         min_idle,
         on_pin,
+        max_pinned,
         max_prepared_statements: c.range(
             "pool.max_prepared_statements",
             r.max_prepared_statements,

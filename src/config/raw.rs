@@ -108,6 +108,7 @@ pub struct RawPool {
     pub max_lifetime: Option<String>,
     pub drain_timeout: Option<String>,
     pub on_pin: Option<String>,
+    pub max_pinned: Option<i64>,
     pub max_prepared_statements: Option<i64>,
     pub max_client_statement_bytes: Option<i64>,
 }

@@ -46,6 +46,10 @@ pub struct Route {
     pub known: Known,
     /// `rotagate_transactions_total{database}`.
     pub transactions: metrics::Counter,
+    /// How many of its clients are pinned (held to `pool.max_pinned`).
+    pub pinned: Arc<std::sync::atomic::AtomicU32>,
+    /// Its functions that share a built-in's name (see `transaction/allowlist.rs`).
+    pub shadowed: Arc<super::transaction::allowlist::Shadowed>,
 }
 
 impl Route {
@@ -56,6 +60,8 @@ impl Route {
             known: Known::default(),
             pools,
             transactions: metrics::counter!("rotagate_transactions_total", "database" => database),
+            pinned: Arc::default(),
+            shadowed: Arc::default(),
         }
     }
 }

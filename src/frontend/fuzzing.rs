@@ -161,6 +161,7 @@ pub(super) fn pool_config() -> PoolConfig {
         size: 2,
         min_idle: 0,
         on_pin: OnPin::Pin,
+        max_pinned: None,
         max_prepared_statements: 3,
         max_client_statement_bytes: 1 << 16,
         acquire_timeout: Duration::from_secs(1),

@@ -56,6 +56,8 @@ pub async fn serve(login: Login, fe: &Frontend, worker: usize) {
     let mut client = ClientSide::new(stream, rbuf, worker);
     let mut state = state;
     state.pins.database = Some(route.pools.database().clone());
+    state.pins.count = Some(route.pinned.clone());
+    state.shadowed = Some(route.shadowed.clone());
     match run(&mut client, &mut state, fe, &route).await {
         Ok(()) | Err(FrontendError::Reported) => {}
         Err(e) => {

@@ -1,6 +1,7 @@
 //! Protocol state: what a client keeps for its whole session ([`ClientState`]), and where the
 //! protocol stands while it holds an upstream connection ([`Flow`]).
 
+use super::allowlist::Names;
 use super::pins::Pins;
 use super::replies::Replies;
 use super::settings::Settings;
@@ -48,6 +49,8 @@ pub struct ClientState {
     pub pins: Pins,
     /// The last plain statement text, to skip classifying it again.
     pub recent: super::classify::Recent,
+    /// The database's functions that share a built-in's name (see `allowlist.rs`).
+    pub shadowed: Option<std::sync::Arc<super::allowlist::Shadowed>>,
     /// What the client's unnamed statement does to prepared statements when executed.
     pub unnamed_acts: Option<Acts>,
     /// An error owed for the client's next request: its transaction ended with the upstream
@@ -59,6 +62,15 @@ pub struct ClientState {
     /// The body of a message the client was sending when its upstream connection went, still
     /// to be dropped.
     pub drop_left: usize,
+}
+
+/// Where this client's unqualified calls go: its search_path, and the database's functions
+/// that share a built-in's name.
+pub fn names(settings: &Settings, shadowed: Option<&super::allowlist::Shadowed>) -> Names {
+    Names {
+        catalog_first: settings.builtins(),
+        shadowed: shadowed.map(|s| s.load()).unwrap_or_default(),
+    }
 }
 
 /// Where the protocol stands while a client holds an upstream connection.

@@ -5,6 +5,7 @@
 //! needs a connection: a Parse too, since what the server makes of a statement now is what the
 //! client's statement is (`super::checks`).
 
+use super::allowlist::Names;
 use super::classify::{PinReason, Sole, classify};
 use super::flow::ClientState;
 use crate::backend::prepared::Known;
@@ -112,7 +113,7 @@ fn deallocate(state: &mut ClientState, body: &[u8], out: &mut BytesMut) -> bool 
         return false;
     }
     let sql = body.strip_suffix(&[0]).unwrap_or(body);
-    match classify(sql).sole {
+    match classify(sql, &Names::catalog()).sole {
         Some(Sole::Deallocate(name)) if state.statements.contains(&name) => {
             state.statements.remove(&name);
             msg::command_complete(out, "DEALLOCATE");
@@ -166,7 +167,9 @@ fn answerable<'b>(
     if !known.contains(super::statements::key(tail)) {
         return None;
     }
-    let class = classify(tail.split(|b| *b == 0).next().unwrap_or(tail));
+    let sql = tail.split(|b| *b == 0).next().unwrap_or(tail);
+    let names = super::flow::names(&state.settings, state.shadowed.as_deref());
+    let class = classify(sql, &names);
     class.is_plain().then_some((name, tail, class))
 }
 

@@ -13,16 +13,21 @@
 //! transaction in flight and its session goes on; a pinned client's session ends with it.
 //! When no connection can be had for a transaction, that request fails and the session goes on.
 
+pub mod allowlist;
+mod atrest;
 pub mod checks;
+pub mod class;
 pub mod classify;
 pub mod flow;
 pub mod incoming;
+pub mod lexed;
 pub mod lexer;
 mod local;
 pub mod named;
 pub mod outgoing;
 pub mod pins;
 pub mod policy;
+mod quick;
 pub mod replies;
 pub mod settings;
 pub mod sqlnames;
@@ -46,7 +51,7 @@ use bytes::{Bytes, BytesMut};
 use flow::{ClientState, Flow};
 use local::Next;
 use policy::Transaction;
-use settings::{apply, fits, reread_list, reread_sql};
+use settings::{apply, fits};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -61,15 +66,22 @@ pub async fn serve(
     let mut flow = Flow::default();
     // One shutdown watch for the whole session, not one per transaction.
     let mut stop = std::pin::pin!(fe.shutdown.cancelled());
+    // The connection of a client the check after its transaction pinned: kept for it.
+    let mut held: Option<Pooled> = None;
     loop {
         // Each turn is a transaction; other tasks get their turn between them too.
         tokio::task::consume_budget().await;
-        if !wait_for_request(client, state, fe, &route, stop.as_mut()).await? {
-            return Ok(());
-        }
-        let Some(mut server) = ready_connection(client, state, cancel, fe, &mut route).await?
-        else {
-            continue;
+        let mut server = match held.take() {
+            Some(server) => server,
+            None => {
+                if !wait_for_request(client, state, fe, &route, stop.as_mut()).await? {
+                    return Ok(());
+                }
+                match ready_connection(client, state, cancel, fe, &mut route).await? {
+                    Some(server) => server,
+                    None => continue,
+                }
+            }
         };
         cancel.slot.attach(server.pid, server.key);
         cancel.slot.aim(&server.generation().target);
@@ -88,6 +100,9 @@ pub async fn serve(
         let end = end?;
         if !ended(client, state, &mut server, &mut flow, fe, &route, end).await? {
             return Ok(());
+        }
+        if state.pins.is_pinned() && !server.broken {
+            held = Some(server);
         }
     }
 }
@@ -129,13 +144,37 @@ async fn ready_connection(
         Err(e) => Err(e),
     };
     match applied {
-        Ok(()) => Ok(Some(server)),
+        Ok(()) => {
+            read_shadowed(route, &mut server).await;
+            Ok(Some(server))
+        }
         // Lost before the client's request went out (a failover).
         Err(FrontendError::UpstreamLost) => {
             server.generation().doubt();
             Ok(None)
         }
         Err(e) => Err(e),
+    }
+}
+
+/// Reads which of the database's functions share a built-in's name, when the route's list is
+/// due (see `allowlist.rs`). A failure leaves the old list (and is read again next time).
+async fn read_shadowed(route: &Route, server: &mut Pooled) {
+    if !route.shadowed.claim() {
+        return;
+    }
+    match query::rows(server, allowlist::SHADOW_SQL).await {
+        Ok(rows) => {
+            let list = rows
+                .into_iter()
+                .next()
+                .and_then(|r| r.into_iter().nth(1).flatten());
+            route.shadowed.set(list.as_deref().unwrap_or(""));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the database's functions that share a built-in's name");
+            route.shadowed.retry();
+        }
     }
 }
 
@@ -178,7 +217,7 @@ async fn ended(
     match end {
         End::Released => {
             if flow.reread {
-                reread(state, server, &fe.lists).await;
+                atrest::check(state, server, &fe.lists, &route.pools.config()).await?;
             }
             shrink(&mut client.buf);
         }
@@ -302,30 +341,6 @@ async fn acquire_fitting(
             return Ok(server);
         }
         close(&mut server, "placeholder");
-    }
-}
-
-/// Reads the connection's settings back after a transaction that may have changed them; they
-/// become the client's. A failure closes the connection (the client keeps what it had).
-async fn reread(state: &mut ClientState, server: &mut Pooled, lists: &crate::backend::Interner) {
-    let sql = reread_sql(state.settings.custom());
-    match query::rows(server, &sql).await {
-        Ok(rows) => {
-            let login = server.params.defaults.get("session_authorization").cloned();
-            let found = reread_list(rows, login.as_deref());
-            let session = lists.intern(found.session);
-            state.settings.reread(&session, lists);
-            server.params.session = session;
-            for p in found.placeholders {
-                if !server.params.placeholders.contains(&p) {
-                    server.params.placeholders.push(p);
-                }
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "could not read the session's settings back; closing the connection");
-            close(server, "reset_failed");
-        }
     }
 }
 

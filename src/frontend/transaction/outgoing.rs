@@ -9,7 +9,7 @@
 
 use super::checks;
 use super::classify::{Class, PinReason, Sole};
-use super::flow::{Acts, Capture};
+use super::flow::{self, Acts, Capture};
 use super::named;
 use super::replies::{Effect, Entry, Expect, Local, Note};
 use super::sqlnames::{self, Mentions};
@@ -102,7 +102,11 @@ fn query(body: &[u8], tx: &mut Tx<'_>) -> Decision {
     tx.flow.next_segment();
     // A Query's body is its text and a NUL.
     let sql = body.strip_suffix(&[0]).unwrap_or(body);
-    let class = tx.client.recent.classify(sql);
+    let (settings, shadowed) = (&tx.client.settings, tx.client.shadowed.as_deref());
+    let class = tx
+        .client
+        .recent
+        .classify(sql, || flow::names(settings, shadowed));
     let mentions = sqlnames::mentions(sql, class.reads_view, tx);
     if class.is_plain() && mentions.is_empty() {
         tx.flow.unnamed_dropped();
@@ -288,7 +292,11 @@ fn parse(body: &[u8], tx: &mut Tx<'_>) -> Decision {
         return push(tx, Entry::new(Expect::Parse));
     };
     let (name, tail) = (&body[..name_end - 1], &body[name_end..]);
-    let class = tx.client.recent.classify(text(tail));
+    let (settings, shadowed) = (&tx.client.settings, tx.client.shadowed.as_deref());
+    let class = tx
+        .client
+        .recent
+        .classify(text(tail), || flow::names(settings, shadowed));
     if let Some(refusal) = effects(&class, tx) {
         return refuse(tx, false, refusal);
     }

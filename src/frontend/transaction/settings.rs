@@ -111,6 +111,17 @@ impl Settings {
         &self.custom
     }
 
+    /// Whether unqualified names reach pg_catalog's functions first: false when the client's
+    /// `search_path` names pg_catalog after another schema.
+    pub fn builtins(&self) -> bool {
+        let Some(path) = self.list.get("search_path") else {
+            return true;
+        };
+        let mut parts = path.split(',').map(|p| p.trim().trim_matches('"'));
+        let first = parts.next();
+        first == Some("pg_catalog") || parts.all(|p| p != "pg_catalog")
+    }
+
     /// The settings read back from the server ([`reread_sql`]'s rows, made a list by
     /// [`reread_list`]) become the client's, plus its startup values for names that are no
     /// longer set (a RESET or DISCARD ALL returns those, as PostgreSQL does).
@@ -125,19 +136,41 @@ impl Settings {
     }
 }
 
-/// The query that reads a connection's session-level settings back. The third column says
-/// where a row comes from: `pg_settings`, or a custom name asked for by name.
+/// The state a session can hold that cannot move to another connection, as one row of
+/// [`reread_sql`]: its second column lists what is there (comma-separated `PinReason`
+/// labels), empty when nothing is. Run at rest, so transaction-level locks and cursors are gone.
+/// Every name is qualified and every operator is pg_catalog's: the session's search_path is the
+/// client's.
+const STATE_SQL: &str = "SELECT 'state', pg_catalog.concat_ws(',', \
+     CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_class WHERE relnamespace OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema()) \
+       OR EXISTS (SELECT FROM pg_catalog.pg_proc WHERE pronamespace OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema()) \
+       OR EXISTS (SELECT FROM pg_catalog.pg_type WHERE typnamespace OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema()) \
+       THEN 'temp_table' END, \
+     CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_listening_channels()) THEN 'listen' END, \
+     CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_prepared_statements WHERE from_sql) THEN 'sql_prepare' END, \
+     CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_cursors WHERE is_holdable) THEN 'with_hold' END, \
+     CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_locks WHERE locktype OPERATOR(pg_catalog.=) 'advisory' \
+       AND pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()) THEN 'advisory_lock' END), 'state'";
+
+/// The query that reads a connection's session-level settings back, and the state that cannot
+/// be carried ([`STATE_SQL`]). The third column says where a row comes from: `pg_settings`, a
+/// custom name asked for by name, or the state.
 pub fn reread_sql(custom: &[String]) -> String {
     let mut sql = String::from(
-        "SELECT name, current_setting(name), 'listed' FROM pg_settings WHERE source = 'session' \
-         UNION ALL SELECT 'role', current_setting('role'), 'listed' \
-         UNION ALL SELECT 'session_authorization', current_setting('session_authorization'), 'listed'",
+        "SELECT name, pg_catalog.current_setting(name), 'listed' FROM pg_catalog.pg_settings \
+         WHERE source OPERATOR(pg_catalog.=) 'session' \
+         UNION ALL SELECT 'role', pg_catalog.current_setting('role'), 'listed' \
+         UNION ALL SELECT 'session_authorization', pg_catalog.current_setting('session_authorization'), 'listed' \
+         UNION ALL ",
     );
+    sql.push_str(STATE_SQL);
+    sql.push_str(" UNION ALL ");
+    sql.push_str(super::allowlist::SHADOW_SQL);
     if !custom.is_empty() {
         let names: Vec<String> = custom.iter().map(|n| quote_literal(n)).collect();
         sql.push_str(&format!(
-            " UNION ALL SELECT n, current_setting(n, true), 'custom' \
-             FROM unnest(ARRAY[{}]::text[]) AS n",
+            " UNION ALL SELECT n, pg_catalog.current_setting(n, true), 'custom' \
+             FROM pg_catalog.unnest(ARRAY[{}]::pg_catalog.text[]) AS n",
             names.join(", ")
         ));
     }
@@ -151,6 +184,10 @@ pub struct Reread {
     /// Custom names that exist only as placeholders: once made, PostgreSQL keeps them for the
     /// rest of the session (RESET and DISCARD ALL leave them, with an empty value).
     pub placeholders: Vec<String>,
+    /// State that cannot be carried, by kind (the labels of `PinReason`); empty when none.
+    pub state: Vec<String>,
+    /// The functions that share a built-in's name, comma-separated (`allowlist::SHADOW_SQL`).
+    pub shadowed: Option<String>,
 }
 
 /// [`reread_sql`]'s rows: no role means `none`; the session authorization counts only when it
@@ -158,6 +195,8 @@ pub struct Reread {
 pub fn reread_list(rows: Vec<Vec<Option<String>>>, login_user: Option<&str>) -> Reread {
     let mut pairs: Vec<(String, String)> = Vec::new();
     let mut placeholders = Vec::new();
+    let mut state = Vec::new();
+    let mut shadowed = None;
     for row in rows {
         let mut cols = row.into_iter();
         let (Some(Some(name)), Some(Some(value)), Some(Some(from))) =
@@ -165,6 +204,19 @@ pub fn reread_list(rows: Vec<Vec<Option<String>>>, login_user: Option<&str>) -> 
         else {
             continue;
         };
+        if from == "shadow" {
+            shadowed = Some(value);
+            continue;
+        }
+        if from == "state" {
+            state.extend(
+                value
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned),
+            );
+            continue;
+        }
         let skip = match name.as_str() {
             "role" => value == "none",
             "session_authorization" => Some(value.as_str()) == login_user,
@@ -181,6 +233,8 @@ pub fn reread_list(rows: Vec<Vec<Option<String>>>, login_user: Option<&str>) -> 
     Reread {
         session: SettingList::new(pairs),
         placeholders,
+        state,
+        shadowed,
     }
 }
 
@@ -389,6 +443,21 @@ mod tests {
             list(&[("application_name", "psql"), ("work_mem", "7MB")])
         );
         let sql = reread_sql(&["app.tenant".into()]);
-        assert!(sql.contains("unnest(ARRAY['app.tenant']::text[])"), "{sql}");
+        assert!(
+            sql.contains("unnest(ARRAY['app.tenant']::pg_catalog.text[])"),
+            "{sql}"
+        );
+        let rows = vec![
+            row("state", Some("temp_table,listen"), "state"),
+            row("work_mem", Some("7MB"), "listed"),
+        ];
+        let got = reread_list(rows, None);
+        assert_eq!(got.state, ["temp_table", "listen"]);
+        assert_eq!(got.session, list(&[("work_mem", "7MB")]));
+        assert!(
+            reread_list(vec![row("state", Some(""), "state")], None)
+                .state
+                .is_empty()
+        );
     }
 }

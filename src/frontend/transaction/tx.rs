@@ -52,15 +52,39 @@ pub fn effects(class: &Class, tx: &mut Tx<'_>) -> Option<Bytes> {
                 ),
             ));
         }
-        tx.client.pins.pin(reason, &tx.client.who);
+        if !tx
+            .client
+            .pins
+            .pin(reason, &tx.client.who, tx.cfg.max_pinned())
+        {
+            return Some(too_many_pinned(reason.statement(), tx.cfg.max_pinned()));
+        }
+    }
+    if class.check {
+        tx.flow.reread = true;
     }
     if class.settings {
         tx.flow.reread = true;
         if !tx.client.settings.note_custom(&class.custom) {
-            tx.client.pins.pin(PinReason::Other, &tx.client.who);
+            let max = tx.cfg.max_pinned();
+            if !tx.client.pins.pin(PinReason::Other, &tx.client.who, max) {
+                return Some(too_many_pinned(PinReason::Other.statement(), max));
+            }
         }
     }
     None
+}
+
+/// The refusal of a pin past `pool.max_pinned`.
+pub fn too_many_pinned(statement: &str, max: u32) -> Bytes {
+    error(
+        "0A000",
+        &format!(
+            "{statement} would tie this session to one upstream connection, and {max} of this \
+             database's clients are tied already (pool.max_pinned = {max}, which keeps \
+             connections for everyone else): use session mode for such sessions"
+        ),
+    )
 }
 
 /// PostgreSQL's error for a statement in an aborted transaction block.
