@@ -4,13 +4,15 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use rotagate::frontend::transaction::allowlist::Names;
 use rotagate::frontend::transaction::classify::{Recent, classify};
 
 fuzz_target!(|data: &[u8]| {
-    let alone = classify(data);
+    let names = Names::catalog();
+    let alone = classify(data, &names);
     let mut recent = Recent::default();
-    let first = recent.classify(data);
-    let again = recent.classify(data);
+    let first = recent.classify(data, || names.clone());
+    let again = recent.classify(data, || names.clone());
     assert_eq!(alone, first);
     assert_eq!(first, again);
 });

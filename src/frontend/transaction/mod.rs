@@ -27,7 +27,7 @@ pub mod named;
 pub mod outgoing;
 pub mod pins;
 pub mod policy;
-mod quick;
+pub mod quick;
 pub mod replies;
 pub mod settings;
 pub mod sqlnames;
