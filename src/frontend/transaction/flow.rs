@@ -114,6 +114,10 @@ pub struct Flow {
     /// A Close or Query came after that Parse: the statement is gone unless an error made the
     /// server skip them.
     pub unnamed_maybe_gone: bool,
+    /// rotagate refused an extended message since the last Sync, or sent one that surely fails
+    /// (a Bind or Describe of a name the client does not have): the server skips what follows
+    /// it up to the Sync.
+    pub refused: bool,
     /// Parses and Queries decided whose effect on the unnamed statement is not confirmed yet.
     pub unnamed_unconfirmed: u32,
     /// The unnamed Parses among them, in order.

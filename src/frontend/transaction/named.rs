@@ -7,7 +7,7 @@
 //! rotagate, as is a name no client may use.
 
 use super::checks::{self, Waiting};
-use super::classify::Class;
+use super::classify::{Class, PinReason};
 use super::flow::{Acts, ClientState, Flow};
 use super::flow::{Capture, Hold, Verdict};
 use super::replies::{Effect, Entry, Expect, Local, Note};
@@ -324,7 +324,12 @@ pub fn bind(
     let name = &body[portal_end..names_end - 1];
     let stmt = match lookup(name, tx) {
         Ok(Some(stmt)) => stmt,
-        Ok(None) => return push(tx, Entry::new(Expect::Bind)),
+        Ok(None) => {
+            // Upstream only a client pinned by its SQL PREPARE has statements under client
+            // names: otherwise this Bind surely fails.
+            tx.flow.refused |= !tx.client.pins.has(PinReason::SqlPrepare);
+            return push(tx, Entry::new(Expect::Bind));
+        }
         Err(refusal) => return refuse(tx, false, refusal),
     };
     if checks::changed(tx.flow) && HEADER_LEN + body.len() < len {
@@ -388,7 +393,10 @@ fn count_first(
 pub fn describe(name: &[u8], tx: &mut Tx<'_>) -> Decision {
     let stmt = match lookup(name, tx) {
         Ok(Some(stmt)) => stmt,
-        Ok(None) => return push(tx, Entry::new(Expect::DescribeStatement)),
+        Ok(None) => {
+            tx.flow.refused |= !tx.client.pins.has(PinReason::SqlPrepare);
+            return push(tx, Entry::new(Expect::DescribeStatement));
+        }
         Err(refusal) => return refuse(tx, false, refusal),
     };
     match held(tx) {

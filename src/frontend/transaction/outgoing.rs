@@ -72,7 +72,9 @@ pub fn decide(tag: u8, msg: &[u8], len: usize, tx: &mut Tx<'_>) -> Decision {
             push(tx, Entry::new(Expect::Execute).effect(effect))
         }
         b'S' => {
-            let erred = std::mem::take(&mut tx.flow.skipping);
+            // An error is back, or one is sure to come (rotagate refused a message).
+            let erred =
+                std::mem::take(&mut tx.flow.skipping) | std::mem::take(&mut tx.flow.refused);
             tx.flow.unsynced = false;
             tx.prepared.new_pipeline();
             tx.flow.replies.push(Entry::new(Expect::Sync));

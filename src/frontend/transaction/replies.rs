@@ -129,6 +129,10 @@ pub struct Entry {
     pub quiet: bool,
     /// An ErrorResponse came for this Query (it goes on to ReadyForQuery).
     pub failed: bool,
+    /// The error came after rotagate's statement ran, from the commit of the implicit
+    /// transaction it ended (a deferred constraint, a serialization failure): what it did
+    /// outside the transaction (a DEALLOCATE) stays, as directly.
+    pub ran: bool,
     pub note: Note,
     extra: Option<Box<Extra>>,
 }
@@ -149,6 +153,7 @@ impl Entry {
             hidden: false,
             quiet: false,
             failed: false,
+            ran: false,
             note: Note::None,
             extra: None,
         }

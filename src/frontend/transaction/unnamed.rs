@@ -156,10 +156,13 @@ pub fn elsewhere(tx: &Tx<'_>) -> bool {
 /// Describe fails unseen). True when it wrote them.
 ///
 /// A Close or Query after the Parse drops the statement unless an error made the server skip
-/// them: the Describe goes only when an error has come back by now (`erred`). Without an
-/// error, a Describe failing after the Sync would abort the transaction block the Query may
-/// have begun (the long run's seed 1000512); the status after a Sync that followed an error is
-/// idle or failed, where it fails harmlessly.
+/// them: the Describe goes only when an error has come back by now, or is sure to come (a
+/// message rotagate refused: `erred`). Without an error, a Describe failing after the Sync
+/// would abort the transaction block the Query may have begun (the long run's seed 1000512);
+/// the status after a Sync that followed an error is idle or failed, where it fails
+/// harmlessly. Left out: a server error not back yet when the Sync goes (all in one pipeline),
+/// where the statement survives undescribed, and a schema change before it is bound on
+/// another connection goes unnoticed.
 pub fn kept(tx: &mut Tx<'_>, erred: bool) -> bool {
     let gone = std::mem::take(&mut tx.flow.unnamed_maybe_gone);
     if !std::mem::take(&mut tx.flow.unnamed_parsed) || (gone && !erred) {
