@@ -281,7 +281,11 @@ async fn a_client_reads_its_own_statements_in_pg_prepared_statements() {
         want[2].starts_with("s1:SELECT $1::int:{integer}:false | s2:"),
         "{want:?}"
     );
-    let proxy = TestProxy::builder(&pg).pool_size(1).start().await;
+    let proxy = TestProxy::builder(&pg)
+        .pool_size(1)
+        .pool("prepared_statements_view = \"client\"")
+        .start()
+        .await;
     // Another client's statements share the connection; they are not the reader's.
     let mut other = Raw::connect(proxy.addr, CLIENT_USER, CLIENT_PASSWORD).await;
     other
@@ -291,4 +295,18 @@ async fn a_client_reads_its_own_statements_in_pg_prepared_statements() {
     let mut a = Raw::connect(proxy.addr, CLIENT_USER, CLIENT_PASSWORD).await;
     let got = view_reads(&mut a).await;
     assert_eq!(got, want, "through rotagate, then directly");
+    // By default the view is the upstream connection's: rotagate's names, every client's.
+    let proxy = TestProxy::builder(&pg).pool_size(1).start().await;
+    let mut a = Raw::connect(proxy.addr, CLIENT_USER, CLIENT_PASSWORD).await;
+    a.send(&Ext::new().parse("s1", "SELECT $1::int").sync().0)
+        .await;
+    a.until_ready().await;
+    let names = common::wire::first_column(
+        &a.query("SELECT string_agg(name, ',') FROM pg_prepared_statements")
+            .await,
+    );
+    assert!(
+        names.len() == 1 && names[0].starts_with("rotagate_"),
+        "{names:?}"
+    );
 }

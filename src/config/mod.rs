@@ -181,6 +181,9 @@ pub struct PoolConfig {
     /// `pool.max_pinned`: clients of the database that may be pinned at once; None for the
     /// default, `size - 1` (see [`PoolConfig::max_pinned`]).
     pub max_pinned: Option<u32>,
+    /// `pool.prepared_statements_view`: what `pg_prepared_statements` shows a transaction-mode
+    /// client: the upstream connection's statements (`false`, the default) or its own (`true`).
+    pub client_view: bool,
     /// rotagate's named statements kept per upstream connection (least recently used go).
     pub max_prepared_statements: usize,
     /// Bytes of named-statement text one client may keep in transaction mode.
@@ -208,6 +211,7 @@ impl Default for PoolConfig {
             min_idle: 0,
             on_pin: OnPin::Pin,
             max_pinned: None,
+            client_view: false,
             max_prepared_statements: 250,
             max_client_statement_bytes: 1 << 20,
             acquire_timeout: Duration::from_secs(30),

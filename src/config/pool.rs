@@ -20,12 +20,25 @@ pub(super) fn pool(c: &mut Check, r: RawPool, base: &PoolConfig) -> PoolConfig {
         Some(_) => Some(c.range("pool.max_pinned", r.max_pinned, 0, 0, size.into()) as u32),
         None => base.max_pinned.filter(|m| *m <= size),
     };
+    let client_view = match r.prepared_statements_view.as_deref() {
+        None => base.client_view,
+        Some("upstream") => false,
+        Some("client") => true,
+        Some(_) => {
+            c.err(
+                "pool.prepared_statements_view",
+                "must be one of upstream, client (the value is not shown)".to_owned(),
+            );
+            false
+        }
+    };
     PoolConfig {
         mode,
         size,
         min_idle,
         on_pin,
         max_pinned,
+        client_view,
         max_prepared_statements: c.range(
             "pool.max_prepared_statements",
             r.max_prepared_statements,

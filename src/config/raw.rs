@@ -109,6 +109,7 @@ pub struct RawPool {
     pub drain_timeout: Option<String>,
     pub on_pin: Option<String>,
     pub max_pinned: Option<i64>,
+    pub prepared_statements_view: Option<String>,
     pub max_prepared_statements: Option<i64>,
     pub max_client_statement_bytes: Option<i64>,
 }

@@ -162,6 +162,7 @@ pub(super) fn pool_config() -> PoolConfig {
         min_idle: 0,
         on_pin: OnPin::Pin,
         max_pinned: None,
+        client_view: false,
         max_prepared_statements: 3,
         max_client_statement_bytes: 1 << 16,
         acquire_timeout: Duration::from_secs(1),

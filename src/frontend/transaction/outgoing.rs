@@ -109,7 +109,7 @@ fn query(body: &[u8], tx: &mut Tx<'_>) -> Decision {
         .client
         .recent
         .classify(sql, || flow::names(settings, shadowed));
-    let mentions = sqlnames::mentions(sql, class.reads_view, tx);
+    let mentions = sqlnames::mentions(sql, class.reads_view && tx.cfg.client_view, tx);
     if class.is_plain() && mentions.is_empty() {
         tx.flow.unnamed_dropped();
         return push(tx, Entry::new(Expect::Query).note(Note::UnnamedDrop));
@@ -302,7 +302,9 @@ fn parse(body: &[u8], tx: &mut Tx<'_>) -> Decision {
     if let Some(refusal) = effects(&class, tx) {
         return refuse(tx, false, refusal);
     }
-    let read_view = class.reads_view.then(|| view::tail(tail, tx)).flatten();
+    let read_view = (class.reads_view && tx.cfg.client_view)
+        .then(|| view::tail(tail, tx))
+        .flatten();
     let tail = read_view.as_deref().unwrap_or(tail);
     if !name.is_empty() {
         return named::parse(name, tail, class, tx);
