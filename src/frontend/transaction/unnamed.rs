@@ -43,6 +43,7 @@ pub fn parse(tail: &[u8], class: Class, tx: &mut Tx<'_>) {
     });
     tx.flow.unnamed_spec = Spec::Parsed(tx.flow.segment);
     tx.flow.unnamed_parsed = true;
+    tx.flow.unnamed_maybe_gone = false;
     tx.flow.unnamed_unconfirmed += 1;
     tx.flow
         .replies
@@ -112,6 +113,7 @@ fn reparse(u: &Unnamed, describe: bool, tx: &mut Tx<'_>) -> Use {
     tx.flow.unnamed_unconfirmed += 1;
     tx.flow.unnamed_spec = Spec::Parsed(tx.flow.segment);
     tx.flow.unnamed_parsed = true;
+    tx.flow.unnamed_maybe_gone = false;
     let Some(desc) = &u.desc else {
         return Use::Pass;
     };
