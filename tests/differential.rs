@@ -54,7 +54,8 @@ async fn three_clients_on_two_connections_see_what_sessions_of_their_own_see() {
 /// Parse, then a Query that begins a transaction block, then a Close of it and a Sync (1000512);
 /// a DEALLOCATE ALL Query whose implicit commit then fails on a deferred constraint (1000914);
 /// an unnamed statement closed and parsed again before a Sync, then bound after a schema
-/// change (1001384).
+/// change (1001384); a Query naming a client's statement in a string after unsynced messages
+/// whose implicit commit fails (1001418).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeds_the_long_run_diverged_on_stay_fixed() {
     check(
@@ -64,5 +65,11 @@ async fn seeds_the_long_run_diverged_on_stay_fixed() {
         2_000,
     )
     .await;
-    check(&[1_000_246, 1_000_289, 1_000_914, 1_001_384], 2, 1, 2_000).await;
+    check(
+        &[1_000_246, 1_000_289, 1_000_914, 1_001_384, 1_001_418],
+        2,
+        1,
+        2_000,
+    )
+    .await;
 }
