@@ -90,6 +90,15 @@ pub(super) fn upstream(c: &mut Check, r: Option<RawUpstream>) -> UpstreamConfig 
             UpstreamTls::VerifyFull
         }
     };
+    if tls == UpstreamTls::VerifyCa && r.ca_file.is_none() {
+        // Against the bundled public web roots, with no name check, any certificate a public
+        // CA signed for any name would pass.
+        c.err(
+            "upstream.ca_file",
+            "is required with upstream.tls = \"verify-ca\": name the CA that signs the server's \
+             certificate (for RDS, its global bundle), or use verify-full",
+        );
+    }
     let target_session_attrs = session_attrs(c, r.target_session_attrs.as_deref(), hosts.len());
     UpstreamConfig {
         port: hosts.first().map_or(5432, |h| h.port),
@@ -259,6 +268,19 @@ mod tests {
             any.unwrap().target_session_attrs,
             TargetSessionAttrs::PreferStandby
         );
+    }
+
+    #[test]
+    fn verify_ca_needs_a_ca_file() {
+        let e = upstream("host = \"db.example\"\ntls = \"verify-ca\"").unwrap_err();
+        assert!(
+            e.contains("upstream.ca_file") && e.contains("verify-ca"),
+            "{e}"
+        );
+        assert!(
+            upstream("host = \"db.example\"\ntls = \"verify-ca\"\nca_file = \"/ca.pem\"").is_ok()
+        );
+        assert!(upstream("host = \"db.example\"\ntls = \"verify-full\"").is_ok());
     }
 
     #[test]
