@@ -34,6 +34,7 @@ pub struct App {
 impl App {
     /// Binds the client and admin listeners (port 0 picks a free port).
     pub async fn bind(cfg: Config) -> anyhow::Result<Self> {
+        crate::secrets::private::check(&cfg)?;
         let proxy = bind_proxy(cfg.listen.addr, cfg.listen.workers)
             .await
             .with_context(|| format!("cannot listen on {}", cfg.listen.addr))?;

@@ -40,6 +40,34 @@ fn check_config_lists_every_bad_field_and_exits_1() {
 }
 
 #[test]
+fn run_refuses_a_token_file_others_can_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("admin.token");
+    std::fs::write(&token, "s3cret-admin-token\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[listen]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n\
+             [[clients]]\nuser = \"a\"\npassword = \"p\"\n[upstream]\nhost = \"db\"\ndatabase = \"d\"\n\
+             [credentials]\nsource = \"file\"\n[credentials.file]\npath = \"/x\"\n",
+            token.display()
+        ),
+    )
+    .unwrap();
+    let out = bin().args(["run", "--config"]).arg(&path).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("admin.token_file") && err.contains("chmod 600"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret-admin-token"));
+}
+
+#[test]
 fn check_config_reads_rotagate_config_and_env_overrides() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("good.toml");

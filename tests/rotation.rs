@@ -201,7 +201,11 @@ async fn bad_secrets_are_rejected_and_the_breaker_opens_then_recovers() {
 async fn post_rotate_and_post_failover_need_the_token_when_one_is_configured() {
     let pg = app_cluster();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("token"), "s3cret-admin-token\n").unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret-admin-token\n").unwrap();
+    // Key files others can read are refused at start (tests/cli.rs).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
     let proxy = TestProxy::builder(&pg)
         .admin(&format!(
             "token_file = \"{}\"",

@@ -8,6 +8,7 @@ pub mod cache;
 mod credentials;
 pub mod fallback;
 pub mod file;
+pub mod private;
 pub mod provider;
 pub mod vault;
 

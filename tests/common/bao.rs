@@ -155,6 +155,9 @@ impl Bao {
             .await;
         let file = dir.join(format!("{name}.secret-id"));
         std::fs::write(&file, secret["data"]["secret_id"].as_str().unwrap()).unwrap();
+        // rotagate refuses key files others can read.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
         (id["data"]["role_id"].as_str().unwrap().to_owned(), file)
     }
 

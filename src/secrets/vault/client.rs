@@ -277,8 +277,33 @@ fn read_secret_file(path: &std::path::Path) -> Result<SecretString, SourceError>
     Ok(value)
 }
 
+/// Whether `addr` is `http://` to a host other than localhost or a loopback address.
+pub fn plain_http_off_loopback(addr: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(addr) else {
+        return false;
+    };
+    if url.scheme() != "http" {
+        return false;
+    }
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => !ip.is_loopback(),
+        Err(_) => !host.eq_ignore_ascii_case("localhost"),
+    }
+}
+
 /// reqwest with rustls on *ring*: the bundled Mozilla roots, plus `ca_file` when set.
 fn http_client(cfg: &VaultSourceConfig) -> anyhow::Result<reqwest::Client> {
+    if plain_http_off_loopback(&cfg.addr) {
+        tracing::warn!(
+            addr = %cfg.addr,
+            "credentials.vault.addr is plain HTTP to a host that is not loopback: the Vault token \
+             and the database credential cross the network unencrypted; use https"
+        );
+    }
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = &cfg.ca_file {
@@ -297,4 +322,21 @@ fn http_client(cfg: &VaultSourceConfig) -> anyhow::Result<reqwest::Client> {
         .timeout(CALL_TIMEOUT)
         .connect_timeout(Duration::from_secs(3))
         .build()?)
+}
+
+#[cfg(test)]
+mod address_tests {
+    #[test]
+    fn plain_http_is_flagged_only_off_loopback() {
+        for (addr, flagged) in [
+            ("http://vault.internal:8200", true),
+            ("http://10.0.0.5:8200", true),
+            ("http://127.0.0.1:8200", false),
+            ("http://[::1]:8200", false),
+            ("http://localhost:8200", false),
+            ("https://vault.internal:8200", false),
+        ] {
+            assert_eq!(super::plain_http_off_loopback(addr), flagged, "{addr}");
+        }
+    }
 }
