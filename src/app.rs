@@ -87,6 +87,7 @@ impl App {
             token: admin_token(&cfg)?,
             started: SystemTime::now(),
             max_connections: cfg.admin.max_connections,
+            metrics_require_token: cfg.admin.metrics_require_token,
         };
         let admin_done = spawn_admin(self.admin, state, admin_stop.clone())?;
         let fe = frontend(&cfg, databases.routes(), &shutdown)?;

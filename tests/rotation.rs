@@ -198,6 +198,31 @@ async fn bad_secrets_are_rejected_and_the_breaker_opens_then_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_require_the_token_too() {
+    use std::os::unix::fs::PermissionsExt;
+    let pg = app_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "m3trics-token\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let proxy = TestProxy::builder(&pg)
+        .admin(&format!(
+            "token_file = \"{}\"\nmetrics_require_token = true",
+            token.display()
+        ))
+        .start()
+        .await;
+    assert_eq!(http(proxy.admin, "GET", "/metrics").await.0, 401);
+    let bearer = "Authorization: Bearer m3trics-token\r\n";
+    let (code, body) = http_with(proxy.admin, "GET", "/metrics", bearer).await;
+    assert_eq!(code, 200);
+    assert!(body.contains("rotagate_"), "{body}");
+    // Health and readiness stay open for the orchestrator's probes.
+    assert_eq!(http(proxy.admin, "GET", "/readyz").await.0, 200);
+    assert_eq!(http(proxy.admin, "GET", "/healthz").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_rotate_and_post_failover_need_the_token_when_one_is_configured() {
     let pg = app_cluster();
     let dir = tempfile::tempdir().unwrap();
@@ -218,6 +243,15 @@ async fn post_rotate_and_post_failover_need_the_token_when_one_is_configured() {
         let wrong = proxy.post(path, "Authorization: Bearer wrong\r\n").await;
         assert_eq!(wrong.0, 401, "{path}");
     }
+    // /status needs it too; /metrics stays open unless admin.metrics_require_token.
+    let bearer = "Authorization: Bearer s3cret-admin-token\r\n";
+    assert_eq!(http(proxy.admin, "GET", "/status").await.0, 401);
+    let wrong = http_with(proxy.admin, "GET", "/status", "Authorization: Bearer x\r\n").await;
+    assert_eq!(wrong.0, 401);
+    let (code, body) = http_with(proxy.admin, "GET", "/status", bearer).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(!body.contains("s3cret-admin-token"));
+    assert_eq!(http(proxy.admin, "GET", "/metrics").await.0, 200);
     // One host, `any`: a search finds the host it serves from.
     let (code, body) = proxy
         .post("/failover", "Authorization: Bearer s3cret-admin-token\r\n")
@@ -240,7 +274,8 @@ async fn post_rotate_and_post_failover_need_the_token_when_one_is_configured() {
         body.contains("\"outcome\":\"applied\"") || body.contains("\"outcome\":\"unchanged\""),
         "{body}"
     );
-    assert_eq!(proxy.generation().await, 2);
+    let status = http_with(proxy.admin, "GET", "/status", bearer).await.1;
+    assert!(status.contains("\"generation\":2"), "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

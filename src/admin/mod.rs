@@ -28,6 +28,8 @@ pub struct AdminState {
     pub started: SystemTime,
     /// `admin.max_connections`.
     pub max_connections: usize,
+    /// `admin.metrics_require_token`.
+    pub metrics_require_token: bool,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -54,7 +56,12 @@ async fn readyz(State(s): State<AdminState>) -> Response {
     }
 }
 
-async fn metrics_text(State(s): State<AdminState>) -> Response {
+async fn metrics_text(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    if s.metrics_require_token {
+        if let Some(refused) = unauthorized(&s, &headers) {
+            return refused;
+        }
+    }
     for db in s.databases.all().iter() {
         refresh_gauges(db);
     }
@@ -138,7 +145,10 @@ fn token_status(db: &Database) -> serde_json::Value {
 
 /// `"databases": {name: {...}}`; with one database its fields are at the top level too (as
 /// before there were several).
-async fn status(State(s): State<AdminState>) -> Response {
+async fn status(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Some(refused) = unauthorized(&s, &headers) {
+        return refused;
+    }
     let all = s.databases.all();
     let mut body = serde_json::Map::new();
     if let [only] = all.as_slice() {
@@ -176,16 +186,25 @@ enum Ask {
     Failover,
 }
 
+/// 401 when a token is configured and the request does not carry it.
+fn unauthorized(s: &AdminState, headers: &HeaderMap) -> Option<Response> {
+    let token = s.token.as_ref()?;
+    if bearer_matches(headers, token) {
+        return None;
+    }
+    Some(
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "unauthorized\n",
+        )
+            .into_response(),
+    )
+}
+
 async fn ask_engines(s: &AdminState, uri: &Uri, headers: &HeaderMap, ask: Ask) -> Response {
-    if let Some(token) = &s.token {
-        if !bearer_matches(headers, token) {
-            return (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                "unauthorized\n",
-            )
-                .into_response();
-        }
+    if let Some(refused) = unauthorized(s, headers) {
+        return refused;
     }
     let targets = match query_param(uri, "database") {
         Some(name) => match s.databases.get(&name) {

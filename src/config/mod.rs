@@ -87,6 +87,8 @@ pub struct AdminConfig {
     pub allow_unauthenticated: bool,
     /// Admin connections open at once; more wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// `/metrics` needs the token too (`/status` always does when a token is set).
+    pub metrics_require_token: bool,
 }
 
 /// A static client login. Its secret is a plain password or a stored SCRAM verifier.

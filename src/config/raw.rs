@@ -57,6 +57,7 @@ pub struct RawAdmin {
     pub addr: Option<String>,
     pub token_file: Option<String>,
     pub allow_unauthenticated: Option<bool>,
+    pub metrics_require_token: Option<bool>,
     pub max_connections: Option<i64>,
 }
 

@@ -223,6 +223,7 @@ fn admin(c: &mut Check, r: RawAdmin) -> AdminConfig {
         addr: c.addr("admin.addr", r.addr.as_ref(), "127.0.0.1:9930"),
         token_file: r.token_file.map(PathBuf::from),
         allow_unauthenticated: r.allow_unauthenticated.unwrap_or(false),
+        metrics_require_token: r.metrics_require_token.unwrap_or(false),
         max_connections: c.range("admin.max_connections", r.max_connections, 64, 1, 10_000)
             as usize,
     };
