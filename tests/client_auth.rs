@@ -145,7 +145,7 @@ async fn oversized_messages_are_refused_without_harm() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upstream_md5_is_answered_and_cleartext_without_verified_tls_is_not() {
+async fn upstream_md5_is_answered_only_when_allowed_and_cleartext_without_verified_tls_is_not() {
     let pg = app_cluster();
     // An md5-hashed password, so PostgreSQL can ask for md5.
     pg.sql(&format!(
@@ -158,7 +158,18 @@ async fn upstream_md5_is_answered_and_cleartext_without_verified_tls_is_not() {
         .starts_with("md5")
     );
     pg.set_hba_method("md5");
-    let proxy = TestProxy::builder(&pg).start().await;
+    // Off by default: refused, logged, not ready.
+    let refused = TestProxy::builder(&pg).spawn().await;
+    wait_until(10, "the md5 refusal in the log", || async {
+        refused.log().contains("upstream.allow_md5")
+    })
+    .await;
+    assert_eq!(refused.get("/readyz").await.0, 503);
+    assert!(!refused.stop().await.contains(APP_PASSWORD));
+    let proxy = TestProxy::builder(&pg)
+        .upstream_tls("tls = \"disable\"\nallow_md5 = true")
+        .start()
+        .await;
     let client = proxy.client().await;
     assert_eq!(one(&client, "SELECT current_user").await, APP_USER);
     proxy.stop().await.unwrap();

@@ -21,6 +21,8 @@ pub struct AuthPolicy {
     /// connection a cleartext password may be sent over.
     pub verified_tls: bool,
     pub binding: ChannelBinding,
+    /// `upstream.allow_md5`.
+    pub allow_md5: bool,
     /// `tls-server-end-point` data of the server's certificate, when the connection is TLS
     /// and the certificate has one.
     pub end_point: Option<Vec<u8>>,
@@ -63,6 +65,9 @@ pub async fn authenticate(
             }
             Message::AuthenticationMd5Password(body) => {
                 policy.refuse_unbound("an md5 password")?;
+                if !policy.allow_md5 {
+                    return Err(md5_refused());
+                }
                 let hash = md5_hash(username.as_bytes(), password, body.salt());
                 frontend::password_message(hash.as_bytes(), &mut out)?;
             }
@@ -100,6 +105,19 @@ fn cleartext_refused() -> BackendError {
         "the server asked for a cleartext password without verified TLS (upstream.tls \
          verify-ca or verify-full); refused"
             .into(),
+    )
+}
+
+/// md5 is off unless `upstream.allow_md5`: PostgreSQL 14+ and RDS default to SCRAM, and an md5
+/// request from a server that stores SCRAM verifiers means something answers in its place.
+fn md5_refused() -> BackendError {
+    tracing::error!(
+        "the upstream server asked for an md5 password; refused, nothing was sent (set \
+         upstream.allow_md5 = true for a server whose roles still have md5 passwords, or store \
+         a SCRAM verifier: SET password_encryption = 'scram-sha-256' and set the password again)"
+    );
+    BackendError::Protocol(
+        "the server asked for an md5 password, and upstream.allow_md5 is false; refused".into(),
     )
 }
 

@@ -22,6 +22,7 @@ pub struct UpstreamTarget {
     pub database: String,
     pub mode: UpstreamTls,
     pub channel_binding: ChannelBinding,
+    pub allow_md5: bool,
     pub tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
     pub connect_timeout: Duration,
 }
@@ -38,6 +39,7 @@ impl UpstreamTarget {
             database: cfg.database.clone(),
             mode: cfg.tls,
             channel_binding: cfg.channel_binding,
+            allow_md5: cfg.allow_md5,
             tls,
             connect_timeout: cfg.connect_timeout,
         })
@@ -120,6 +122,7 @@ fn policy(stream: &Stream, target: &UpstreamTarget) -> auth::AuthPolicy {
         verified_tls: matches!(stream, Stream::Tls(_))
             && matches!(target.mode, UpstreamTls::VerifyCa | UpstreamTls::VerifyFull),
         binding: target.channel_binding,
+        allow_md5: target.allow_md5,
         end_point,
     }
 }

@@ -136,6 +136,8 @@ pub struct UpstreamConfig {
     pub ca_file: Option<PathBuf>,
     pub connect_timeout: Duration,
     pub channel_binding: ChannelBinding,
+    /// `upstream.allow_md5`: answer a server that asks for an md5 password (default false).
+    pub allow_md5: bool,
 }
 
 /// SCRAM channel binding (`tls-server-end-point`) upstream, as libpq's `channel_binding`.

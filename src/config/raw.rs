@@ -96,6 +96,7 @@ pub struct RawUpstream {
     pub ca_file: Option<String>,
     pub connect_timeout: Option<String>,
     pub channel_binding: Option<String>,
+    pub allow_md5: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -121,6 +121,7 @@ pub(super) fn upstream(c: &mut Check, r: Option<RawUpstream>) -> UpstreamConfig 
             Duration::from_secs(10),
         ),
         channel_binding: channel_binding(c, r.channel_binding.as_deref(), tls),
+        allow_md5: r.allow_md5.unwrap_or(false),
         host,
         hosts,
     }

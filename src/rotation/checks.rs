@@ -80,6 +80,7 @@ mod tests {
             ca_file: None,
             connect_timeout: Duration::from_secs(1),
             channel_binding: crate::config::ChannelBinding::Prefer,
+            allow_md5: false,
             hosts: vec![crate::config::HostPort {
                 host: "db.example.com".into(),
                 port: 5432,
