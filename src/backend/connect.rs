@@ -25,11 +25,20 @@ pub struct UpstreamTarget {
     pub allow_md5: bool,
     pub tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
     pub connect_timeout: Duration,
+    /// Each listed host's TLS mode and client config (`UpstreamConfig::tls_for`), for
+    /// [`UpstreamTarget::at`].
+    modes: Arc<Vec<(HostPort, UpstreamTls, Option<Arc<ClientConfig>>)>>,
 }
 
 impl UpstreamTarget {
     pub fn from_config(cfg: &UpstreamConfig) -> Result<Self, super::tls::TlsConfigError> {
-        let tls = match super::tls::client_config(cfg)? {
+        let mut modes = Vec::with_capacity(cfg.hosts.len());
+        for h in &cfg.hosts {
+            let mode = cfg.tls_for(&h.host);
+            modes.push((h.clone(), mode, super::tls::client_config(cfg, mode)?));
+        }
+        let mode = cfg.tls_for(&cfg.host);
+        let tls = match super::tls::client_config(cfg, mode)? {
             Some(c) => Some((c, super::tls::server_name(&cfg.host)?)),
             None => None,
         };
@@ -37,23 +46,30 @@ impl UpstreamTarget {
             host: cfg.host.clone(),
             port: cfg.port,
             database: cfg.database.clone(),
-            mode: cfg.tls,
+            mode,
             channel_binding: cfg.channel_binding,
             allow_md5: cfg.allow_md5,
             tls,
             connect_timeout: cfg.connect_timeout,
+            modes: Arc::new(modes),
         })
     }
 
-    /// The same database, TLS and timeouts on another host (a failover's candidate).
+    /// The same database and timeouts on another host (a failover's candidate), with that
+    /// host's TLS mode (a host not listed keeps this target's).
     pub fn at(&self, host: &HostPort) -> Result<Self, super::tls::TlsConfigError> {
-        let tls = match &self.tls {
-            Some((config, _)) => Some((config.clone(), super::tls::server_name(&host.host)?)),
+        let (mode, config) = match self.modes.iter().find(|(h, _, _)| h == host) {
+            Some((_, mode, config)) => (*mode, config.clone()),
+            None => (self.mode, self.tls.as_ref().map(|(c, _)| c.clone())),
+        };
+        let tls = match config {
+            Some(config) => Some((config, super::tls::server_name(&host.host)?)),
             None => None,
         };
         Ok(Self {
             host: host.host.clone(),
             port: host.port,
+            mode,
             tls,
             ..self.clone()
         })

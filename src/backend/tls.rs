@@ -23,12 +23,15 @@ pub enum TlsConfigError {
     Rustls(#[from] Error),
 }
 
-/// The client config for `cfg.tls`, or None for `disable`.
-pub fn client_config(cfg: &UpstreamConfig) -> Result<Option<Arc<ClientConfig>>, TlsConfigError> {
+/// The client config for `mode` (with `cfg`'s CA file), or None for `disable`.
+pub fn client_config(
+    cfg: &UpstreamConfig,
+    mode: UpstreamTls,
+) -> Result<Option<Arc<ClientConfig>>, TlsConfigError> {
     let provider = provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
-    let config = match cfg.tls {
+    let config = match mode {
         UpstreamTls::Disable => return Ok(None),
         UpstreamTls::Prefer | UpstreamTls::Require => builder
             .dangerous()

@@ -77,10 +77,13 @@ pub(super) fn check_rds_iam(c: &mut Check, upstream: &UpstreamConfig, cred: &Cre
     if !cred.sources.contains(&SourceKind::RdsIam) {
         return;
     }
-    if !matches!(
-        upstream.tls,
-        UpstreamTls::VerifyCa | UpstreamTls::VerifyFull
-    ) {
+    let verified = |h: &super::HostPort| {
+        matches!(
+            upstream.tls_for(&h.host),
+            UpstreamTls::VerifyCa | UpstreamTls::VerifyFull
+        )
+    };
+    if !upstream.hosts.iter().all(verified) {
         c.err(
             "upstream.tls",
             "must be verify-ca or verify-full with source = \"rds-iam\" (an IAM token is sent \

@@ -138,6 +138,9 @@ pub struct UpstreamConfig {
     pub channel_binding: ChannelBinding,
     /// `upstream.allow_md5`: answer a server that asks for an md5 password (default false).
     pub allow_md5: bool,
+    /// `upstream.tls` was set; otherwise each host's mode is its own default
+    /// ([`UpstreamConfig::tls_for`]).
+    pub tls_explicit: bool,
 }
 
 /// SCRAM channel binding (`tls-server-end-point`) upstream, as libpq's `channel_binding`.

@@ -66,6 +66,18 @@ impl TargetSessionAttrs {
     }
 }
 
+impl UpstreamConfig {
+    /// The TLS mode for `host`: `upstream.tls` when set; otherwise decided per host, as for the
+    /// first: `prefer` for a loopback host, `verify-full` for any other.
+    pub fn tls_for(&self, host: &str) -> UpstreamTls {
+        match self.tls_explicit {
+            true => self.tls,
+            false if is_loopback(host) => UpstreamTls::Prefer,
+            false => UpstreamTls::VerifyFull,
+        }
+    }
+}
+
 pub(super) fn upstream(c: &mut Check, r: Option<RawUpstream>) -> UpstreamConfig {
     let r = r.unwrap_or_else(|| {
         c.err("upstream", "the [upstream] section is required");
@@ -122,6 +134,7 @@ pub(super) fn upstream(c: &mut Check, r: Option<RawUpstream>) -> UpstreamConfig 
         ),
         channel_binding: channel_binding(c, r.channel_binding.as_deref(), tls),
         allow_md5: r.allow_md5.unwrap_or(false),
+        tls_explicit: r.tls.is_some(),
         host,
         hosts,
     }
@@ -268,6 +281,26 @@ mod tests {
         assert_eq!(
             any.unwrap().target_session_attrs,
             TargetSessionAttrs::PreferStandby
+        );
+    }
+
+    #[test]
+    fn the_tls_default_is_decided_per_host() {
+        use crate::config::UpstreamTls::*;
+        let u = upstream("hosts = [\"127.0.0.1:5432\", \"db.example:5432\"]").unwrap();
+        assert_eq!(u.tls_for("127.0.0.1"), Prefer);
+        assert_eq!(u.tls_for("db.example"), VerifyFull);
+        let target = crate::backend::UpstreamTarget::from_config(&u).unwrap();
+        assert_eq!(target.mode, Prefer);
+        let remote = target.at(&u.hosts[1]).unwrap();
+        assert_eq!(remote.mode, VerifyFull);
+        assert!(remote.tls.is_some());
+        assert_eq!(remote.at(&u.hosts[0]).unwrap().mode, Prefer);
+        let set = upstream("hosts = [\"127.0.0.1:5432\", \"db.example:5432\"]\ntls = \"require\"")
+            .unwrap();
+        assert_eq!(
+            (set.tls_for("127.0.0.1"), set.tls_for("db.example")),
+            (Require, Require)
         );
     }
 
