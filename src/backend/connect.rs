@@ -27,8 +27,11 @@ pub struct UpstreamTarget {
     pub connect_timeout: Duration,
     /// Each listed host's TLS mode and client config (`UpstreamConfig::tls_for`), for
     /// [`UpstreamTarget::at`].
-    modes: Arc<Vec<(HostPort, UpstreamTls, Option<Arc<ClientConfig>>)>>,
+    modes: Arc<Vec<HostTls>>,
 }
+
+/// One host's TLS mode and client config (None: `disable`).
+type HostTls = (HostPort, UpstreamTls, Option<Arc<ClientConfig>>);
 
 impl UpstreamTarget {
     pub fn from_config(cfg: &UpstreamConfig) -> Result<Self, super::tls::TlsConfigError> {

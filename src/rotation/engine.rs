@@ -392,6 +392,7 @@ impl<U: Upstream> Engine<U> {
                 self.prefetched = None;
                 self.persist(&candidate);
                 let old = (self.p.pools.generation(), self.p.pools.current());
+                self.writer.server = self.p.pools.server_of(&conn);
                 self.p.pools.publish(candidate, conn);
                 if let Some(to) = moved {
                     self.moved_by_rotation(serving, to, started);
@@ -412,6 +413,7 @@ impl<U: Upstream> Engine<U> {
         let serving = self.p.pools.serving();
         match self.p.pools.validate(&current, next, &serving).await {
             Ok(conn) => {
+                self.writer.server = self.p.pools.server_of(&conn);
                 self.p.pools.publish((*current).clone(), conn);
                 Step::about(Outcome::Reconfigured, &current, None)
             }
@@ -434,6 +436,7 @@ impl<U: Upstream> Engine<U> {
             .await
         {
             Ok(conn) => {
+                self.writer.server = self.p.pools.server_of(&conn);
                 self.p.pools.adopt(conn);
                 self.persist(current);
                 self.mark_validated();

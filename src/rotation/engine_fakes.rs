@@ -39,6 +39,9 @@ pub struct FakePools {
     /// Each host's role; a host not listed is down. Logins need the host up.
     roles: Mutex<HashMap<String, Role>>,
     serving: Mutex<HostPort>,
+    /// Which server a host name leads to (default: the name itself); a failover behind one
+    /// name changes it.
+    servers: Mutex<HashMap<String, String>>,
 }
 
 pub fn host(name: &str) -> HostPort {
@@ -63,7 +66,16 @@ impl FakePools {
             read_only: Default::default(),
             roles: Mutex::new(HashMap::from([("db".to_owned(), Role::Primary)])),
             serving: Mutex::new(host("db")),
+            servers: Mutex::default(),
         })
+    }
+
+    /// The name `host` now leads to another server (an RDS failover behind its endpoint).
+    pub fn moved_behind(&self, host: &str, server: &str) {
+        self.servers
+            .lock()
+            .unwrap()
+            .insert(host.into(), server.into());
     }
 
     /// `name` is up as `role`, or down (None).
@@ -152,14 +164,32 @@ impl Upstream for FakePools {
                     Some(r) => Ok(*r),
                     None => Err("connection refused".to_owned()),
                 };
+                let identity = role.is_ok().then(|| {
+                    let servers = self.servers.lock().unwrap();
+                    servers
+                        .get(&h.host)
+                        .cloned()
+                        .unwrap_or_else(|| h.host.clone())
+                });
                 Probe {
                     host: h.clone(),
                     refused_login: roles.contains_key(&h.host) && !good,
                     role,
                     checked: std::time::SystemTime::now(),
+                    identity,
                 }
             })
             .collect()
+    }
+
+    fn server_of(&self, proof: &HostPort) -> Option<String> {
+        let servers = self.servers.lock().unwrap();
+        Some(
+            servers
+                .get(&proof.host)
+                .cloned()
+                .unwrap_or_else(|| proof.host.clone()),
+        )
     }
 
     fn publish(&self, creds: Credentials, proof: HostPort) -> u64 {

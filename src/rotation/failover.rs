@@ -53,6 +53,9 @@ pub(super) struct Writer {
     warned: Option<Instant>,
     /// The last renewal for a read-only error.
     renewed: Option<Instant>,
+    /// Which server the serving generation's host led to when last probed (see
+    /// `Probe::identity`): a search that finds that server again publishes nothing.
+    pub server: Option<String>,
 }
 
 impl Writer {
@@ -69,6 +72,7 @@ impl Writer {
             detected: None,
             warned: None,
             renewed: None,
+            server: None,
         }
     }
 
@@ -114,10 +118,16 @@ impl<U: Upstream> Engine<U> {
         // A failover event, or a server that said it is read-only: the name may point at a new
         // writer while the pool's connections still reach the old one. A new pool then, even
         // on the same host name (its connections resolve the name again).
+        // Unless the probe shows the very server the pool was made on (a forged or repeated
+        // event must not cut sessions).
         let force = self.renew_on_read_only() || trigger == Trigger::RdsEvent;
+        let known = &self.writer.server;
+        let same_server = |p: &Probe| p.identity.is_some() && p.identity == *known;
         let found = match choose(attrs, &probes) {
             None => Found::Nothing(no_match(attrs, &probes)),
-            Some(p) if p.host == self.p.pools.serving() && !force => Found::Same,
+            Some(p) if p.host == self.p.pools.serving() && (!force || same_server(p)) => {
+                Found::Same
+            }
             Some(p) => self.move_to(&p.host.clone(), &creds).await,
         };
         let (outcome, reason) = self.settle(trigger, found, started);
@@ -163,6 +173,7 @@ impl<U: Upstream> Engine<U> {
         match self.p.pools.validate(creds, next, host).await {
             Ok(proof) => {
                 let from = self.p.pools.serving();
+                self.writer.server = self.p.pools.server_of(&proof);
                 self.p.pools.publish(creds.clone(), proof);
                 Found::Moved {
                     from,

@@ -206,6 +206,13 @@ async fn a_read_only_error_renews_the_pool_on_the_same_name_at_most_every_5_s() 
         h.pools.read_only.store(true, Ordering::SeqCst);
         h.pools.doubt.notify_one();
     };
+    // The same server behind the name: nothing to renew.
+    read_only();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.pools.published().len(), before);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // A failover behind the name: the pool is renewed.
+    h.pools.moved_behind("cluster-endpoint", "instance-2");
     read_only();
     until(&h, Duration::from_secs(1), |h| {
         h.pools.published().len() == before + 1
@@ -221,10 +228,46 @@ async fn a_read_only_error_renews_the_pool_on_the_same_name_at_most_every_5_s() 
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(h.pools.published().len(), before + 1);
     tokio::time::sleep(Duration::from_secs(5)).await;
+    h.pools.moved_behind("cluster-endpoint", "instance-3");
     read_only();
     until(&h, Duration::from_secs(1), |h| {
         h.pools.published().len() == before + 2
     })
     .await;
     assert!(ready(&h));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_rds_event_renews_the_pool_only_when_another_server_answers_behind_the_name() {
+    use crate::secrets::provider::{Change, Note};
+    let h = Setup {
+        hosts: vec![("cluster-endpoint", Some(Role::Primary))],
+        attrs: TargetSessionAttrs::ReadWrite,
+        ..Setup::default()
+    }
+    .start("v1", Some("v1"))
+    .await;
+    let before = h.pools.published().len();
+    let event = || Note {
+        origin: "sqs",
+        change: Change::Failover,
+        version: None,
+        counted: true,
+    };
+    // A forged (or repeated) failover event: the writer is the same server, so nothing is
+    // published and nothing drains.
+    for _ in 0..3 {
+        h.events.send(event()).await.unwrap();
+        h.settle().await;
+    }
+    assert_eq!(h.pools.published().len(), before);
+    assert!(h.status.view().last_failover.is_none());
+    // A real one: another server answers behind the name.
+    h.pools.moved_behind("cluster-endpoint", "instance-2");
+    h.events.send(event()).await.unwrap();
+    until(&h, Duration::from_secs(3), |h| {
+        h.pools.published().len() == before + 1
+    })
+    .await;
+    assert_eq!(h.pools.on(), "cluster-endpoint");
 }

@@ -54,11 +54,14 @@ pub trait Upstream: Send + Sync + 'static {
     fn writer_doubt(&self) -> Arc<Notify>;
     /// Whether a server said it is read-only since the last call.
     fn take_read_only(&self) -> bool;
+
+    /// Which server a validated connection reached (see `Probe::identity`).
+    fn server_of(&self, proof: &Self::Proof) -> Option<String>;
 }
 
 impl Upstream for Pools {
     /// The validated connection and the server it is logged in to.
-    type Proof = (ServerConn, Arc<UpstreamTarget>);
+    type Proof = (ServerConn, Arc<UpstreamTarget>, Option<String>);
 
     fn generation(&self) -> u64 {
         Pools::generation(self)
@@ -83,10 +86,11 @@ impl Upstream for Pools {
             true => current,
             false => Arc::new(current.at(host).map_err(|e| e.to_string())?),
         };
-        let conn = health_check(&target, creds, generation, self.database())
+        let mut conn = health_check(&target, creds, generation, self.database())
             .await
             .map_err(|e| e.to_string())?;
-        Ok((conn, target))
+        let server = writer::server_identity(&mut conn).await;
+        Ok((conn, target, server))
     }
 
     async fn probe(
@@ -98,11 +102,11 @@ impl Upstream for Pools {
         writer::probe_all(&self.target(), hosts, creds, attrs).await
     }
 
-    fn publish(&self, creds: Credentials, (conn, target): Self::Proof) -> u64 {
+    fn publish(&self, creds: Credentials, (conn, target, _): Self::Proof) -> u64 {
         Pools::publish_to(self, creds, target, conn)
     }
 
-    fn adopt(&self, (conn, _): Self::Proof) {
+    fn adopt(&self, (conn, _, _): Self::Proof) {
         Pools::adopt(self, conn)
     }
 
@@ -125,5 +129,9 @@ impl Upstream for Pools {
     fn take_read_only(&self) -> bool {
         self.read_only_seen
             .swap(false, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    fn server_of(&self, proof: &Self::Proof) -> Option<String> {
+        proof.2.clone()
     }
 }

@@ -43,6 +43,9 @@ pub struct Probe {
     /// The login was refused (28P01/28000): the credential, not the host, is the trouble.
     pub refused_login: bool,
     pub checked: SystemTime,
+    /// Which server answered, for a host that accepts sessions not in recovery: its address,
+    /// port and start time. The same host name may lead to another server after a failover.
+    pub identity: Option<String>,
 }
 
 /// How long hosts earlier in the list that have not answered may hold up the choice once a
@@ -104,6 +107,7 @@ pub async fn probe_all(
                 role: Err("no answer yet when the search settled".into()),
                 refused_login: false,
                 checked: now,
+                identity: None,
             })
         })
         .collect()
@@ -114,11 +118,16 @@ async fn probe(base: &UpstreamTarget, host: &HostPort, creds: &Credentials) -> P
         Ok(target) => classify(&target, creds).await,
         Err(e) => (Err(e.to_string()), false),
     };
+    let (role, identity) = match role {
+        Ok((role, identity)) => (Ok(role), identity),
+        Err(e) => (Err(e), None),
+    };
     Probe {
         host: host.clone(),
         role,
         refused_login,
         checked: SystemTime::now(),
+        identity,
     }
 }
 
@@ -150,7 +159,18 @@ fn wants(attrs: TargetSessionAttrs, r: Role) -> bool {
     }
 }
 
-async fn classify(target: &UpstreamTarget, creds: &Credentials) -> (Result<Role, String>, bool) {
+/// The server's role, and for one not in recovery which server it is.
+type Classified = (Role, Option<String>);
+
+/// Whether the session may write, and which server answered.
+const WRITABLE_AND_WHO: &str = "SELECT pg_catalog.current_setting('transaction_read_only'), \
+     pg_catalog.concat(pg_catalog.inet_server_addr(), ':', pg_catalog.inet_server_port(), ' ', \
+     pg_catalog.pg_postmaster_start_time())";
+
+async fn classify(
+    target: &UpstreamTarget,
+    creds: &Credentials,
+) -> (Result<Classified, String>, bool) {
     let mut refused = false;
     let work = async {
         let mut conn = backend::connect(target, creds, 0).await.map_err(|e| {
@@ -168,19 +188,33 @@ async fn classify(target: &UpstreamTarget, creds: &Credentials) -> (Result<Role,
             None => one(&mut conn, "SELECT pg_is_in_recovery()").await? == "t",
         };
         if standby {
-            return Ok(Role::Standby);
+            return Ok((Role::Standby, None));
         }
-        let read_only = one(&mut conn, "SHOW transaction_read_only").await? == "on";
-        Ok(if read_only {
-            Role::ReadOnly
-        } else {
-            Role::Primary
-        })
+        let rows = query::rows(&mut conn, WRITABLE_AND_WHO)
+            .await
+            .map_err(|e| e.to_string())?;
+        let row = rows.into_iter().next().unwrap_or_default();
+        let read_only = row.first().cloned().flatten().as_deref() == Some("on");
+        let who = row.get(1).cloned().flatten();
+        Ok((
+            if read_only {
+                Role::ReadOnly
+            } else {
+                Role::Primary
+            },
+            who,
+        ))
     };
     let role = tokio::time::timeout(target.connect_timeout * 2, work)
         .await
         .unwrap_or_else(|_| Err("did not answer in time".into()));
     (role, refused)
+}
+
+/// Which server `conn` reached (address, port, start time); None when it cannot tell.
+pub async fn server_identity(conn: &mut backend::ServerConn) -> Option<String> {
+    let rows = query::rows(conn, WRITABLE_AND_WHO).await.ok()?;
+    rows.into_iter().next()?.get(1).cloned().flatten()
 }
 
 async fn one(conn: &mut backend::ServerConn, sql: &str) -> Result<String, String> {
@@ -217,6 +251,7 @@ mod tests {
             role: role.map_err(str::to_owned),
             refused_login: false,
             checked: SystemTime::now(),
+            identity: None,
         }
     }
 

@@ -49,8 +49,15 @@ pub fn classify(body: &str, ours: &SecretMatcher) -> EventAction {
     let Ok(mut v) = serde_json::from_str::<Value>(body) else {
         return EventAction::Invalid("the message body is not JSON".into());
     };
-    // An SNS envelope carries the EventBridge event as a JSON string in `Message`.
+    // An SNS envelope carries the EventBridge event as a JSON string in `Message`; its topic
+    // names the account that published it.
+    let mut topic_account = None;
     if v.get("Type").and_then(Value::as_str) == Some("Notification") {
+        topic_account = v
+            .get("TopicArn")
+            .and_then(Value::as_str)
+            .and_then(arn_account)
+            .map(str::to_owned);
         match v
             .get("Message")
             .and_then(Value::as_str)
@@ -65,6 +72,22 @@ pub fn classify(body: &str, ours: &SecretMatcher) -> EventAction {
         }
     }
     if rds_events::is_subscription(&v) {
+        // The same checks as any event: from RDS (the format says so) and from the secret's
+        // account, told by the event's Source ARN and the SNS topic it came through.
+        let source = v.get("Source ARN").and_then(Value::as_str);
+        if let Some(want) = ours.expected_account() {
+            let from = source.and_then(arn_account);
+            if from != Some(want) || topic_account.as_deref().is_some_and(|t| t != want) {
+                return EventAction::Ignore(
+                    "an RDS event notification from another AWS account than the secret's \
+                     (or with no Source ARN to tell)"
+                        .into(),
+                );
+            }
+        }
+        if !source.is_some_and(|s| s.starts_with("arn:aws") && s.contains(":rds:")) {
+            return EventAction::Ignore("an RDS event notification whose source is not RDS".into());
+        }
         return rds_events::subscription(&v, ours.rds_ids());
     }
     let Some(detail_type) = v.get("detail-type").and_then(Value::as_str) else {
@@ -105,6 +128,11 @@ fn foreign(v: &Value, ours: &SecretMatcher) -> Option<EventAction> {
         }
     }
     other_account(v, ours)
+}
+
+/// The account of an ARN (`arn:partition:service:region:account:...`).
+fn arn_account(arn: &str) -> Option<&str> {
+    arn.split(':').nth(4).filter(|a| !a.is_empty())
 }
 
 /// An event from another account than the secret's (when that is known).

@@ -186,4 +186,35 @@ mod tests {
         let pinned = ours(Some("app-cluster"), None).account(Some("999999999999".into()));
         assert!(ignored(&fixture("cluster-failover-started"), &pinned));
     }
+
+    #[test]
+    fn subscription_notifications_pass_the_same_source_and_account_checks() {
+        let ignored =
+            |body: &str, m: &SecretMatcher| matches!(classify(body, m), EventAction::Ignore(_));
+        let note = fixture("subscription-instance-failover");
+        let mine = ours(None, Some("app-db")).account(Some("123456789012".into()));
+        let topic = |account: &str| {
+            serde_json::json!({"Type": "Notification", "MessageId": "m", "Message": note,
+                "TopicArn": format!("arn:aws:sns:us-east-1:{account}:rds-events")})
+            .to_string()
+        };
+        assert_eq!(
+            classify(&topic("123456789012"), &mine),
+            failover("RDS-EVENT-0015")
+        );
+        assert!(
+            ignored(&topic("999999999999"), &mine),
+            "another account's topic"
+        );
+        let other = ours(None, Some("app-db")).account(Some("999999999999".into()));
+        assert!(ignored(&sns(&note), &other), "another account's instance");
+        let mut v: serde_json::Value = serde_json::from_str(&note).unwrap();
+        v.as_object_mut().unwrap().remove("Source ARN");
+        assert!(
+            ignored(&sns(&v.to_string()), &mine),
+            "no Source ARN to tell"
+        );
+        v["Source ARN"] = "arn:aws:ec2:us-east-1:123456789012:instance/i-1".into();
+        assert!(ignored(&sns(&v.to_string()), &mine), "not an RDS source");
+    }
 }
