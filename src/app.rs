@@ -198,6 +198,7 @@ fn frontend(
         shutdown: shutdown.clone(),
         lists: Default::default(),
         sessions: Default::default(),
+        per_user: Default::default(),
     }))
 }
 

@@ -95,6 +95,46 @@ async fn stored_scram_verifier_from_hash_password_logs_in() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_max_connections_caps_its_sessions_and_no_one_elses() {
+    let pg = app_cluster();
+    let proxy = TestProxy::builder(&pg)
+        .clients(&format!(
+            "[[clients]]\nuser = \"capped\"\npassword = \"pw\"\nmax_connections = 2\n\
+             [[clients]]\nuser = \"{CLIENT_USER}\"\npassword = \"{CLIENT_PASSWORD}\"\n"
+        ))
+        .start()
+        .await;
+    let url = proxy.url_as("capped", "pw", "appdb");
+    let (a, b) = (
+        proxy.connect(&url).await.unwrap(),
+        proxy.connect(&url).await.unwrap(),
+    );
+    let e = proxy.connect(&url).await.unwrap_err();
+    let db = e.as_db_error().expect("an error response");
+    assert_eq!(db.code().code(), "53300");
+    assert!(db.message().contains("capped"), "{}", db.message());
+    // Another user is not capped by it.
+    let other = proxy.client().await;
+    assert_eq!(one(&other, "SELECT 1").await, "1");
+    assert_eq!(
+        proxy
+            .metric(
+                "rotagate_clients_refused_total",
+                "reason=\"max_connections\""
+            )
+            .await,
+        1.0
+    );
+    // A session that ends gives its place back.
+    drop(a);
+    wait_until(10, "a capped session to be let in again", || async {
+        proxy.connect(&url).await.is_ok()
+    })
+    .await;
+    assert_eq!(one(&b, "SELECT 2").await, "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_clients_get_53300() {
     let pg = app_cluster();
     let proxy = TestProxy::builder(&pg)

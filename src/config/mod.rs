@@ -98,6 +98,8 @@ pub struct ClientUser {
     pub secret: ClientSecret,
     /// The databases this client may open; `None`: every one.
     pub databases: Option<Vec<String>>,
+    /// `[[clients]] max_connections`: its sessions open at once; `None`: no cap of its own.
+    pub max_connections: Option<u32>,
 }
 
 #[derive(Clone)]

@@ -68,6 +68,7 @@ pub struct RawClient {
     pub password: Option<String>,
     pub scram: Option<String>,
     pub databases: Option<Vec<String>>,
+    pub max_connections: Option<i64>,
 }
 
 impl std::fmt::Debug for RawClient {

@@ -283,10 +283,15 @@ fn clients(c: &mut Check, raw: Vec<RawClient>, databases: &[DatabaseConfig]) -> 
                 }
             }
         });
+        let max_connections = r.max_connections.map(|_| {
+            let key = format!("{path}.max_connections");
+            c.range(&key, r.max_connections, 1, 1, 1_000_000) as u32
+        });
         out.push(ClientUser {
             user,
             secret,
             databases: allowed,
+            max_connections,
         });
     }
     out

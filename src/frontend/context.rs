@@ -32,6 +32,44 @@ pub struct Frontend {
     pub lists: crate::backend::Interner,
     /// Numbers client sessions (a connection's unnamed statement is told apart by it).
     pub sessions: std::sync::atomic::AtomicU64,
+    /// Sessions open per user, for `[[clients]] max_connections`.
+    pub per_user: Arc<std::sync::Mutex<HashMap<String, u32>>>,
+}
+
+/// One session of a user counted against its `max_connections`; uncounted when dropped.
+pub struct UserSlot {
+    counts: Arc<std::sync::Mutex<HashMap<String, u32>>>,
+    user: String,
+}
+
+impl Frontend {
+    /// A slot for one more session of `user`, or None when its `[[clients]] max_connections`
+    /// sessions are open already.
+    pub fn user_slot(&self, user: &str) -> Option<UserSlot> {
+        let cap = self.auth.load().cap(user);
+        let mut counts = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
+        let n = counts.entry(user.to_owned()).or_insert(0);
+        if cap.is_some_and(|c| *n >= c) {
+            return None;
+        }
+        *n += 1;
+        Some(UserSlot {
+            counts: self.per_user.clone(),
+            user: user.to_owned(),
+        })
+    }
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.user);
+            }
+        }
+    }
 }
 
 /// The databases clients may open, by the name they ask for.

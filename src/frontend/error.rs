@@ -22,6 +22,8 @@ pub enum FrontendError {
     TlsRequired,
     #[error("sorry, too many clients already")]
     TooManyClients,
+    #[error("too many connections for role \"{0}\" ([[clients]] max_connections)")]
+    TooManyForUser(String),
     #[error("client authentication timed out")]
     AuthTimeout,
     #[error("protocol violation: {0}")]
@@ -61,7 +63,7 @@ impl FrontendError {
             FrontendError::DatabaseNotAllowed(..) => "28000",
             FrontendError::DatabaseRemoved(_) => "57P01",
             FrontendError::TlsRequired => "28000",
-            FrontendError::TooManyClients => "53300",
+            FrontendError::TooManyClients | FrontendError::TooManyForUser(_) => "53300",
             FrontendError::AuthTimeout => "08006",
             FrontendError::Unsupported(_) => "0A000",
             FrontendError::PoolTimeout { .. } => "08006",

@@ -72,8 +72,16 @@ async fn connection(
         tracing::info!(user = ?login.user, peer = %login.peer, "client refused: listen.max_clients sessions are open");
         return report(&mut login.stream, &FrontendError::TooManyClients).await;
     };
+    let Some(user_slot) = fe.user_slot(&login.user) else {
+        tracing::info!(user = ?login.user, peer = %login.peer, "client refused: its [[clients]] max_connections sessions are open");
+        metrics::counter!("rotagate_clients_refused_total", "reason" => "max_connections")
+            .increment(1);
+        let e = FrontendError::TooManyForUser(login.user.clone());
+        return report(&mut login.stream, &e).await;
+    };
     metrics::gauge!("rotagate_client_connections").increment(1.0);
     session::serve(login, &fe, worker).await;
+    drop(user_slot);
     metrics::gauge!("rotagate_client_connections").decrement(1.0);
     drop(permit);
 }

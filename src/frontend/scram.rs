@@ -29,6 +29,8 @@ pub struct ClientAuth {
     mock_shape: (usize, usize),
     /// Clients limited to some databases (`[[clients]] databases`); the others may open any.
     limited: HashMap<String, Vec<String>>,
+    /// `[[clients]] max_connections`, by user.
+    caps: HashMap<String, u32>,
 }
 
 impl ClientAuth {
@@ -47,12 +49,22 @@ impl ClientAuth {
             .iter()
             .filter_map(|c| Some((c.user.clone(), c.databases.clone()?)))
             .collect();
+        let caps = clients
+            .iter()
+            .filter_map(|c| Some((c.user.clone(), c.max_connections?)))
+            .collect();
         Self {
             mock_shape: most_common_shape(&users),
             users,
             mock_seed: rand::random(),
             limited,
+            caps,
         }
+    }
+
+    /// `user`'s own cap on sessions open at once, if it has one.
+    pub fn cap(&self, user: &str) -> Option<u32> {
+        self.caps.get(user).copied()
     }
 
     /// Whether `user` may open `database` (both configured).
@@ -136,6 +148,7 @@ mod tests {
                 user: (*u).into(),
                 secret: ClientSecret::Scram(SecretString::new(v.to_owned())),
                 databases: None,
+                max_connections: None,
             })
             .collect();
         let auth = ClientAuth::from_config(&users);
