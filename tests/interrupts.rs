@@ -154,7 +154,7 @@ async fn transaction_mode_a_terminated_idle_transaction_fails_the_next_request()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transaction_mode_a_pinned_clients_session_ends_with_its_server() {
     let pg = app_cluster();
-    let proxy = TestProxy::builder(&pg).pool_size(1).start().await;
+    let proxy = TestProxy::builder(&pg).pool_size(2).start().await;
     let mut a = Raw::connect(proxy.addr, CLIENT_USER, CLIENT_PASSWORD).await;
     a.query("LISTEN pinned_victim").await;
     terminate(&pg, "pinned_victim");

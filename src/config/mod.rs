@@ -64,6 +64,9 @@ pub struct ListenConfig {
     pub startup_timeout: Duration,
     /// From accept to the end of authentication.
     pub auth_timeout: Duration,
+    /// `listen.client_idle_timeout`: a client that sends nothing for this long while its
+    /// session is between transactions is disconnected (57P05); None: never.
+    pub client_idle_timeout: Option<Duration>,
     /// Largest message a client may send (bytes); larger ones are refused.
     pub max_message_size: usize,
     /// How long shutdown waits for open transactions before closing sessions.
@@ -193,6 +196,12 @@ pub struct PoolConfig {
     /// `pool.prepared_statements_view`: what `pg_prepared_statements` shows a transaction-mode
     /// client: the upstream connection's statements (`false`, the default) or its own (`true`).
     pub client_view: bool,
+    /// `pool.idle_transaction_timeout`: a client silent inside a transaction this long gets
+    /// 25P03 and its transaction is rolled back; None: never.
+    pub idle_transaction_timeout: Option<Duration>,
+    /// `pool.query_timeout`: replies owed this long get the query cancelled (57014);
+    /// transaction mode; None: never.
+    pub query_timeout: Option<Duration>,
     /// rotagate's named statements kept per upstream connection (least recently used go).
     pub max_prepared_statements: usize,
     /// Bytes of named-statement text one client may keep in transaction mode.
@@ -221,6 +230,8 @@ impl Default for PoolConfig {
             on_pin: OnPin::Pin,
             max_pinned: None,
             client_view: false,
+            idle_transaction_timeout: None,
+            query_timeout: None,
             max_prepared_statements: 250,
             max_client_statement_bytes: 1 << 20,
             acquire_timeout: Duration::from_secs(30),

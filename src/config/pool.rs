@@ -39,6 +39,14 @@ pub(super) fn pool(c: &mut Check, r: RawPool, base: &PoolConfig) -> PoolConfig {
         on_pin,
         max_pinned,
         client_view,
+        idle_transaction_timeout: match r.idle_transaction_timeout {
+            Some(v) => c.limit("pool.idle_transaction_timeout", Some(&v)),
+            None => base.idle_transaction_timeout,
+        },
+        query_timeout: match r.query_timeout {
+            Some(v) => c.limit("pool.query_timeout", Some(&v)),
+            None => base.query_timeout,
+        },
         max_prepared_statements: c.range(
             "pool.max_prepared_statements",
             r.max_prepared_statements,

@@ -18,6 +18,12 @@ impl Check {
         });
     }
 
+    /// An optional duration: absent (or `"0"`) is off.
+    pub(super) fn limit(&mut self, path: &str, v: Option<&String>) -> Option<Duration> {
+        let v = v.filter(|s| s.trim() != "0")?;
+        Some(self.duration(path, Some(v), Duration::ZERO)).filter(|d| !d.is_zero())
+    }
+
     pub(super) fn duration(
         &mut self,
         path: &str,
@@ -202,6 +208,7 @@ fn listen(c: &mut Check, r: RawListen) -> ListenConfig {
             r.auth_timeout.as_ref(),
             Duration::from_secs(10),
         ),
+        client_idle_timeout: c.limit("listen.client_idle_timeout", r.client_idle_timeout.as_ref()),
         max_message_size: c.range(
             "listen.max_message_size",
             r.max_message_size,

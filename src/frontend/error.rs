@@ -24,6 +24,12 @@ pub enum FrontendError {
     TooManyClients,
     #[error("too many connections for role \"{0}\" ([[clients]] max_connections)")]
     TooManyForUser(String),
+    #[error(
+        "terminating connection due to idle-in-transaction timeout (pool.idle_transaction_timeout)"
+    )]
+    IdleInTransaction,
+    #[error("terminating connection due to idle-session timeout (listen.client_idle_timeout)")]
+    ClientIdle,
     #[error("client authentication timed out")]
     AuthTimeout,
     #[error("protocol violation: {0}")]
@@ -64,6 +70,8 @@ impl FrontendError {
             FrontendError::DatabaseRemoved(_) => "57P01",
             FrontendError::TlsRequired => "28000",
             FrontendError::TooManyClients | FrontendError::TooManyForUser(_) => "53300",
+            FrontendError::IdleInTransaction => "25P03",
+            FrontendError::ClientIdle => "57P05",
             FrontendError::AuthTimeout => "08006",
             FrontendError::Unsupported(_) => "0A000",
             FrontendError::PoolTimeout { .. } => "08006",

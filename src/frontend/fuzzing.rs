@@ -163,6 +163,8 @@ pub(super) fn pool_config() -> PoolConfig {
         on_pin: OnPin::Pin,
         max_pinned: None,
         client_view: false,
+        idle_transaction_timeout: None,
+        query_timeout: None,
         max_prepared_statements: 3,
         max_client_statement_bytes: 1 << 16,
         acquire_timeout: Duration::from_secs(1),

@@ -7,6 +7,7 @@ use super::context::{Frontend, Route};
 use super::error::wire_io;
 use super::error::{FrontendError, report};
 use super::relay::lane::{Decision, Need, Policy, walk};
+use super::relay::limits::{Limits, Wait, timed_out};
 use super::relay::side::ClientSide;
 use super::relay::{End, Protocol, Signals, at_rest, close, relay};
 use super::startup::Login;
@@ -120,13 +121,25 @@ async fn session_mode(
     let mut session = Session::new(&route.transactions, fe.listen.max_message_size);
     cancel.slot.attach(server.pid, server.key);
     cancel.slot.aim(&server.generation().target);
-    let end = relay(client, &mut server, &mut session, &fe.shutdown).await;
+    let cfg = route.pools.config();
+    let limits = Limits {
+        idle_in_transaction: cfg.idle_transaction_timeout,
+        client_idle: fe.listen.client_idle_timeout,
+        query: None,
+    };
+    let end = relay(client, &mut server, &mut session, &fe.shutdown, limits).await;
     cancel.slot.detach().await;
+    if matches!(end, Ok(End::IdleInTransaction)) {
+        // The session ends with its transaction: the connection is not reused.
+        close(&mut server, "idle_in_transaction");
+    }
     if at_rest(client, &server, &session) {
         reset(&mut server).await;
     }
     match end? {
         End::Released | End::ClientGone => Ok(()),
+        End::IdleInTransaction => Err(timed_out(Wait::InTransaction, route.pools.database())),
+        End::ClientIdle => Err(timed_out(Wait::Client, route.pools.database())),
         End::Shutdown => Err(FrontendError::Shutdown),
         End::Retired => Err(FrontendError::Retired),
         // The server's own FATAL went to the client; nothing more to say.

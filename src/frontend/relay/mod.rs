@@ -7,6 +7,7 @@
 //! retired; every end that is not at rest closes the upstream connection and counts why.
 
 pub mod lane;
+pub mod limits;
 pub mod side;
 
 use super::error::FrontendError;
@@ -63,6 +64,11 @@ pub trait Protocol {
     fn resume(&mut self) -> bool {
         false
     }
+    /// Replies are owed by the server (for `pool.query_timeout`; modes that do not track
+    /// replies say false).
+    fn owed(&self) -> bool {
+        false
+    }
 }
 
 /// How a relay ended.
@@ -78,6 +84,11 @@ pub enum End {
     Shutdown,
     /// The connection's credential generation was retired `pool.drain_timeout` ago.
     Retired,
+    /// The client sent nothing inside a transaction for `pool.idle_transaction_timeout`; the
+    /// connection is left as it is (the caller rolls back or closes it).
+    IdleInTransaction,
+    /// The client sent nothing at rest for `listen.client_idle_timeout`.
+    ClientIdle,
 }
 
 /// Why rotagate closed an upstream connection (`rotagate_server_connections_closed_total`).
@@ -96,16 +107,18 @@ pub async fn relay(
     s: &mut Pooled,
     p: &mut impl Protocol,
     shutdown: &CancellationToken,
+    limits: limits::Limits,
 ) -> Result<End, FrontendError> {
-    let end = run(c, s, p, shutdown).await;
+    let end = run(c, s, p, shutdown, limits).await;
     // Lost, or told it is read-only: the host may have failed over (rotation looks).
     if p.signals().read_only {
         s.generation().doubt_read_only();
     } else if matches!(end, Ok(End::ServerGone(_))) {
         s.generation().doubt();
     }
-    let pinned_left = matches!(end, Ok(End::ClientGone)) && p.pinned();
-    if !at_rest(c, s, p) || pinned_left || p.signals().unsure {
+    let pinned_left = matches!(end, Ok(End::ClientGone | End::ClientIdle)) && p.pinned();
+    let rolled_back_later = matches!(end, Ok(End::IdleInTransaction));
+    if (!at_rest(c, s, p) && !rolled_back_later) || pinned_left || p.signals().unsure {
         close(s, reason(&end, p));
     }
     end
@@ -113,12 +126,14 @@ pub async fn relay(
 
 fn reason(end: &Result<End, FrontendError>, p: &impl Protocol) -> &'static str {
     match end {
-        Ok(End::ClientGone) if p.pinned() => "pinned",
+        Ok(End::ClientGone | End::ClientIdle) if p.pinned() => "pinned",
         _ if p.signals().unsure => "unsure",
         Ok(End::Released | End::Shutdown) => "busy",
         Ok(End::ClientGone) => "client_left",
         Ok(End::ServerGone(_)) => "server_lost",
         Ok(End::Retired) => "drain_timeout",
+        Ok(End::IdleInTransaction) => "idle_in_transaction",
+        Ok(End::ClientIdle) => "client_idle",
         Err(FrontendError::Wire(crate::wire::WireError::TooLarge(_))) => "too_large",
         Err(FrontendError::Wire(crate::wire::WireError::Malformed(_))) => "malformed",
         Err(FrontendError::ServerProtocol(_)) => "server_protocol",
@@ -150,6 +165,8 @@ enum Io {
     ServerFailed,
     Shutdown,
     Retired,
+    /// A limit of [`limits::Limits`] ran out.
+    Waited(limits::Wait),
 }
 
 /// What the next turn of the loop must do.
@@ -183,7 +200,9 @@ async fn run(
     s: &mut Pooled,
     p: &mut impl Protocol,
     stop: &CancellationToken,
+    limits: limits::Limits,
 ) -> Result<End, FrontendError> {
+    let mut timer = limits::Timer::default();
     let mut shutdown = pin!(stop.cancelled());
     let (home, waker) = (s.generation().clone(), c.waker.clone());
     home.watch(&waker);
@@ -211,20 +230,54 @@ async fn run(
             }
         }
         let idle = drained && at_rest(c, s, p);
+        if limits.any() {
+            let st = limits::State {
+                drained,
+                at_rest: idle,
+                client_silent: c.buf.is_empty() && c.up.queued() == 0,
+                owed: p.owed() && c.up.queued() == 0,
+            };
+            timer.set(limits.applies(&st));
+        }
         let io = poll_fn(|cx| {
             waker.register(cx.waker());
             if home.is_expired() {
                 return Poll::Ready(Io::Retired);
             }
+            if let Some(wait) = timer.poll(cx) {
+                return Poll::Ready(Io::Waited(wait));
+            }
             poll_io(cx, c, s, p.signals(), &w, idle, shutdown.as_mut())
         })
         .await;
+        if let Io::Waited(wait) = io {
+            match wait {
+                limits::Wait::Server => cancel_slow_query(s),
+                limits::Wait::InTransaction => return Ok(End::IdleInTransaction),
+                limits::Wait::Client => return Ok(End::ClientIdle),
+            }
+            continue;
+        }
         // Every step is I/O on a tokio socket, which spends the task's budget: a relay that
         // always has bytes to move still lets other tasks run.
         if let Some(end) = progress(io, c, s, &mut w) {
             return Ok(end);
         }
     }
+}
+
+/// `pool.query_timeout` ran out: the query is cancelled upstream, on a connection of its own,
+/// as a client's cancel is; the server then fails it with 57014, which the client gets.
+fn cancel_slow_query(s: &Pooled) {
+    let (target, pid, key) = (s.generation().target.clone(), s.pid, s.key);
+    let database = s.database.to_string();
+    tracing::warn!(database = %database, pid, "a query ran past pool.query_timeout; cancelling it upstream");
+    metrics::counter!("rotagate_query_timeouts_total", "database" => database).increment(1);
+    tokio::spawn(async move {
+        if let Err(e) = crate::backend::cancel(&target, pid, key).await {
+            tracing::warn!(error = %e, "could not cancel a query past pool.query_timeout");
+        }
+    });
 }
 
 /// Stops watching the generation for expiry when the relay ends, however it ends.
@@ -280,7 +333,7 @@ fn progress(io: Io, c: &mut ClientSide, s: &mut ServerConn, w: &mut Wants) -> Op
         Io::ReadClient(0) | Io::ClientFailed => return Some(End::ClientGone),
         Io::ReadServer(0) | Io::ServerFailed => return Some(End::ServerGone(None)),
         Io::Retired => return Some(End::Retired),
-        Io::ReadClient(_) | Io::ReadServer(_) | Io::Shutdown => {}
+        Io::ReadClient(_) | Io::ReadServer(_) | Io::Shutdown | Io::Waited(_) => {}
     }
     None
 }

@@ -42,6 +42,7 @@ use super::cancel::CancelKey;
 use super::context::{Frontend, Route};
 use super::error::FrontendError;
 use super::error::wire_io;
+use super::relay::limits::{Limits, Wait, timed_out};
 use super::relay::side::ClientSide;
 use super::relay::{End, close, relay};
 use crate::backend::query;
@@ -95,7 +96,12 @@ pub async fn serve(
             transactions: &route.transactions,
             known: &route.known,
         };
-        let end = relay(client, &mut server, &mut tx, &fe.shutdown).await;
+        let limits = Limits {
+            idle_in_transaction: cfg.idle_transaction_timeout,
+            client_idle: fe.listen.client_idle_timeout,
+            query: cfg.query_timeout,
+        };
+        let end = relay(client, &mut server, &mut tx, &fe.shutdown, limits).await;
         cancel.slot.detach().await;
         let end = end?;
         if !ended(client, state, &mut server, &mut flow, fe, &route, end).await? {
@@ -223,6 +229,11 @@ async fn ended(
         }
         End::ClientGone => return Ok(false),
         End::Shutdown => return Err(FrontendError::Shutdown),
+        End::ClientIdle => return Err(timed_out(Wait::Client, route.pools.database())),
+        End::IdleInTransaction => {
+            roll_back(server, flow, pinned).await;
+            return Err(timed_out(Wait::InTransaction, route.pools.database()));
+        }
         End::Retired if pinned => return Err(FrontendError::Retired),
         End::ServerGone(Some(_)) if pinned => return Err(FrontendError::Reported),
         End::ServerGone(None) if pinned => return Err(FrontendError::UpstreamLost),
@@ -241,6 +252,20 @@ async fn ended(
         }
     }
     Ok(true)
+}
+
+/// A client silent inside its transaction past `pool.idle_transaction_timeout`: the
+/// transaction is rolled back and the connection goes back at rest. A pinned client's
+/// connection, or one with extended messages not yet synced (a Sync would commit them), is
+/// closed instead.
+async fn roll_back(server: &mut Pooled, flow: &Flow, pinned: bool) {
+    if pinned || flow.unsynced || !flow.replies.is_empty() {
+        close(server, "idle_in_transaction");
+        return;
+    }
+    if query::simple(server, "ROLLBACK").await.is_err() || server.tx_status != b'I' {
+        close(server, "idle_in_transaction");
+    }
 }
 
 /// The route now serving `name`, when SIGHUP replaced the session's one (its upstream or
@@ -376,12 +401,17 @@ async fn wait_for_request(
         if want > 0 {
             client.buf.reserve(want);
         }
+        let idle = fe.listen.client_idle_timeout;
         tokio::select! {
             r = client.stream.read_buf(&mut client.buf) => match r {
                 Ok(0) | Err(_) => return Ok(false),
                 Ok(_) => {}
             },
             _ = stop.as_mut() => return Err(FrontendError::Shutdown),
+            () = async { match idle {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            } } => return Err(timed_out(Wait::Client, route.pools.database())),
         }
     }
 }

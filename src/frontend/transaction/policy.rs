@@ -89,6 +89,10 @@ impl Protocol for Transaction<'_> {
         self.flow.settled()
     }
 
+    fn owed(&self) -> bool {
+        !self.flow.replies.is_empty()
+    }
+
     fn releases(&self) -> bool {
         !self.state.pins.is_pinned()
     }
