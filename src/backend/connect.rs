@@ -249,3 +249,24 @@ pub async fn cancel(target: &UpstreamTarget, pid: i32, key: i32) -> Result<(), B
         .await
         .map_err(|_| BackendError::Timeout(target.connect_timeout))?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::UpstreamTarget;
+    use crate::config::UpstreamTls::{Prefer, VerifyFull};
+
+    #[test]
+    fn each_host_keeps_its_own_tls_default() {
+        let text = "[[clients]]\nuser = \"app\"\npassword = \"pw\"\n[credentials]\n\
+                    source = \"file\"\n[credentials.file]\npath = \"/s.json\"\n[upstream]\n\
+                    database = \"app\"\nhosts = [\"127.0.0.1:5432\", \"db.example:5432\"]\n";
+        let cfg = crate::config::parse(text, []).unwrap();
+        let u = &cfg.databases[0].upstream;
+        let target = UpstreamTarget::from_config(u).unwrap();
+        assert_eq!(target.mode, Prefer);
+        let remote = target.at(&u.hosts[1]).unwrap();
+        assert_eq!(remote.mode, VerifyFull);
+        assert!(remote.tls.is_some());
+        assert_eq!(remote.at(&u.hosts[0]).unwrap().mode, Prefer);
+    }
+}

@@ -290,12 +290,6 @@ mod tests {
         let u = upstream("hosts = [\"127.0.0.1:5432\", \"db.example:5432\"]").unwrap();
         assert_eq!(u.tls_for("127.0.0.1"), Prefer);
         assert_eq!(u.tls_for("db.example"), VerifyFull);
-        let target = crate::backend::UpstreamTarget::from_config(&u).unwrap();
-        assert_eq!(target.mode, Prefer);
-        let remote = target.at(&u.hosts[1]).unwrap();
-        assert_eq!(remote.mode, VerifyFull);
-        assert!(remote.tls.is_some());
-        assert_eq!(remote.at(&u.hosts[0]).unwrap().mode, Prefer);
         let set = upstream("hosts = [\"127.0.0.1:5432\", \"db.example:5432\"]\ntls = \"require\"")
             .unwrap();
         assert_eq!(
