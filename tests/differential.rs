@@ -55,11 +55,14 @@ async fn three_clients_on_two_connections_see_what_sessions_of_their_own_see() {
 /// a DEALLOCATE ALL Query whose implicit commit then fails on a deferred constraint (1000914);
 /// an unnamed statement closed and parsed again before a Sync, then bound after a schema
 /// change (1001384); a Query naming a client's statement in a string after unsynced messages
-/// whose implicit commit fails (1001418).
+/// whose implicit commit fails (1001418); an unnamed statement whose Close an error in the same
+/// pipeline made the server skip, bound after a schema change on another connection (1002943).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeds_the_long_run_diverged_on_stay_fixed() {
     check(
-        &[1_000_011, 1_000_198, 1_000_269, 1_000_438, 1_000_512],
+        &[
+            1_000_011, 1_000_198, 1_000_269, 1_000_438, 1_000_512, 1_002_943,
+        ],
         3,
         2,
         2_000,

@@ -124,3 +124,52 @@ fn row(
         .collect()
         .map_err(BackendError::Io)
 }
+
+/// The bodies of a Describe of the connection's unnamed statement: ParameterDescription, then
+/// RowDescription (None: NoData).
+pub type Described = (bytes::Bytes, Option<bytes::Bytes>);
+
+/// Describes the connection's unnamed statement (Describe, then Sync) and waits for
+/// ReadyForQuery. None when the server refused (the statement is gone, or its plan went stale).
+/// Only for a connection at rest, where a failing Describe aborts nothing.
+pub async fn describe_unnamed(conn: &mut ServerConn) -> Result<Option<Described>, BackendError> {
+    let mut buf = bytes::BytesMut::new();
+    crate::wire::msg::describe_or_close(&mut buf, b'D', b'S', b"");
+    crate::wire::msg::empty(&mut buf, b'S');
+    let read = async {
+        conn.stream.write_all(&buf).await?;
+        let (mut params, mut rows, mut failed) = (None, None, false);
+        loop {
+            match next_frame(conn).await? {
+                (b't', body) => params = Some(body),
+                (b'T', body) => rows = Some(body),
+                (b'E', _) => failed = true,
+                (b'Z', body) => {
+                    conn.tx_status = body.first().copied().unwrap_or(b'I');
+                    return Ok(params.filter(|_| !failed).map(|p| (p, rows)));
+                }
+                _ => {}
+            }
+        }
+    };
+    let result = read.await;
+    conn.broken |= result.is_err();
+    result
+}
+
+/// The next whole message from the server as its type byte and body, reading as needed.
+async fn next_frame(conn: &mut ServerConn) -> Result<(u8, bytes::Bytes), BackendError> {
+    use bytes::Buf;
+    loop {
+        let head = crate::wire::scan::header(&conn.rbuf, usize::MAX)
+            .map_err(|e| BackendError::Protocol(e.to_string()))?;
+        if let Some(h) = head.filter(|h| conn.rbuf.len() >= h.total()) {
+            let mut m = conn.rbuf.split_to(h.total());
+            m.advance(crate::wire::HEADER_LEN);
+            return Ok((h.tag, m.freeze()));
+        }
+        if conn.stream.read_buf(&mut conn.rbuf).await? == 0 {
+            return Err(BackendError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+    }
+}

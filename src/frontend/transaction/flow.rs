@@ -114,6 +114,9 @@ pub struct Flow {
     /// A Close or Query came after that Parse: the statement is gone unless an error made the
     /// server skip them.
     pub unnamed_maybe_gone: bool,
+    /// A Sync went without learning the unnamed statement parsed before it (a Close or Query
+    /// after the Parse may be skipped): it is learned at rest if it survived.
+    pub unnamed_unlearned: bool,
     /// rotagate refused an extended message since the last Sync, or sent one that surely fails
     /// (a Bind or Describe of a name the client does not have): the server skips what follows
     /// it up to the Sync.

@@ -15,9 +15,12 @@
 use super::classify::Class;
 use super::flow::{Capture, ClientState, Flow, Hold, PendingUnnamed, Spec, Unnamed};
 use super::replies::{Entry, Expect, Local, Note, Outcome};
-use super::statements::Statement;
+use super::statements::{Desc, Statement};
 use super::tx::{Tx, error};
 use crate::backend::prepared::Prepared;
+use crate::backend::query;
+use crate::frontend::relay;
+use crate::pool::Pooled;
 use crate::wire::msg;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -162,12 +165,15 @@ pub fn elsewhere(tx: &Tx<'_>) -> bool {
 /// message rotagate refused: `erred`). Without an error, a Describe failing after the Sync
 /// would abort the transaction block the Query may have begun (the long run's seed 1000512);
 /// the status after a Sync that followed an error is idle or failed, where it fails
-/// harmlessly. Left out: a server error not back yet when the Sync goes (all in one pipeline),
-/// where the statement survives undescribed, and a schema change before it is bound on
-/// another connection goes unnoticed.
+/// harmlessly. A server error not back yet when the Sync goes (all in one pipeline: the long
+/// run's seed 1002943) is learned at rest instead ([`learn_at_rest`]).
 pub fn kept(tx: &mut Tx<'_>, erred: bool) -> bool {
     let gone = std::mem::take(&mut tx.flow.unnamed_maybe_gone);
-    if !std::mem::take(&mut tx.flow.unnamed_parsed) || (gone && !erred) {
+    if !std::mem::take(&mut tx.flow.unnamed_parsed) {
+        return false;
+    }
+    if gone && !erred {
+        tx.flow.unnamed_unlearned = true;
         return false;
     }
     msg::describe_or_close(tx.out, b'D', b'S', b"");
@@ -232,5 +238,28 @@ pub fn confirm(
     flow.unnamed_unconfirmed = flow.unnamed_unconfirmed.saturating_sub(1);
     if flow.unnamed_unconfirmed == 0 && matches!(flow.hold, Some(Hold::Unnamed)) {
         flow.resumed = true;
+    }
+}
+
+/// At rest after a transaction whose Sync could not learn its unnamed statement (a Close or
+/// Query came after the Parse, and no error was back yet: [`kept`]). When an error made the
+/// server skip them, the statement survived on this connection undescribed: one Describe now
+/// (a round trip, on this rare path only) records what the server makes of it, so that a
+/// schema change before it is bound on another connection is noticed there. A server that
+/// refuses leaves it undescribed; a connection that fails is closed.
+pub async fn learn_at_rest(client: &mut ClientState, server: &mut Pooled) {
+    let Some(u) = client.unnamed.as_mut() else {
+        return;
+    };
+    if u.desc.is_some() || server.prepared.unnamed != Some((client.id, u.serial)) {
+        return;
+    }
+    match query::describe_unnamed(server).await {
+        Ok(Some((params, rows))) => u.desc = Desc::new(&params, rows.as_deref()),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "could not describe a client's unnamed statement at rest; closing the connection");
+            relay::close(server, "reset_failed");
+        }
     }
 }
