@@ -342,10 +342,20 @@ async fn a_read_only_error_on_the_serving_host_starts_a_search() {
     standby.promote();
     primary.sql("ALTER SYSTEM SET default_transaction_read_only = on");
     primary.sql("SELECT pg_reload_conf()");
-    let e = write(&client).await.unwrap_err();
+    // Each pooled backend reads its configuration again only after the next message it is
+    // already waiting for (PostgreSQL's loop), so writes may still succeed for a moment; the
+    // first that fails must fail read-only.
+    let first_error = std::sync::Mutex::new(None);
+    wait_until(20, "a write to fail on the demoted primary", || async {
+        if let Err(e) = write(&client).await {
+            *first_error.lock().unwrap() = Some(e.code().cloned());
+        }
+        first_error.lock().unwrap().is_some()
+    })
+    .await;
     assert_eq!(
-        e.code(),
-        Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION)
+        first_error.into_inner().unwrap().flatten(),
+        Some(tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION)
     );
     wait_until(20, "writes on the promoted standby", || async {
         write(&client).await.ok() == Some(i32::from(standby.port))
