@@ -83,7 +83,7 @@ async fn connection(
     let service = TowerToHyperService::new(app.map_request({
         let ticket = ticket.clone();
         move |req: Request<hyper::body::Incoming>| {
-            ticket.greeted();
+            ticket.progress();
             req.map(axum::body::Body::new)
         }
     }));

@@ -98,6 +98,9 @@ async fn pre_auth(tcp: TcpStream, fe: &Frontend, ticket: &Ticket) -> Option<star
     if !matches!(first, Ok(Ok(1..))) {
         return None;
     }
+    if asks_for_tls(&tcp).await {
+        ticket.progress();
+    }
     let tls = fe.tls.load_full().map(|t| (*t).clone());
     let hello = tokio::time::timeout_at(startup_deadline, startup::hello(tcp, tls)).await;
     let mut login = match hello {
@@ -116,12 +119,13 @@ async fn pre_auth(tcp: TcpStream, fe: &Frontend, ticket: &Ticket) -> Option<star
             return None;
         }
     };
-    ticket.greeted();
+    ticket.progress();
     let refusal = if fe.listen.require_tls && !login.tls {
         Some(FrontendError::TlsRequired)
     } else {
         let users = fe.auth.load();
-        let auth = startup::authenticate(&mut login, &users, fe.listen.max_message_size);
+        let step = || ticket.progress();
+        let auth = startup::authenticate(&mut login, &users, fe.listen.max_message_size, &step);
         match tokio::time::timeout_at(auth_deadline, auth).await {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e),
@@ -134,6 +138,18 @@ async fn pre_auth(tcp: TcpStream, fe: &Frontend, ticket: &Ticket) -> Option<star
         return None;
     }
     Some(login)
+}
+
+/// The bytes in are a whole SSLRequest, or the start of a direct TLS handshake: the client is
+/// taking a step (see `pending.rs`). Looks without reading.
+async fn asks_for_tls(tcp: &TcpStream) -> bool {
+    const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    let mut head = [0u8; 8];
+    match tcp.peek(&mut head).await {
+        Ok(n) if n >= 1 && head[0] == 0x16 => true,
+        Ok(8) => head == SSL_REQUEST,
+        _ => false,
+    }
 }
 
 /// Sends a FATAL ErrorResponse the client can show, then closes.

@@ -119,11 +119,12 @@ pub fn split_params(
 }
 
 /// SCRAM-SHA-256 against the static client logins. Unknown users go through a mock exchange
-/// and fail exactly like a wrong password.
+/// and fail exactly like a wrong password. `step` is called as each client message comes in.
 pub async fn authenticate(
     login: &mut Login,
     auth: &ClientAuth,
     max_len: usize,
+    step: &(dyn Fn() + Sync),
 ) -> Result<(), FrontendError> {
     let secret = match auth.get(&login.user) {
         Some(v) => super::scram::pgwire_secret(v),
@@ -135,6 +136,7 @@ pub async fn authenticate(
     out.clear();
 
     let mut first = expect_password(login, max_len).await?;
+    step();
     let mechanism = wire::get_cstr(&mut first)?;
     if mechanism != "SCRAM-SHA-256" {
         return Err(FrontendError::Protocol(format!(
@@ -154,6 +156,7 @@ pub async fn authenticate(
     out.clear();
 
     let last = expect_password(login, max_len).await?;
+    step();
     let server_final = waiting
         .on_client_final_message(&last)
         .map_err(|_| FrontendError::AuthFailed(login.user.clone()))?;
