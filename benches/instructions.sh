@@ -2,8 +2,9 @@
 # Instructions and syscalls per transaction of a proxy, counted rather than timed, so that two
 # builds (or rotagate and PgBouncer) compare on a noisy machine. Instructions come from
 # valgrind's callgrind (the proxy's user space only), syscalls from strace -c; each is the
-# difference between two pgbench runs (-t N1 and -t N2, 4 clients, -S), so start-up cost
-# cancels out.
+# difference between two pgbench runs (-t N1 and -t N2, 4 clients, -S), so the clients' logins
+# cancel out; instructions are counted in one proxy process after a warm-up run, so start-up
+# and the pool's upstream logins are left out.
 #
 #   benches/instructions.sh [BIN ...]        # default: target/release/rotagate
 #   MODES="transaction session" PROTOS="simple extended prepared" N1=500 N2=1500 benches/instructions.sh
@@ -24,7 +25,7 @@ N1=${N1:-500}
 N2=${N2:-1500}
 CLIENTS=4
 PGBIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)}
-for tool in valgrind strace pgbench; do
+for tool in valgrind callgrind_control strace pgbench; do
   command -v $tool >/dev/null || { echo "missing: $tool (apt-get install valgrind strace postgresql-client)" >&2; exit 1; }
 done
 
@@ -86,6 +87,7 @@ tls = "disable"
 [pool]
 mode = "$mode"
 size = $CLIENTS
+min_idle = $CLIENTS
 [credentials]
 source = "file"
 [credentials.file]
@@ -106,17 +108,29 @@ stop() { kill -TERM "$PROXY" 2>/dev/null; wait "$PROXY" 2>/dev/null || true; PRO
 bench() { PGPASSWORD=pw pgbench -n -S -M "$1" -c $CLIENTS -j 1 -t "$2" -h 127.0.0.1 -p "$PORT" -U app appdb >"$DIR/pgbench.log" 2>&1 \
   || { echo "pgbench failed: $(grep -m1 error "$DIR/pgbench.log")" >&2; return 1; }; }
 
-# instructions BIN MODE PROTO N: the proxy's instructions for N transactions per client.
+# instructions BIN MODE PROTO: the proxy's instructions for N1, then N2 transactions per
+# client, in one process after a warm-up run of N1 (the pool's connections, whose SCRAM logins
+# cost millions of instructions each, are open by then; pool.min_idle opens them all): the
+# counters are zeroed before and dumped after each measured run (callgrind_control).
 instructions() {
   start "$1" "$2" valgrind --tool=callgrind --trace-children=yes "--callgrind-out-file=$DIR/cg.%p"
   rm -f "$DIR"/cg.*
-  bench "$3" "$4" || { stop; return 1; }
+  bench "$3" "$N1" || { stop; return 1; }
+  local n
+  for n in "$N1" "$N2"; do
+    callgrind_control -z >/dev/null 2>&1
+    bench "$3" "$n" || { stop; return 1; }
+    callgrind_control -d >/dev/null 2>&1
+  done
   stop
-  if [[ -n ${PROFILE:-} && $4 == "$N2" ]]; then
+  if [[ -n ${PROFILE:-} ]]; then
     mkdir -p "$PROFILE"
-    for f in "$DIR"/cg.*; do cp "$f" "$PROFILE/$(basename "$1")-$2-$3.${f##*.}"; done
+    for f in "$DIR"/cg.*.2; do cp "$f" "$PROFILE/$(basename "$1")-$2-$3.${f#"$DIR"/cg.}"; done
   fi
-  cat "$DIR"/cg.* | awk '/^totals:/ {s += $2} END {print s}'
+  local dump
+  for dump in 1 2; do
+    cat "$DIR"/cg.*."$dump" | awk '/^totals:/ {s += $2} END {print s}'
+  done
 }
 
 # syscalls BIN MODE PROTO: syscalls per transaction over N2 - N1 transactions per client.
@@ -137,8 +151,8 @@ printf '%-34s %-12s %-9s %14s %14s\n' proxy mode protocol instr/tx syscalls/tx
 for bin in "${BINS[@]}"; do
   for mode in $MODES; do
     for proto in $PROTOS; do
-      a=$(instructions "$bin" "$mode" "$proto" "$N1") || { printf '%-34s %-12s %-9s %14s\n' "$bin" "$mode" "$proto" failed; continue; }
-      b=$(instructions "$bin" "$mode" "$proto" "$N2")
+      counts=$(instructions "$bin" "$mode" "$proto") || { printf '%-34s %-12s %-9s %14s\n' "$bin" "$mode" "$proto" failed; continue; }
+      read -r a b <<<"$(echo $counts)"
       s=$(syscalls "$bin" "$mode" "$proto")
       tx=$(((N2 - N1) * CLIENTS))
       printf '%-34s %-12s %-9s %14d %14.2f\n' "$bin" "$mode" "$proto" $(((b - a) / tx)) "$(echo "$s / $tx" | bc -l)"

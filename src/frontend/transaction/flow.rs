@@ -135,23 +135,49 @@ impl Flow {
         self.unnamed_unconfirmed += 1;
     }
 
-    /// Fresh for the next attachment; the queues keep their memory.
+    /// Fresh for the next attachment, in place: the queues keep their memory, and nothing is
+    /// built or dropped whole (this runs once per transaction). Every field is named, so a new
+    /// one cannot be forgotten.
     pub fn reset(&mut self) {
-        let mut replies = std::mem::take(&mut self.replies);
-        replies.clear();
-        let mut captures = std::mem::take(&mut self.captures);
-        captures.clear();
-        let mut parses = std::mem::take(&mut self.unnamed_parses);
-        parses.clear();
-        let mut fresh = std::mem::take(&mut self.fresh);
-        fresh.clear();
-        *self = Flow {
+        let Flow {
             replies,
-            captures,
-            unnamed_parses: parses,
+            unsynced,
+            skipping,
+            reread,
+            signals,
+            portal_drops,
+            protocol,
+            segment,
             fresh,
-            ..Flow::default()
-        };
+            aliases,
+            captures,
+            capture_params,
+            quiet_error,
+            hold,
+            resumed,
+            unnamed_spec,
+            unnamed_parsed,
+            unnamed_maybe_gone,
+            unnamed_unlearned,
+            refused,
+            unnamed_unconfirmed,
+            unnamed_parses,
+        } = self;
+        replies.clear();
+        fresh.clear();
+        aliases.clear();
+        captures.clear();
+        capture_params.clear();
+        unnamed_parses.clear();
+        if signals.fatal.is_some() || signals.terminate || signals.read_only || signals.unsure {
+            *signals = Signals::default();
+        }
+        (*unsynced, *skipping, *reread, *resumed) = (false, false, false, false);
+        (*unnamed_parsed, *unnamed_maybe_gone, *unnamed_unlearned, *refused) =
+            (false, false, false, false);
+        (*portal_drops, *protocol, *quiet_error, *hold) = (None, None, None, None);
+        (*segment, *unnamed_unconfirmed) = (0, 0);
+        *unnamed_spec = Spec::Untouched;
     }
 
     /// A Sync, Query or FunctionCall was decided.

@@ -8,14 +8,15 @@
 //! (`lexed.rs`), which decides exactly. Whatever this proves plain, the lexer proves plain too
 //! (a property test holds the two together).
 
+// Byte classes, as bits so that a run of several classes is one mask.
 const BAIL: u8 = 0;
 const WORD: u8 = 1;
 const DIGIT: u8 = 2;
-const SPACE: u8 = 3;
-const OP: u8 = 4;
-const PUNCT: u8 = 5;
-const SEMI: u8 = 6;
-const DOLLAR: u8 = 7;
+const SPACE: u8 = 4;
+const OP: u8 = 8;
+const PUNCT: u8 = 16;
+const SEMI: u8 = 32;
+const DOLLAR: u8 = 64;
 
 const fn classes() -> [u8; 256] {
     let mut t = [BAIL; 256];
@@ -46,73 +47,71 @@ const fn classes() -> [u8; 256] {
 
 static CLASS: [u8; 256] = classes();
 
-fn class(s: &[u8], i: usize) -> u8 {
-    CLASS[usize::from(s[i])]
+fn class(b: u8) -> u8 {
+    CLASS[usize::from(b)]
+}
+
+/// The length of the run at the front of `s` of bytes in the classes of `mask`.
+fn run(s: &[u8], mask: u8) -> usize {
+    s.iter()
+        .position(|&b| class(b) & mask == 0)
+        .unwrap_or(s.len())
 }
 
 /// True when `sql` is proven plain; false means "ask the lexer", not "not plain".
 pub fn plain(sql: &[u8]) -> bool {
-    let n = sql.len();
-    let mut i = 0;
+    let mut rest = sql;
     // The next word starts a statement; the statement is an INSERT.
     let mut first = true;
     let mut insert = false;
-    while i < n {
-        match class(sql, i) {
+    while let Some(&b) = rest.first() {
+        let c = class(b);
+        let len = match c {
             WORD => {
-                let from = i;
-                i += 1;
-                while i < n && matches!(class(sql, i), WORD | DIGIT) {
-                    i += 1;
-                }
-                if i < n && sql[i] == b'$' {
+                let len = 1 + run(&rest[1..], WORD | DIGIT);
+                if rest.get(len) == Some(&b'$') {
                     // `$` continues an identifier (`a$1` is one name).
                     return false;
                 }
-                let word = &sql[from..i];
+                let word = &rest[..len];
                 if first {
                     first = false;
                     match kind(word) {
                         Some(is_insert) => insert = is_insert,
                         None => return false,
                     }
-                } else if (word.len() == 4 && word.eq_ignore_ascii_case(b"into") && !insert)
-                    || (word.len() >= 3 && word[..3].eq_ignore_ascii_case(b"pg_"))
+                } else if (len == 4 && word.eq_ignore_ascii_case(b"into") && !insert)
+                    || (len >= 3 && word[..3].eq_ignore_ascii_case(b"pg_"))
                 {
                     return false;
                 }
+                len
             }
-            DIGIT if !first => {
-                // A number (`1e5` and `0x1F` run on as one).
-                while i < n && matches!(class(sql, i), WORD | DIGIT) {
-                    i += 1;
-                }
-            }
-            SPACE | PUNCT if !first || class(sql, i) == SPACE => i += 1,
+            // A number (`1e5` and `0x1F` run on as one).
+            DIGIT if !first => run(rest, WORD | DIGIT),
+            SPACE => 1 + run(&rest[1..], SPACE),
+            PUNCT if !first => 1,
             OP if !first => {
-                let from = i;
-                while i < n && class(sql, i) == OP {
-                    i += 1;
-                }
-                if !matches!(&sql[from..i], [_] | b"<=" | b">=" | b"<>") {
+                let len = run(rest, OP);
+                if !matches!(&rest[..len], [_] | b"<=" | b">=" | b"<>") {
                     return false;
                 }
+                len
             }
             SEMI => {
                 first = true;
-                i += 1;
+                1
             }
-            DOLLAR if !first && sql.get(i + 1).is_some_and(u8::is_ascii_digit) => {
-                i += 1;
-                while i < n && class(sql, i) == DIGIT {
-                    i += 1;
-                }
-                if i < n && class(sql, i) == WORD {
+            DOLLAR if !first && rest.get(1).is_some_and(u8::is_ascii_digit) => {
+                let len = 1 + run(&rest[1..], DIGIT);
+                if rest.get(len).is_some_and(|&b| class(b) == WORD) {
                     return false;
                 }
+                len
             }
             _ => return false,
-        }
+        };
+        rest = &rest[len..];
     }
     true
 }
