@@ -148,7 +148,7 @@ pub fn described(
         } => {
             let v = match &desc {
                 Some(d) if d.digest == want.digest => Verdict::Same,
-                Some(d) if d.columns == want.columns => Verdict::Params,
+                Some(d) if d.columns() == want.columns() => Verdict::Params,
                 _ => Verdict::Changed,
             };
             if let (Some(n), Some(d)) = (&upstream, &desc) {

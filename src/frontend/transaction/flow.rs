@@ -108,19 +108,6 @@ pub struct Flow {
     pub resumed: bool,
     /// What the messages decided so far do to the client's unnamed statement.
     pub unnamed_spec: Spec,
-    /// An unnamed Parse went upstream since the last Sync (whatever came after it: a Close or
-    /// Query after it may be skipped by the server).
-    pub unnamed_parsed: bool,
-    /// A Close or Query came after that Parse: the statement is gone unless an error made the
-    /// server skip them.
-    pub unnamed_maybe_gone: bool,
-    /// A Sync went without learning the unnamed statement parsed before it (a Close or Query
-    /// after the Parse may be skipped): it is learned at rest if it survived.
-    pub unnamed_unlearned: bool,
-    /// rotagate refused an extended message since the last Sync, or sent one that surely fails
-    /// (a Bind or Describe of a name the client does not have): the server skips what follows
-    /// it up to the Sync.
-    pub refused: bool,
     /// Parses and Queries decided whose effect on the unnamed statement is not confirmed yet.
     pub unnamed_unconfirmed: u32,
     /// The unnamed Parses among them, in order.
@@ -130,7 +117,6 @@ pub struct Flow {
 impl Flow {
     /// A Query (or a reply rotagate gives to one) drops the unnamed statement.
     pub fn unnamed_dropped(&mut self) {
-        self.unnamed_maybe_gone |= self.unnamed_parsed;
         self.unnamed_spec = Spec::Dropped;
         self.unnamed_unconfirmed += 1;
     }
@@ -156,10 +142,6 @@ impl Flow {
             hold,
             resumed,
             unnamed_spec,
-            unnamed_parsed,
-            unnamed_maybe_gone,
-            unnamed_unlearned,
-            refused,
             unnamed_unconfirmed,
             unnamed_parses,
         } = self;
@@ -173,8 +155,6 @@ impl Flow {
             *signals = Signals::default();
         }
         (*unsynced, *skipping, *reread, *resumed) = (false, false, false, false);
-        (*unnamed_parsed, *unnamed_maybe_gone, *unnamed_unlearned, *refused) =
-            (false, false, false, false);
         (*portal_drops, *protocol, *quiet_error, *hold) = (None, None, None, None);
         (*segment, *unnamed_unconfirmed) = (0, 0);
         *unnamed_spec = Spec::Untouched;

@@ -222,9 +222,6 @@ async fn ended(
     let pinned = state.pins.is_pinned();
     match end {
         End::Released => {
-            if flow.unnamed_unlearned {
-                unnamed::learn_at_rest(state, server).await;
-            }
             if flow.reread {
                 atrest::check(state, server, &fe.lists, &route.pools.config()).await?;
             }

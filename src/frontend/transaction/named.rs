@@ -7,7 +7,7 @@
 //! rotagate, as is a name no client may use.
 
 use super::checks::{self, Waiting};
-use super::classify::{Class, PinReason};
+use super::classify::Class;
 use super::flow::{Acts, ClientState, Flow};
 use super::flow::{Capture, Hold, Verdict};
 use super::replies::{Effect, Entry, Expect, Local, Note};
@@ -218,7 +218,7 @@ pub fn sync_quietly(tx: &mut Tx<'_>) {
 /// In an aborted transaction PostgreSQL describes a statement that returns no rows without
 /// revalidating it (and nothing can be prepared there): the description kept answers.
 pub fn aborted_no_result(desc: Option<&Desc>, tx: &Tx<'_>) -> bool {
-    tx.status == b'E' && desc.is_some_and(|d| d.columns.is_none())
+    tx.status == b'E' && desc.is_some_and(|d| d.no_data())
 }
 
 /// Whether the connection has nothing for the client's `stmt` yet.
@@ -326,8 +326,7 @@ pub fn bind(
         Ok(Some(stmt)) => stmt,
         Ok(None) => {
             // Upstream only a client pinned by its SQL PREPARE has statements under client
-            // names: otherwise this Bind surely fails.
-            tx.flow.refused |= !tx.client.pins.has(PinReason::SqlPrepare);
+            // names: otherwise this Bind surely fails, as PostgreSQL's would.
             return push(tx, Entry::new(Expect::Bind));
         }
         Err(refusal) => return refuse(tx, false, refusal),
@@ -387,14 +386,13 @@ fn count_first(
     if !lacks(stmt, tx) {
         return None;
     }
-    checks::bind_counts(body, names_end, Some(desc.params.len()), name, tx)
+    checks::bind_counts(body, names_end, Some(desc.param_count()), name, tx)
 }
 
 pub fn describe(name: &[u8], tx: &mut Tx<'_>) -> Decision {
     let stmt = match lookup(name, tx) {
         Ok(Some(stmt)) => stmt,
         Ok(None) => {
-            tx.flow.refused |= !tx.client.pins.has(PinReason::SqlPrepare);
             return push(tx, Entry::new(Expect::DescribeStatement));
         }
         Err(refusal) => return refuse(tx, false, refusal),

@@ -72,17 +72,10 @@ pub fn decide(tag: u8, msg: &[u8], len: usize, tx: &mut Tx<'_>) -> Decision {
             push(tx, Entry::new(Expect::Execute).effect(effect))
         }
         b'S' => {
-            // An error is back, or one is sure to come (rotagate refused a message).
-            let erred =
-                std::mem::take(&mut tx.flow.skipping) | std::mem::take(&mut tx.flow.refused);
-            tx.flow.unsynced = false;
+            (tx.flow.skipping, tx.flow.unsynced) = (false, false);
             tx.prepared.new_pipeline();
             tx.flow.replies.push(Entry::new(Expect::Sync));
-            let learn = unnamed::kept(tx, erred);
             tx.flow.next_segment();
-            if learn {
-                return Decision::Append;
-            }
             Decision::Pass
         }
         b'F' => {
@@ -319,9 +312,11 @@ fn parse(body: &[u8], tx: &mut Tx<'_>) -> Decision {
     unnamed::parse(tail, class, tx);
     if read_view.is_some() {
         msg::parse(tx.out, b"", tail);
+        unnamed::learn(tx);
         return Decision::Replace;
     }
-    Decision::Pass
+    unnamed::learn(tx);
+    Decision::Append
 }
 
 fn bind(body: &[u8], len: usize, tx: &mut Tx<'_>) -> Decision {
@@ -346,7 +341,7 @@ fn bind(body: &[u8], len: usize, tx: &mut Tx<'_>) -> Decision {
         .unnamed
         .as_ref()
         .and_then(|u| u.desc.as_ref())
-        .map(|d| d.params.len());
+        .map(|d| d.param_count());
     if wanted.is_some() && unnamed::elsewhere(tx) {
         if let Some(decision) = checks::bind_counts(body, names_end, wanted, b"", tx) {
             return decision;

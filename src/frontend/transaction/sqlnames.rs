@@ -172,7 +172,7 @@ pub fn rewritten(sql: &[u8], m: &Mentions, upstream: &[Arc<str>], tx: &Tx<'_>) -
 /// What PostgreSQL says when an EXECUTE of a statement that no longer works as prepared is
 /// run (`error`: what revalidating it says): the number of arguments is checked first.
 pub fn failed_execute(e: &Executed, error: bytes::Bytes) -> bytes::Bytes {
-    let want = e.stmt.desc.get().map_or(e.args, |d| d.params.len());
+    let want = e.stmt.desc.get().map_or(e.args, |d| d.param_count());
     // In an aborted transaction the Query fails before anything is looked at.
     let aborted = error
         .get(5..)

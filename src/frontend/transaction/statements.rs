@@ -10,7 +10,6 @@ use super::classify::Class;
 use crate::backend::prepared::{DescDigest, Key};
 use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, OnceLock};
 
 /// Upstream statement names start with this; client names that do too are never forwarded.
@@ -72,12 +71,11 @@ impl Statement {
             return self.tail.clone();
         };
         let text_end = memchr::memchr(0, &self.tail).map_or(self.tail.len(), |i| i + 1);
-        let mut b = BytesMut::with_capacity(text_end + 2 + 4 * desc.params.len());
+        // The ParameterDescription body is the Parse's count and types, as they are.
+        let params = desc.raw_params();
+        let mut b = BytesMut::with_capacity(text_end + params.len());
         b.put_slice(&self.tail[..text_end]);
-        b.put_u16(desc.params.len() as u16);
-        for p in &desc.params {
-            b.put_u32(*p);
-        }
+        b.put_slice(params);
         b.freeze()
     }
 }
@@ -91,54 +89,90 @@ pub fn key(tail: &[u8]) -> Key {
 /// What the server said a prepared statement takes and returns: its parameter types and its
 /// result columns (name, type, type modifier), or no result. These are what PostgreSQL
 /// compares when it revalidates a cached plan ("cached plan must not change result type").
+/// Kept as the bodies the server sent, in one buffer (one allocation; a clone is a reference
+/// count), with a digest of the compared fields taken in one pass; the columns are read out
+/// only when two descriptions' digests differ.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Desc {
-    pub params: Vec<u32>,
-    pub columns: Option<Vec<(Vec<u8>, u32, i32)>>,
     pub digest: DescDigest,
-    /// The ParameterDescription and RowDescription (None: NoData) bodies as the server sent
-    /// them.
-    raw_params: Bytes,
-    raw_rows: Option<Bytes>,
+    /// The ParameterDescription body, then the RowDescription body.
+    raw: Bytes,
+    /// Where the RowDescription body starts; None: NoData.
+    rows_at: Option<usize>,
 }
+
+/// A result column as PostgreSQL compares it: name, type, type modifier.
+pub type Column = (Vec<u8>, u32, i32);
 
 impl Desc {
     /// From a ParameterDescription body and a RowDescription body (None: NoData). None when
     /// the bodies are malformed.
     pub fn new(params: &[u8], rows: Option<&[u8]>) -> Option<Desc> {
-        let raw = params;
-        let n = u16::from_be_bytes(params.get(..2)?.try_into().ok()?) as usize;
-        let params: Vec<u32> = (0..n)
-            .map(|i| {
-                Some(u32::from_be_bytes(
-                    params.get(2 + 4 * i..6 + 4 * i)?.try_into().ok()?,
-                ))
-            })
-            .collect::<Option<_>>()?;
-        let columns = match rows {
-            None => None,
-            Some(body) => Some(columns(body)?),
+        let n = usize::from(u16::from_be_bytes(params.get(..2)?.try_into().ok()?));
+        let params = params.get(..2 + 4 * n)?;
+        let mut h = Fnv::default();
+        h.write(params);
+        let rows_at = match rows {
+            None => {
+                h.write(b"n");
+                None
+            }
+            Some(body) => {
+                for_columns(body, |name, typ, typmod| {
+                    h.write(name);
+                    h.write(&[0]);
+                    h.write(&typ.to_be_bytes());
+                    h.write(&typmod.to_be_bytes());
+                })?;
+                Some(params.len())
+            }
         };
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        params.hash(&mut h);
-        columns.hash(&mut h);
+        let mut raw = BytesMut::with_capacity(params.len() + rows.map_or(0, <[u8]>::len));
+        raw.extend_from_slice(params);
+        raw.extend_from_slice(rows.unwrap_or_default());
         Some(Desc {
-            params,
-            columns,
-            digest: h.finish(),
-            raw_params: Bytes::copy_from_slice(&raw[..raw_len(raw, n)]),
-            raw_rows: rows.map(Bytes::copy_from_slice),
+            digest: h.0,
+            raw: raw.freeze(),
+            rows_at,
         })
+    }
+
+    fn raw_params(&self) -> &[u8] {
+        &self.raw[..self.rows_at.unwrap_or(self.raw.len())]
+    }
+
+    /// How many parameters the statement takes.
+    pub fn param_count(&self) -> usize {
+        (self.raw_params().len() - 2) / 4
+    }
+
+    /// The parameters' type OIDs.
+    pub fn param_types(&self) -> impl Iterator<Item = u32> + '_ {
+        self.raw_params()[2..]
+            .chunks_exact(4)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+    }
+
+    /// The statement returns no rows (NoData).
+    pub fn no_data(&self) -> bool {
+        self.rows_at.is_none()
+    }
+
+    /// The result columns, read out of the RowDescription (None: NoData).
+    pub fn columns(&self) -> Option<Vec<Column>> {
+        let body = &self.raw[self.rows_at?..];
+        let mut out = Vec::new();
+        for_columns(body, |name, typ, typmod| out.push((name.to_vec(), typ, typmod)))?;
+        Some(out)
     }
 
     /// What a Describe of the statement answered: ParameterDescription, then RowDescription
     /// or NoData.
     pub fn answer(&self, out: &mut BytesMut) {
-        out.put_u8(b't');
-        out.put_u32(4 + self.raw_params.len() as u32);
-        out.put_slice(&self.raw_params);
-        match &self.raw_rows {
-            Some(rows) => {
+        self.parameter_description(out);
+        match self.rows_at {
+            Some(at) => {
+                let rows = &self.raw[at..];
                 out.put_u8(b'T');
                 out.put_u32(4 + rows.len() as u32);
                 out.put_slice(rows);
@@ -152,33 +186,44 @@ impl Desc {
 
     /// The ParameterDescription a Describe of the statement begins with.
     pub fn parameter_description(&self, out: &mut BytesMut) {
+        let params = self.raw_params();
         out.put_u8(b't');
-        out.put_u32(4 + 2 + 4 * self.params.len() as u32);
-        out.put_u16(self.params.len() as u16);
-        for p in &self.params {
-            out.put_u32(*p);
-        }
+        out.put_u32(4 + params.len() as u32);
+        out.put_slice(params);
     }
 }
 
-fn raw_len(_raw: &[u8], n: usize) -> usize {
-    2 + 4 * n
-}
-
-fn columns(body: &[u8]) -> Option<Vec<(Vec<u8>, u32, i32)>> {
+/// Calls `f` with each column's name, type and type modifier; None when the body is malformed.
+fn for_columns(body: &[u8], mut f: impl FnMut(&[u8], u32, i32)) -> Option<()> {
     let n = u16::from_be_bytes(body.get(..2)?.try_into().ok()?) as usize;
     let mut at = 2;
-    let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let end = at + memchr::memchr(0, body.get(at..)?)?;
-        let name = body[at..end].to_vec();
-        let f = body.get(end + 1..end + 19)?;
-        let typ = u32::from_be_bytes(f[6..10].try_into().ok()?);
-        let typmod = i32::from_be_bytes(f[12..16].try_into().ok()?);
-        out.push((name, typ, typmod));
+        let fields = body.get(end + 1..end + 19)?;
+        let typ = u32::from_be_bytes(fields[6..10].try_into().ok()?);
+        let typmod = i32::from_be_bytes(fields[12..16].try_into().ok()?);
+        f(&body[at..end], typ, typmod);
         at = end + 19;
     }
-    Some(out)
+    Some(())
+}
+
+/// FNV-1a, 64 bits: a digest of descriptions compared within one process (cheaper than SipHash
+/// on these few dozen bytes; nothing here is keyed by what a client chooses alone).
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
 }
 
 /// The statement bytes a client tried to keep beyond its bound.
@@ -335,7 +380,9 @@ mod tests {
         );
         assert_ne!(a.digest, c.digest);
         assert_ne!(a.digest, Desc::new(&params, None).unwrap().digest);
-        assert_eq!(a.params, [23]);
+        assert_eq!(a.param_types().collect::<Vec<_>>(), [23]);
+        assert_eq!(a.columns().unwrap()[0].1, 23);
+        assert!(Desc::new(&params, None).unwrap().no_data());
         let s = stmt("SELECT $1");
         assert_eq!(
             &s.tail_as_prepared(Some(&a))[..],

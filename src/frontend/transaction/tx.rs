@@ -113,7 +113,6 @@ pub fn refuse(tx: &mut Tx<'_>, simple: bool, refusal: Bytes) -> Decision {
                 .note(Note::UnnamedDrop),
         );
     } else {
-        tx.flow.refused = true;
         msg::describe_or_close(tx.out, b'D', b'S', NO_SUCH_STATEMENT);
         tx.flow
             .replies

@@ -15,12 +15,9 @@
 use super::classify::Class;
 use super::flow::{Capture, ClientState, Flow, Hold, PendingUnnamed, Spec, Unnamed};
 use super::replies::{Entry, Expect, Local, Note, Outcome};
-use super::statements::{Desc, Statement};
+use super::statements::Statement;
 use super::tx::{Tx, error};
 use crate::backend::prepared::Prepared;
-use crate::backend::query;
-use crate::frontend::relay;
-use crate::pool::Pooled;
 use crate::wire::msg;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -45,8 +42,6 @@ pub fn parse(tail: &[u8], class: Class, tx: &mut Tx<'_>) {
         again: false,
     });
     tx.flow.unnamed_spec = Spec::Parsed(tx.flow.segment);
-    tx.flow.unnamed_parsed = true;
-    tx.flow.unnamed_maybe_gone = false;
     tx.flow.unnamed_unconfirmed += 1;
     tx.flow
         .replies
@@ -115,8 +110,6 @@ fn reparse(u: &Unnamed, describe: bool, tx: &mut Tx<'_>) -> Use {
     });
     tx.flow.unnamed_unconfirmed += 1;
     tx.flow.unnamed_spec = Spec::Parsed(tx.flow.segment);
-    tx.flow.unnamed_parsed = true;
-    tx.flow.unnamed_maybe_gone = false;
     let Some(desc) = &u.desc else {
         return Use::Pass;
     };
@@ -152,30 +145,15 @@ pub fn elsewhere(tx: &Tx<'_>) -> bool {
             .is_some_and(|u| tx.prepared.unnamed != Some((tx.client.id, u.serial)))
 }
 
-/// A Sync is on its way: an unnamed statement parsed since the last one outlives it, and may be
-/// bound later, perhaps on another connection, where it is parsed again. What the server makes
-/// of it is learned now (a Describe of the client's own may have been skipped), so that it can
-/// be checked then:
-/// a Describe after the Sync (before it, an error earlier in the pipeline would make the
-/// server skip it), with a Sync of its own, both unseen (where the statement is gone, the
-/// Describe fails unseen). True when it wrote them.
-///
-/// A Close or Query after the Parse drops the statement unless an error made the server skip
-/// them: the Describe goes only when an error has come back by now, or is sure to come (a
-/// message rotagate refused: `erred`). Without an error, a Describe failing after the Sync
-/// would abort the transaction block the Query may have begun (the long run's seed 1000512);
-/// the status after a Sync that followed an error is idle or failed, where it fails
-/// harmlessly. A server error not back yet when the Sync goes (all in one pipeline: the long
-/// run's seed 1002943) is learned at rest instead ([`learn_at_rest`]).
-pub fn kept(tx: &mut Tx<'_>, erred: bool) -> bool {
-    let gone = std::mem::take(&mut tx.flow.unnamed_maybe_gone);
-    if !std::mem::take(&mut tx.flow.unnamed_parsed) {
-        return false;
-    }
-    if gone && !erred {
-        tx.flow.unnamed_unlearned = true;
-        return false;
-    }
+/// After the client's Parse of its unnamed statement: a Describe of it, unseen, so that what
+/// the server makes of it is known if the client binds it later, perhaps on another
+/// connection, where it is parsed again and checked against this ([`reparse`]). It goes right
+/// after the Parse, where nothing can have changed the statement yet: the Describe cannot fail
+/// once the Parse succeeded (a Describe later, after a schema change in the same transaction,
+/// would fail on the stale plan and abort the transaction), and is skipped with it when the
+/// Parse fails or is skipped. It rides in the same pipeline: no round trip, no transaction of
+/// its own upstream.
+pub fn learn(tx: &mut Tx<'_>) {
     msg::describe_or_close(tx.out, b'D', b'S', b"");
     tx.flow.replies.push(
         Entry::new(Expect::DescribeStatement)
@@ -183,9 +161,6 @@ pub fn kept(tx: &mut Tx<'_>, erred: bool) -> bool {
             .quiet(),
     );
     tx.flow.captures.push_back(Capture::LearnUnnamed);
-    msg::empty(tx.out, b'S');
-    tx.flow.replies.push(Entry::new(Expect::Sync).quiet());
-    true
 }
 
 /// What the server did with an entry that touches the unnamed statement.
@@ -241,25 +216,3 @@ pub fn confirm(
     }
 }
 
-/// At rest after a transaction whose Sync could not learn its unnamed statement (a Close or
-/// Query came after the Parse, and no error was back yet: [`kept`]). When an error made the
-/// server skip them, the statement survived on this connection undescribed: one Describe now
-/// (a round trip, on this rare path only) records what the server makes of it, so that a
-/// schema change before it is bound on another connection is noticed there. A server that
-/// refuses leaves it undescribed; a connection that fails is closed.
-pub async fn learn_at_rest(client: &mut ClientState, server: &mut Pooled) {
-    let Some(u) = client.unnamed.as_mut() else {
-        return;
-    };
-    if u.desc.is_some() || server.prepared.unnamed != Some((client.id, u.serial)) {
-        return;
-    }
-    match query::describe_unnamed(server).await {
-        Ok(Some((params, rows))) => u.desc = Desc::new(&params, rows.as_deref()),
-        Ok(None) => {}
-        Err(e) => {
-            tracing::warn!(error = %e, "could not describe a client's unnamed statement at rest; closing the connection");
-            relay::close(server, "reset_failed");
-        }
-    }
-}

@@ -112,7 +112,7 @@ fn rows(client: &ClientState) -> Vec<serde_json::Value> {
         .map(|(name, s)| {
             let text_end = memchr::memchr(0, &s.tail).unwrap_or(s.tail.len());
             let params: Vec<String> = match s.desc.get() {
-                Some(d) => d.params.iter().map(u32::to_string).collect(),
+                Some(d) => d.param_types().map(|t| t.to_string()).collect(),
                 None => declared(&s.tail[text_end..]),
             };
             serde_json::json!({
