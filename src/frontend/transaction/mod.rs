@@ -403,6 +403,8 @@ async fn wait_for_request(
         }
         let idle = fe.listen.client_idle_timeout;
         tokio::select! {
+            // In order: no random start (and no thread-local RNG) per request.
+            biased;
             r = client.stream.read_buf(&mut client.buf) => match r {
                 Ok(0) | Err(_) => return Ok(false),
                 Ok(_) => {}

@@ -102,7 +102,13 @@ fn query(body: &[u8], tx: &mut Tx<'_>) -> Decision {
         .client
         .recent
         .classify(sql, || flow::names(settings, shadowed));
-    let mentions = sqlnames::mentions(sql, class.reads_view && tx.cfg.client_view, tx);
+    let reads_view = class.reads_view && tx.cfg.client_view;
+    // The usual case, decided without looking for the client's statement names.
+    if class.is_plain() && !reads_view && tx.client.statements.is_empty() {
+        tx.flow.unnamed_dropped();
+        return push(tx, Entry::new(Expect::Query).note(Note::UnnamedDrop));
+    }
+    let mentions = sqlnames::mentions(sql, reads_view, tx);
     if class.is_plain() && mentions.is_empty() {
         tx.flow.unnamed_dropped();
         return push(tx, Entry::new(Expect::Query).note(Note::UnnamedDrop));
