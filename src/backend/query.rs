@@ -124,4 +124,3 @@ fn row(
         .collect()
         .map_err(BackendError::Io)
 }
-

@@ -68,9 +68,12 @@ pub struct Shadowed {
     start: OnceLock<Instant>,
 }
 
-/// The query that lists them: one row, comma-separated.
+/// The query that lists them: one row, comma-separated. Only functions made after initdb
+/// (OIDs from FirstNormalObjectId, 16384: an index range scan, not a pass over pg_proc's
+/// thousands of built-ins); those initdb makes outside pg_catalog share no built-in's name.
 pub const SHADOW_SQL: &str = "SELECT 'shadow', COALESCE(pg_catalog.string_agg(DISTINCT p.proname::pg_catalog.text, ','), ''), 'shadow' \
-     FROM pg_catalog.pg_proc p WHERE p.pronamespace OPERATOR(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace \
+     FROM pg_catalog.pg_proc p WHERE p.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid \
+     AND p.pronamespace OPERATOR(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace \
      AND EXISTS (SELECT FROM pg_catalog.pg_proc c WHERE c.pronamespace OPERATOR(pg_catalog.=) 'pg_catalog'::pg_catalog.regnamespace \
        AND c.proname OPERATOR(pg_catalog.=) p.proname)";
 

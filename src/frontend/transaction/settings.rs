@@ -142,9 +142,10 @@ impl Settings {
 /// Every name is qualified and every operator is pg_catalog's: the session's search_path is the
 /// client's.
 const STATE_SQL: &str = "SELECT 'state', pg_catalog.concat_ws(',', \
-     CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_class WHERE relnamespace OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema()) \
+     CASE WHEN pg_catalog.pg_my_temp_schema() OPERATOR(pg_catalog.<>) 0 AND ( \
+       EXISTS (SELECT FROM pg_catalog.pg_class WHERE relnamespace OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema()) \
        OR EXISTS (SELECT FROM pg_catalog.pg_proc WHERE pronamespace OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema()) \
-       OR EXISTS (SELECT FROM pg_catalog.pg_type WHERE typnamespace OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema()) \
+       OR EXISTS (SELECT FROM pg_catalog.pg_type WHERE typnamespace OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema())) \
        THEN 'temp_table' END, \
      CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_listening_channels()) THEN 'listen' END, \
      CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_prepared_statements WHERE from_sql) THEN 'sql_prepare' END, \
@@ -217,6 +218,9 @@ pub fn reread_list(rows: Vec<Vec<Option<String>>>, login_user: Option<&str>) -> 
             );
             continue;
         }
+        // pg_settings names some in mixed case (`DateStyle`, `TimeZone`); names are kept lower
+        // case, as the startup packet's are, or every later transaction would set them again.
+        let name = name.to_ascii_lowercase();
         let skip = match name.as_str() {
             "role" => value == "none",
             "session_authorization" => Some(value.as_str()) == login_user,
@@ -459,5 +463,13 @@ mod tests {
                 .state
                 .is_empty()
         );
+        // pg_settings' mixed-case names match the startup packet's lower-case ones, so the
+        // next transaction finds nothing to set.
+        let mut s = Settings::from_startup(&[("datestyle".into(), "ISO, MDY".into())]).unwrap();
+        s.settle(&ServerParams::default(), &Interner::default());
+        let got = reread_list(vec![row("DateStyle", Some("ISO, MDY"), "listed")], None);
+        assert_eq!(got.session, list(&[("datestyle", "ISO, MDY")]));
+        s.reread(&got.session, &Interner::default());
+        assert_eq!(sync_sql(&s.list, &got.session), None);
     }
 }

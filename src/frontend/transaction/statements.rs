@@ -162,7 +162,9 @@ impl Desc {
     pub fn columns(&self) -> Option<Vec<Column>> {
         let body = &self.raw[self.rows_at?..];
         let mut out = Vec::new();
-        for_columns(body, |name, typ, typmod| out.push((name.to_vec(), typ, typmod)))?;
+        for_columns(body, |name, typ, typmod| {
+            out.push((name.to_vec(), typ, typmod))
+        })?;
         Some(out)
     }
 

@@ -215,4 +215,3 @@ pub fn confirm(
         flow.resumed = true;
     }
 }
-
