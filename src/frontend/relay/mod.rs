@@ -15,13 +15,11 @@ use super::stream::ClientStream;
 use crate::backend::ServerConn;
 use crate::pool::Pooled;
 use bytes::{Bytes, BytesMut};
-use futures::task::AtomicWaker;
 use pgwire::tokio::server::MaybeTls;
 use side::ClientSide;
 use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice};
 use std::pin::{Pin, pin};
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use tokio_util::io::poll_read_buf;
@@ -205,8 +203,7 @@ async fn run(
     let mut timer = limits::Timer::default();
     let mut shutdown = pin!(stop.cancelled());
     let (home, waker) = (s.generation().clone(), c.waker.clone());
-    home.watch(&waker);
-    let _unwatch = Unwatch(&home, &waker);
+    c.watch(&home);
     let mut w = Wants::default();
     loop {
         if w.scan_client {
@@ -278,15 +275,6 @@ fn cancel_slow_query(s: &Pooled) {
             tracing::warn!(error = %e, "could not cancel a query past pool.query_timeout");
         }
     });
-}
-
-/// Stops watching the generation for expiry when the relay ends, however it ends.
-struct Unwatch<'a>(&'a crate::pool::Generation, &'a Arc<AtomicWaker>);
-
-impl Drop for Unwatch<'_> {
-    fn drop(&mut self) {
-        self.0.unwatch(self.1);
-    }
 }
 
 /// Ends that wait until everything queued is written.

@@ -4,6 +4,7 @@
 
 use super::lane::Lane;
 use crate::frontend::stream::ClientStream;
+use crate::pool::Generation;
 use bytes::BytesMut;
 use futures::task::AtomicWaker;
 use std::sync::Arc;
@@ -22,6 +23,10 @@ pub struct ClientSide {
     pub worker: usize,
     /// Woken when the generation of the connection being relayed expires.
     pub waker: Arc<AtomicWaker>,
+    /// The generation `waker` is registered with: kept from one transaction to the next, since
+    /// most go to the same generation (a lock and a list scan fewer per transaction), and
+    /// dropped with the client.
+    watching: Option<Arc<Generation>>,
 }
 
 impl ClientSide {
@@ -34,6 +39,28 @@ impl ClientSide {
             scratch: BytesMut::new(),
             worker,
             waker: Arc::new(AtomicWaker::new()),
+            watching: None,
+        }
+    }
+
+    /// Has `home`'s expiry wake this client's relay (and no longer another generation's). A
+    /// wake while no relay runs is a spurious wake-up of the session's task, harmless.
+    pub fn watch(&mut self, home: &Arc<Generation>) {
+        if self.watching.as_ref().is_some_and(|g| Arc::ptr_eq(g, home)) {
+            return;
+        }
+        if let Some(old) = self.watching.take() {
+            old.unwatch(&self.waker);
+        }
+        home.watch(&self.waker);
+        self.watching = Some(home.clone());
+    }
+}
+
+impl Drop for ClientSide {
+    fn drop(&mut self) {
+        if let Some(g) = self.watching.take() {
+            g.unwatch(&self.waker);
         }
     }
 }
