@@ -369,15 +369,27 @@ pub trait Endpoints {
         http(self.admin_addr(), "GET", path).await
     }
 
-    /// A metric's value from /metrics (the first series whose labels contain `labels`).
+    /// A metric's value from /metrics (the first series whose labels contain `labels`). A
+    /// series that is not there is NaN, not zero: every comparison with it fails, so `== 0.0`
+    /// or `<= n` cannot pass on a series that was never exported (use [`Self::metric_or_zero`]
+    /// where a counter not yet incremented counts as zero, as a baseline).
     async fn metric(&self, name: &str, labels: &str) -> f64 {
+        self.metric_opt(name, labels).await.unwrap_or(f64::NAN)
+    }
+
+    /// As [`Self::metric`], absent as 0 (a baseline taken before a counter's first increment).
+    async fn metric_or_zero(&self, name: &str, labels: &str) -> f64 {
+        self.metric_opt(name, labels).await.unwrap_or(0.0)
+    }
+
+    /// The series' value, None when /metrics does not have it.
+    async fn metric_opt(&self, name: &str, labels: &str) -> Option<f64> {
         let body = self.get("/metrics").await.1;
         body.lines()
             .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
             .find(|l| l.contains(labels))
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
     }
 }
 
