@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn code(e: &tokio_postgres::Error) -> String {
     e.code()
@@ -167,6 +167,62 @@ async fn a_silent_connection_is_closed_at_auth_timeout() {
         .await
         .expect("closed by the proxy");
     assert_eq!(n.unwrap_or(0), 0);
+}
+
+/// A client that stalls in the middle of SASL (after the server's first message) is cut at
+/// `listen.auth_timeout`, with the startup timeout far off: the auth bound is what closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_stalled_mid_sasl_is_closed_at_auth_timeout() {
+    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+    use postgres_protocol::message::frontend;
+    let pg = app_cluster();
+    let proxy = TestProxy::builder(&pg)
+        .listen("auth_timeout = \"500ms\"\nstartup_timeout = \"60s\"")
+        .start()
+        .await;
+    let mut raw = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut out = bytes::BytesMut::new();
+    frontend::startup_message([("user", CLIENT_USER), ("database", "appdb")], &mut out).unwrap();
+    raw.write_all(&out).await.unwrap();
+    // AuthenticationSASL, then the client's first message.
+    let mut head = [0u8; 5];
+    raw.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[0], b'R');
+    let mut body = vec![0u8; u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4];
+    raw.read_exact(&mut body).await.unwrap();
+    let scram = ScramSha256::new(CLIENT_PASSWORD.as_bytes(), ChannelBinding::unsupported());
+    out.clear();
+    frontend::sasl_initial_response("SCRAM-SHA-256", scram.message(), &mut out).unwrap();
+    raw.write_all(&out).await.unwrap();
+    raw.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[0], b'R', "the server's first SASL message");
+    let mut body = vec![0u8; u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4];
+    raw.read_exact(&mut body).await.unwrap();
+    assert_eq!(
+        &body[..4],
+        &11u32.to_be_bytes(),
+        "AuthenticationSASLContinue"
+    );
+    // Now silent. The proxy answers with an error and closes; the bound only keeps a broken
+    // build from hanging.
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        raw.read_to_end(&mut rest),
+    )
+    .await
+    .expect("closed by the proxy");
+    assert!(read.is_ok());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "closed by auth_timeout, not the startup bound"
+    );
+    assert_eq!(
+        rest.first(),
+        Some(&b'E'),
+        "an error before the close: {rest:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
