@@ -26,28 +26,27 @@ async fn a_cancel_never_reaches_the_next_clients_query() {
     let (a, b) = (proxy.client().await, proxy.client().await);
     let stop = Arc::new(AtomicBool::new(false));
     let token = a.cancel_token();
-    let canceller = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let _ = token.cancel_query(NoTls).await;
-                tokio::task::yield_now().await;
-            }
-        })
-    };
+    // Cancels A's queries until aborted at the end.
+    let canceller = tokio::spawn(async move {
+        loop {
+            let _ = token.cancel_query(NoTls).await;
+            tokio::task::yield_now().await;
+        }
+    });
     let busy_a = {
         let stop = stop.clone();
         tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
+            let mut cancelled = 0;
+            // Until B is done and at least one of A's cancels has landed on A's own query.
+            while !stop.load(Ordering::Relaxed) || cancelled == 0 {
                 match a.simple_query("SELECT pg_sleep(0.002)").await {
-                    Err(e) if e.code().map(|c| c.code()) != Some("57014") => {
-                        return Some(e.to_string());
-                    }
+                    Err(e) if e.code().map(|c| c.code()) == Some("57014") => cancelled += 1,
+                    Err(e) => return Err(e.to_string()),
                     // Between queries A holds nothing; B gets its turn at the connection.
-                    _ => tokio::time::sleep(Duration::from_millis(1)).await,
+                    Ok(_) => tokio::time::sleep(Duration::from_millis(1)).await,
                 }
             }
-            None
+            Ok(cancelled)
         })
     };
     for i in 0..40 {
@@ -57,8 +56,15 @@ async fn a_cancel_never_reaches_the_next_clients_query() {
         }
     }
     stop.store(true, Ordering::Relaxed);
-    canceller.await.unwrap();
-    assert_eq!(busy_a.await.unwrap(), None, "A's own session broke");
+    // The canceller keeps going until A has seen a cancel of its own (the bound only keeps a
+    // broken build from hanging).
+    let cancelled = tokio::time::timeout(Duration::from_secs(60), busy_a)
+        .await
+        .expect("a cancel reached A's own query")
+        .unwrap();
+    canceller.abort();
+    let cancelled = cancelled.expect("A's own session broke");
+    assert!(cancelled >= 1, "no cancel was delivered to A");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
