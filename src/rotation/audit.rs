@@ -2,7 +2,7 @@
 //! audit event. Never a password.
 
 use super::engine::Engine;
-use super::status::{Outcome, Report};
+use super::status::{Outcome, Report, name_of};
 use super::upstream::Upstream;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
@@ -50,8 +50,8 @@ fn audit(database: &str, r: &Report) {
     );
     macro_rules! event {
         ($level:ident) => {
-            tracing::$level!(target: "rotagate::audit", event = "rotation", database, source = r.source, trigger = ?r.trigger,
-                version, username, outcome = ?r.outcome, reason, generation = r.generation, duration_ms = r.duration_ms,
+            tracing::$level!(target: "rotagate::audit", event = "rotation", database, source = r.source, trigger = %name_of(&r.trigger),
+                version, username, outcome = %name_of(&r.outcome), reason, generation = r.generation, duration_ms = r.duration_ms,
                 "rotation attempt")
         };
     }

@@ -12,7 +12,7 @@
 //! old generation's queue and move to the new one when it is published.
 
 use super::engine::Engine;
-use super::status::{FailoverView, HostView, Outcome, Report, Trigger, unix};
+use super::status::{FailoverView, HostView, Outcome, Report, Trigger, name_of, unix};
 use super::upstream::Upstream;
 use super::writer::{Probe, choose};
 use crate::config::{HostPort, TargetSessionAttrs};
@@ -310,7 +310,7 @@ impl<U: Upstream> Engine<U> {
             took.as_millis() as u64,
             started.elapsed().as_millis() as u64,
         );
-        tracing::info!(target: "rotagate::audit", event = "failover", database = %db, trigger = ?trigger,
+        tracing::info!(target: "rotagate::audit", event = "failover", database = %db, trigger = %name_of(&trigger),
             from = %from, to = %to, detection_to_serving_ms = detection_ms, search_ms,
             generation = self.p.pools.generation(), "serving from another upstream host");
         self.p.status.update(|s| {

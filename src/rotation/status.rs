@@ -29,6 +29,15 @@ pub enum Trigger {
     RdsEvent,
 }
 
+/// The name a value serializes to (`start`, `breaker_open`): what `/status`, `POST /rotate`
+/// and the audit log lines show.
+pub fn name_of<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 impl Trigger {
     /// A search for the host to serve from, not a credential attempt.
     pub fn is_search(self) -> bool {
