@@ -135,18 +135,9 @@ pub async fn authenticate(
     login.stream.write_all(&out).await.map_err(WireError::Io)?;
     out.clear();
 
-    let mut first = expect_password(login, max_len).await?;
+    let first = expect_password(login, max_len).await?;
     step();
-    let mechanism = wire::get_cstr(&mut first)?;
-    if mechanism != "SCRAM-SHA-256" {
-        return Err(FrontendError::Protocol(format!(
-            "unsupported SASL mechanism {mechanism:?}"
-        )));
-    }
-    if first.remaining() < 4 {
-        return Err(FrontendError::Protocol("short SASLInitialResponse".into()));
-    }
-    first.advance(4);
+    let first = sasl_initial(first)?;
     let server = ScramServerAuth::new();
     let (server_first, waiting) = server
         .on_client_first_message_with_secret(&first, secret)
@@ -166,6 +157,22 @@ pub async fn authenticate(
     msg::auth_sasl_data(&mut out, 12, server_final.as_bytes());
     login.stream.write_all(&out).await.map_err(WireError::Io)?;
     Ok(())
+}
+
+/// The client-first message out of a SASLInitialResponse body: the mechanism (only
+/// SCRAM-SHA-256), then the length of the data, then the data.
+pub fn sasl_initial(mut body: BytesMut) -> Result<BytesMut, FrontendError> {
+    let mechanism = wire::get_cstr(&mut body)?;
+    if mechanism != "SCRAM-SHA-256" {
+        return Err(FrontendError::Protocol(format!(
+            "unsupported SASL mechanism {mechanism:?}"
+        )));
+    }
+    if body.remaining() < 4 {
+        return Err(FrontendError::Protocol("short SASLInitialResponse".into()));
+    }
+    body.advance(4);
+    Ok(body)
 }
 
 /// SASL messages from a client are a few hundred bytes; a header claiming more before the
