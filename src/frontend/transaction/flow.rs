@@ -145,12 +145,23 @@ impl Flow {
             unnamed_unconfirmed,
             unnamed_parses,
         } = self;
-        replies.clear();
-        fresh.clear();
-        aliases.clear();
-        captures.clear();
+        // Usually empty already (a transaction ends with nothing owed): no drop loops then.
+        if !replies.is_empty() {
+            replies.clear();
+        }
+        if !fresh.is_empty() {
+            fresh.clear();
+        }
+        if !aliases.is_empty() {
+            aliases.clear();
+        }
+        if !captures.is_empty() {
+            captures.clear();
+        }
         capture_params.clear();
-        unnamed_parses.clear();
+        if !unnamed_parses.is_empty() {
+            unnamed_parses.clear();
+        }
         if signals.fatal.is_some() || signals.terminate || signals.read_only || signals.unsure {
             *signals = Signals::default();
         }
