@@ -3,7 +3,7 @@
 //! with the AWS SDK.
 
 use super::pg::{Pg, free_port};
-use super::{http, wait_until};
+use super::http;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_secretsmanager::config::Credentials;
 use std::path::PathBuf;
@@ -35,10 +35,23 @@ fn moto_server() -> PathBuf {
 }
 
 impl Moto {
+    /// Starts moto's server; on a port taken between choosing and binding (tests run in
+    /// parallel), tries other ports.
     pub async fn start() -> Moto {
+        let mut last_log = String::new();
+        for _ in 0..5 {
+            match Self::try_start().await {
+                Ok(moto) => return moto,
+                Err(log) => last_log = log,
+            }
+        }
+        panic!("moto_server did not start; its last log:\n{last_log}");
+    }
+
+    async fn try_start() -> Result<Moto, String> {
         let port = free_port();
         let log = tempfile::NamedTempFile::new().unwrap();
-        let child = Command::new(moto_server())
+        let mut child = Command::new(moto_server())
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(log.reopen().unwrap())
@@ -46,15 +59,20 @@ impl Moto {
             .expect("start moto_server");
         let url = format!("http://127.0.0.1:{port}");
         let addr = format!("127.0.0.1:{port}").parse().unwrap();
-        wait_until(60, "moto_server to answer", || async {
-            http(addr, "GET", "/moto-api/data.json").await.0 == 200
-        })
-        .await;
-        Moto {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while http(addr, "GET", "/moto-api/data.json").await.0 != 200 {
+            let exited = matches!(child.try_wait(), Ok(Some(_)));
+            if exited || std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(std::fs::read_to_string(log.path()).unwrap_or_default());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        Ok(Moto {
             child,
             url,
             _log: log,
-        }
+        })
     }
 
     /// The environment rotagate runs with against this server: static test keys, no

@@ -197,12 +197,12 @@ impl Pg {
         }
         std::fs::write(dir.path().join("data/postgresql.auto.conf"), conf).unwrap();
         give_to_pg(dir.path());
-        let pg = Pg {
+        let mut pg = Pg {
             port: free_port(),
             dir,
             bin,
         };
-        pg.pg_ctl_start();
+        pg.start_on_a_free_port();
         pg
     }
 
@@ -245,12 +245,12 @@ impl Pg {
         ));
         std::fs::write(&conf, text).unwrap();
         give_to_pg(dir.path());
-        let pg = Pg {
+        let mut pg = Pg {
             port: free_port(),
             dir,
             bin: self.bin.clone(),
         };
-        pg.pg_ctl_start();
+        pg.start_on_a_free_port();
         pg
     }
 
@@ -286,19 +286,37 @@ impl Pg {
         self.dir.path()
     }
 
+    /// Starts the server on `port`, or, when another process took that port between
+    /// `free_port` and the server's bind (PostgreSQL cannot be given port 0), on another one.
+    fn start_on_a_free_port(&mut self) {
+        for _ in 0..5 {
+            let out = self.pg_ctl_start_output();
+            if out.as_ref().is_ok_and(|o| o.status.success()) {
+                return;
+            }
+            let log = std::fs::read_to_string(self.dir.path().join("pg.log")).unwrap_or_default();
+            if !log.contains("Address already in use") {
+                check(out, "pg_ctl start");
+            }
+            self.port = free_port();
+        }
+        panic!("pg_ctl start: every port tried was taken");
+    }
+
     fn pg_ctl_start(&self) {
-        check(
-            as_pg(&self.bin.join("pg_ctl"))
-                .arg("-D")
-                .arg(self.dir.path().join("data"))
-                .arg("-l")
-                .arg(self.dir.path().join("pg.log"))
-                .args(["-w", "-t", "60", "-o"])
-                .arg(format!("-p {}", self.port))
-                .arg("start")
-                .output(),
-            "pg_ctl start",
-        );
+        check(self.pg_ctl_start_output(), "pg_ctl start");
+    }
+
+    fn pg_ctl_start_output(&self) -> std::io::Result<Output> {
+        as_pg(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .arg("-l")
+            .arg(self.dir.path().join("pg.log"))
+            .args(["-w", "-t", "60", "-o"])
+            .arg(format!("-p {}", self.port))
+            .arg("start")
+            .output()
     }
 
     pub fn stop(&self) {

@@ -21,8 +21,21 @@ pub struct Rotagate {
 
 impl Builder<'_> {
     /// Writes the config (on free ports) and runs the binary with the builder's variables as
-    /// its environment. Waits for the admin listener, not for readiness.
+    /// its environment. Waits for the admin listener, not for readiness. A port taken between
+    /// choosing it and rotagate's bind (tests run in parallel) means other ports, up to 5 times.
     pub async fn spawn(self) -> Rotagate {
+        let mut log = String::new();
+        for _ in 0..5 {
+            match self.try_spawn().await {
+                Ok(r) => return r,
+                Err(l) if l.contains("Address already in use") => log = l,
+                Err(l) => panic!("rotagate exited at start; log:\n{l}"),
+            }
+        }
+        panic!("rotagate found no free port in 5 tries; log:\n{log}");
+    }
+
+    async fn try_spawn(&self) -> Result<Rotagate, String> {
         let dir = tempfile::tempdir().unwrap();
         let (addr, admin): (SocketAddr, SocketAddr) = (
             format!("127.0.0.1:{}", free_port()).parse().unwrap(),
@@ -74,10 +87,7 @@ impl Builder<'_> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while me.get("/healthz").await.0 != 200 {
             if let Ok(Some(status)) = me.child.as_mut().unwrap().try_wait() {
-                panic!(
-                    "rotagate exited ({status}) at start; log:\n{}",
-                    me.finish().await
-                );
+                return Err(format!("exited ({status}):\n{}", me.finish().await));
             }
             assert!(
                 std::time::Instant::now() < deadline,
@@ -85,7 +95,7 @@ impl Builder<'_> {
             );
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
         }
-        me
+        Ok(me)
     }
 }
 
