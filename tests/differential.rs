@@ -56,7 +56,9 @@ async fn three_clients_on_two_connections_see_what_sessions_of_their_own_see() {
 /// an unnamed statement closed and parsed again before a Sync, then bound after a schema
 /// change (1001384); a Query naming a client's statement in a string after unsynced messages
 /// whose implicit commit fails (1001418); an unnamed statement whose Close an error in the same
-/// pipeline made the server skip, bound after a schema change on another connection (1002943).
+/// pipeline made the server skip, bound after a schema change on another connection (1002943); a
+/// Bind of a statement whose other name an `EXECUTE` used earlier in the transaction, then
+/// closed (1004127, the error named the closed name).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeds_the_long_run_diverged_on_stay_fixed() {
     check(
@@ -69,7 +71,9 @@ async fn seeds_the_long_run_diverged_on_stay_fixed() {
     )
     .await;
     check(
-        &[1_000_246, 1_000_289, 1_000_914, 1_001_384, 1_001_418],
+        &[
+            1_000_246, 1_000_289, 1_000_914, 1_001_384, 1_001_418, 1_003_246, 1_004_127,
+        ],
         2,
         1,
         2_000,

@@ -2,8 +2,8 @@
 //! and the steps an operator, a rotation function or AWS itself takes, through the real APIs
 //! with the AWS SDK.
 
-use super::pg::{Pg, free_port};
 use super::http;
+use super::pg::{Pg, free_port};
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_secretsmanager::config::Credentials;
 use std::path::PathBuf;

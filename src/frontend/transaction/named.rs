@@ -365,11 +365,17 @@ pub fn bind(
     tx.out.put_slice(upstream.as_bytes());
     tx.out.put_u8(0);
     let entry = Entry::new(Expect::Bind);
-    tx.flow.replies.push(if tx.client.statements.shared(&stmt) {
-        entry.named(name)
-    } else {
-        entry
-    });
+    // The error names the client's statement: say which when the client has several names
+    // for it, or when another name of it stands for the upstream one in this hand-over (an
+    // `EXECUTE` of a name since closed: the long run's seed 1004127).
+    let aliased = || tx.flow.aliases.iter().any(|(n, _)| *n == upstream);
+    tx.flow
+        .replies
+        .push(if tx.client.statements.shared(&stmt) || aliased() {
+            entry.named(name)
+        } else {
+            entry
+        });
     Decision::RewriteHead(HEADER_LEN + names_end)
 }
 
