@@ -165,7 +165,7 @@ pub fn client_scram(data: &[u8]) {
     let (first, last) = rest.split_at(usize::from(cut).min(rest.len()));
     let clients = [crate::config::ClientUser {
         user: "app".into(),
-        secret: crate::config::ClientSecret::Password(crate::secrets::SecretString::new(
+        secret: crate::config::ClientSecret::Password(crate::crypto::SecretString::new(
             "pw".into(),
         )),
         databases: None,
@@ -237,7 +237,7 @@ mod tests {
         use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
         let clients = [crate::config::ClientUser {
             user: "app".into(),
-            secret: crate::config::ClientSecret::Password(crate::secrets::SecretString::new(
+            secret: crate::config::ClientSecret::Password(crate::crypto::SecretString::new(
                 "pw".into(),
             )),
             databases: None,

@@ -105,6 +105,11 @@ fn serve(client: TcpStream, upstream: u16, s: Arc<Shared>) {
     if mode(&s) == Mode::Http500 {
         return answer_500(client);
     }
+    // A connection opened into a black hole hangs, as a SYN into a lossy network is sent again
+    // and again: nothing reaches the upstream until the hole ends.
+    while mode(&s) == Mode::BlackHole {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
         return;
     };
@@ -119,7 +124,10 @@ fn serve(client: TcpStream, upstream: u16, s: Arc<Shared>) {
     pump(server, client, s);
 }
 
-/// Copies `from` to `to`, holding bytes while the proxy is a black hole.
+/// Copies `from` to `to`, holding bytes while the proxy is a black hole: what TCP does over a
+/// network that loses every packet for less than its retransmission timeout (the sender sends
+/// again until they get through). Dropping them here instead would not be a harsher fault but a
+/// different one no TCP stack produces: this proxy has already acknowledged them.
 fn pump(mut from: TcpStream, mut to: TcpStream, s: Arc<Shared>) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
