@@ -23,8 +23,20 @@ fn write_secret(path: &Path, pg: &Pg, password: &str) {
     std::fs::rename(tmp, path).unwrap();
 }
 
-/// Runs pgbench with a per-transaction log; returns (tps, failed, p50 ms, p99 ms).
-fn pgbench(port: u16, secs: u64, logdir: &Path) -> (f64, u64, f64, f64) {
+/// What one pgbench run measured.
+struct Run {
+    tps: f64,
+    failed: u64,
+    /// Clients pgbench reported aborted ("client N aborted"): each is a client that saw an
+    /// error it could not retry.
+    aborted: usize,
+    p50: f64,
+    p99: f64,
+}
+
+/// Runs pgbench with a per-transaction log. Its exit status is checked: 0, or 2 when clients
+/// aborted (counted); anything else fails the benchmark.
+fn pgbench(port: u16, secs: u64, logdir: &Path) -> Run {
     let prefix = logdir.join("tx");
     let out = Command::new("pgbench")
         .env("PGPASSWORD", PASSWORD)
@@ -56,6 +68,15 @@ fn pgbench(port: u16, secs: u64, logdir: &Path) -> (f64, u64, f64, f64) {
         .expect("pgbench");
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let aborted = text
+        .lines()
+        .filter(|l| l.contains("client ") && l.contains(" aborted"))
+        .count();
+    let code = out.status.code();
+    assert!(
+        code == Some(0) || (code == Some(2) && aborted > 0),
+        "pgbench failed ({code:?}):\n{text}"
+    );
     let grab = |key: &str| {
         text.lines()
             .find(|l| l.starts_with(key))
@@ -79,12 +100,13 @@ fn pgbench(port: u16, secs: u64, logdir: &Path) -> (f64, u64, f64, f64) {
         lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
             .map_or(-1.0, |us| *us as f64 / 1000.0)
     };
-    (
-        grab("tps = "),
-        grab("number of failed transactions: ") as u64,
-        pct(0.50),
-        pct(0.99),
-    )
+    Run {
+        tps: grab("tps = "),
+        failed: grab("number of failed transactions: ").max(0.0) as u64,
+        aborted,
+        p50: pct(0.50),
+        p99: pct(0.99),
+    }
 }
 
 fn main() {
@@ -97,16 +119,15 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("secret.json");
     write_secret(&secret, &pg, "pw-0");
-    let (mut rg, port) = support::start_rotagate(dir.path(), &pg, &secret, "transaction", 16);
+    let bin = env!("CARGO_BIN_EXE_rotagate").as_ref();
+    let (mut rg, port, admin) =
+        support::start_binary_admin(bin, dir.path(), &pg, &secret, "transaction", 16, 1);
     let logs = tempfile::tempdir().unwrap();
     println!(
         "pgbench -M extended -c 16 -T {secs} (TPC-B-like, read-write) through rotagate, transaction mode, pool 16"
     );
-    let (tps, failed, p50, p99) = pgbench(port, secs, logs.path());
-    println!(
-        "{:<28} tps {tps:>9.0}  failed {failed:>3}  p50 {p50:>7.2} ms  p99 {p99:>7.2} ms",
-        "no rotation"
-    );
+    let base = pgbench(port, secs, logs.path());
+    print_run("no rotation", &base);
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let rotator = {
@@ -143,18 +164,28 @@ fn main() {
             n
         })
     };
-    let (rtps, rfailed, rp50, rp99) = pgbench(port, secs, logs.path());
+    let before = support::generation(admin).expect("/status answers");
+    let rotating = pgbench(port, secs, logs.path());
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let rotations = rotator.join().unwrap();
-    println!(
-        "{:<28} tps {rtps:>9.0}  failed {rfailed:>3}  p50 {rp50:>7.2} ms  p99 {rp99:>7.2} ms",
-        format!("rotating every 2 s ({rotations}x)")
+    let written = rotator.join().unwrap();
+    // Rotations are what rotagate applied (its generations), not the secrets written.
+    let applied = support::generation(admin).expect("/status answers") - before;
+    print_run(
+        &format!("rotating every 2 s ({applied} applied of {written} written)"),
+        &rotating,
     );
     println!(
         "p99 ratio (rotating / not): {:.2}x   TPS ratio: {:.2}x",
-        rp99 / p99,
-        rtps / tps
+        rotating.p99 / base.p99,
+        rotating.tps / base.tps
     );
     let _ = rg.kill();
     let _ = rg.wait();
+}
+
+fn print_run(what: &str, r: &Run) {
+    println!(
+        "{what:<44} tps {:>9.0}  failed {:>3}  aborted clients {:>2}  p50 {:>7.2} ms  p99 {:>7.2} ms",
+        r.tps, r.failed, r.aborted, r.p50, r.p99
+    );
 }

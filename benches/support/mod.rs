@@ -56,6 +56,20 @@ pub fn start_rotagate(dir: &Path, pg: &Pg, secret: &Path, mode: &str, pool: u32)
     )
 }
 
+/// The generation rotagate's `/status` on admin port `admin` reports (None when it cannot be
+/// read).
+#[allow(dead_code)] // not every bench uses it
+pub fn generation(admin: u16) -> Option<u64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", admin)).ok()?;
+    s.write_all(b"GET /status HTTP/1.0\r\nHost: rotagate\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let body = &text[text.find("\r\n\r\n")? + 4..];
+    serde_json::from_str::<serde_json::Value>(body).ok()?["generation"].as_u64()
+}
+
 /// As [`start_rotagate`], with another build of rotagate (a baseline to compare with).
 pub fn start_binary(
     bin: &Path,
@@ -66,6 +80,20 @@ pub fn start_binary(
     pool: u32,
     workers: usize,
 ) -> (Child, u16) {
+    let (child, port, _) = start_binary_admin(bin, dir, pg, secret, mode, pool, workers);
+    (child, port)
+}
+
+/// As [`start_binary`]; also the admin listener's port.
+pub fn start_binary_admin(
+    bin: &Path,
+    dir: &Path,
+    pg: &Pg,
+    secret: &Path,
+    mode: &str,
+    pool: u32,
+    workers: usize,
+) -> (Child, u16, u16) {
     let (port, admin) = (free_port(), free_port());
     let config = dir.join(format!("rotagate-{mode}-{port}.toml"));
     std::fs::write(
@@ -89,5 +117,5 @@ pub fn start_binary(
         .spawn()
         .unwrap();
     wait_port(port, &mut child, "rotagate");
-    (child, port)
+    (child, port, admin)
 }
