@@ -163,14 +163,7 @@ pub fn client_scram(data: &[u8]) {
         return;
     };
     let (first, last) = rest.split_at(usize::from(cut).min(rest.len()));
-    let clients = [crate::config::ClientUser {
-        user: "app".into(),
-        secret: crate::config::ClientSecret::Password(crate::crypto::SecretString::new(
-            "pw".into(),
-        )),
-        databases: None,
-        max_connections: None,
-    }];
+    let clients = scram_clients();
     let auth = super::scram::ClientAuth::from_config(&clients);
     for secret in [
         super::scram::pgwire_secret(auth.get("app").expect("configured")),
@@ -186,6 +179,18 @@ pub fn client_scram(data: &[u8]) {
         };
         let _ = waiting.on_client_final_message(last);
     }
+}
+
+/// The one client login the SCRAM entry (and its test) authenticates: `app`, password `pw`.
+fn scram_clients() -> [crate::config::ClientUser; 1] {
+    [crate::config::ClientUser {
+        user: "app".into(),
+        secret: crate::config::ClientSecret::Password(crate::crypto::SecretString::new(
+            "pw".into(),
+        )),
+        databases: None,
+        max_connections: None,
+    }]
 }
 
 /// The pool settings the fuzzed relay (and the relay's property tests) run with.
@@ -235,14 +240,7 @@ mod tests {
     fn the_scram_entry_runs_a_real_exchange() {
         use pgwire::api::auth::sasl::scram::ScramServerAuth;
         use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
-        let clients = [crate::config::ClientUser {
-            user: "app".into(),
-            secret: crate::config::ClientSecret::Password(crate::crypto::SecretString::new(
-                "pw".into(),
-            )),
-            databases: None,
-            max_connections: None,
-        }];
+        let clients = super::scram_clients();
         let auth = crate::frontend::scram::ClientAuth::from_config(&clients);
         let mut client = ScramSha256::new(b"pw", ChannelBinding::unsupported());
         let mut body = bytes::BytesMut::from(&b"SCRAM-SHA-256\0"[..]);
