@@ -58,26 +58,49 @@ async fn two_workers_share_the_pool_and_both_follow_rotations() {
 }
 
 /// Session mode holds a connection per client, and the kernel does not spread clients evenly
-/// over the workers' listeners: every client must still get one of the pool's connections.
+/// over the workers' listeners: every client must still get one of the pool's connections,
+/// even when all of them land on one worker. The test makes that case happen whatever the
+/// kernel does: it keeps only the clients worker 0 accepted (told by its accept counter) and
+/// lets the others go, until worker 0 serves all 8 (the others' connections left idle on worker
+/// 1, to be taken over). A pool split per worker (4 each) fails at the fifth.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_clients_get_every_pool_connection_whichever_worker_they_land_on() {
     let pg = app_cluster();
-    let proxy = TestProxy::builder(&pg)
+    // A process of its own: its accept counters are its own.
+    let r = TestProxy::builder(&pg)
         .mode("session")
         .listen("workers = 2")
         .pool_size(8)
         .pool("acquire_timeout = \"5s\"")
-        .start()
+        .spawn()
         .await;
-    let mut clients = Vec::new();
-    for _ in 0..8 {
-        let client = proxy.client().await;
-        assert_eq!(one(&client, "SELECT 1").await, "1");
-        clients.push(client);
+    r.ready().await;
+    let accepted = |w: u32| {
+        let labels = format!("worker=\"{w}\"");
+        let r = &r;
+        async move {
+            r.metric_or_zero("rotagate_client_connections_accepted_total", &labels)
+                .await
+        }
+    };
+    let mut kept = Vec::new();
+    for _ in 0..400 {
+        if kept.len() == 8 {
+            break;
+        }
+        let before = accepted(0).await;
+        let client = r.client().await;
+        assert_eq!(one(&client, "SELECT 1").await, "1", "client {}", kept.len());
+        if accepted(0).await > before {
+            kept.push(client);
+        }
     }
-    let status: serde_json::Value = serde_json::from_str(&proxy.get("/status").await.1).unwrap();
-    let current = &status["pools"][0];
-    assert_eq!(current["connections"], 8, "{status}");
-    drop(clients);
-    proxy.stop().await.unwrap();
+    assert_eq!(kept.len(), 8, "the kernel put 8 of 400 clients on worker 0");
+    let status: serde_json::Value = serde_json::from_str(&r.get("/status").await.1).unwrap();
+    assert!(
+        status["pools"][0]["connections"].as_u64().unwrap() <= 8,
+        "pool.size holds: {status}"
+    );
+    drop(kept);
+    r.stop().await;
 }

@@ -38,6 +38,8 @@ pub async fn serve(listener: TcpListener, fe: Arc<Frontend>, tracker: TaskTracke
         match accepted {
             Ok((tcp, _)) => {
                 backoff = Duration::from_millis(10);
+                metrics::counter!("rotagate_client_connections_accepted_total", "worker" => worker.to_string())
+                    .increment(1);
                 let ticket = fe.pending.enter();
                 tracker.spawn(connection(tcp, fe.clone(), worker, ticket));
             }
