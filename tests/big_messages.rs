@@ -170,3 +170,29 @@ async fn messages_arriving_a_byte_at_a_time_pass() {
         assert_eq!(first_column(&got), ["simple", "named"], "{mode}: {got:?}");
     }
 }
+
+/// A 60 MB error message from the server (a short `RAISE EXCEPTION`) reaches the client, and
+/// the memory it took goes back once the connection is idle again: the pooled connection's read
+/// buffer returns to its usual size (before, it kept its largest size for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_server_error_leaves_no_memory_behind() {
+    let pg = app_cluster();
+    let r = TestProxy::builder(&pg).pool_size(1).spawn().await;
+    r.ready().await;
+    let client = r.client().await;
+    assert_eq!(one(&client, "SELECT 1").await, "1");
+    let baseline = r.rss_kib();
+    let huge = "DO $$ BEGIN RAISE EXCEPTION '%', repeat('x', 60000000); END $$";
+    for _ in 0..2 {
+        let e = client.batch_execute(huge).await.unwrap_err();
+        let message = e.as_db_error().map_or(0, |d| d.message().len());
+        assert_eq!(message, 60_000_000, "the whole message reached the client");
+        assert_eq!(one(&client, "SELECT 2").await, "2");
+    }
+    let after = r.rss_kib();
+    assert!(
+        after < baseline + 16 * 1024,
+        "RSS {baseline} KiB before, {after} KiB after two 60 MB errors"
+    );
+    r.stop().await;
+}

@@ -248,11 +248,16 @@ impl Generation {
 
     /// A connection comes back: to the first waiter here, else to a waiter on another worker,
     /// else onto the stack; closed when it is not clean, too old, or its generation is retired.
-    pub(super) fn put(self: &Arc<Self>, conn: Box<ServerConn>) {
+    pub(super) fn put(self: &Arc<Self>, mut conn: Box<ServerConn>) {
         let now = Instant::now();
         let too_old = now.saturating_duration_since(conn.created) >= self.limits.max_lifetime;
         if !reusable(&conn) || self.is_retired() || too_old {
             return self.discard(conn);
+        }
+        // A large reply (a 100 MB error message) grew the read buffer: an idle connection
+        // gives that memory back (reusable: the buffer is empty).
+        if conn.rbuf.capacity() > 64 * 1024 {
+            conn.rbuf = bytes::BytesMut::with_capacity(8 * 1024);
         }
         let mut shelf = self.shelf();
         let Err(mut conn) = self.hand_over(&mut shelf, conn) else {
