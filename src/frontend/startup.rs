@@ -103,10 +103,14 @@ pub type Params = Vec<(String, String)>;
 pub fn split_params(
     mut params: std::collections::BTreeMap<String, String>,
 ) -> Result<(String, String, Params), FrontendError> {
-    let user = params
+    let mut user = params
         .remove("user")
         .ok_or_else(|| FrontendError::Protocol("no user name in the startup message".into()))?;
-    let database = params.remove("database").unwrap_or_else(|| user.clone());
+    let mut database = params.remove("database").unwrap_or_else(|| user.clone());
+    // As PostgreSQL does: names longer than an identifier are cut to 63 bytes (so a name of
+    // kilobytes never reaches a log line whole).
+    truncate_name(&mut user);
+    truncate_name(&mut database);
     if params
         .remove("replication")
         .is_some_and(|r| r != "false" && r != "off" && r != "0")
@@ -116,6 +120,18 @@ pub fn split_params(
         ));
     }
     Ok((user, database, params.into_iter().collect()))
+}
+
+/// Cuts `name` to NAMEDATALEN - 1 (63) bytes, at a character boundary, as PostgreSQL cuts the
+/// user and database names of a startup packet.
+fn truncate_name(name: &mut String) {
+    if name.len() > 63 {
+        let mut end = 63;
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        name.truncate(end);
+    }
 }
 
 /// SCRAM-SHA-256 against the static client logins. Unknown users go through a mock exchange
@@ -186,4 +202,20 @@ async fn expect_password(login: &mut Login, max_len: usize) -> Result<BytesMut, 
         return Err(FrontendError::Protocol("expected a SASL response".into()));
     }
     Ok(m.body)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn startup_names_are_cut_as_postgresql_cuts_them() {
+        let long = "u".repeat(5000);
+        let params = [
+            ("user".to_owned(), long),
+            ("database".to_owned(), "é".repeat(40)),
+        ];
+        let (user, database, _) = super::split_params(params.into_iter().collect()).unwrap();
+        assert_eq!(user, "u".repeat(63));
+        // 40 two-byte characters: cut to 31 of them (62 bytes), not inside the 32nd.
+        assert_eq!(database, "é".repeat(31));
+    }
 }
