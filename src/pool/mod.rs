@@ -7,6 +7,8 @@
 //! generation is published to every worker at once.
 
 mod connector;
+#[cfg(test)]
+mod core_tests;
 mod generation;
 mod shared;
 
