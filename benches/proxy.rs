@@ -134,7 +134,9 @@ fn start_rotagate(
     )
     .unwrap();
     let bin = bin.unwrap_or(env!("CARGO_BIN_EXE_rotagate").as_ref());
-    support::start_binary(bin, dir, pg, &secret, mode, pool_for(mode), workers)
+    let (child, port, _) =
+        support::start_binary_admin(bin, dir, pg, &secret, mode, pool_for(mode), workers);
+    (child, port)
 }
 
 fn start_pgbouncer(dir: &Path, pg: &Pg, mode: &str) -> Option<(Child, u16)> {

@@ -45,7 +45,7 @@ pub fn wait_port(port: u16, child: &mut Child, what: &str) {
 /// `pool`; returns the process and its client port.
 #[allow(dead_code)] // not every bench uses it
 pub fn start_rotagate(dir: &Path, pg: &Pg, secret: &Path, mode: &str, pool: u32) -> (Child, u16) {
-    start_binary(
+    let (child, port, _) = start_binary_admin(
         env!("CARGO_BIN_EXE_rotagate").as_ref(),
         dir,
         pg,
@@ -53,7 +53,8 @@ pub fn start_rotagate(dir: &Path, pg: &Pg, secret: &Path, mode: &str, pool: u32)
         mode,
         pool,
         1,
-    )
+    );
+    (child, port)
 }
 
 /// The generation rotagate's `/status` on admin port `admin` reports (None when it cannot be
@@ -70,21 +71,8 @@ pub fn generation(admin: u16) -> Option<u64> {
     serde_json::from_str::<serde_json::Value>(body).ok()?["generation"].as_u64()
 }
 
-/// As [`start_rotagate`], with another build of rotagate (a baseline to compare with).
-pub fn start_binary(
-    bin: &Path,
-    dir: &Path,
-    pg: &Pg,
-    secret: &Path,
-    mode: &str,
-    pool: u32,
-    workers: usize,
-) -> (Child, u16) {
-    let (child, port, _) = start_binary_admin(bin, dir, pg, secret, mode, pool, workers);
-    (child, port)
-}
-
-/// As [`start_binary`]; also the admin listener's port.
+/// As [`start_rotagate`], with another build of rotagate (a baseline to compare with) and
+/// `workers` event loops; also returns the admin listener's port.
 pub fn start_binary_admin(
     bin: &Path,
     dir: &Path,
