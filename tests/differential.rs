@@ -58,12 +58,13 @@ async fn three_clients_on_two_connections_see_what_sessions_of_their_own_see() {
 /// whose implicit commit fails (1001418); an unnamed statement whose Close an error in the same
 /// pipeline made the server skip, bound after a schema change on another connection (1002943); a
 /// Bind of a statement whose other name an `EXECUTE` used earlier in the transaction, then
-/// closed (1004127, the error named the closed name).
+/// closed (1004127, the error named the closed name); `EXECUTE` with the wrong number of
+/// arguments in a transaction block, of a statement whose type was dropped (1007231).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeds_the_long_run_diverged_on_stay_fixed() {
     check(
         &[
-            1_000_011, 1_000_198, 1_000_269, 1_000_438, 1_000_512, 1_002_943,
+            1_000_011, 1_000_198, 1_000_269, 1_000_438, 1_000_512, 1_002_943, 1_007_231,
         ],
         3,
         2,

@@ -163,6 +163,14 @@ fn query(body: &[u8], tx: &mut Tx<'_>) -> Decision {
 fn query_naming(sql: &[u8], m: &Mentions, tx: &mut Tx<'_>) -> Decision {
     let mut upstream = Vec::with_capacity(m.executed.len());
     for e in &m.executed {
+        // PostgreSQL checks the number of arguments first, before it looks at the statement
+        // again: a wrong count fails as that, without rotagate preparing the statement here
+        // (a preparation that fails would abort the client's transaction block; the long
+        // run's seed 1007231).
+        let counted = e.stmt.desc.get().is_some_and(|d| d.param_count() != e.args);
+        if counted && tx.status != b'E' {
+            return refuse(tx, true, sqlnames::failed_execute(e, checks::stale()));
+        }
         match named::held(tx) {
             named::Held::Wait => return Decision::Hold,
             // What PostgreSQL says of the client's statement now (in an aborted transaction:
