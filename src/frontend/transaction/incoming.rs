@@ -5,8 +5,8 @@
 //! ahead of time is undone when the server fails or skips it.
 
 use super::checks;
+use super::errnames;
 use super::flow::{ClientState, Flow};
-use super::named;
 use super::replies::{Effect, Entry, Expect, Local, Note, Outcome};
 use super::unnamed;
 use crate::backend::prepared::{Known, Prepared};
@@ -144,7 +144,7 @@ fn error(body: &[u8], rx: &mut Rx<'_>) -> Out {
         if let (Some(r), true) = (front.refusal(), first) {
             return Out::Replace(r.clone());
         }
-        return named::client_names_in_error(body, None, rx.client, rx.prepared, rx.flow)
+        return errnames::client_names_in_error(body, None, rx.client, rx.prepared, rx.flow)
             .map_or(Out::Forward, Out::Replace);
     }
     // An extended-protocol message failed: the server skips the rest up to Sync.
@@ -157,7 +157,7 @@ fn error(body: &[u8], rx: &mut Rx<'_>) -> Out {
     let out = match failed.refusal() {
         _ if failed.quiet => Out::Hide,
         Some(r) => Out::Replace(r.clone()),
-        None => named::client_names_in_error(
+        None => errnames::client_names_in_error(
             body,
             failed.client_name(),
             rx.client,

@@ -18,6 +18,7 @@ mod atrest;
 pub mod checks;
 pub mod class;
 pub mod classify;
+mod errnames;
 pub mod flow;
 pub mod incoming;
 pub mod lexed;
