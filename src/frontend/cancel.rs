@@ -4,7 +4,7 @@
 
 use crate::backend::UpstreamTarget;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
@@ -27,6 +27,10 @@ pub struct CancelSlot {
     wake_waiter: Notify,
     /// The server of the connection the client uses (or used last): a cancel goes there.
     upstream: arc_swap::ArcSwapOption<UpstreamTarget>,
+    /// The address of the target in `upstream` (0: none), so that the check once per
+    /// transaction is one load. `upstream` holds the target, so its address is not reused
+    /// while it is stored; only the client's own task aims.
+    aimed: AtomicUsize,
 }
 
 impl std::fmt::Debug for CancelSlot {
@@ -41,13 +45,10 @@ impl CancelSlot {
     /// The client's connections now log in to `target` (stored only when it changed: once
     /// per session, and after a failover).
     pub fn aim(&self, target: &Arc<UpstreamTarget>) {
-        let same = self
-            .upstream
-            .load()
-            .as_ref()
-            .is_some_and(|t| Arc::ptr_eq(t, target));
-        if !same {
+        let at = Arc::as_ptr(target) as usize;
+        if self.aimed.load(Ordering::Relaxed) != at {
             self.upstream.store(Some(target.clone()));
+            self.aimed.store(at, Ordering::Relaxed);
         }
     }
 
@@ -64,10 +65,20 @@ impl CancelSlot {
 
     /// The client is done with its connection; returns once no cancel for it is on its way.
     pub async fn detach(&self) {
-        self.target.store(0, Ordering::SeqCst);
-        if self.in_flight.load(Ordering::SeqCst) == 0 {
-            return;
+        if !self.release() {
+            self.wait_cancels().await;
         }
+    }
+
+    /// The first half of [`CancelSlot::detach`], without a future (it runs per transaction):
+    /// false when a cancel is on its way, and then [`CancelSlot::wait_cancels`] must follow.
+    pub fn release(&self) -> bool {
+        self.target.store(0, Ordering::SeqCst);
+        self.in_flight.load(Ordering::SeqCst) == 0
+    }
+
+    /// Returns once no cancel for this client is on its way.
+    pub async fn wait_cancels(&self) {
         loop {
             let done = self.done.notified();
             let mut done = std::pin::pin!(done);

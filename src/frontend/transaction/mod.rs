@@ -103,7 +103,9 @@ pub async fn serve(
             query: cfg.query_timeout,
         };
         let end = relay(client, &mut server, &mut tx, &fe.shutdown, limits).await;
-        cancel.slot.detach().await;
+        if !cancel.slot.release() {
+            cancel.slot.wait_cancels().await;
+        }
         let end = end?;
         if !ended(client, state, &mut server, &mut flow, fe, &route, end).await? {
             return Ok(());
@@ -146,13 +148,21 @@ async fn ready_connection(
             return Ok(None);
         }
     };
-    let applied = match apply(&state.settings, &mut server).await {
-        Ok(()) => close_duplicates(&mut server).await,
-        Err(e) => Err(e),
+    // Usually nothing to do: checked before any future is built (this runs per transaction).
+    let applied = if state.settings.list == server.params.session && !server.prepared.has_to_close()
+    {
+        Ok(())
+    } else {
+        match apply(&state.settings, &mut server).await {
+            Ok(()) => close_duplicates(&mut server).await,
+            Err(e) => Err(e),
+        }
     };
     match applied {
         Ok(()) => {
-            read_shadowed(route, &mut server).await;
+            if route.shadowed.claim() {
+                read_shadowed(route, &mut server).await;
+            }
             Ok(Some(server))
         }
         // Lost before the client's request went out (a failover).
@@ -165,11 +175,9 @@ async fn ready_connection(
 }
 
 /// Reads which of the database's functions share a built-in's name, when the route's list is
-/// due (see `allowlist.rs`). A failure leaves the old list (and is read again next time).
+/// due (see `allowlist.rs`; the caller claimed the reading). A failure leaves the old list (and
+/// is read again next time).
 async fn read_shadowed(route: &Route, server: &mut Pooled) {
-    if !route.shadowed.claim() {
-        return;
-    }
     match query::rows(server, allowlist::SHADOW_SQL).await {
         Ok(rows) => {
             let list = rows
