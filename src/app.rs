@@ -193,6 +193,7 @@ fn frontend(
         listen: cfg.listen.clone(),
         routes,
         slots: Arc::new(tokio::sync::Semaphore::new(cfg.listen.max_clients)),
+        message_budget: crate::frontend::relay::budget::semaphore(cfg.listen.message_memory),
         pending: frontend::pending::Pending::new(cfg.listen.max_pending_auth),
         cancels: Arc::new(CancelRegistry::default()),
         shutdown: shutdown.clone(),

@@ -35,6 +35,8 @@ fn zero() {
     metrics::gauge!("rotagate_pending_auth_connections").set(0.0);
     metrics::counter!("rotagate_pending_auth_evicted_total").increment(0);
     metrics::counter!("rotagate_admin_connections_evicted_total").increment(0);
+    metrics::gauge!("rotagate_message_memory_held_bytes").set(0.0);
+    metrics::counter!("rotagate_message_memory_waits_total").increment(0);
 }
 
 fn describe() {
@@ -119,6 +121,15 @@ fn describe_limits() {
     describe_counter!(
         "rotagate_pending_auth_evicted_total",
         "Unauthenticated client connections dropped for newer ones at listen.max_pending_auth."
+    );
+    describe_gauge!(
+        "rotagate_message_memory_held_bytes",
+        Unit::Bytes,
+        "Bytes of large client messages held whole, granted from listen.message_memory."
+    );
+    describe_counter!(
+        "rotagate_message_memory_waits_total",
+        "Large client messages that waited for room in listen.message_memory."
     );
     describe_gauge!(
         "rotagate_admin_connections",

@@ -69,6 +69,10 @@ pub struct ListenConfig {
     pub client_idle_timeout: Option<Duration>,
     /// Largest message a client may send (bytes); larger ones are refused.
     pub max_message_size: usize,
+    /// `listen.message_memory`: bytes all clients' messages held whole (a Query or Parse over
+    /// 1 MiB, while rotagate reads it to decide on it) may take at once; a client whose message
+    /// does not fit waits. At least `max_message_size`, so every message fits alone.
+    pub message_memory: usize,
     /// How long shutdown waits for open transactions before closing sessions.
     pub shutdown_timeout: Duration,
     /// Threads running the event loop. 1 is a single-threaded loop (as PgBouncer's), the most

@@ -48,6 +48,7 @@ pub struct RawListen {
     pub auth_timeout: Option<String>,
     pub client_idle_timeout: Option<String>,
     pub max_message_size: Option<i64>,
+    pub message_memory: Option<i64>,
     pub shutdown_timeout: Option<String>,
     pub workers: Option<i64>,
 }

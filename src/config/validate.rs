@@ -163,6 +163,27 @@ fn log(c: &mut Check, r: RawLog) -> LogConfig {
     LogConfig { filter: r.filter }
 }
 
+/// `listen.message_memory`: default 256 MiB, or `max_message_size` when that is larger; never
+/// below it (a message that fits in no budget would wait for ever).
+fn message_memory(c: &mut Check, v: Option<i64>, max_message_size: usize) -> usize {
+    let floor = max_message_size as i64;
+    match v {
+        None => (256 << 20).max(max_message_size),
+        Some(n) if (floor..=1 << 40).contains(&n) => n as usize,
+        Some(n) if n > floor => {
+            c.err("listen.message_memory", format!("{n} is above 1 TiB"));
+            max_message_size
+        }
+        Some(n) => {
+            c.err(
+                "listen.message_memory",
+                format!("{n} is below listen.max_message_size ({floor}): a message that size could never be read"),
+            );
+            max_message_size
+        }
+    }
+}
+
 fn listen(c: &mut Check, r: RawListen) -> ListenConfig {
     let tls = match (r.tls_cert, r.tls_key) {
         (Some(cert), Some(key)) => Some(TlsFiles {
@@ -186,6 +207,13 @@ fn listen(c: &mut Check, r: RawListen) -> ListenConfig {
             "needs listen.tls_cert and listen.tls_key",
         );
     }
+    let max_message_size = c.range(
+        "listen.max_message_size",
+        r.max_message_size,
+        64 << 20,
+        1024,
+        1 << 30,
+    ) as usize;
     ListenConfig {
         addr: c.addr("listen.addr", r.addr.as_ref(), "0.0.0.0:6432"),
         tls,
@@ -209,13 +237,8 @@ fn listen(c: &mut Check, r: RawListen) -> ListenConfig {
             Duration::from_secs(10),
         ),
         client_idle_timeout: c.limit("listen.client_idle_timeout", r.client_idle_timeout.as_ref()),
-        max_message_size: c.range(
-            "listen.max_message_size",
-            r.max_message_size,
-            64 << 20,
-            1024,
-            1 << 30,
-        ) as usize,
+        max_message_size,
+        message_memory: message_memory(c, r.message_memory, max_message_size),
         workers: c.range("listen.workers", r.workers, 1, 1, 256) as usize,
         shutdown_timeout: c.duration(
             "listen.shutdown_timeout",
@@ -332,6 +355,20 @@ path = "/run/secrets/db.json"
         assert_eq!(db.upstream.tls, super::UpstreamTls::VerifyFull);
         assert_eq!(db.upstream.port, 5432);
         assert_eq!(c.listen.auth_timeout.as_secs(), 10);
+    }
+
+    #[test]
+    fn message_memory_defaults_to_256_mib_and_holds_the_largest_message() {
+        let c = parse(GOOD, []).unwrap();
+        assert_eq!(c.listen.message_memory, 256 << 20);
+        let big = GOOD.replace("[listen]\n", "[listen]\nmax_message_size = 536870912\n");
+        assert_eq!(parse(&big, []).unwrap().listen.message_memory, 512 << 20);
+        let low = GOOD.replace("[listen]\n", "[listen]\nmessage_memory = 1048576\n");
+        let e = parse(&low, []).unwrap_err().to_string();
+        assert!(
+            e.contains("listen.message_memory") && e.contains("max_message_size"),
+            "{e}"
+        );
     }
 
     #[test]

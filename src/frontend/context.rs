@@ -22,6 +22,8 @@ pub struct Frontend {
     pub routes: Arc<arc_swap::ArcSwap<Routes>>,
     /// `listen.max_clients`: one permit per authenticated session, across all workers.
     pub slots: Arc<tokio::sync::Semaphore>,
+    /// `listen.message_memory`, in KiB: what clients' messages held whole may take at once.
+    pub message_budget: Arc<tokio::sync::Semaphore>,
     /// The unauthenticated connections (`listen.max_pending_auth`), across all workers.
     pub pending: Arc<super::pending::Pending>,
     pub cancels: Arc<CancelRegistry>,

@@ -6,7 +6,8 @@ use super::cancel::CancelKey;
 use super::context::{Frontend, Route};
 use super::error::wire_io;
 use super::error::{FrontendError, report};
-use super::relay::lane::{Decision, Need, Policy, walk};
+use super::relay::budget::Budget;
+use super::relay::lane::{Decision, ERROR_HEAD, Need, Policy, head_or_whole, walk};
 use super::relay::limits::{Limits, Wait, timed_out};
 use super::relay::side::ClientSide;
 use super::relay::{End, Protocol, Signals, at_rest, close, relay};
@@ -17,8 +18,8 @@ use super::transaction::settings::{Settings, apply};
 use crate::backend::{ServerConn, query};
 use crate::config::PoolMode;
 use crate::pool::Pooled;
+use crate::wire::msg;
 use crate::wire::scan::Header;
-use crate::wire::{HEADER_LEN, msg};
 use bytes::BytesMut;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
@@ -54,7 +55,8 @@ pub async fn serve(login: Login, fe: &Frontend, worker: usize) {
         settings,
         ..ClientState::default()
     };
-    let mut client = ClientSide::new(stream, rbuf, worker);
+    let budget = Budget::new(fe.message_budget.clone());
+    let mut client = ClientSide::new(stream, rbuf, worker, budget);
     let mut state = state;
     state.pins.database = Some(route.pools.database().clone());
     state.pins.count = Some(route.pinned.clone());
@@ -271,10 +273,10 @@ pub(super) struct Incoming<'a> {
 
 impl Policy for Incoming<'_> {
     fn need(&self, tag: u8) -> Need {
-        if matches!(tag, b'Z' | b'S' | b'E') {
-            Need::Whole
-        } else {
-            Need::Nothing
+        match tag {
+            b'Z' | b'S' => Need::Whole,
+            b'E' => Need::Head(ERROR_HEAD),
+            _ => Need::Nothing,
         }
     }
 
@@ -282,10 +284,7 @@ impl Policy for Incoming<'_> {
         if self.signals.fatal.is_some() {
             return Decision::Stop;
         }
-        let body = match m.get(HEADER_LEN..) {
-            Some(body) if m.len() == h.total() => body,
-            _ => &[][..],
-        };
+        let body = head_or_whole(h, m);
         match h.tag {
             b'Z' => {
                 let status = body.first().copied().unwrap_or(b'E');
@@ -302,7 +301,7 @@ impl Policy for Incoming<'_> {
             }
             b'E' => {
                 if matches!(msg::severity(body), b"FATAL" | b"PANIC") {
-                    self.signals.fatal = Some(bytes::Bytes::copy_from_slice(body));
+                    self.signals.fatal = Some(msg::whole_body(body));
                 }
                 if msg::code(body) == b"25006" {
                     self.signals.read_only = true;

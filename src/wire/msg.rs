@@ -1,7 +1,7 @@
 //! Backend and frontend messages rotagate writes itself (errors, startup replies, internal
 //! queries). Everything is appended to a caller-owned buffer.
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 fn begin(buf: &mut BytesMut, tag: u8) -> usize {
     buf.put_u8(tag);
@@ -152,6 +152,28 @@ pub fn fields(body: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
         rest = tail.get(end + 1..).unwrap_or(&[]);
         Some((field, &tail[..end]))
     })
+}
+
+/// Whether an ErrorResponse/NoticeResponse body is whole: it ends with its terminator (a
+/// body cut short ends inside a field, or right after one without the terminator).
+pub fn complete(body: &[u8]) -> bool {
+    body == [0] || body.ends_with(&[0, 0])
+}
+
+/// The head of an ErrorResponse/NoticeResponse body made whole: its fields (the last one as
+/// far as it goes), each NUL-terminated, and the terminator.
+pub fn whole_body(head: &[u8]) -> Bytes {
+    if complete(head) {
+        return Bytes::copy_from_slice(head);
+    }
+    let mut b = BytesMut::with_capacity(head.len() + 2);
+    for (field, value) in fields(head) {
+        b.put_u8(field);
+        b.extend_from_slice(value);
+        b.put_u8(0);
+    }
+    b.put_u8(0);
+    b.freeze()
 }
 
 /// An ErrorResponse with a body's fields, `change` deciding each value (None: as it is).

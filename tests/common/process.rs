@@ -158,6 +158,23 @@ impl Rotagate {
             .unwrap_or(0)
     }
 
+    /// The process's peak RSS since it started or since [`Rotagate::reset_peak`] (VmHWM).
+    pub fn peak_kib(&self) -> u64 {
+        let Some(pid) = self.pid() else { return 0 };
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Starts the peak RSS over from the current RSS.
+    pub fn reset_peak(&self) {
+        let pid = self.pid().expect("a running process");
+        std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("write clear_refs");
+    }
+
     /// Sends a signal ("-HUP", "-TERM") to the process.
     pub fn signal(&self, sig: &str) {
         let pid = self.child.as_ref().and_then(|c| c.id()).expect("running");

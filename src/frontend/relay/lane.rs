@@ -13,6 +13,20 @@ use bytes::{Buf, BytesMut};
 /// above it the relay writes them out first.
 pub const COPY_LIMIT: usize = 16 * 1024;
 
+/// What rotagate reads of a server error before deciding on it: its severity, code and the
+/// start of its message; the rest of a larger one streams through unread.
+pub const ERROR_HEAD: usize = 64 * 1024;
+
+/// A server message's body as far as [`Policy::need`] asked for it: whole, or an error's head
+/// (empty when it was not asked for and did not all come).
+pub fn head_or_whole(h: Header, msg: &[u8]) -> &[u8] {
+    match msg.get(crate::wire::HEADER_LEN..) {
+        Some(body) if msg.len() == h.total() => body,
+        Some(body) if h.tag == b'E' && msg.len() >= ERROR_HEAD => body,
+        _ => &[][..],
+    }
+}
+
 /// How much of a message's body a decision needs before it is made.
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 pub enum Need {
@@ -20,6 +34,9 @@ pub enum Need {
     Whole,
     /// Bind: the portal and statement names at its start.
     Names,
+    /// The first this many bytes (the whole message when it is shorter); the rest streams
+    /// through, so a huge message is never held whole.
+    Head(usize),
 }
 
 /// What becomes of one message. Bytes to send instead of or before it are in the scratch
@@ -75,8 +92,13 @@ pub fn walk(
             return Ok(0);
         }
         let (total, have) = (h.total(), avail.len().min(h.total()));
-        if need == Need::Whole && have < total {
-            return Ok(total - have);
+        let want = match need {
+            Need::Whole => total,
+            Need::Head(n) => total.min(n),
+            Need::Nothing | Need::Names => 0,
+        };
+        if have < want {
+            return Ok(want - have);
         }
         scratch.clear();
         match policy.decide(h, &avail[..have], scratch) {

@@ -6,6 +6,7 @@
 //! when the server goes, at shutdown between transactions, or when its credential generation is
 //! retired; every end that is not at rest closes the upstream connection and counts why.
 
+pub mod budget;
 pub mod lane;
 pub mod limits;
 pub mod side;
@@ -306,6 +307,7 @@ fn progress(io: Io, c: &mut ClientSide, s: &mut ServerConn, w: &mut Wants) -> Op
     match io {
         Io::WroteServer(n) => {
             c.up.wrote(&mut c.buf, n);
+            c.budget.release(&mut c.buf);
             w.flush_server = c.up.queued() == 0;
             w.scan_client = true;
         }
@@ -393,7 +395,11 @@ fn poll_io(
             return Poll::Ready(r.map_or(Io::ClientFailed, |_| Io::FlushedClient));
         }
     }
-    if !f.terminate && c.up.queued() < MAX_READY {
+    // A message held whole past budget::FREE waits for its share of listen.message_memory.
+    if !f.terminate
+        && c.up.queued() < MAX_READY
+        && c.budget.poll_room(cx, c.buf.len() + w.client).is_ready()
+    {
         room(&mut c.buf, w.client);
         if let Poll::Ready(r) = poll_read_buf(Pin::new(&mut c.stream), cx, &mut c.buf) {
             return Poll::Ready(r.map_or(Io::ClientFailed, Io::ReadClient));

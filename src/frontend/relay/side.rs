@@ -2,6 +2,7 @@
 //! both directions' lanes. What a session keeps about the client's protocol state belongs to its
 //! mode, not here.
 
+use super::budget::Budget;
 use super::lane::Lane;
 use crate::frontend::stream::ClientStream;
 use crate::pool::Generation;
@@ -12,6 +13,8 @@ use std::sync::Arc;
 pub struct ClientSide {
     pub stream: ClientStream,
     pub buf: BytesMut,
+    /// `buf`'s share of `listen.message_memory` while it holds a large message.
+    pub budget: Budget,
     /// Client bytes on their way upstream (from `buf`).
     pub up: Lane,
     /// Server bytes and rotagate's replies on their way to the client (from the server's
@@ -30,10 +33,11 @@ pub struct ClientSide {
 }
 
 impl ClientSide {
-    pub fn new(stream: ClientStream, buf: BytesMut, worker: usize) -> Self {
+    pub fn new(stream: ClientStream, buf: BytesMut, worker: usize, budget: Budget) -> Self {
         Self {
             stream,
             buf,
+            budget,
             up: Lane::default(),
             down: Lane::default(),
             scratch: BytesMut::new(),

@@ -10,6 +10,7 @@ use super::flow::{ClientState, Flow};
 use super::replies::{Effect, Entry, Expect, Local, Note, Outcome};
 use super::unnamed;
 use crate::backend::prepared::{Known, Prepared};
+use crate::frontend::relay::lane::{ERROR_HEAD, Need};
 use crate::wire::msg;
 use bytes::{Bytes, BytesMut};
 
@@ -33,14 +34,20 @@ pub struct Rx<'a> {
     pub known: &'a Known,
 }
 
-/// Whether a server message's whole body is needed to decide on it (`captures`: a Describe's
-/// replies are being captured).
-pub fn need_whole(tag: u8, captures: bool) -> bool {
-    matches!(tag, b'Z' | b'S' | b'E' | b'1' | b'3') || (captures && matches!(tag, b't' | b'T'))
+/// How much of a server message is needed to decide on it (`captures`: a Describe's replies
+/// are being captured). An error is decided on its head: a huge one streams through.
+pub fn need(tag: u8, captures: bool) -> Need {
+    if tag == b'E' {
+        Need::Head(ERROR_HEAD)
+    } else if matches!(tag, b'Z' | b'S' | b'1' | b'3') || (captures && matches!(tag, b't' | b'T')) {
+        Need::Whole
+    } else {
+        Need::Nothing
+    }
 }
 
-/// Decides on one server message; `body` is whole when [`need_whole`] says so. An error is a
-/// message rotagate cannot place: the connection must close.
+/// Decides on one server message; `body` is whole when [`need`] says so (an error's, as far
+/// as its head). An error is a message rotagate cannot place: the connection must close.
 pub fn decide(tag: u8, body: &[u8], rx: &mut Rx<'_>) -> Result<Out, &'static str> {
     use Expect::*;
     let front = rx.flow.replies.front().map(|e| (e.expect, e.note));
@@ -117,9 +124,11 @@ fn complete(rx: &mut Rx<'_>) -> Out {
 fn error(body: &[u8], rx: &mut Rx<'_>) -> Out {
     let severity = msg::severity(body);
     if severity == b"FATAL" || severity == b"PANIC" {
-        rx.flow.signals.fatal = Some(Bytes::copy_from_slice(body));
+        rx.flow.signals.fatal = Some(msg::whole_body(body));
         return Out::Fatal;
     }
+    // Only an error's head came (it is huge): it passes as it is, never rewritten.
+    let whole = msg::complete(body);
     if msg::code(body) == b"25006" {
         rx.flow.signals.read_only = true;
     }
@@ -144,6 +153,9 @@ fn error(body: &[u8], rx: &mut Rx<'_>) -> Out {
         if let (Some(r), true) = (front.refusal(), first) {
             return Out::Replace(r.clone());
         }
+        if !whole {
+            return Out::Forward;
+        }
         return errnames::client_names_in_error(body, None, rx.client, rx.prepared, rx.flow)
             .map_or(Out::Forward, Out::Replace);
     }
@@ -157,6 +169,7 @@ fn error(body: &[u8], rx: &mut Rx<'_>) -> Out {
     let out = match failed.refusal() {
         _ if failed.quiet => Out::Hide,
         Some(r) => Out::Replace(r.clone()),
+        None if !whole => Out::Forward,
         None => errnames::client_names_in_error(
             body,
             failed.client_name(),

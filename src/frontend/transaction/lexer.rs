@@ -21,6 +21,9 @@ pub enum Token {
     },
     /// A string constant's value (bit strings and dollar quotes too).
     Str(Vec<u8>),
+    /// A string constant longer than [`STR_CAP`]: its value is not kept (a 60 MiB literal
+    /// would be copied whole). Only names are looked for in strings, and no name is that long.
+    LongStr,
     /// `$n`.
     Param,
     Number,
@@ -38,6 +41,25 @@ impl Token {
 
     pub fn is_op(&self, op: &str) -> bool {
         matches!(self, Token::Op(o) if o == op.as_bytes())
+    }
+}
+
+/// The longest string constant whose value a token keeps.
+pub const STR_CAP: usize = 4096;
+
+/// A string token for `value`, which holds at most `STR_CAP + 1` bytes of it.
+fn str_token(value: Vec<u8>) -> Token {
+    if value.len() > STR_CAP {
+        Token::LongStr
+    } else {
+        Token::Str(value)
+    }
+}
+
+/// Appends `b` to a quoted run's value while it is short enough to keep.
+fn keep(out: &mut Vec<u8>, b: u8, cap: bool) {
+    if !cap || out.len() <= STR_CAP {
+        out.push(b);
     }
 }
 
@@ -224,6 +246,7 @@ impl Lexer<'_> {
     }
 
     /// The body of a quoted run starting at the opening `q`, with doubled quotes undone.
+    /// A string's value (`q` is `'`) is kept only up to `STR_CAP + 1` bytes.
     fn quoted(&mut self, q: u8) -> Option<Vec<u8>> {
         self.at += 1;
         let mut out = Vec::new();
@@ -237,7 +260,7 @@ impl Lexer<'_> {
                     return Some(out);
                 }
             }
-            out.push(b);
+            keep(&mut out, b, q == b'\'');
         }
     }
 
@@ -251,7 +274,9 @@ impl Lexer<'_> {
             let Some(part) = self.string_part(escapes) else {
                 return Token::Unreadable;
             };
-            value.extend_from_slice(&part);
+            if value.len() <= STR_CAP {
+                value.extend_from_slice(&part);
+            }
             let save = self.at;
             let mut newline = false;
             while let Some(b) = self.peek(0).filter(|b| is_space(*b)) {
@@ -260,7 +285,7 @@ impl Lexer<'_> {
             }
             if !(newline && self.peek(0) == Some(b'\'')) {
                 self.at = save;
-                return Token::Str(value);
+                return str_token(value);
             }
         }
     }
@@ -277,11 +302,14 @@ impl Lexer<'_> {
             match b {
                 b'\'' if self.peek(0) == Some(b'\'') => {
                     self.at += 1;
-                    out.push(b'\'');
+                    keep(&mut out, b'\'', true);
                 }
                 b'\'' => return Some(out),
-                b'\\' => self.escape(&mut out)?,
-                _ => out.push(b),
+                b'\\' => {
+                    self.escape(&mut out)?;
+                    out.truncate(STR_CAP + 1);
+                }
+                _ => keep(&mut out, b, true),
             }
         }
     }
@@ -363,13 +391,16 @@ impl Lexer<'_> {
         } else {
             self.at = save;
         }
+        if !ident && raw.len() > STR_CAP {
+            return Token::LongStr;
+        }
         match decode_unicode(&raw, escape) {
             Some(v) if ident && v.is_empty() => Token::Unreadable,
             Some(v) if ident => Token::Ident {
                 name: v,
                 quoted: true,
             },
-            Some(v) => Token::Str(v),
+            Some(v) => str_token(v),
             None => Token::Unreadable,
         }
     }
@@ -403,7 +434,11 @@ impl Lexer<'_> {
         match memchr::memmem::find(&self.s[body..], tag) {
             Some(len) => {
                 self.at = body + len + tag.len();
-                Token::Str(self.s[body..body + len].to_vec())
+                if len > STR_CAP {
+                    Token::LongStr
+                } else {
+                    Token::Str(self.s[body..body + len].to_vec())
+                }
             }
             None => {
                 self.at = self.s.len();

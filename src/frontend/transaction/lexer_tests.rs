@@ -149,3 +149,30 @@ proptest! {
         let _ = lex(&bytes[..cut.index(bytes.len() + 1)], true);
     }
 }
+
+#[test]
+fn a_long_string_keeps_no_value() {
+    let long = "x".repeat(STR_CAP + 1);
+    let short = "x".repeat(STR_CAP);
+    for (sql, standard) in [
+        (format!("SELECT '{long}', 1"), true),
+        (format!("SELECT E'{long}', 1"), true),
+        (format!("SELECT '{long}', 1"), false),
+        (format!("SELECT $q${long}$q$, 1"), true),
+        (format!("SELECT U&'{long}', 1"), true),
+        (format!("SELECT 'x'\n'{long}', 1"), true),
+    ] {
+        let t = lex(sql.as_bytes(), standard);
+        assert_eq!(t[1], Token::LongStr, "{}", &sql[..20]);
+        assert!(
+            t[2].is_op(",") && t[3] == Token::Number,
+            "the text after it is read"
+        );
+    }
+    let t = lex(format!("SELECT '{short}'").as_bytes(), true);
+    assert_eq!(
+        t[1],
+        Token::Str(short.into_bytes()),
+        "at the cap the value is kept"
+    );
+}

@@ -234,7 +234,7 @@ async fn ended(
             if flow.reread {
                 atrest::check(state, server, &fe.lists, &route.pools.config()).await?;
             }
-            shrink(&mut client.buf);
+            client.budget.release(&mut client.buf);
         }
         End::ClientGone => return Ok(false),
         End::Shutdown => return Err(FrontendError::Shutdown),
@@ -408,6 +408,12 @@ async fn wait_for_request(
             Next::Read(n) => n,
         };
         if want > 0 {
+            // A large message waits for its share of listen.message_memory first.
+            tokio::select! {
+                biased;
+                () = client.budget.room(client.buf.len() + want) => {}
+                _ = stop.as_mut() => return Err(FrontendError::Shutdown),
+            }
             client.buf.reserve(want);
         }
         let idle = fe.listen.client_idle_timeout;
@@ -424,12 +430,5 @@ async fn wait_for_request(
                 None => std::future::pending().await,
             } } => return Err(timed_out(Wait::Client, route.pools.database())),
         }
-    }
-}
-
-/// Gives back memory after a large message so idle clients stay small.
-fn shrink(buf: &mut BytesMut) {
-    if buf.is_empty() && buf.capacity() > 64 * 1024 {
-        *buf = BytesMut::with_capacity(4096);
     }
 }

@@ -8,10 +8,9 @@ use crate::backend::prepared::{Known, Prepared};
 use crate::backend::{ServerConn, ServerParams};
 use crate::config::PoolConfig;
 use crate::frontend::error::FrontendError;
-use crate::frontend::relay::lane::{Decision, Need, Policy, walk};
+use crate::frontend::relay::lane::{Decision, Need, Policy, head_or_whole, walk};
 use crate::frontend::relay::side::ClientSide;
 use crate::frontend::relay::{Protocol, Signals};
-use crate::wire::HEADER_LEN;
 use crate::wire::scan::Header;
 use bytes::BytesMut;
 
@@ -188,11 +187,9 @@ impl ServerPolicy<'_> {
 
 impl Policy for ServerPolicy<'_> {
     fn need(&self, tag: u8) -> Need {
-        let captures = !self.rx.flow.captures.is_empty();
-        if incoming::need_whole(tag, captures) || self.owes_locals() {
-            Need::Whole
-        } else {
-            Need::Nothing
+        match incoming::need(tag, !self.rx.flow.captures.is_empty()) {
+            Need::Nothing if self.owes_locals() => Need::Whole,
+            need => need,
         }
     }
 
@@ -200,11 +197,7 @@ impl Policy for ServerPolicy<'_> {
         if self.rx.flow.signals.fatal.is_some() {
             return Decision::Stop;
         }
-        // Whole whenever `need` asked for it (and sometimes when it did not: then unused).
-        let body = match msg.get(HEADER_LEN..) {
-            Some(body) if msg.len() == h.total() => body,
-            _ => &[][..],
-        };
+        let body = head_or_whole(h, msg);
         if matches!(h.tag, b'Z' | b'S') {
             self.watch(h.tag, body);
         }
