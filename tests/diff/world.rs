@@ -81,12 +81,23 @@ fn portal_first(d: &Divergence) -> bool {
         && d.proxied[m - 1].starts_with("E[S=ERROR C=42")
 }
 
-/// The transcripts differ only in BindCompletes before the same class-22 error.
+/// The transcripts differ only in BindCompletes before the same class-22 error; or they agree
+/// up to one Bind that one side completed and the other failed with a class-22 error (the
+/// rest of that pipeline then differs as the server skips to Sync on one side only: the long
+/// run's seed 1009817).
 fn plan_choice(d: &Divergence) -> bool {
     let strip =
         |t: &Transcript| -> Vec<String> { t.iter().filter(|m| *m != "2").cloned().collect() };
     let data_error = |t: &Transcript| t.iter().any(|m| m.starts_with("E[S=ERROR C=22"));
-    d.direct != d.proxied && strip(&d.direct) == strip(&d.proxied) && data_error(&d.direct)
+    if d.direct != d.proxied && strip(&d.direct) == strip(&d.proxied) && data_error(&d.direct) {
+        return true;
+    }
+    let first = d.direct.iter().zip(&d.proxied).position(|(a, b)| a != b);
+    let at_bind = |a: &str, b: &str| a == "2" && b.starts_with("E[S=ERROR C=22");
+    first.is_some_and(|i| {
+        let (a, b) = (&d.direct[i], &d.proxied[i]);
+        at_bind(a, b) || at_bind(b, a)
+    })
 }
 
 /// Where a program stopped agreeing.
