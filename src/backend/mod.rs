@@ -17,8 +17,8 @@ pub use settings::{Interner, SettingList};
 use bytes::BytesMut;
 use prepared::Prepared;
 use std::collections::HashMap;
-use std::time::Instant;
 use stream::Stream;
+use tokio::time::Instant;
 
 /// An authenticated upstream connection, ready for queries.
 pub struct ServerConn {

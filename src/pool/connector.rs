@@ -3,7 +3,9 @@
 //! closes idle connections past `idle_timeout` or `max_lifetime` and keeps `min_idle` open.
 
 use super::generation::Generation;
-use crate::backend::{self, BackendError, ServerConn};
+use crate::backend::{self, BackendError, ServerConn, UpstreamTarget};
+use crate::secrets::Credentials;
+use futures::future::BoxFuture;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -13,6 +15,25 @@ const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(1);
 /// How often a generation's idle connections are looked over.
 const REAP_EVERY_MAX: Duration = Duration::from_secs(30);
+
+/// How a connection is opened: a login to `target` with `creds`, for generation `id`.
+/// [`backend::connect`] in production; tests give the pool connections of their own.
+pub type Dial = Arc<
+    dyn Fn(
+            Arc<UpstreamTarget>,
+            Arc<Credentials>,
+            u64,
+        ) -> BoxFuture<'static, Result<ServerConn, BackendError>>
+        + Send
+        + Sync,
+>;
+
+/// The production [`Dial`]: a login upstream.
+pub fn upstream_dial() -> Dial {
+    Arc::new(|target, creds, id| {
+        Box::pin(async move { backend::connect(&target, &creds, id).await })
+    })
+}
 
 /// Where and how connections are opened; shared by every generation of one worker.
 pub struct Connector {
@@ -28,6 +49,8 @@ pub struct Connector {
     pub runtime: tokio::runtime::Handle,
     /// The configured database (the `database` label of the login metrics).
     pub database: Arc<str>,
+    /// Opens a connection.
+    pub dial: Dial,
 }
 
 impl Connector {
@@ -99,7 +122,7 @@ fn wanted(g: &Generation) -> bool {
 async fn login(g: &Generation) -> Result<ServerConn, BackendError> {
     let c = &g.connector;
     let db = c.database.to_string();
-    match backend::connect(&g.target, &g.creds, g.id).await {
+    match (c.dial)(g.target.clone(), g.creds.clone(), g.id).await {
         Ok(mut conn) => {
             metrics::counter!("rotagate_server_logins_total", "result" => "success", "database" => db)
                 .increment(1);

@@ -3,13 +3,14 @@
 //! so nothing here opens a connection upstream. Take (LIFO), put, wait (FIFO), steal from
 //! another worker, retire, a broken connection closed on put, a grown buffer given back.
 
-use super::connector::Connector;
+use super::connector::{Connector, Dial, upstream_dial};
 use super::generation::{Generation, Limits};
 use super::shared::Shared;
 use crate::backend::{ServerConn, ServerParams, UpstreamTarget};
 use crate::secrets::Credentials;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// A connection on a loopback socket, told apart by `pid`; the peer end is kept open (a
 /// closed peer would make the connection look dead when taken).
@@ -36,7 +37,7 @@ async fn conn(pid: i32, peers: &mut Vec<tokio::net::TcpStream>) -> Box<ServerCon
     })
 }
 
-fn target() -> Arc<UpstreamTarget> {
+pub(super) fn target() -> Arc<UpstreamTarget> {
     let text = "[[clients]]\nuser = \"app\"\npassword = \"pw\"\n[credentials]\n\
                 source = \"file\"\n[credentials.file]\npath = \"/s.json\"\n[upstream]\n\
                 database = \"app\"\nhost = \"127.0.0.1\"\ntls = \"disable\"\n";
@@ -44,8 +45,24 @@ fn target() -> Arc<UpstreamTarget> {
     Arc::new(UpstreamTarget::from_config(&cfg.databases[0].upstream).unwrap())
 }
 
-/// `workers` generations (one per worker) sharing one `pool.size` of `size`.
+/// `workers` generations (one per worker) sharing one `pool.size` of `size`; nothing dials
+/// (a dial would try 127.0.0.1:5432).
 fn generations(size: u32, workers: usize) -> Vec<Arc<Generation>> {
+    let limits = Limits {
+        min_idle: 0,
+        idle_timeout: Duration::from_secs(600),
+        max_lifetime: Duration::from_secs(3600),
+    };
+    generations_with(size, workers, limits, upstream_dial())
+}
+
+/// [`generations`] with its limits and its way of opening connections.
+pub(super) fn generations_with(
+    size: u32,
+    workers: usize,
+    limits: Limits,
+    dial: Dial,
+) -> Vec<Arc<Generation>> {
     let shared = Arc::new(Shared::new(size));
     let creds = Arc::new(Credentials {
         username: "app".into(),
@@ -56,11 +73,6 @@ fn generations(size: u32, workers: usize) -> Vec<Arc<Generation>> {
         version: "v1".into(),
         token: None,
     });
-    let limits = Limits {
-        min_idle: 0,
-        idle_timeout: Duration::from_secs(600),
-        max_lifetime: Duration::from_secs(3600),
-    };
     let all: Vec<_> = (0..workers)
         .map(|_| {
             let connector = Arc::new(Connector {
@@ -69,6 +81,7 @@ fn generations(size: u32, workers: usize) -> Vec<Arc<Generation>> {
                 read_only_seen: Default::default(),
                 runtime: tokio::runtime::Handle::current(),
                 database: "db".into(),
+                dial: dial.clone(),
             });
             Arc::new(Generation::new(
                 1,

@@ -16,9 +16,11 @@ use futures::task::AtomicWaker;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// tokio's clock, so that tests run the pool in paused time.
 use tokio::io::AsyncReadExt;
 use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
 
 /// What a generation's connections are aged by (from `[pool]`), and this worker's share of
 /// `min_idle`. `pool.size` is counted across workers ([`super::shared`]).

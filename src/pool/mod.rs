@@ -6,6 +6,8 @@
 //! own [`Generation`] objects, so a hand-over never touches another thread's state. A
 //! generation is published to every worker at once.
 
+#[cfg(test)]
+mod clock_tests;
 mod connector;
 #[cfg(test)]
 mod core_tests;
@@ -105,6 +107,7 @@ impl Pools {
                     read_only_seen: read_only_seen.clone(),
                     runtime,
                     database: database.clone(),
+                    dial: connector::upstream_dial(),
                 })
             })
             .collect();
