@@ -1,7 +1,7 @@
 //! Making an upstream connection, as named steps: tcp, tls, startup, authenticate, read params.
 
 use super::stream::Stream;
-use super::{BackendError, ServerConn, ServerParams, auth, query};
+use super::{BackendError, ServerConn, auth, query};
 use crate::config::{ChannelBinding, HostPort, UpstreamConfig, UpstreamTls};
 use crate::secrets::Credentials;
 use bytes::{BufMut, BytesMut};
@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 /// Where and how to connect upstream; built once from config, shared by every pool generation.
@@ -96,20 +95,7 @@ pub async fn connect(
 ) -> Result<ServerConn, BackendError> {
     let work = async {
         let stream = open(target).await?;
-        let mut conn = ServerConn {
-            stream,
-            rbuf: BytesMut::with_capacity(8192),
-            pid: 0,
-            key: 0,
-            params: ServerParams::default(),
-            generation,
-            created: Instant::now(),
-            broken: false,
-            tx_status: b'I',
-            prepared: Default::default(),
-            database: "".into(),
-            kept: Default::default(),
-        };
+        let mut conn = ServerConn::on(stream, generation);
         startup(&mut conn, target, creds).await?;
         let policy = policy(&conn.stream, target);
         let endpoint = target.address().to_string();

@@ -44,6 +44,27 @@ pub struct ServerConn {
     pub kept: Kept,
 }
 
+impl ServerConn {
+    /// A connection on `stream`, before its startup: no pid, key or parameters yet, idle,
+    /// created now.
+    pub fn on(stream: Stream, generation: u64) -> Self {
+        ServerConn {
+            stream,
+            rbuf: BytesMut::with_capacity(8192),
+            pid: 0,
+            key: 0,
+            params: ServerParams::default(),
+            generation,
+            created: Instant::now(),
+            broken: false,
+            tx_status: b'I',
+            prepared: Default::default(),
+            database: "".into(),
+            kept: Default::default(),
+        }
+    }
+}
+
 /// Counts a connection in a gauge its pool shares while a client keeps it between messages
 /// (inside a transaction block, or pinned): the pool tells a pool that is merely busy from one
 /// whose every connection waits on its client (the pool's `saturated`). Leaving the gauge is certain:

@@ -6,7 +6,7 @@
 use super::connector::Dial;
 use super::core_tests::generations_with;
 use super::generation::{Generation, Limits};
-use crate::backend::{BackendError, ServerConn, ServerParams};
+use crate::backend::{BackendError, ServerConn};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -53,22 +53,10 @@ impl Dialer {
             .unwrap()
             .push(listener.accept().unwrap().0);
         stream.set_nonblocking(true).unwrap();
-        ServerConn {
-            stream: crate::backend::stream::Stream::Plain(
-                tokio::net::TcpStream::from_std(stream).unwrap(),
-            ),
-            rbuf: bytes::BytesMut::with_capacity(8192),
-            pid,
-            key: 0,
-            params: ServerParams::default(),
-            generation,
-            created: Instant::now(),
-            broken: false,
-            tx_status: b'I',
-            prepared: Default::default(),
-            database: "db".into(),
-            kept: Default::default(),
-        }
+        let stream = tokio::net::TcpStream::from_std(stream).unwrap();
+        let mut conn = ServerConn::on(crate::backend::stream::Stream::Plain(stream), generation);
+        conn.pid = pid;
+        conn
     }
 }
 

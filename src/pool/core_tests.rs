@@ -6,11 +6,10 @@
 use super::connector::{Connector, Dial, upstream_dial};
 use super::generation::{Generation, Limits};
 use super::shared::Shared;
-use crate::backend::{ServerConn, ServerParams, UpstreamTarget};
+use crate::backend::{ServerConn, UpstreamTarget};
 use crate::secrets::Credentials;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::time::Instant;
 
 /// A connection on a loopback socket, told apart by `pid`; the peer end is kept open (a
 /// closed peer would make the connection look dead when taken).
@@ -21,20 +20,9 @@ async fn conn(pid: i32, peers: &mut Vec<tokio::net::TcpStream>) -> Box<ServerCon
         listener.accept()
     );
     peers.push(accepted.unwrap().0);
-    Box::new(ServerConn {
-        stream: crate::backend::stream::Stream::Plain(stream.unwrap()),
-        rbuf: bytes::BytesMut::with_capacity(8192),
-        pid,
-        key: 0,
-        params: ServerParams::default(),
-        generation: 1,
-        created: Instant::now(),
-        broken: false,
-        tx_status: b'I',
-        prepared: Default::default(),
-        database: "db".into(),
-        kept: Default::default(),
-    })
+    let mut conn = ServerConn::on(crate::backend::stream::Stream::Plain(stream.unwrap()), 1);
+    conn.pid = pid;
+    Box::new(conn)
 }
 
 pub(super) fn target() -> Arc<UpstreamTarget> {
