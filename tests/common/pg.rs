@@ -282,6 +282,16 @@ impl Pg {
         self.sql("SELECT pg_reload_conf()");
     }
 
+    /// Lets clients from `cidr` log in (with SCRAM), besides 127.0.0.1.
+    pub fn allow_host(&self, cidr: &str) {
+        let path = self.dir.path().join("data/pg_hba.conf");
+        let mut hba = std::fs::read_to_string(&path).unwrap();
+        hba.push_str(&format!("host all all {cidr} scram-sha-256\n"));
+        std::fs::write(&path, hba).unwrap();
+        give_to_pg(&path);
+        self.sql("SELECT pg_reload_conf()");
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
