@@ -146,9 +146,12 @@ fn start_pgbouncer(dir: &Path, pg: &Pg, mode: &str) -> Option<(Child, u16)> {
     let port = free_port();
     let bdir = dir.join(format!("pgbouncer-{mode}"));
     std::fs::create_dir_all(&bdir).unwrap();
+    // A SCRAM verifier, as rotagate's [[clients]] hold, not the plain password: with a plain
+    // one PgBouncer runs PBKDF2 at every login, and the -C rows would compare unlike work.
+    let verifier = rotagate::crypto::scram::hash_password(PASSWORD);
     std::fs::write(
         bdir.join("userlist.txt"),
-        format!("\"{USER}\" \"{PASSWORD}\"\n"),
+        format!("\"{USER}\" \"{verifier}\"\n"),
     )
     .unwrap();
     std::fs::write(
