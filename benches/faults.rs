@@ -60,42 +60,42 @@ fn main() {
     // FAULTS picks cases: any of "network sm vault cache" (default: all).
     let only = std::env::var("FAULTS").unwrap_or_default();
     let want = |case: &str| only.is_empty() || only.split_whitespace().any(|c| c == case);
-    let rows = rt.block_on(async {
-        let mut rows = Vec::new();
-        if want("network") {
-            rows.extend(network_faults(secs).await);
-        }
-        if want("sm") {
-            rows.push(secrets_manager_500(sm_secs).await);
-        }
-        if want("vault") {
-            rows.push(vault_sealed(secs).await);
-        }
-        if want("cache") {
-            rows.push(cache_read_only().await);
-        }
-        rows
-    });
     println!(
         "| Fault | Failed transactions | Client reconnects | Recovery after the fault ends | RSS before -> after | Alive |"
     );
     println!("|---|---|---|---|---|---|");
-    for r in rows {
-        println!(
-            "| {} | {} | {} | {} | {} -> {} KiB | {} |",
-            r.name,
-            r.failed,
-            r.reconnects,
-            r.recovery
-                .map_or("not within 120 s".to_owned(), |d| format!(
-                    "{:.2} s",
-                    d.as_secs_f64()
-                )),
-            r.rss.0,
-            r.rss.1,
-            if r.alive { "yes" } else { "NO" }
-        );
-    }
+    // Each row as soon as it is measured (a later case that fails loses none).
+    rt.block_on(async {
+        if want("network") {
+            network_faults(secs).await.iter().for_each(print_row);
+        }
+        if want("sm") {
+            print_row(&secrets_manager_500(sm_secs).await);
+        }
+        if want("vault") {
+            print_row(&vault_sealed(secs).await);
+        }
+        if want("cache") {
+            print_row(&cache_read_only().await);
+        }
+    });
+}
+
+fn print_row(r: &Row) {
+    println!(
+        "| {} | {} | {} | {} | {} -> {} KiB | {} |",
+        r.name,
+        r.failed,
+        r.reconnects,
+        r.recovery
+            .map_or("not within 120 s".to_owned(), |d| format!(
+                "{:.2} s",
+                d.as_secs_f64()
+            )),
+        r.rss.0,
+        r.rss.1,
+        if r.alive { "yes" } else { "NO" }
+    );
 }
 
 /// The load runs; `fault` starts the fault, which lasts `secs`; `lift` ends it. `applied`
@@ -239,6 +239,8 @@ async fn vault_sealed(secs: u64) -> Row {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "test-root").unwrap();
+    // rotagate refuses a token file others can read.
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let section = format!(
         "[credentials.vault]\naddr = \"{}\"\ntoken_file = \"{}\"\nkv_mount = \"secret\"\nkv_path = \"app/db\"\n",
         bao.addr,

@@ -9,7 +9,11 @@
 //!     BENCH_BASELINE=/path/to/older/rotagate cargo bench --bench proxy   # "before" columns too
 //!
 //! PgBouncer: `apt-get install pgbouncer`; it runs as the `postgres` user when we are root.
+//! pg_doorman: set PG_DOORMAN to its binary (see benches/support/doorman.rs); its columns are
+//! `pgd` (one worker thread, the same pool and SCRAM client auth).
 
+#[path = "support/doorman.rs"]
+mod doorman;
 mod support;
 
 use std::path::Path;
@@ -298,6 +302,8 @@ struct Targets {
     /// rotagate with `listen.workers = 2`.
     rg2: Target,
     pgb: Option<Target>,
+    /// pg_doorman (PG_DOORMAN, when set).
+    pgd: Option<Target>,
     base: Option<Target>,
 }
 
@@ -314,6 +320,7 @@ fn row(mode: &str, label: &str, args: &[String], t: &Targets, secs: u64) {
         _ => Result::default(),
     };
     let base = t.base.as_ref().map(|p| pgbench(p, &args, secs));
+    let dm = t.pgd.as_ref().map(|p| pgbench(p, &args, secs));
     let ratio = |x: &Result| {
         if b.tps > 0.0 {
             format!("{:.2}x", x.tps / b.tps)
@@ -325,8 +332,18 @@ fn row(mode: &str, label: &str, args: &[String], t: &Targets, secs: u64) {
     let before = base
         .map(|x| format!(" {:>10.0} {:>11}", x.tps, fmt_cpu(&x)))
         .unwrap_or_default();
+    let doorman = dm
+        .map(|x| {
+            let vs = if x.tps > 0.0 {
+                format!("{:.2}x", r.tps / x.tps)
+            } else {
+                "-".into()
+            };
+            format!(" {:>8.0} {vs:>7} {:>11}", x.tps, fmt_cpu(&x))
+        })
+        .unwrap_or_default();
     println!(
-        "{label:<34} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {ratio:>7} {ratio2:>7} {:>7.3} {:>7.3} {:>11} {:>11} {:>11}{before}",
+        "{label:<34} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {ratio:>7} {ratio2:>7} {:>7.3} {:>7.3} {:>11} {:>11} {:>11}{doorman}{before}",
         d.tps,
         r.tps,
         r2.tps,
@@ -361,7 +378,7 @@ fn main() {
     );
     let baseline = std::env::var_os("BENCH_BASELINE").map(std::path::PathBuf::from);
     println!(
-        "{:<34} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7} {:>11} {:>11} {:>11}{}",
+        "{:<34} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7} {:>11} {:>11} {:>11}{}{}",
         "scenario",
         "direct",
         "rg w1",
@@ -374,6 +391,11 @@ fn main() {
         "w1 us/user",
         "w2 us/user",
         "pgb us/user",
+        if std::env::var_os("PG_DOORMAN").is_some() {
+            "      pgd  w1/pgd pgd us/user"
+        } else {
+            ""
+        },
         if baseline.is_some() {
             "     before before us/user"
         } else {
@@ -385,6 +407,14 @@ fn main() {
         let (mut rg, rg_port) = start_rotagate(dir.path(), &pg, mode, None, 1);
         let (mut rg2, rg2_port) = start_rotagate(dir.path(), &pg, mode, None, 2);
         let bouncer = start_pgbouncer(dir.path(), &pg, mode);
+        let logins = doorman::Logins {
+            user: USER,
+            password: PASSWORD,
+            up_user: UP_USER,
+            up_password: UP_PASSWORD,
+            pool: pool_for(mode),
+        };
+        let mut dman = doorman::start(dir.path(), pg.port, mode, &logins);
         let mut base = baseline
             .as_deref()
             .map(|bin| start_rotagate(dir.path(), &pg, mode, Some(bin), 1));
@@ -402,6 +432,9 @@ fn main() {
             pgb: bouncer
                 .as_ref()
                 .map(|(c, p)| target("pgbouncer", *p, Some(real_pid(c)))),
+            pgd: dman
+                .as_ref()
+                .map(|(c, p)| target("pg_doorman", *p, Some(c.id()))),
             base: base
                 .as_ref()
                 .map(|(c, p)| target("before", *p, Some(c.id()))),
@@ -423,6 +456,10 @@ fn main() {
         for p in [&mut rg, &mut rg2] {
             let _ = p.kill();
             let _ = p.wait();
+        }
+        if let Some((c, _)) = dman.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
         if let Some((c, _)) = base.as_mut() {
             let _ = c.kill();
