@@ -152,16 +152,21 @@ fn start_pgbouncer(dir: &Path, pg: &Pg, mode: &str) -> Option<(Child, u16)> {
     std::fs::create_dir_all(&bdir).unwrap();
     // A SCRAM verifier, as rotagate's [[clients]] hold, not the plain password: with a plain
     // one PgBouncer runs PBKDF2 at every login, and the -C rows would compare unlike work.
-    let verifier = rotagate::crypto::scram::hash_password(PASSWORD);
+    // PgBouncer 1.18 then logs in upstream with the client's SCRAM keys whatever user and
+    // password the database line names, so its clients are the upstream role, with the
+    // server's own verifier (as PgBouncer's docs advise).
+    let verifier = pg.sql(&format!(
+        "SELECT rolpassword FROM pg_authid WHERE rolname = '{UP_USER}'"
+    ));
     std::fs::write(
         bdir.join("userlist.txt"),
-        format!("\"{USER}\" \"{verifier}\"\n"),
+        format!("\"{UP_USER}\" \"{verifier}\"\n"),
     )
     .unwrap();
     std::fs::write(
         bdir.join("pgbouncer.ini"),
         format!(
-            "[databases]\nappdb = host=127.0.0.1 port={} dbname=appdb user={UP_USER} password={UP_PASSWORD}\n\
+            "[databases]\nappdb = host=127.0.0.1 port={} dbname=appdb\n\
              [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
              auth_type = scram-sha-256\nauth_file = {}/userlist.txt\npool_mode = {mode}\n\
              default_pool_size = {}\nmax_client_conn = 2000\nlogfile = {}/pgbouncer.log\n",
@@ -429,9 +434,11 @@ fn main() {
             direct: target("direct", pg.port, None),
             rg: target("rotagate", rg_port, Some(rg.id())),
             rg2: target("rotagate w2", rg2_port, Some(rg2.id())),
-            pgb: bouncer
-                .as_ref()
-                .map(|(c, p)| target("pgbouncer", *p, Some(real_pid(c)))),
+            pgb: bouncer.as_ref().map(|(c, p)| Target {
+                user: UP_USER,
+                password: UP_PASSWORD,
+                ..target("pgbouncer", *p, Some(real_pid(c)))
+            }),
             pgd: dman
                 .as_ref()
                 .map(|(c, p)| target("pg_doorman", *p, Some(c.id()))),
