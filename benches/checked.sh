@@ -20,24 +20,10 @@ PGBIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)}
 command -v pgbench >/dev/null || { echo "missing: pgbench (apt-get install postgresql-client)" >&2; exit 1; }
 
 DIR=$(mktemp -d /tmp/rotagate-checked.XXXXXX)
-chmod 755 "$DIR"
-as_pg() { if [[ $(id -u) == 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-cleanup() {
-  [[ -n ${PROXY:-} ]] && kill "$PROXY" 2>/dev/null
-  as_pg "$PGBIN/pg_ctl" -D "$DIR/pg" -m immediate stop >/dev/null 2>&1 || true
-  rm -rf "$DIR"
-}
-trap cleanup EXIT
-
-PG_PORT=$(free_port)
-mkdir -p "$DIR/pg" && [[ $(id -u) == 0 ]] && chown postgres "$DIR" "$DIR/pg"
-as_pg "$PGBIN/initdb" -D "$DIR/pg" -U postgres --auth=trust >/dev/null
-as_pg "$PGBIN/pg_ctl" -D "$DIR/pg" -l "$DIR/pg.log" -w -o "-p $PG_PORT -k $DIR -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null
-psql -qX -h 127.0.0.1 -p "$PG_PORT" -U postgres postgres -c "CREATE ROLE app_owner LOGIN PASSWORD 'pw'" -c "CREATE DATABASE appdb OWNER app_owner"
+# shellcheck source=cluster.sh
+source benches/cluster.sh   # (the script runs from the project root)
 psql -qX -h 127.0.0.1 -p "$PG_PORT" -U app_owner appdb \
   -c "CREATE FUNCTION public.plus_one(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT abs(\$1)'"
-echo '{"username":"app_owner","password":"pw"}' >"$DIR/secret.json"
 printf '\\set x random(1, 100000)\nSELECT abs(:x);\n' >"$DIR/plain.sql"
 printf '\\set x random(1, 100000)\nSELECT public.plus_one(:x);\n' >"$DIR/checked.sql"
 

@@ -30,24 +30,9 @@ for tool in valgrind callgrind_control strace pgbench; do
 done
 
 DIR=$(mktemp -d /tmp/rotagate-instr.XXXXXX)
-chmod 755 "$DIR"
-as_pg() { if [[ $(id -u) == 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-cleanup() {
-  [[ -n ${PROXY:-} ]] && kill "$PROXY" 2>/dev/null
-  as_pg "$PGBIN/pg_ctl" -D "$DIR/pg" -m immediate stop >/dev/null 2>&1 || true
-  rm -rf "$DIR"
-}
-trap cleanup EXIT
-
-PG_PORT=$(free_port)
-mkdir -p "$DIR/pg" && [[ $(id -u) == 0 ]] && chown postgres "$DIR" "$DIR/pg"
-as_pg "$PGBIN/initdb" -D "$DIR/pg" -U postgres --auth=trust >/dev/null
-as_pg "$PGBIN/pg_ctl" -D "$DIR/pg" -l "$DIR/pg.log" -w -o "-p $PG_PORT -k $DIR -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null
-psql -qX -h 127.0.0.1 -p "$PG_PORT" -U postgres -c "CREATE ROLE app_owner LOGIN PASSWORD 'pw'" postgres
-psql -qX -h 127.0.0.1 -p "$PG_PORT" -U postgres -c "CREATE DATABASE appdb OWNER app_owner" postgres
+# shellcheck source=cluster.sh
+source benches/cluster.sh   # (the script runs from the project root)
 pgbench -q -i -s 2 -h 127.0.0.1 -p "$PG_PORT" -U app_owner appdb >/dev/null 2>&1
-echo '{"username":"app_owner","password":"pw"}' >"$DIR/secret.json"
 
 # start BIN MODE [WRAPPER...]: the proxy on $PORT, in the background as $PROXY.
 start() {
