@@ -64,7 +64,8 @@ async fn three_clients_on_two_connections_see_what_sessions_of_their_own_see() {
 async fn seeds_the_long_run_diverged_on_stay_fixed() {
     check(
         &[
-            1_000_011, 1_000_198, 1_000_269, 1_000_438, 1_000_512, 1_002_943, 1_007_231,
+            1_000_011, 1_000_198, 1_000_269, 1_000_438, 1_000_512, 1_002_943, 1_007_231, 1_009_817,
+            1_010_505, 1_012_149,
         ],
         3,
         2,
