@@ -48,10 +48,16 @@ impl Budget {
 
     /// Ready when the client's buffer may hold `held` bytes; Pending (the task woken when
     /// other clients give memory back) while the budget has no room for them.
+    #[inline]
     pub fn poll_room(&mut self, cx: &mut Context<'_>, held: usize) -> Poll<()> {
         if held <= FREE {
             return Poll::Ready(());
         }
+        self.poll_grant(cx, held)
+    }
+
+    /// [`Budget::poll_room`] past `FREE`: a grant that covers `held`.
+    fn poll_grant(&mut self, cx: &mut Context<'_>, held: usize) -> Poll<()> {
         let need = u32::try_from(held.div_ceil(UNIT)).unwrap_or(u32::MAX);
         let have = self.grant.as_ref().map_or(0, |g| g.num_permits() as u32);
         if have >= need {
