@@ -51,67 +51,84 @@ fn class(b: u8) -> u8 {
     CLASS[usize::from(b)]
 }
 
-/// The length of the run at the front of `s` of bytes in the classes of `mask`.
-fn run(s: &[u8], mask: u8) -> usize {
-    s.iter()
-        .position(|&b| class(b) & mask == 0)
-        .unwrap_or(s.len())
+/// Where the run of bytes in the classes of `mask` that starts at `i` ends.
+#[inline]
+fn run_end(s: &[u8], mut i: usize, mask: u8) -> usize {
+    while i < s.len() && class(s[i]) & mask != 0 {
+        i += 1;
+    }
+    i
+}
+
+/// `word` (at least 3 bytes of letters, digits and `_`) starts with `pg_`, in any case.
+#[inline]
+fn starts_pg(word: &[u8]) -> bool {
+    (word[0] | 0x20) == b'p' && (word[1] | 0x20) == b'g' && word[2] == b'_'
+}
+
+/// `word` (4 bytes of letters, digits and `_`) is `into`, in any case. Setting bit 5 lowers
+/// a letter and changes no digit; `_` becomes 0x7f, which is no letter.
+#[inline]
+fn is_into(word: &[u8]) -> bool {
+    let w = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
+    w | 0x2020_2020 == u32::from_le_bytes(*b"into")
 }
 
 /// True when `sql` is proven plain; false means "ask the lexer", not "not plain".
 pub fn plain(sql: &[u8]) -> bool {
-    let mut rest = sql;
+    let n = sql.len();
+    let mut i = 0;
     // The next word starts a statement; the statement is an INSERT.
     let mut first = true;
     let mut insert = false;
-    while let Some(&b) = rest.first() {
-        let c = class(b);
-        let len = match c {
+    while i < n {
+        let c = class(sql[i]);
+        let end = match c {
             WORD => {
-                let len = 1 + run(&rest[1..], WORD | DIGIT);
-                if rest.get(len) == Some(&b'$') {
+                let end = run_end(sql, i + 1, WORD | DIGIT);
+                if end < n && sql[end] == b'$' {
                     // `$` continues an identifier (`a$1` is one name).
                     return false;
                 }
-                let word = &rest[..len];
+                let word = &sql[i..end];
                 if first {
                     first = false;
                     match kind(word) {
                         Some(is_insert) => insert = is_insert,
                         None => return false,
                     }
-                } else if (len == 4 && word.eq_ignore_ascii_case(b"into") && !insert)
-                    || (len >= 3 && word[..3].eq_ignore_ascii_case(b"pg_"))
+                } else if (word.len() == 4 && !insert && is_into(word))
+                    || (word.len() >= 3 && starts_pg(word))
                 {
                     return false;
                 }
-                len
+                end
             }
             // A number (`1e5` and `0x1F` run on as one).
-            DIGIT if !first => run(rest, WORD | DIGIT),
-            SPACE => 1 + run(&rest[1..], SPACE),
-            PUNCT if !first => 1,
+            DIGIT if !first => run_end(sql, i + 1, WORD | DIGIT),
+            SPACE => run_end(sql, i + 1, SPACE),
+            PUNCT if !first => i + 1,
             OP if !first => {
-                let len = run(rest, OP);
-                if !matches!(&rest[..len], [_] | b"<=" | b">=" | b"<>") {
+                let end = run_end(sql, i + 1, OP);
+                if !matches!(&sql[i..end], [_] | b"<=" | b">=" | b"<>") {
                     return false;
                 }
-                len
+                end
             }
             SEMI => {
                 first = true;
-                1
+                i + 1
             }
-            DOLLAR if !first && rest.get(1).is_some_and(u8::is_ascii_digit) => {
-                let len = 1 + run(&rest[1..], DIGIT);
-                if rest.get(len).is_some_and(|&b| class(b) == WORD) {
+            DOLLAR if !first && i + 1 < n && sql[i + 1].is_ascii_digit() => {
+                let end = run_end(sql, i + 1, DIGIT);
+                if end < n && class(sql[end]) == WORD {
                     return false;
                 }
-                len
+                end
             }
             _ => return false,
         };
-        rest = &rest[len..];
+        i = end;
     }
     true
 }
@@ -141,6 +158,7 @@ mod tests {
             "BEGIN; UPDATE pgbench_tellers SET tbalance = tbalance + 1 WHERE tid = 3; END;",
             "UPDATE t SET a = $1 WHERE b <= $2 AND c <> 3",
             "INSERT INTO t VALUES",
+            "SELECT _nto, int0, inta, pg FROM p_g",
             "COMMIT",
             "",
             " ; ;",
@@ -154,6 +172,9 @@ mod tests {
         for sql in [
             "SELECT set_config('role', 'x', false)",
             "SELECT 1 INTO t",
+            "SELECT 1 iNtO t",
+            "SELECT * FROM PG_class",
+            "SELECT * FROM Pg_x",
             "SELECT * FROM pg_temp.t",
             "SET role x",
             "SELECT 1 /* c */",
