@@ -127,7 +127,7 @@ async fn a_kernel_black_hole_costs_only_the_wait() {
         common::pg::Pg::start_with(&[("listen_addresses", format!("127.0.0.1,{}", ns.here_ip))]);
     pg.app_db(APP_USER, APP_PASSWORD);
     pg.allow_host(&format!("{}/32", ns.there_ip));
-    // The forwarder, inside the namespace (its port there is its own: nothing else listens).
+    // The forwarder, inside the namespace, on a port it picks and prints.
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/forward.py");
     let mut forwarder = tokio::process::Command::new("ip")
         .args([
@@ -137,7 +137,7 @@ async fn a_kernel_black_hole_costs_only_the_wait() {
             "python3",
             script,
             &ns.there_ip,
-            "5432",
+            "0",
         ])
         .args([ns.here_ip.as_str(), &pg.port.to_string()])
         .stdout(Stdio::piped())
@@ -150,11 +150,15 @@ async fn a_kernel_black_hole_costs_only_the_wait() {
         .read_line(&mut ready)
         .await
         .unwrap();
-    assert_eq!(ready.trim(), "listening", "the forwarder started");
+    let port: u16 = ready
+        .trim()
+        .strip_prefix("listening ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("the forwarder did not start: {ready:?}"));
 
     let proxy = TestProxy::builder(&pg)
         .upstream_host(&ns.there_ip)
-        .upstream_port(5432)
+        .upstream_port(port)
         .pool_size(4)
         .pool("acquire_timeout = \"30s\"")
         .start()
