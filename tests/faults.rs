@@ -20,8 +20,7 @@ async fn setup(pg: &common::pg::Pg) -> (TestProxy, FaultProxy, Load) {
         .pool("acquire_timeout = \"30s\"")
         .start()
         .await;
-    let load = Load::start(&proxy.url(), CLIENTS).await;
-    wait_until(30, "the load to run", || async { load.snapshot().ok > 50 }).await;
+    let load = Load::running(&proxy.url(), CLIENTS).await;
     (proxy, fault, load)
 }
 

@@ -163,8 +163,7 @@ async fn a_kernel_black_hole_costs_only_the_wait() {
         .pool("acquire_timeout = \"30s\"")
         .start()
         .await;
-    let load = Load::start(&proxy.url(), CLIENTS).await;
-    wait_until(30, "the load to run", || async { load.snapshot().ok > 50 }).await;
+    let load = Load::running(&proxy.url(), CLIENTS).await;
 
     ns.black_hole(true);
     let before = load.snapshot();

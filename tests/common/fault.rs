@@ -201,6 +201,13 @@ impl Load {
         }
     }
 
+    /// [`Load::start`], once more than 50 transactions have gone through (at most 30 s).
+    pub async fn running(url: &str, clients: usize) -> Load {
+        let load = Load::start(url, clients).await;
+        super::wait_until(30, "the load to run", || async { load.snapshot().ok > 50 }).await;
+        load
+    }
+
     /// Counts so far.
     pub fn snapshot(&self) -> Cost {
         let t = &self.tally;

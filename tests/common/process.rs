@@ -149,22 +149,21 @@ impl Rotagate {
 
     /// Its resident memory in KiB (0 once it has exited).
     pub fn rss_kib(&self) -> u64 {
-        let Some(pid) = self.pid() else { return 0 };
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
+        self.status_kib("VmRSS:")
     }
 
     /// The process's peak RSS since it started or since [`Rotagate::reset_peak`] (VmHWM).
     pub fn peak_kib(&self) -> u64 {
+        self.status_kib("VmHWM:")
+    }
+
+    /// A KiB field of /proc/PID/status (0 once the process has exited).
+    fn status_kib(&self, field: &str) -> u64 {
         let Some(pid) = self.pid() else { return 0 };
         std::fs::read_to_string(format!("/proc/{pid}/status"))
             .unwrap_or_default()
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .unwrap_or(0)
     }
