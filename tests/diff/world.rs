@@ -183,8 +183,16 @@ impl<'a> Worlds<'a> {
                         tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                     );
                 }
-                let proxied =
+                let mut proxied =
                     exchange(&mut self.proxied[c], msgs, &mut self.proxied_protos[c]).await;
+                if proxied.last().is_some_and(|l| l == "hung") {
+                    // What the upstream sessions were doing, for the report (a lock, an idle
+                    // connection rotagate forgot).
+                    proxied.push(format!("upstream sessions: {}", self.activity()));
+                    let (_, status) =
+                        crate::common::tools::http(self.proxy.admin, "GET", "/status").await;
+                    proxied.push(format!("rotagate status: {status}"));
+                }
                 if std::env::var_os("DIFF_TRACE").is_some() {
                     eprintln!("{at:4} {step}\n     direct  {direct:?}\n     proxied {proxied:?}");
                 }
@@ -198,6 +206,15 @@ impl<'a> Worlds<'a> {
                 })
             }
         }
+    }
+
+    /// The upstream sessions of the proxied world, one line each.
+    fn activity(&self) -> String {
+        self.pg.sql(
+            "SELECT string_agg(format('pid %s %s wait %s/%s xact %s: %s', pid, state, \
+             wait_event_type, wait_event, xact_start IS NOT NULL, left(query, 60)), ' | ') \
+             FROM pg_stat_activity WHERE datname = 'appdb'",
+        )
     }
 
     /// Whether a recorded step can run now without waiting on another client (a replay that
