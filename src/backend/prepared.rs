@@ -69,6 +69,17 @@ pub struct Slot {
     tick: u64,
 }
 
+/// How many unnamed keys a connection remembers having seen before it starts over.
+const MAX_SEEN: usize = 4096;
+
+/// A statement prepared once on a connection for clients' unnamed Parses of one text and
+/// parameter types: its name, and the frontend's statement (with what the server described).
+#[derive(Clone)]
+pub struct Shared {
+    pub name: Arc<str>,
+    pub stmt: Arc<dyn std::any::Any + Send + Sync>,
+}
+
 /// Statements taken by a statement that drops them all (DISCARD ALL, DEALLOCATE ALL), to be
 /// put back if it fails.
 #[derive(Debug, Default)]
@@ -91,6 +102,10 @@ pub struct Prepared {
     next: u64,
     /// Duplicates to close when the connection next serves a client (no portal uses them then).
     to_close: Vec<Arc<str>>,
+    /// Statements prepared for clients' unnamed Parses (`pool.prepare_unnamed`), by key.
+    shared: HashMap<Key, Shared>,
+    /// Keys of unnamed Parses seen on this connection (the second one is prepared).
+    seen: std::collections::HashSet<Key>,
     /// Whose statement the connection's unnamed statement is: (client id, the client's serial
     /// of that Parse); None when it is nobody's that rotagate can vouch for.
     pub unnamed: Option<(u64, u64)>,
@@ -108,6 +123,8 @@ impl Default for Prepared {
             in_use_from: 0,
             next: 0,
             to_close: Vec::new(),
+            shared: HashMap::new(),
+            seen: std::collections::HashSet::new(),
             unnamed: None,
             gauge: metrics::Gauge::noop(),
             prepares: metrics::Counter::noop(),
@@ -286,6 +303,35 @@ impl Prepared {
         for (name, slot) in taken.names {
             self.restore(name, slot);
         }
+    }
+
+    /// The statement prepared here for unnamed Parses of `key`, while the connection has it.
+    pub fn shared(&self, key: Key) -> Option<&Shared> {
+        let s = self.shared.get(&key)?;
+        self.names.contains_key(&s.name).then_some(s)
+    }
+
+    /// `name` (just made with [`Prepared::fresh`]) serves unnamed Parses of `key`.
+    pub fn share(&mut self, key: Key, name: Arc<str>, stmt: Arc<dyn std::any::Any + Send + Sync>) {
+        self.shared.insert(key, Shared { name, stmt });
+    }
+
+    /// `name` went stale (its plan must not change result type, or a type it uses is gone):
+    /// it serves no more unnamed Parses and is closed at the next hand-over.
+    pub fn unshare(&mut self, name: &Arc<str>) {
+        let before = self.shared.len();
+        self.shared.retain(|_, s| s.name != *name);
+        if self.shared.len() != before && self.names.contains_key(name) {
+            self.to_close.push(name.clone());
+        }
+    }
+
+    /// Whether an unnamed Parse of `key` was seen here before (this one is remembered).
+    pub fn seen(&mut self, key: Key) -> bool {
+        if self.seen.len() >= MAX_SEEN && !self.seen.contains(&key) {
+            self.seen.clear();
+        }
+        !self.seen.insert(key)
     }
 
     /// A Sync was sent: statements used before now may be evicted again.

@@ -61,6 +61,7 @@ pub(super) fn pool(c: &mut Check, r: RawPool, base: &PoolConfig) -> PoolConfig {
             1024,
             1 << 30,
         ) as usize,
+        prepare_unnamed: r.prepare_unnamed.unwrap_or(base.prepare_unnamed),
         acquire_timeout: c.duration(
             "pool.acquire_timeout",
             r.acquire_timeout.as_ref(),

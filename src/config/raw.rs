@@ -119,6 +119,7 @@ pub struct RawPool {
     pub prepared_statements_view: Option<String>,
     pub max_prepared_statements: Option<i64>,
     pub max_client_statement_bytes: Option<i64>,
+    pub prepare_unnamed: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

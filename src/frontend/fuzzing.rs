@@ -206,6 +206,7 @@ pub(super) fn pool_config() -> PoolConfig {
         query_timeout: None,
         max_prepared_statements: 3,
         max_client_statement_bytes: 1 << 16,
+        prepare_unnamed: true,
         acquire_timeout: Duration::from_secs(1),
         idle_timeout: Duration::from_secs(1),
         max_lifetime: Duration::from_secs(1),

@@ -233,6 +233,11 @@ impl Ext {
         self
     }
 
+    pub fn describe_portal(mut self, name: &str) -> Self {
+        msg::describe_or_close(&mut self.0, b'D', b'P', name.as_bytes());
+        self
+    }
+
     pub fn close_statement(mut self, name: &str) -> Self {
         msg::describe_or_close(&mut self.0, b'C', b'S', name.as_bytes());
         self

@@ -68,7 +68,29 @@ async fn reset(pg: &Pg, db: &str, clients: usize) {
 /// PostgreSQL would first have found the Bind's portal name taken (`42P03`).
 pub fn documented(d: &Divergence) -> bool {
     let stale_type = |t: &Transcript| t.iter().any(|m| m.contains("cache lookup failed for type"));
-    (stale_type(&d.direct) && !stale_type(&d.proxied)) || plan_choice(d) || portal_first(d)
+    (stale_type(&d.direct) && !stale_type(&d.proxied))
+        || plan_choice(d)
+        || portal_first(d)
+        || shared_stale(d)
+}
+
+/// With `pool.prepare_unnamed` (`DIFF_PREPARE_UNNAMED`), the residual README.md documents:
+/// where a request cannot be decided again (inside a transaction block, a pipeline that does
+/// not end with its Sync), an unnamed statement served by a statement prepared before a schema
+/// change fails as a named one would, where a fresh Parse succeeds (and the server then skips
+/// what would have come, an error of its own included). The transcripts agree up to that error.
+fn shared_stale(d: &Divergence) -> bool {
+    if std::env::var_os("DIFF_PREPARE_UNNAMED").is_none() {
+        return false;
+    }
+    let Some(at) = d.direct.iter().zip(&d.proxied).position(|(a, b)| a != b) else {
+        return false;
+    };
+    let stale = |e: &str| {
+        e.starts_with("E[S=ERROR C=0A000 M=cached plan must not change result type")
+            || e.starts_with("E[S=ERROR C=XX000 M=cache lookup failed for type")
+    };
+    stale(&d.proxied[at]) && !stale(&d.direct[at])
 }
 
 /// The transcripts agree up to one error: 42P03 directly; through rotagate, the error of
@@ -133,7 +155,12 @@ impl<'a> Worlds<'a> {
     pub async fn new(pg: &'a Pg, clients: usize, pool: usize) -> Worlds<'a> {
         reset(pg, "appdb_direct", clients).await;
         reset(pg, "appdb", clients).await;
-        let proxy = TestProxy::builder(pg).pool_size(pool as u32).start().await;
+        let mut builder = TestProxy::builder(pg).pool_size(pool as u32);
+        // `DIFF_PREPARE_UNNAMED=1`: with repeated unnamed statements prepared once.
+        if std::env::var_os("DIFF_PREPARE_UNNAMED").is_some() {
+            builder = builder.pool("prepare_unnamed = true");
+        }
+        let proxy = builder.start().await;
         let mut w = Worlds {
             pg,
             proxy,

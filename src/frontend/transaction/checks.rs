@@ -130,6 +130,7 @@ pub fn described(
                 verdict(flow, Verdict::Same);
             }
         }
+        Capture::Shared => {}
         Capture::LearnUnnamed => {
             // The connection's unnamed statement, when it is the client's (which Parse of the
             // client's made it is known only now: an earlier error may have made the server

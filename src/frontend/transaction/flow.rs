@@ -112,12 +112,25 @@ pub struct Flow {
     pub unnamed_unconfirmed: u32,
     /// The unnamed Parses among them, in order.
     pub unnamed_parses: VecDeque<PendingUnnamed>,
+    /// The shared statement serving the unnamed statement parsed in this run of messages.
+    pub mapped: Option<Arc<str>>,
+    /// The message being decided opens a request: nothing is owed and nothing unsynced.
+    pub opening: bool,
+    /// The request a shared statement serves, while it may still be retried.
+    pub replay: Option<Replay>,
+    /// Its bytes, to be decided again (the shared statement was stale).
+    pub retry: Option<Bytes>,
+    /// Deciding a request again: its Parse's reply went to the client already.
+    pub replaying: bool,
+    /// Nothing of the client's waits to be written upstream: a retry can go in front.
+    pub can_retry: bool,
 }
 
 impl Flow {
     /// A Query (or a reply rotagate gives to one) drops the unnamed statement.
     pub fn unnamed_dropped(&mut self) {
         self.unnamed_spec = Spec::Dropped;
+        self.mapped = None;
         self.unnamed_unconfirmed += 1;
     }
 
@@ -144,6 +157,12 @@ impl Flow {
             unnamed_spec,
             unnamed_unconfirmed,
             unnamed_parses,
+            mapped,
+            opening,
+            replay,
+            retry,
+            replaying,
+            can_retry,
         } = self;
         // Usually empty already (a transaction ends with nothing owed): no drop loops then.
         if !replies.is_empty() {
@@ -169,6 +188,8 @@ impl Flow {
         (*portal_drops, *protocol, *quiet_error, *hold) = (None, None, None, None);
         (*segment, *unnamed_unconfirmed) = (0, 0);
         *unnamed_spec = Spec::Untouched;
+        (*mapped, *replay, *retry) = (None, None, None);
+        (*opening, *replaying, *can_retry) = (false, false, false);
     }
 
     /// A Sync, Query or FunctionCall was decided.
@@ -203,6 +224,9 @@ pub enum Capture {
     },
     /// A Describe of the connection's unnamed statement, which may be the client's.
     LearnUnnamed,
+    /// A client's Describe of a shared statement: its replies go to the client together, once
+    /// the statement proved not stale (`shared.rs`).
+    Shared,
     /// A statement prepared again for a client (None: its unnamed statement).
     Check {
         stmt: Arc<Statement>,
@@ -246,6 +270,17 @@ pub struct Unnamed {
     pub serial: u64,
     /// What the server described, when the client described it.
     pub desc: Option<Desc>,
+    /// The statement prepared for it on the connection where it was parsed, when that Parse
+    /// was served by one (`pool.prepare_unnamed`, `shared.rs`).
+    pub upstream: Option<Arc<str>>,
+}
+
+impl Unnamed {
+    /// What the server described for it: from the client's Describe, or the shared
+    /// statement's.
+    pub fn described(&self) -> Option<&Desc> {
+        self.desc.as_ref().or_else(|| self.stmt.desc.get())
+    }
 }
 
 /// An unnamed Parse sent upstream whose reply has not come.
@@ -255,6 +290,17 @@ pub struct PendingUnnamed {
     pub serial: u64,
     /// rotagate's own Parse of the client's statement again (not a new statement).
     pub again: bool,
+    /// The shared statement that serves it (`pool.prepare_unnamed`).
+    pub shared: Option<Arc<str>>,
+}
+
+/// The client's messages of a request that a shared statement serves, kept so that the
+/// request can be decided again if that statement turns out stale (`shared.rs`).
+#[derive(Debug, Default)]
+pub struct Replay {
+    pub bytes: Vec<u8>,
+    /// Its Sync is in.
+    pub complete: bool,
 }
 
 /// What the messages decided in this hand-over do to the unnamed statement, if they all run.

@@ -161,6 +161,10 @@ fn error(body: &[u8], rx: &mut Rx<'_>) -> Out {
     }
     // An extended-protocol message failed: the server skips the rest up to Sync.
     let failed = rx.flow.replies.pop().expect("front exists");
+    if let Some(n) = failed.shared_name() {
+        // A shared statement failed (perhaps stale): it is prepared anew next time.
+        rx.prepared.unshare(n);
+    }
     if failed.quiet && failed.expect == Expect::Parse && rx.flow.quiet_error.is_none() {
         let mut b = BytesMut::new();
         msg::error_with_severity(&mut b, body, "ERROR");
@@ -199,6 +203,11 @@ pub fn undo(ended: Vec<(Entry, Outcome)>, rx: &mut Rx<'_>) {
     for (e, outcome) in ended.into_iter().rev() {
         settle(e, outcome, rx);
     }
+}
+
+/// A finished entry that succeeded.
+pub fn finish_done(e: Entry, rx: &mut Rx<'_>) {
+    finish(e, Outcome::Done, rx);
 }
 
 /// What a finished entry's outcome does to the client's names and the connection's
@@ -255,11 +264,21 @@ fn settle(e: Entry, outcome: Outcome, rx: &mut Rx<'_>) {
 }
 
 /// Writes the replies rotagate owes at the front of the queue (they need no server message).
-pub fn locals(rx: &mut Rx<'_>, out: &mut BytesMut) {
+/// A shared statement's ParseComplete waits for the reply to the next message unless `now`
+/// (that reply came) or nothing follows it.
+pub fn locals(rx: &mut Rx<'_>, out: &mut BytesMut, now: bool) {
     while let Some(Expect::Local(local)) = rx.flow.replies.front().map(|e| e.expect) {
+        if local == Local::SharedParse && !now && rx.flow.replies.len() > 1 {
+            return;
+        }
         let e = rx.flow.replies.pop().expect("front exists");
         match local {
             Local::ParseComplete => msg::empty(out, b'1'),
+            Local::SharedParse => {
+                // The client has its ParseComplete: the request cannot be decided again.
+                rx.flow.replay = None;
+                msg::empty(out, b'1');
+            }
             Local::Bytes => out.extend_from_slice(e.refusal().map_or(&[][..], |b| &b[..])),
             Local::CloseComplete => msg::empty(out, b'3'),
             Local::Deallocate { all } => {
@@ -367,7 +386,7 @@ mod tests {
         let mut rx = w.rx();
         assert_eq!(decide(b'E', &err("42601"), &mut rx), Ok(Out::Forward));
         let mut out = BytesMut::new();
-        locals(&mut rx, &mut out);
+        locals(&mut rx, &mut out, false);
         assert!(out.is_empty(), "the skipped Close gets no CloseComplete");
         assert_eq!(decide(b'Z', b"I", &mut rx), Ok(Out::Forward));
         assert!(!w.client.statements.contains(b"s1"), "its Parse failed");
@@ -453,7 +472,7 @@ mod tests {
         );
         w.status = b'E';
         let mut out = BytesMut::new();
-        locals(&mut w.rx(), &mut out);
+        locals(&mut w.rx(), &mut out, false);
         assert_eq!(out[0], b'E');
         assert_eq!(&out[out.len() - 6..], b"Z\0\0\0\x05E");
         assert!(w.client.statements.contains(b"s1"));

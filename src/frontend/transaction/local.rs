@@ -337,6 +337,7 @@ mod tests {
             stmt,
             serial: 1,
             desc: None,
+            upstream: None,
         });
         let mut buf = BytesMut::new();
         msg::query(&mut buf, "DEALLOCATE s1");

@@ -85,7 +85,7 @@ fn prepare(stmt: &Statement, tail: &[u8], client: Option<&[u8]>, tx: &mut Tx<'_>
 }
 
 /// A Describe of `upstream` whose replies the client does not see, captured for `capture`.
-fn describe_hidden(upstream: &str, capture: Capture, tx: &mut Tx<'_>) {
+pub(super) fn describe_hidden(upstream: &str, capture: Capture, tx: &mut Tx<'_>) {
     msg::describe_or_close(tx.out, b'D', b'S', upstream.as_bytes());
     tx.flow.replies.push(
         Entry::new(Expect::DescribeStatement)
@@ -98,7 +98,7 @@ fn describe_hidden(upstream: &str, capture: Capture, tx: &mut Tx<'_>) {
 /// Closes the least recently used statement when the connection has `max_prepared_statements`
 /// (not inside a transaction block: closing a statement closes the portals made from it, and
 /// one may still be open there).
-fn evict(tx: &mut Tx<'_>) {
+pub(super) fn evict(tx: &mut Tx<'_>) {
     if tx.status != b'I' {
         return;
     }

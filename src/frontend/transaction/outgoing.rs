@@ -36,6 +36,14 @@ pub fn need(tag: u8) -> Need {
 /// message when [`need`] says so; for a Bind, as much of it as has arrived (`len` in all).
 pub fn decide(tag: u8, msg: &[u8], len: usize, tx: &mut Tx<'_>) -> Decision {
     let body = &msg[HEADER_LEN..];
+    tx.flow.opening = !tx.flow.unsynced && tx.flow.replies.is_empty();
+    if tx.flow.replay.is_some() {
+        super::shared::keep(tag, msg, len, tx);
+    }
+    if tx.flow.mapped.is_some() {
+        super::shared::probe_before(tag, msg, tx);
+    }
+    let probed = tx.out.len();
     if matches!(tag, b'P' | b'B' | b'D' | b'E' | b'C' | b'H') {
         tx.flow.unsynced = true;
     }
@@ -86,8 +94,19 @@ pub fn decide(tag: u8, msg: &[u8], len: usize, tx: &mut Tx<'_>) -> Decision {
         b'X' => Decision::Stop,
         _ => Decision::Pass,
     };
+    // A message decided again later would be kept twice: the request is not retried.
+    if matches!(d, Decision::Hold | Decision::NeedMore) {
+        tx.flow.replay = None;
+    }
     // rotagate's own messages (a Close of a duplicate, a Parse again) go first.
     match d {
+        // A probe goes before the message, what it appends after (whole: a Parse).
+        Decision::Append if probed > 0 && msg.len() == len => {
+            let after = tx.out.split_off(probed);
+            tx.out.extend_from_slice(msg);
+            tx.out.extend_from_slice(&after);
+            Decision::Replace
+        }
         Decision::Pass if !tx.out.is_empty() => Decision::Inject,
         d => d,
     }
@@ -327,6 +346,11 @@ fn parse(body: &[u8], tx: &mut Tx<'_>) -> Decision {
         }
         tx.client.unnamed_acts = None;
     }
+    if read_view.is_none() && tx.client.unnamed_acts.is_none() {
+        if let Some(d) = super::shared::parse(tail, &class, tx) {
+            return d;
+        }
+    }
     unnamed::parse(tail, class, tx);
     if read_view.is_some() {
         msg::parse(tx.out, b"", tail);
@@ -365,7 +389,7 @@ fn bind(body: &[u8], len: usize, tx: &mut Tx<'_>) -> Decision {
             return decision;
         }
     }
-    if let Some(d) = unnamed_use(tx, Some((body, portal_end, names_end))) {
+    if let Some(d) = unnamed_use(tx, Some((body, portal_end, names_end, len))) {
         return d;
     }
     let effect = match tx.client.unnamed_acts.clone() {
@@ -388,8 +412,8 @@ fn bind(body: &[u8], len: usize, tx: &mut Tx<'_>) -> Decision {
 /// A Bind or Describe of the unnamed statement: Some(decision) when it does not simply pass
 /// (it waits, is refused, or its statement changed since the client prepared it); when it
 /// passes, its Describe's replies are captured. `bind`: the Bind's body with its names' ends,
-/// whole.
-fn unnamed_use(tx: &mut Tx<'_>, bind: Option<(&[u8], usize, usize)>) -> Option<Decision> {
+/// whole, and its length.
+fn unnamed_use(tx: &mut Tx<'_>, bind: Option<(&[u8], usize, usize, usize)>) -> Option<Decision> {
     let desc = tx.client.unnamed.as_ref().and_then(|u| u.desc.clone());
     match (named::held(tx), bind) {
         (named::Held::Wait, _) => return Some(Decision::Hold),
@@ -400,7 +424,7 @@ fn unnamed_use(tx: &mut Tx<'_>, bind: Option<(&[u8], usize, usize)>) -> Option<D
                 None => Decision::Replace,
             });
         }
-        (named::Held::Stale(_) | named::Held::Cached, Some((body, portal_end, names_end))) => {
+        (named::Held::Stale(_) | named::Held::Cached, Some((body, portal_end, names_end, _))) => {
             return Some(named::stale_bind(body, portal_end, names_end, "", tx));
         }
         (named::Held::Stale(_), None) => {
@@ -415,6 +439,12 @@ fn unnamed_use(tx: &mut Tx<'_>, bind: Option<(&[u8], usize, usize)>) -> Option<D
     match unnamed::use_it(tx, bind.is_none()) {
         Use::Hold => Some(Decision::Hold),
         Use::Refuse(e) => Some(refuse(tx, false, e)),
+        Use::Shared(upstream) => Some(match bind {
+            Some((body, portal_end, _, len)) => {
+                super::shared::bind(body, len, portal_end, upstream, tx)
+            }
+            None => super::shared::describe(upstream, tx),
+        }),
         Use::Pass => {
             if bind.is_none() {
                 tx.flow

@@ -57,6 +57,8 @@ impl Protocol for Transaction<'_> {
             params: &mut s.params,
             transactions: self.transactions,
         };
+        // A retry goes in front of the client's bytes not decided yet.
+        policy.rx.flow.can_retry = c.up.ready == 0 && c.up.at_boundary();
         // Replies rotagate owes with no server message to follow (a DEALLOCATE it answered),
         // before the server's messages and after the last of them.
         if !owed_locals(&mut policy, c, &mut s.rbuf) {
@@ -74,6 +76,10 @@ impl Protocol for Transaction<'_> {
         }
         s.kept
             .set(s.tx_status != b'I' || self.state.pins.is_pinned());
+        if let Some(retry) = self.flow.retry.take() {
+            retry_request(c, retry);
+            self.flow.resumed = true;
+        }
         if let Some(why) = self.flow.protocol {
             return Err(FrontendError::ServerProtocol(why.to_owned()));
         }
@@ -105,6 +111,18 @@ impl Protocol for Transaction<'_> {
     }
 }
 
+/// Puts a request to decide again in front of the client's bytes not decided yet.
+fn retry_request(c: &mut ClientSide, request: bytes::Bytes) {
+    if c.buf.is_empty() {
+        c.buf.extend_from_slice(&request);
+        return;
+    }
+    let mut buf = BytesMut::with_capacity(request.len() + c.buf.len());
+    buf.extend_from_slice(&request);
+    buf.extend_from_slice(&c.buf);
+    c.buf = buf;
+}
+
 /// Writes the replies rotagate owes at the front of the queue; false when they must wait (the
 /// bytes before them are too many to copy now).
 fn owed_locals(
@@ -119,7 +137,7 @@ fn owed_locals(
         return false;
     }
     c.scratch.clear();
-    incoming::locals(&mut policy.rx, &mut c.scratch);
+    incoming::locals(&mut policy.rx, &mut c.scratch, false);
     c.down.append(rbuf, &c.scratch);
     true
 }
@@ -135,6 +153,10 @@ pub struct ClientPolicy<'a> {
 
 impl Policy for ClientPolicy<'_> {
     fn need(&self, tag: u8) -> Need {
+        // A request kept for a retry is kept whole.
+        if matches!(tag, b'B' | b'E') && self.flow.replay.is_some() {
+            return Need::Whole;
+        }
         outgoing::need(tag)
     }
 
@@ -170,6 +192,14 @@ impl ServerPolicy<'_> {
         )
     }
 
+    /// A shared statement's ParseComplete waits at the front.
+    fn waits_on_shared(&self) -> bool {
+        self.rx.flow.replies.front().map(|e| e.expect)
+            == Some(super::replies::Expect::Local(
+                super::replies::Local::SharedParse,
+            ))
+    }
+
     /// ReadyForQuery counts transactions; ParameterStatus updates the connection's values.
     fn watch(&mut self, tag: u8, body: &[u8]) {
         match tag {
@@ -201,11 +231,35 @@ impl Policy for ServerPolicy<'_> {
         if matches!(h.tag, b'Z' | b'S') {
             self.watch(h.tag, body);
         }
+        // A shared statement's ParseComplete waiting at the front, set aside while the
+        // ParameterDescription of a Describe of it is held (`shared::described`).
+        let mut waiting = None;
         if self.owes_locals() {
-            incoming::locals(&mut self.rx, out);
+            let shared = self.waits_on_shared();
+            // Its first use failed: the request may be decided again.
+            if h.tag == b'E' && shared && super::stale::retry(&mut self.rx, body) {
+                return Decision::Replace;
+            }
+            if h.tag == b't' && shared {
+                waiting = self.rx.flow.replies.pop();
+            } else {
+                incoming::locals(&mut self.rx, out, true);
+            }
         }
         let owed = !out.is_empty();
-        match incoming::decide(h.tag, body, &mut self.rx) {
+        let decided = if super::stale::completes_describe(h.tag, &self.rx) {
+            Ok(Out::Replace(super::stale::described(
+                h.tag,
+                body,
+                &mut self.rx,
+            )))
+        } else {
+            incoming::decide(h.tag, body, &mut self.rx)
+        };
+        if let Some(local) = waiting {
+            self.rx.flow.replies.push_front(local);
+        }
+        match decided {
             Ok(Out::Forward) if owed => Decision::Inject,
             Ok(Out::Forward) => Decision::Pass,
             Ok(Out::Hide) => Decision::Replace,

@@ -47,6 +47,9 @@ impl Expect {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Local {
     ParseComplete,
+    /// ParseComplete for a Parse a shared statement serves: it waits for the reply to the
+    /// next message (`shared.rs`), unless nothing follows it.
+    SharedParse,
     CloseComplete,
     /// The bytes kept as the entry's refusal (a Describe rotagate answers itself).
     Bytes,
@@ -144,6 +147,9 @@ struct Extra {
     /// The client's name of the statement a Bind went to, when its errors must name that one
     /// (the client has several names for the same statement).
     named: Option<Box<[u8]>>,
+    /// The shared statement a Bind or Describe of the client's unnamed statement went to
+    /// (`pool.prepare_unnamed`).
+    shared: Option<Arc<str>>,
 }
 
 impl Entry {
@@ -191,6 +197,17 @@ impl Entry {
     pub fn named(mut self, name: &[u8]) -> Self {
         self.extra.get_or_insert_with(Default::default).named = Some(name.into());
         self
+    }
+
+    /// Sent to `upstream`, a shared statement standing for the client's unnamed one.
+    pub fn shared(mut self, upstream: Arc<str>) -> Self {
+        self.extra.get_or_insert_with(Default::default).shared = Some(upstream);
+        self
+    }
+
+    /// The shared statement that [`Entry::shared`] set.
+    pub fn shared_name(&self) -> Option<&Arc<str>> {
+        self.extra.as_ref().and_then(|x| x.shared.as_ref())
     }
 
     /// The client's name that [`Entry::named`] set.
@@ -241,12 +258,20 @@ impl Replies {
         self.entries.front_mut()
     }
 
+    pub fn last(&self) -> Option<&Entry> {
+        self.entries.back()
+    }
+
     pub fn last_mut(&mut self) -> Option<&mut Entry> {
         self.entries.back_mut()
     }
 
     pub fn pop(&mut self) -> Option<Entry> {
         self.entries.pop_front()
+    }
+
+    pub fn push_front(&mut self, e: Entry) {
+        self.entries.push_front(e);
     }
 
     pub fn is_empty(&self) -> bool {

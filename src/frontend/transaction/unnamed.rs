@@ -30,8 +30,9 @@ pub fn parse(tail: &[u8], class: Class, tx: &mut Tx<'_>) {
         .as_ref()
         .map(|u| &u.stmt));
     let stmt = match last {
-        // Drivers parse the same text over and over: keep one copy.
-        Some(s) if s.tail[..] == *tail => s.clone(),
+        // Drivers parse the same text over and over: keep one copy (not a shared statement's,
+        // whose description is that statement's).
+        Some(s) if s.key == 0 && s.tail[..] == *tail => s.clone(),
         _ => Arc::new(Statement::unnamed(Bytes::copy_from_slice(tail), class)),
     };
     tx.client.serials += 1;
@@ -40,7 +41,9 @@ pub fn parse(tail: &[u8], class: Class, tx: &mut Tx<'_>) {
         stmt,
         serial,
         again: false,
+        shared: None,
     });
+    tx.flow.mapped = None;
     tx.flow.unnamed_spec = Spec::Parsed(tx.flow.segment);
     tx.flow.unnamed_unconfirmed += 1;
     tx.flow
@@ -64,13 +67,20 @@ pub enum Use {
     Hold,
     /// To fail with this error, as PostgreSQL's would.
     Refuse(Bytes),
+    /// To go to the shared statement of this name (`shared.rs`).
+    Shared(Arc<str>),
 }
 
 /// Decides on a Bind or Describe (`describe`) of the unnamed statement. Parsed again for a Describe, it
 /// is parsed as the client wrote it, and quietly (see `named::Mode::Describe`).
 pub fn use_it(tx: &mut Tx<'_>, describe: bool) -> Use {
     match tx.flow.unnamed_spec {
-        Spec::Parsed(seg) if seg == tx.flow.segment => return Use::Pass,
+        Spec::Parsed(seg) if seg == tx.flow.segment => {
+            return match &tx.flow.mapped {
+                Some(n) => Use::Shared(n.clone()),
+                None => Use::Pass,
+            };
+        }
         _ if tx.flow.unnamed_unconfirmed > 0 => {
             tx.flow.hold = Some(Hold::Unnamed);
             msg::empty(tx.out, b'H');
@@ -84,7 +94,18 @@ pub fn use_it(tx: &mut Tx<'_>, describe: bool) -> Use {
     if tx.prepared.unnamed == Some((tx.client.id, u.serial)) {
         return Use::Pass;
     }
+    if let Some(n) = here(&u, tx.prepared) {
+        return Use::Shared(n);
+    }
     reparse(&u, describe, tx)
+}
+
+/// The shared statement on this connection that the client's unnamed statement is.
+fn here(u: &Unnamed, prepared: &Prepared) -> Option<Arc<str>> {
+    let name = u.upstream.as_ref()?;
+    let s = prepared.shared(u.stmt.key)?;
+    (s.name == *name && std::ptr::addr_eq(Arc::as_ptr(&s.stmt), Arc::as_ptr(&u.stmt)))
+        .then(|| name.clone())
 }
 
 /// Another client's unnamed statement (or none) is on the connection: the client's is parsed
@@ -92,11 +113,11 @@ pub fn use_it(tx: &mut Tx<'_>, describe: bool) -> Use {
 fn reparse(u: &Unnamed, describe: bool, tx: &mut Tx<'_>) -> Use {
     let tail = match describe {
         true => u.stmt.tail.clone(),
-        false => u.stmt.tail_as_prepared(u.desc.as_ref()),
+        false => u.stmt.tail_as_prepared(u.described()),
     };
     msg::parse(tx.out, b"", &tail);
     let parse = Entry::new(Expect::Parse).note(Note::UnnamedReparse);
-    let quiet = describe && u.desc.is_some();
+    let quiet = describe && u.described().is_some();
     tx.flow
         .replies
         .push(if quiet { parse.quiet() } else { parse.hidden() });
@@ -107,10 +128,12 @@ fn reparse(u: &Unnamed, describe: bool, tx: &mut Tx<'_>) -> Use {
         stmt: u.stmt.clone(),
         serial: u.serial,
         again: true,
+        shared: None,
     });
+    tx.flow.mapped = None;
     tx.flow.unnamed_unconfirmed += 1;
     tx.flow.unnamed_spec = Spec::Parsed(tx.flow.segment);
-    let Some(desc) = &u.desc else {
+    let Some(desc) = u.described() else {
         return Use::Pass;
     };
     msg::describe_or_close(tx.out, b'D', b'S', b"");
@@ -138,11 +161,9 @@ pub fn elsewhere(tx: &Tx<'_>) -> bool {
     let decided = matches!(tx.flow.unnamed_spec, Spec::Parsed(s) if s == tx.flow.segment)
         || tx.flow.unnamed_unconfirmed > 0;
     !decided
-        && tx
-            .client
-            .unnamed
-            .as_ref()
-            .is_some_and(|u| tx.prepared.unnamed != Some((tx.client.id, u.serial)))
+        && tx.client.unnamed.as_ref().is_some_and(|u| {
+            tx.prepared.unnamed != Some((tx.client.id, u.serial)) && here(u, tx.prepared).is_none()
+        })
 }
 
 /// After the client's Parse of its unnamed statement: a Describe of it, unseen, so that what
@@ -177,20 +198,27 @@ pub fn confirm(
             let Some(p) = flow.unnamed_parses.pop_front() else {
                 return;
             };
+            // A shared statement's Parse leaves the connection's unnamed statement as it was.
+            let mapped = p.shared.is_some();
             match outcome {
                 Outcome::Done => {
-                    prepared.unnamed = Some((client.id, p.serial));
+                    if !mapped {
+                        prepared.unnamed = Some((client.id, p.serial));
+                    }
                     if !p.again {
                         client.unnamed = Some(Unnamed {
                             stmt: p.stmt,
                             serial: p.serial,
                             desc: None,
+                            upstream: p.shared,
                         });
                     }
                 }
                 // PostgreSQL drops the unnamed statement before it parses the new one.
                 Outcome::Failed => {
-                    prepared.unnamed = None;
+                    if !mapped {
+                        prepared.unnamed = None;
+                    }
                     if !p.again {
                         client.unnamed = None;
                     }
