@@ -19,6 +19,7 @@ mod support;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use support::pg::{Pg, free_port, give_to_pg};
+use support::pgbench::{Result, Target, pgbench, pgbench_with};
 use support::{PASSWORD, USER, wait_port};
 
 const UP_USER: &str = "app_owner";
@@ -37,99 +38,13 @@ fn pool_for(mode: &str) -> u32 {
     }
 }
 
-struct Target {
-    name: &'static str,
-    port: u16,
-    user: &'static str,
-    password: &'static str,
-    pid: Option<u32>,
-}
-
-#[derive(Default, Clone, Copy)]
-struct Result {
-    tps: f64,
-    latency_ms: f64,
-    cpu_us_per_tx: Option<f64>,
-    /// The user-space share of `cpu_us_per_tx` (the rest is the kernel's: syscalls, TCP).
-    user_us_per_tx: Option<f64>,
-}
-
-/// (user, user + system) clock ticks the process has used.
-fn cpu_ticks(pid: u32) -> (u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after "(comm) ".
-    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    (field(11), field(11) + field(12))
-}
-
-fn ticks_per_second() -> f64 {
-    let out = Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .expect("getconf");
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(100.0)
-}
-
-fn pgbench(t: &Target, args: &[&str], secs: u64) -> Result {
-    let before = t.pid.map(cpu_ticks);
-    let out = Command::new("pgbench")
-        .env("PGPASSWORD", t.password)
-        .args([
-            "-n",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &t.port.to_string(),
-            "-U",
-            t.user,
-            "-T",
-            &secs.to_string(),
-        ])
-        .args(args)
-        .arg("appdb")
-        .output()
-        .expect("pgbench");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    let grab = |key: &str| -> f64 {
-        text.lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l[key.len()..].split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    };
-    if !out.status.success() || !text.contains("failed transactions: 0 ") {
-        eprintln!("{}: pgbench {:?} had failures:\n{text}", t.name, args);
-    }
-    let tps = grab("tps = ");
-    let txs = tps * secs as f64;
-    let per_tx = |ticks: u64| ticks as f64 / ticks_per_second() * 1e6 / txs;
-    let (user, cpu) = match (t.pid, before) {
-        (Some(pid), Some((bu, bt))) if txs > 0.0 => {
-            let (u, total) = cpu_ticks(pid);
-            (Some(per_tx(u - bu)), Some(per_tx(total - bt)))
-        }
-        _ => (None, None),
-    };
-    Result {
-        tps,
-        latency_ms: grab("latency average = "),
-        cpu_us_per_tx: cpu,
-        user_us_per_tx: user,
-    }
-}
-
 fn start_rotagate(
     dir: &Path,
     pg: &Pg,
     mode: &str,
     bin: Option<&Path>,
     workers: usize,
+    pool_extra: &str,
 ) -> (Child, u16) {
     let secret = dir.join("secret.json");
     std::fs::write(
@@ -138,8 +53,16 @@ fn start_rotagate(
     )
     .unwrap();
     let bin = bin.unwrap_or(env!("CARGO_BIN_EXE_rotagate").as_ref());
-    let (child, port, _) =
-        support::start_binary_admin(bin, dir, pg, &secret, mode, pool_for(mode), workers);
+    let (child, port, _) = support::start_binary_admin(
+        bin,
+        dir,
+        pg,
+        &secret,
+        mode,
+        pool_for(mode),
+        workers,
+        pool_extra,
+    );
     (child, port)
 }
 
@@ -310,6 +233,9 @@ struct Targets {
     /// pg_doorman (PG_DOORMAN, when set).
     pgd: Option<Target>,
     base: Option<Target>,
+    /// rotagate (one worker) with `pool.prepare_unnamed` (BENCH_PREPARE_UNNAMED, transaction
+    /// mode), and the postmaster, whose processes' CPU is then counted for every target.
+    pu: Option<(Target, u32)>,
 }
 
 /// One scenario against each target, printed as one table row. PgBouncer 1.18 has no prepared
@@ -318,14 +244,16 @@ fn row(mode: &str, label: &str, args: &[String], t: &Targets, secs: u64) {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let unsupported = mode == "transaction" && args.contains(&"prepared");
     let d = pgbench(&t.direct, &args, secs);
-    let r = pgbench(&t.rg, &args, secs);
+    let pm = t.pu.as_ref().map(|(_, pm)| *pm);
+    let r = pgbench_with(&t.rg, &args, secs, pm);
     let r2 = pgbench(&t.rg2, &args, secs);
     let b = match &t.pgb {
-        Some(p) if !unsupported => pgbench(p, &args, secs),
+        Some(p) if !unsupported => pgbench_with(p, &args, secs, pm),
         _ => Result::default(),
     };
     let base = t.base.as_ref().map(|p| pgbench(p, &args, secs));
-    let dm = t.pgd.as_ref().map(|p| pgbench(p, &args, secs));
+    let pm = t.pu.as_ref().map(|(_, pm)| *pm);
+    let dm = t.pgd.as_ref().map(|p| pgbench_with(p, &args, secs, pm));
     let ratio = |x: &Result| {
         if b.tps > 0.0 {
             format!("{:.2}x", x.tps / b.tps)
@@ -347,8 +275,19 @@ fn row(mode: &str, label: &str, args: &[String], t: &Targets, secs: u64) {
             format!(" {:>8.0} {vs:>7} {:>11}", x.tps, fmt_cpu(&x))
         })
         .unwrap_or_default();
+    let pu =
+        t.pu.as_ref()
+            .map(|(p, pm)| {
+                prepared_once(
+                    &pgbench_with(p, &args, secs, Some(*pm)),
+                    &r,
+                    &b,
+                    dm.as_ref(),
+                )
+            })
+            .unwrap_or_default();
     println!(
-        "{label:<34} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {ratio:>7} {ratio2:>7} {:>7.3} {:>7.3} {:>11} {:>11} {:>11}{doorman}{before}",
+        "{label:<34} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {ratio:>7} {ratio2:>7} {:>7.3} {:>7.3} {:>11} {:>11} {:>11}{doorman}{before}{pu}",
         d.tps,
         r.tps,
         r2.tps,
@@ -359,6 +298,42 @@ fn row(mode: &str, label: &str, args: &[String], t: &Targets, secs: u64) {
         fmt_cpu(&r2),
         fmt_cpu(&b)
     );
+}
+
+/// The `pool.prepare_unnamed` columns: its TPS, its ratios to PgBouncer and pg_doorman, its
+/// CPU, then PostgreSQL's CPU per transaction behind rotagate without and with it, PgBouncer
+/// and pg_doorman.
+fn prepared_once(u: &Result, r: &Result, b: &Result, dm: Option<&Result>) -> String {
+    let vs = |x: f64| {
+        if x > 0.0 {
+            format!("{:.2}x", u.tps / x)
+        } else {
+            "-".into()
+        }
+    };
+    let pg = |x: Option<&Result>| {
+        x.and_then(|x| x.pg_us_per_tx)
+            .map_or("-".into(), |v| format!("{v:.1}"))
+    };
+    format!(
+        " | pu {:>8.0} {:>7} {:>7} {:>11} | pg us w1 {:>5} pu {:>5} pgb {:>5} pgd {:>5}",
+        u.tps,
+        vs(b.tps),
+        vs(dm.map_or(0.0, |d| d.tps)),
+        fmt_cpu(u),
+        pg(Some(r)),
+        pg(Some(u)),
+        pg(Some(b)),
+        pg(dm)
+    )
+}
+
+/// The postmaster's pid (the first line of `postmaster.pid`).
+fn postmaster(pg: &Pg) -> u32 {
+    std::fs::read_to_string(pg.dir().join("data/postmaster.pid"))
+        .ok()
+        .and_then(|t| t.lines().next().and_then(|l| l.trim().parse().ok()))
+        .expect("postmaster.pid")
 }
 
 fn main() {
@@ -405,12 +380,21 @@ fn main() {
             "     before before us/user"
         } else {
             ""
-        }
+        },
     );
+    if std::env::var_os("BENCH_PREPARE_UNNAMED").is_some() {
+        println!(
+            "pu: rotagate w1 with pool.prepare_unnamed (TPS, /pgb, /pgd, us/user); pg us: \
+             PostgreSQL's CPU per transaction (all its processes) behind w1, pu, pgb, pgd"
+        );
+    }
     let scenarios = scenarios();
     for mode in ["transaction", "session"] {
-        let (mut rg, rg_port) = start_rotagate(dir.path(), &pg, mode, None, 1);
-        let (mut rg2, rg2_port) = start_rotagate(dir.path(), &pg, mode, None, 2);
+        let (mut rg, rg_port) = start_rotagate(dir.path(), &pg, mode, None, 1, "");
+        let (mut rg2, rg2_port) = start_rotagate(dir.path(), &pg, mode, None, 2, "");
+        let once = "prepare_unnamed = true\n";
+        let mut pu = (mode == "transaction" && std::env::var_os("BENCH_PREPARE_UNNAMED").is_some())
+            .then(|| start_rotagate(dir.path(), &pg, mode, None, 1, once));
         let bouncer = start_pgbouncer(dir.path(), &pg, mode);
         let logins = doorman::Logins {
             user: USER,
@@ -422,7 +406,7 @@ fn main() {
         let mut dman = doorman::start(dir.path(), pg.port, mode, &logins);
         let mut base = baseline
             .as_deref()
-            .map(|bin| start_rotagate(dir.path(), &pg, mode, Some(bin), 1));
+            .map(|bin| start_rotagate(dir.path(), &pg, mode, Some(bin), 1, ""));
         let target = |name, port, pid| Target {
             name,
             port,
@@ -445,6 +429,9 @@ fn main() {
             base: base
                 .as_ref()
                 .map(|(c, p)| target("before", *p, Some(c.id()))),
+            pu: pu
+                .as_ref()
+                .map(|(c, p)| (target("prepare_unnamed", *p, Some(c.id())), postmaster(&pg))),
         };
         let filter = std::env::var("BENCH_FILTER").unwrap_or_default();
         for (_, label, args) in scenarios
@@ -460,7 +447,10 @@ fn main() {
                 .unwrap_or(10_000);
             idle_clients(rg_port, rg.id(), n);
         }
-        for p in [&mut rg, &mut rg2] {
+        for p in [&mut rg, &mut rg2]
+            .into_iter()
+            .chain(pu.as_mut().map(|(c, _)| c))
+        {
             let _ = p.kill();
             let _ = p.wait();
         }

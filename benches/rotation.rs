@@ -121,7 +121,7 @@ fn main() {
     write_secret(&secret, &pg, "pw-0");
     let bin = env!("CARGO_BIN_EXE_rotagate").as_ref();
     let (mut rg, port, admin) =
-        support::start_binary_admin(bin, dir.path(), &pg, &secret, "transaction", 16, 1);
+        support::start_binary_admin(bin, dir.path(), &pg, &secret, "transaction", 16, 1, "");
     let logs = tempfile::tempdir().unwrap();
     println!(
         "pgbench -M extended -c 16 -T {secs} (TPC-B-like, read-write) through rotagate, transaction mode, pool 16"

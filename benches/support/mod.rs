@@ -4,6 +4,8 @@
 #[path = "../../tests/common/pg.rs"]
 #[allow(dead_code)]
 pub mod pg;
+#[allow(dead_code)]
+pub mod pgbench;
 
 use pg::{Pg, free_port};
 use std::net::TcpStream;
@@ -53,6 +55,7 @@ pub fn start_rotagate(dir: &Path, pg: &Pg, secret: &Path, mode: &str, pool: u32)
         mode,
         pool,
         1,
+        "",
     );
     (child, port)
 }
@@ -72,7 +75,9 @@ pub fn generation(admin: u16) -> Option<u64> {
 }
 
 /// As [`start_rotagate`], with another build of rotagate (a baseline to compare with) and
-/// `workers` event loops; also returns the admin listener's port.
+/// `workers` event loops and `pool_extra` lines under `[pool]`; also returns the admin
+/// listener's port.
+#[allow(clippy::too_many_arguments)]
 pub fn start_binary_admin(
     bin: &Path,
     dir: &Path,
@@ -81,6 +86,7 @@ pub fn start_binary_admin(
     mode: &str,
     pool: u32,
     workers: usize,
+    pool_extra: &str,
 ) -> (Child, u16, u16) {
     let (port, admin) = (free_port(), free_port());
     let config = dir.join(format!("rotagate-{mode}-{port}.toml"));
@@ -90,7 +96,7 @@ pub fn start_binary_admin(
             "[listen]\naddr = \"127.0.0.1:{port}\"\nworkers = {workers}\n[admin]\naddr = \"127.0.0.1:{admin}\"\n\
              [[clients]]\nuser = \"{USER}\"\npassword = \"{PASSWORD}\"\n\
              [upstream]\nhost = \"127.0.0.1\"\nport = {}\ndatabase = \"appdb\"\ntls = \"disable\"\n\
-             [pool]\nmode = \"{mode}\"\nsize = {pool}\n\
+             [pool]\nmode = \"{mode}\"\nsize = {pool}\n{pool_extra}\
              [credentials]\nsource = \"file\"\n[credentials.file]\npath = \"{}\"\n",
             pg.port,
             secret.display()
