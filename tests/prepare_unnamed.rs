@@ -139,3 +139,69 @@ async fn off_by_default_every_unnamed_parse_goes_upstream() {
         .await;
     assert_eq!(first_column(&shared), vec!["0"]);
 }
+
+/// pgconn's TestConnExecBatchHuge: one pipeline of many unnamed Parse, Bind, Describe,
+/// Execute, then one Sync; rotagate's ParseCompletes go in between the server's replies, which
+/// arrive in reads that split messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_pipeline_of_one_unnamed_statement_gets_every_reply_in_order() {
+    let pg = app_cluster();
+    let proxy = TestProxy::builder(&pg)
+        .pool_size(1)
+        .pool("prepare_unnamed = true")
+        .start()
+        .await;
+    let mut raw = Raw::connect(proxy.addr, CLIENT_USER, CLIENT_PASSWORD).await;
+    let n = 20_000;
+    let mut e = Ext::new();
+    for i in 0..n {
+        e = e
+            .parse("", "select $1::text")
+            .bind("", &[i.to_string().as_bytes()])
+            .describe_portal("")
+            .execute();
+    }
+    let bytes = e.sync().0;
+    // Written while the replies are read: neither side's buffers hold it all.
+    let (mut rd, mut wr) = raw.stream.split();
+    let write = tokio::io::AsyncWriteExt::write_all(&mut wr, &bytes);
+    let read = async {
+        use tokio::io::AsyncReadExt;
+        let mut got: Vec<(u8, Vec<u8>)> = Vec::new();
+        let mut buf = bytes::BytesMut::new();
+        loop {
+            while buf.len() >= 5 {
+                let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+                if buf.len() <= len {
+                    break;
+                }
+                let m = buf.split_to(len + 1);
+                got.push((m[0], m[5..].to_vec()));
+                if m[0] == b'Z' {
+                    return got;
+                }
+            }
+            assert!(
+                rd.read_buf(&mut buf).await.unwrap() > 0,
+                "connection closed"
+            );
+        }
+    };
+    let (written, sender) = tokio::join!(write, read);
+    written.unwrap();
+    let sender: Vec<Msg> = sender
+        .into_iter()
+        .map(|(tag, body)| Msg { tag, body })
+        .collect();
+    let rows: Vec<String> = sender
+        .iter()
+        .filter(|m| m.tag == b'D')
+        .map(|m| String::from_utf8_lossy(&m.body[6..]).into_owned())
+        .collect();
+    assert_eq!(rows.len(), n, "one row per query");
+    assert!(rows.iter().enumerate().all(|(i, r)| *r == i.to_string()));
+    let parses = sender.iter().filter(|m| m.tag == b'1').count();
+    assert_eq!(parses, n, "one ParseComplete per Parse");
+    assert_eq!(sender.last().map(|m| m.tag), Some(b'Z'));
+    assert_eq!(request(&mut raw, "SELECT 1").await, "1 2 T1 D C ZI");
+}

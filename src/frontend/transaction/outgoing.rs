@@ -98,6 +98,10 @@ pub fn decide(tag: u8, msg: &[u8], len: usize, tx: &mut Tx<'_>) -> Decision {
     if matches!(d, Decision::Hold | Decision::NeedMore) {
         tx.flow.replay = None;
     }
+    // Decided again when more of it is here: its probe goes then (its bytes are dropped now).
+    if d == Decision::NeedMore && probed > 0 {
+        tx.flow.replies.pop_back();
+    }
     // rotagate's own messages (a Close of a duplicate, a Parse again) go first.
     match d {
         // A probe goes before the message, what it appends after (whole: a Parse).

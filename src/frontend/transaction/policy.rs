@@ -130,7 +130,9 @@ fn owed_locals(
     c: &mut ClientSide,
     rbuf: &mut bytes::BytesMut,
 ) -> bool {
-    if !policy.owes_locals() {
+    // Not in the middle of a message still passing (a CommandComplete whose entry ended
+    // before its last bytes came): they are written after it.
+    if !policy.owes_locals() || !c.down.at_boundary() {
         return true;
     }
     if !c.down.can_rewrite() {

@@ -270,6 +270,10 @@ impl Replies {
         self.entries.pop_front()
     }
 
+    pub fn pop_back(&mut self) -> Option<Entry> {
+        self.entries.pop_back()
+    }
+
     pub fn push_front(&mut self, e: Entry) {
         self.entries.push_front(e);
     }

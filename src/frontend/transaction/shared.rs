@@ -169,9 +169,13 @@ pub fn probe_before(tag: u8, msg: &[u8], tx: &mut Tx<'_>) {
         return;
     };
     let first_use = match tag {
-        // Bind: the portal's name, then the statement's ("").
-        b'B' => memchr::memchr(0, &msg[HEADER_LEN..])
-            .is_some_and(|p| msg.get(HEADER_LEN + p + 1) == Some(&0)),
+        // Bind: the portal's name, then the statement's (""). Until both are here the Bind is
+        // decided again (`Decision::NeedMore`): nothing yet.
+        b'B' => match crate::wire::scan::cstr_end(&msg[HEADER_LEN..], 2) {
+            None => return,
+            Some(_) => memchr::memchr(0, &msg[HEADER_LEN..])
+                .is_some_and(|p| msg.get(HEADER_LEN + p + 1) == Some(&0)),
+        },
         b'D' => msg.get(HEADER_LEN..HEADER_LEN + 2) == Some(&b"S\0"[..]),
         _ => false,
     };
