@@ -81,11 +81,8 @@ async fn a_repeated_unnamed_statement_is_prepared_once_and_schema_changes_stay_u
     let mut direct = Raw::connect_to(addr, APP_USER, APP_PASSWORD, "direct").await;
     let want = program(&mut direct, &pg, "direct").await;
 
-    let proxy = TestProxy::builder(&pg)
-        .pool_size(1)
-        .pool("prepare_unnamed = true")
-        .start()
-        .await;
+    // On by default.
+    let proxy = TestProxy::builder(&pg).pool_size(1).start().await;
     let mut raw = Raw::connect(proxy.addr, CLIENT_USER, CLIENT_PASSWORD).await;
     let got = program(&mut raw, &pg, "appdb").await;
     assert_eq!(got, want, "through rotagate as directly");
@@ -126,10 +123,14 @@ async fn inside_a_transaction_block_a_stale_statement_fails_as_a_named_one_would
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn off_by_default_every_unnamed_parse_goes_upstream() {
+async fn turned_off_every_unnamed_parse_goes_upstream() {
     let pg = app_cluster();
     prepare_table(&pg, "appdb");
-    let proxy = TestProxy::builder(&pg).pool_size(1).start().await;
+    let proxy = TestProxy::builder(&pg)
+        .pool_size(1)
+        .pool("prepare_unnamed = false")
+        .start()
+        .await;
     let mut raw = Raw::connect(proxy.addr, CLIENT_USER, CLIENT_PASSWORD).await;
     for _ in 0..3 {
         assert_eq!(request(&mut raw, "SELECT * FROM pu").await, "1 2 T1 D C ZI");

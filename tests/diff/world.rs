@@ -74,13 +74,19 @@ pub fn documented(d: &Divergence) -> bool {
         || shared_stale(d)
 }
 
-/// With `pool.prepare_unnamed` (`DIFF_PREPARE_UNNAMED`), the residual README.md documents:
+/// Whether rotagate prepares repeated unnamed statements once (the default; not with
+/// `DIFF_PREPARE_UNNAMED=0`).
+fn prepare_unnamed() -> bool {
+    std::env::var("DIFF_PREPARE_UNNAMED").map_or(true, |v| v != "0")
+}
+
+/// With `pool.prepare_unnamed` (unless `DIFF_PREPARE_UNNAMED=0`), the residual README.md documents:
 /// where a request cannot be decided again (inside a transaction block, a pipeline that does
 /// not end with its Sync), an unnamed statement served by a statement prepared before a schema
 /// change fails as a named one would, where a fresh Parse succeeds (and the server then skips
 /// what would have come, an error of its own included). The transcripts agree up to that error.
 fn shared_stale(d: &Divergence) -> bool {
-    if std::env::var_os("DIFF_PREPARE_UNNAMED").is_none() {
+    if !prepare_unnamed() {
         return false;
     }
     let Some(at) = d.direct.iter().zip(&d.proxied).position(|(a, b)| a != b) else {
@@ -156,9 +162,10 @@ impl<'a> Worlds<'a> {
         reset(pg, "appdb_direct", clients).await;
         reset(pg, "appdb", clients).await;
         let mut builder = TestProxy::builder(pg).pool_size(pool as u32);
-        // `DIFF_PREPARE_UNNAMED=1`: with repeated unnamed statements prepared once.
-        if std::env::var_os("DIFF_PREPARE_UNNAMED").is_some() {
-            builder = builder.pool("prepare_unnamed = true");
+        // `DIFF_PREPARE_UNNAMED=0`: without repeated unnamed statements prepared once (the
+        // default prepares them).
+        if !prepare_unnamed() {
+            builder = builder.pool("prepare_unnamed = false");
         }
         let proxy = builder.start().await;
         let mut w = Worlds {
