@@ -61,6 +61,17 @@ async fn program(raw: &mut Raw, pg: &common::pg::Pg, db: &str) -> Vec<String> {
     got
 }
 
+/// rotagate with one upstream connection (and `pool_line`), and a client of it.
+async fn through_one_connection(pg: &common::pg::Pg, pool_line: &str) -> (TestProxy, Raw) {
+    let proxy = TestProxy::builder(pg)
+        .pool_size(1)
+        .pool(pool_line)
+        .start()
+        .await;
+    let raw = Raw::connect(proxy.addr, CLIENT_USER, CLIENT_PASSWORD).await;
+    (proxy, raw)
+}
+
 fn prepare_table(pg: &common::pg::Pg, db: &str) {
     pg.sql_in(
         db,
@@ -82,8 +93,7 @@ async fn a_repeated_unnamed_statement_is_prepared_once_and_schema_changes_stay_u
     let want = program(&mut direct, &pg, "direct").await;
 
     // On by default.
-    let proxy = TestProxy::builder(&pg).pool_size(1).start().await;
-    let mut raw = Raw::connect(proxy.addr, CLIENT_USER, CLIENT_PASSWORD).await;
+    let (_proxy, mut raw) = through_one_connection(&pg, "").await;
     let got = program(&mut raw, &pg, "appdb").await;
     assert_eq!(got, want, "through rotagate as directly");
     assert_eq!(
@@ -102,12 +112,7 @@ async fn a_repeated_unnamed_statement_is_prepared_once_and_schema_changes_stay_u
 async fn inside_a_transaction_block_a_stale_statement_fails_as_a_named_one_would() {
     let pg = app_cluster();
     prepare_table(&pg, "appdb");
-    let proxy = TestProxy::builder(&pg)
-        .pool_size(1)
-        .pool("prepare_unnamed = true")
-        .start()
-        .await;
-    let mut raw = Raw::connect(proxy.addr, CLIENT_USER, CLIENT_PASSWORD).await;
+    let (_proxy, mut raw) = through_one_connection(&pg, "prepare_unnamed = true").await;
     for _ in 0..2 {
         assert_eq!(request(&mut raw, "SELECT * FROM pu").await, "1 2 T1 D C ZI");
     }
@@ -126,12 +131,7 @@ async fn inside_a_transaction_block_a_stale_statement_fails_as_a_named_one_would
 async fn turned_off_every_unnamed_parse_goes_upstream() {
     let pg = app_cluster();
     prepare_table(&pg, "appdb");
-    let proxy = TestProxy::builder(&pg)
-        .pool_size(1)
-        .pool("prepare_unnamed = false")
-        .start()
-        .await;
-    let mut raw = Raw::connect(proxy.addr, CLIENT_USER, CLIENT_PASSWORD).await;
+    let (_proxy, mut raw) = through_one_connection(&pg, "prepare_unnamed = false").await;
     for _ in 0..3 {
         assert_eq!(request(&mut raw, "SELECT * FROM pu").await, "1 2 T1 D C ZI");
     }
@@ -147,12 +147,7 @@ async fn turned_off_every_unnamed_parse_goes_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_pipeline_of_one_unnamed_statement_gets_every_reply_in_order() {
     let pg = app_cluster();
-    let proxy = TestProxy::builder(&pg)
-        .pool_size(1)
-        .pool("prepare_unnamed = true")
-        .start()
-        .await;
-    let mut raw = Raw::connect(proxy.addr, CLIENT_USER, CLIENT_PASSWORD).await;
+    let (_proxy, mut raw) = through_one_connection(&pg, "prepare_unnamed = true").await;
     let n = 20_000;
     let mut e = Ext::new();
     for i in 0..n {
