@@ -11,6 +11,9 @@
 //! PgBouncer: `apt-get install pgbouncer`; it runs as the `postgres` user when we are root.
 //! pg_doorman: set PG_DOORMAN to its binary (see benches/support/doorman.rs); its columns are
 //! `pgd` (one worker thread, the same pool and SCRAM client auth).
+//! BENCH_PREPARE_UNNAMED=1: transaction-mode rows also run rotagate with
+//! `pool.prepare_unnamed = false` (`off`), and print PostgreSQL's CPU per transaction behind
+//! each proxy (`pg us`).
 
 #[path = "support/doorman.rs"]
 mod doorman;
@@ -233,7 +236,7 @@ struct Targets {
     /// pg_doorman (PG_DOORMAN, when set).
     pgd: Option<Target>,
     base: Option<Target>,
-    /// rotagate (one worker) with `pool.prepare_unnamed` (BENCH_PREPARE_UNNAMED, transaction
+    /// rotagate (one worker) with `pool.prepare_unnamed = false` (BENCH_PREPARE_UNNAMED, transaction
     /// mode), and the postmaster, whose processes' CPU is then counted for every target.
     pu: Option<(Target, u32)>,
 }
@@ -300,9 +303,9 @@ fn row(mode: &str, label: &str, args: &[String], t: &Targets, secs: u64) {
     );
 }
 
-/// The `pool.prepare_unnamed` columns: its TPS, its ratios to PgBouncer and pg_doorman, its
-/// CPU, then PostgreSQL's CPU per transaction behind rotagate without and with it, PgBouncer
-/// and pg_doorman.
+/// The `pool.prepare_unnamed = false` columns: its TPS, its ratios to PgBouncer and
+/// pg_doorman, its CPU, then PostgreSQL's CPU per transaction behind rotagate with it (the
+/// default, `w1`) and without, PgBouncer and pg_doorman.
 fn prepared_once(u: &Result, r: &Result, b: &Result, dm: Option<&Result>) -> String {
     let vs = |x: f64| {
         if x > 0.0 {
@@ -316,7 +319,7 @@ fn prepared_once(u: &Result, r: &Result, b: &Result, dm: Option<&Result>) -> Str
             .map_or("-".into(), |v| format!("{v:.1}"))
     };
     format!(
-        " | pu {:>8.0} {:>7} {:>7} {:>11} | pg us w1 {:>5} pu {:>5} pgb {:>5} pgd {:>5}",
+        " | off {:>8.0} {:>7} {:>7} {:>11} | pg us w1 {:>5} off {:>5} pgb {:>5} pgd {:>5}",
         u.tps,
         vs(b.tps),
         vs(dm.map_or(0.0, |d| d.tps)),
@@ -384,15 +387,15 @@ fn main() {
     );
     if std::env::var_os("BENCH_PREPARE_UNNAMED").is_some() {
         println!(
-            "pu: rotagate w1 with pool.prepare_unnamed (TPS, /pgb, /pgd, us/user); pg us: \
-             PostgreSQL's CPU per transaction (all its processes) behind w1, pu, pgb, pgd"
+            "off: rotagate w1 with pool.prepare_unnamed = false (TPS, /pgb, /pgd, us/user); pg us: \
+             PostgreSQL's CPU per transaction (all its processes) behind w1, off, pgb, pgd"
         );
     }
     let scenarios = scenarios();
     for mode in ["transaction", "session"] {
         let (mut rg, rg_port) = start_rotagate(dir.path(), &pg, mode, None, 1, "");
         let (mut rg2, rg2_port) = start_rotagate(dir.path(), &pg, mode, None, 2, "");
-        let once = "prepare_unnamed = true\n";
+        let once = "prepare_unnamed = false\n";
         let mut pu = (mode == "transaction" && std::env::var_os("BENCH_PREPARE_UNNAMED").is_some())
             .then(|| start_rotagate(dir.path(), &pg, mode, None, 1, once));
         let bouncer = start_pgbouncer(dir.path(), &pg, mode);
@@ -429,9 +432,12 @@ fn main() {
             base: base
                 .as_ref()
                 .map(|(c, p)| target("before", *p, Some(c.id()))),
-            pu: pu
-                .as_ref()
-                .map(|(c, p)| (target("prepare_unnamed", *p, Some(c.id())), postmaster(&pg))),
+            pu: pu.as_ref().map(|(c, p)| {
+                (
+                    target("prepare_unnamed off", *p, Some(c.id())),
+                    postmaster(&pg),
+                )
+            }),
         };
         let filter = std::env::var("BENCH_FILTER").unwrap_or_default();
         for (_, label, args) in scenarios
