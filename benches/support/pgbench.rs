@@ -48,18 +48,30 @@ pub fn pgbench(t: &Target, args: &[&str], secs: u64) -> Result {
     pgbench_with(t, args, secs, None)
 }
 
-/// CPU clock ticks of the processes under `postmaster` (backends, and the postmaster's own
-/// helpers), user + system.
-pub fn cluster_ticks(postmaster: u32) -> u64 {
+/// CPU clock ticks (user + system) of each process under `postmaster` (backends, and the
+/// postmaster's own helpers), and of the postmaster.
+pub fn cluster_ticks(postmaster: u32) -> std::collections::HashMap<u32, u64> {
     let children =
         std::fs::read_to_string(format!("/proc/{postmaster}/task/{postmaster}/children"))
             .unwrap_or_default();
     children
         .split_whitespace()
         .filter_map(|p| p.parse().ok())
-        .map(|p| cpu_ticks(p).1)
-        .sum::<u64>()
-        + cpu_ticks(postmaster).1
+        .chain(std::iter::once(postmaster))
+        .map(|p| (p, cpu_ticks(p).1))
+        .collect()
+}
+
+/// The ticks spent between two [`cluster_ticks`] readings by the processes alive at the second
+/// (one that ended in between, a backend of the run before, counts for nothing).
+fn spent(
+    before: &std::collections::HashMap<u32, u64>,
+    after: &std::collections::HashMap<u32, u64>,
+) -> u64 {
+    after
+        .iter()
+        .map(|(pid, t)| t.saturating_sub(before.get(pid).copied().unwrap_or(0)))
+        .sum()
 }
 
 /// [`pgbench`], counting PostgreSQL's CPU too when `postmaster` is given (backends that end
@@ -107,7 +119,7 @@ pub fn pgbench_with(t: &Target, args: &[&str], secs: u64, postmaster: Option<u32
         _ => (None, None),
     };
     let pg_cpu = match (postmaster, pg_before) {
-        (Some(pm), Some(b)) if txs > 0.0 => Some(per_tx(cluster_ticks(pm).saturating_sub(b))),
+        (Some(pm), Some(b)) if txs > 0.0 => Some(per_tx(spent(&b, &cluster_ticks(pm)))),
         _ => None,
     };
     Result {
