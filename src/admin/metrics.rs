@@ -69,6 +69,10 @@ fn describe() {
         "Rotation attempts by result: success, rejected (validation or health check failed), failed (source error)."
     );
     describe_counter!(
+        "rotagate_parity_mismatches_total",
+        "Candidate connections (new credential or writer) refused because upstream.parity_query gave another value than the serving side."
+    );
+    describe_counter!(
         "rotagate_events_total",
         "Change events by source (file, sqs, vault) and outcome (applied, ignored, invalid)."
     );

@@ -25,6 +25,8 @@ pub struct UpstreamTarget {
     pub allow_md5: bool,
     pub tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
     pub connect_timeout: Duration,
+    /// `upstream.parity_query` (see `rotation/parity.rs`).
+    pub parity_query: Option<Arc<str>>,
     /// Each listed host's TLS mode and client config (`UpstreamConfig::tls_for`), for
     /// [`UpstreamTarget::at`].
     modes: Arc<Vec<HostTls>>,
@@ -54,6 +56,7 @@ impl UpstreamTarget {
             allow_md5: cfg.allow_md5,
             tls,
             connect_timeout: cfg.connect_timeout,
+            parity_query: cfg.parity_query.as_deref().map(Into::into),
             modes: Arc::new(modes),
         })
     }

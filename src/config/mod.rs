@@ -147,6 +147,10 @@ pub struct UpstreamConfig {
     pub channel_binding: ChannelBinding,
     /// `upstream.allow_md5`: answer a server that asks for an md5 password (default false).
     pub allow_md5: bool,
+    /// `upstream.parity_query`: a query whose one value (the newest migration, say) must be
+    /// the same on a candidate connection as on the serving one before a new credential or a
+    /// new writer is published.
+    pub parity_query: Option<String>,
     /// `upstream.tls` was set; otherwise each host's mode is its own default
     /// ([`UpstreamConfig::tls_for`]).
     pub tls_explicit: bool,

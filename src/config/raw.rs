@@ -100,6 +100,7 @@ pub struct RawUpstream {
     pub connect_timeout: Option<String>,
     pub channel_binding: Option<String>,
     pub allow_md5: Option<bool>,
+    pub parity_query: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

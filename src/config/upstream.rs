@@ -134,6 +134,7 @@ pub(super) fn upstream(c: &mut Check, r: Option<RawUpstream>) -> UpstreamConfig 
         ),
         channel_binding: channel_binding(c, r.channel_binding.as_deref(), tls),
         allow_md5: r.allow_md5.unwrap_or(false),
+        parity_query: parity_query(c, r.parity_query),
         tls_explicit: r.tls.is_some(),
         host,
         hosts,
@@ -247,6 +248,20 @@ fn session_attrs(c: &mut Check, v: Option<&str>, hosts: usize) -> TargetSessionA
             TargetSessionAttrs::Any
         }
     }
+}
+
+/// `upstream.parity_query`: one statement, not empty, at most 4 KiB.
+fn parity_query(c: &mut Check, q: Option<String>) -> Option<String> {
+    let q = q?;
+    let trimmed = q.trim();
+    if trimmed.is_empty() || trimmed.len() > 4096 {
+        c.err(
+            "upstream.parity_query",
+            "must be a query of at most 4096 bytes that returns one value".to_owned(),
+        );
+        return None;
+    }
+    Some(trimmed.to_owned())
 }
 
 #[cfg(test)]

@@ -80,6 +80,8 @@ pub struct Pools {
     pub writer_doubt: Arc<Notify>,
     /// Set by [`Generation::doubt_read_only`]; taken by the next search.
     pub read_only_seen: Arc<std::sync::atomic::AtomicBool>,
+    /// The value `upstream.parity_query` last gave on the serving side (`rotation/parity.rs`).
+    pub parity_seen: Mutex<Option<String>>,
 }
 
 impl Pools {
@@ -131,7 +133,15 @@ impl Pools {
             auth_failed,
             writer_doubt,
             read_only_seen,
+            parity_seen: Mutex::new(None),
         }
+    }
+
+    /// An idle connection of the current generation, if one is there now (no waiting).
+    pub fn try_idle(&self) -> Option<Pooled> {
+        self.shards
+            .iter()
+            .find_map(|shard| shard.current.load().take_idle())
     }
 
     /// A connection of the current generation for `worker`. An idle one is handed over at once

@@ -81,6 +81,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             channel_binding: crate::config::ChannelBinding::Prefer,
             allow_md5: false,
+            parity_query: None,
             tls_explicit: true,
             hosts: vec![crate::config::HostPort {
                 host: "db.example.com".into(),

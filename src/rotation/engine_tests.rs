@@ -88,6 +88,7 @@ impl Setup {
                 connect_timeout: Duration::from_secs(5),
                 channel_binding: crate::config::ChannelBinding::Prefer,
                 allow_md5: false,
+                parity_query: None,
                 tls_explicit: true,
                 hosts: self.hosts.iter().map(|(name, _)| host(name)).collect(),
                 target_session_attrs: self.attrs,

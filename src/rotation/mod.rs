@@ -14,6 +14,7 @@ mod engine_tests;
 mod failover;
 #[cfg(test)]
 mod failover_tests;
+mod parity;
 mod status;
 mod upstream;
 pub mod writer;

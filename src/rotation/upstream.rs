@@ -90,6 +90,9 @@ impl Upstream for Pools {
             .await
             .map_err(|e| e.to_string())?;
         let server = writer::server_identity(&mut conn).await;
+        if let Some(query) = target.parity_query.clone() {
+            super::parity::check(self, &mut conn, &query, target.connect_timeout).await?;
+        }
         Ok((conn, target, server))
     }
 
