@@ -102,10 +102,11 @@ pub struct Prepared {
     next: u64,
     /// Duplicates to close when the connection next serves a client (no portal uses them then).
     to_close: Vec<Arc<str>>,
-    /// Statements prepared for clients' unnamed Parses (`pool.prepare_unnamed`), by key.
-    shared: HashMap<Key, Shared>,
-    /// Keys of unnamed Parses seen on this connection (the second one is prepared).
-    seen: std::collections::HashSet<Key>,
+    /// Statements prepared for clients' unnamed Parses (`pool.prepare_unnamed`), by a cheap
+    /// digest of their text and types (the frontend compares the texts).
+    shared: HashMap<u64, Shared>,
+    /// Digests of unnamed Parses seen on this connection (the second one is prepared).
+    seen: std::collections::HashSet<u64>,
     /// Whose statement the connection's unnamed statement is: (client id, the client's serial
     /// of that Parse); None when it is nobody's that rotagate can vouch for.
     pub unnamed: Option<(u64, u64)>,
@@ -305,14 +306,15 @@ impl Prepared {
         }
     }
 
-    /// The statement prepared here for unnamed Parses of `key`, while the connection has it.
-    pub fn shared(&self, key: Key) -> Option<&Shared> {
+    /// The statement prepared here for unnamed Parses of digest `key`, while the connection
+    /// has it.
+    pub fn shared(&self, key: u64) -> Option<&Shared> {
         let s = self.shared.get(&key)?;
         self.names.contains_key(&s.name).then_some(s)
     }
 
     /// `name` (just made with [`Prepared::fresh`]) serves unnamed Parses of `key`.
-    pub fn share(&mut self, key: Key, name: Arc<str>, stmt: Arc<dyn std::any::Any + Send + Sync>) {
+    pub fn share(&mut self, key: u64, name: Arc<str>, stmt: Arc<dyn std::any::Any + Send + Sync>) {
         self.shared.insert(key, Shared { name, stmt });
     }
 
@@ -327,7 +329,7 @@ impl Prepared {
     }
 
     /// Whether an unnamed Parse of `key` was seen here before (this one is remembered).
-    pub fn seen(&mut self, key: Key) -> bool {
+    pub fn seen(&mut self, key: u64) -> bool {
         if self.seen.len() >= MAX_SEEN && !self.seen.contains(&key) {
             self.seen.clear();
         }

@@ -21,7 +21,7 @@ use super::classify::Class;
 use super::flow::{Capture, PendingUnnamed, Replay, Spec};
 use super::named::{describe_hidden, evict};
 use super::replies::{Effect, Entry, Expect, Local, Note};
-use super::statements::{Statement, key};
+use super::statements::{Statement, fast_key};
 use super::tx::Tx;
 use crate::frontend::relay::lane::Decision;
 use crate::wire::{HEADER_LEN, msg};
@@ -45,11 +45,12 @@ pub fn parse(tail: &[u8], class: &Class, tx: &mut Tx<'_>) -> Option<Decision> {
         tx.flow.replaying = false;
         return None;
     }
-    let k = key(tail);
+    let k = fast_key(tail);
     let found = tx
         .prepared
         .shared(k)
-        .and_then(|s| Some((s.stmt.clone().downcast::<Statement>().ok()?, s.name.clone())));
+        .and_then(|s| Some((s.stmt.clone().downcast::<Statement>().ok()?, s.name.clone())))
+        .filter(|(stmt, _)| stmt.tail[..] == *tail);
     let (stmt, upstream) = match found {
         Some((stmt, name)) => {
             tx.prepared.touch(&name);
@@ -86,9 +87,10 @@ pub fn parse(tail: &[u8], class: &Class, tx: &mut Tx<'_>) -> Option<Decision> {
 }
 
 /// Prepares the statement for `key` on this connection; its ParseComplete is the client's.
-fn prepare(tail: &[u8], class: &Class, k: u128, tx: &mut Tx<'_>) -> (Arc<Statement>, Arc<str>) {
+fn prepare(tail: &[u8], class: &Class, k: u64, tx: &mut Tx<'_>) -> (Arc<Statement>, Arc<str>) {
     evict(tx);
-    let upstream = tx.prepared.fresh(k);
+    let stmt = Arc::new(Statement::new(Bytes::copy_from_slice(tail), class.clone()));
+    let upstream = tx.prepared.fresh(stmt.key);
     msg::parse(tx.out, upstream.as_bytes(), tail);
     tx.flow.replies.push(
         Entry::new(Expect::Parse)
@@ -98,7 +100,6 @@ fn prepare(tail: &[u8], class: &Class, k: u128, tx: &mut Tx<'_>) -> (Arc<Stateme
             })
             .note(Note::UnnamedParse),
     );
-    let stmt = Arc::new(Statement::new(Bytes::copy_from_slice(tail), class.clone()));
     tx.prepared.share(k, upstream.clone(), stmt.clone());
     let capture = Capture::Learn {
         stmt: stmt.clone(),

@@ -210,6 +210,14 @@ fn for_columns(body: &[u8], mut f: impl FnMut(&[u8], u32, i32)) -> Option<()> {
     Some(())
 }
 
+/// A cheap digest of a Parse body's tail, for the statements shared by unnamed Parses
+/// (`shared.rs`, which compares the tails too: two tails may share one).
+pub fn fast_key(tail: &[u8]) -> u64 {
+    let mut h = Fnv::default();
+    h.write(tail);
+    h.0
+}
+
 /// FNV-1a, 64 bits: a digest of descriptions compared within one process (cheaper than SipHash
 /// on these few dozen bytes; nothing here is keyed by what a client chooses alone).
 struct Fnv(u64);

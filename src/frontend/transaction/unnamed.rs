@@ -103,7 +103,7 @@ pub fn use_it(tx: &mut Tx<'_>, describe: bool) -> Use {
 /// The shared statement on this connection that the client's unnamed statement is.
 fn here(u: &Unnamed, prepared: &Prepared) -> Option<Arc<str>> {
     let name = u.upstream.as_ref()?;
-    let s = prepared.shared(u.stmt.key)?;
+    let s = prepared.shared(super::statements::fast_key(&u.stmt.tail))?;
     (s.name == *name && std::ptr::addr_eq(Arc::as_ptr(&s.stmt), Arc::as_ptr(&u.stmt)))
         .then(|| name.clone())
 }
