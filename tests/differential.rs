@@ -59,7 +59,9 @@ async fn three_clients_on_two_connections_see_what_sessions_of_their_own_see() {
 /// pipeline made the server skip, bound after a schema change on another connection (1002943); a
 /// Bind of a statement whose other name an `EXECUTE` used earlier in the transaction, then
 /// closed (1004127, the error named the closed name); `EXECUTE` with the wrong number of
-/// arguments in a transaction block, of a statement whose type was dropped (1007231).
+/// arguments in a transaction block, of a statement whose type was dropped (1007231); with
+/// `prepare_unnamed`, an unnamed Parse served by a statement whose table was dropped since,
+/// bound after another Parse in the same pipeline (1030042: the Parse fails, as directly).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeds_the_long_run_diverged_on_stay_fixed() {
     check(
@@ -74,7 +76,7 @@ async fn seeds_the_long_run_diverged_on_stay_fixed() {
     .await;
     check(
         &[
-            1_000_246, 1_000_289, 1_000_914, 1_001_384, 1_001_418, 1_003_246, 1_004_127,
+            1_000_246, 1_000_289, 1_000_914, 1_001_384, 1_001_418, 1_003_246, 1_004_127, 1_030_042,
         ],
         2,
         1,

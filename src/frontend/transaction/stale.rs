@@ -63,8 +63,21 @@ pub fn retry(rx: &mut Rx<'_>, body: &[u8]) -> bool {
             .replies
             .front()
             .is_some_and(|e| e.hidden && failed_shared);
+        // A first Bind or Describe that fails because something the text names is gone (a
+        // table, column, function, type or schema) failed re-analysing it: the Parse's error,
+        // as directly (the long run's seed 1030042). A Bind's own errors (42P03, a portal
+        // that exists; 08P01; class 22) are its own.
         let code = msg::code(body);
-        if probe && code != b"0A000" && code != b"XX000" {
+        let gone = [
+            &b"42P01"[..],
+            b"42703",
+            b"42883",
+            b"42704",
+            b"3F000",
+            b"42809",
+        ];
+        let reanalysed = probe || (failed_shared && gone.contains(&code));
+        if reanalysed && code != b"0A000" && code != b"XX000" {
             undo(vec![(local, Outcome::Failed)], rx);
         } else {
             rx.flow.replies.push_front(local);
