@@ -314,8 +314,18 @@ impl Prepared {
     }
 
     /// `name` (just made with [`Prepared::fresh`]) serves unnamed Parses of `key`.
+    /// Entries whose statement was closed since go once they outnumber the live ones.
     pub fn share(&mut self, key: u64, name: Arc<str>, stmt: Arc<dyn std::any::Any + Send + Sync>) {
+        if self.shared.len() >= 2 * self.names.len().max(32) {
+            let names = &self.names;
+            self.shared.retain(|_, s| names.contains_key(&s.name));
+        }
         self.shared.insert(key, Shared { name, stmt });
+    }
+
+    /// How many statements serve unnamed Parses (live or not yet forgotten).
+    pub fn shared_len(&self) -> usize {
+        self.shared.len()
     }
 
     /// `name` went stale (its plan must not change result type, or a type it uses is gone):
@@ -407,6 +417,28 @@ mod tests {
         assert!(p.is_empty() && p.find(7, 100, 0).is_none());
         p.restore_all(taken);
         assert_eq!(p.find(7, 100, 0), Some(newer));
+    }
+
+    #[test]
+    fn statements_for_unnamed_parses_are_forgotten_once_closed() {
+        let mut p = Prepared::default();
+        for k in 0..1000u64 {
+            let name = p.fresh(u128::from(k));
+            p.share(k, name.clone(), Arc::new(k));
+            assert!(p.shared(k).is_some());
+            p.remove(&name);
+            assert!(p.shared(k).is_none(), "closed: it serves no more");
+        }
+        assert!(p.shared_len() <= 64, "{} kept", p.shared_len());
+        let name = p.fresh(7);
+        p.share(7, name.clone(), Arc::new(7u64));
+        p.unshare(&name);
+        assert!(p.shared(7).is_none());
+        assert_eq!(
+            p.take_to_close().len(),
+            1,
+            "a stale one is closed at the next hand-over"
+        );
     }
 
     #[test]
