@@ -61,7 +61,9 @@ async fn three_clients_on_two_connections_see_what_sessions_of_their_own_see() {
 /// closed (1004127, the error named the closed name); `EXECUTE` with the wrong number of
 /// arguments in a transaction block, of a statement whose type was dropped (1007231); with
 /// `prepare_unnamed`, an unnamed Parse served by a statement whose table was dropped since,
-/// bound after another Parse in the same pipeline (1030042: the Parse fails, as directly).
+/// bound after another Parse in the same pipeline (1030042: the Parse fails, as directly); a
+/// Bind with too few parameters of a shared statement in an aborted block, twice (1030049: the
+/// count error each time, as directly, and the statement stays shared).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeds_the_long_run_diverged_on_stay_fixed() {
     check(

@@ -161,8 +161,11 @@ fn error(body: &[u8], rx: &mut Rx<'_>) -> Out {
     }
     // An extended-protocol message failed: the server skips the rest up to Sync.
     let failed = rx.flow.replies.pop().expect("front exists");
-    if let Some(n) = failed.shared_name() {
-        // A shared statement failed (perhaps stale): it is prepared anew next time.
+    if let Some(n) = failed
+        .shared_name()
+        .filter(|_| super::shared::stale_error(msg::code(body)))
+    {
+        // A shared statement went stale: it is prepared anew next time.
         rx.prepared.unshare(n);
     }
     if failed.quiet && failed.expect == Expect::Parse && rx.flow.quiet_error.is_none() {

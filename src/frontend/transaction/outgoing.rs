@@ -386,7 +386,7 @@ fn bind(body: &[u8], len: usize, tx: &mut Tx<'_>) -> Decision {
         .client
         .unnamed
         .as_ref()
-        .and_then(|u| u.desc.as_ref())
+        .and_then(|u| u.described())
         .map(|d| d.param_count());
     if wanted.is_some() && unnamed::elsewhere(tx) {
         if let Some(decision) = checks::bind_counts(body, names_end, wanted, b"", tx) {
@@ -418,7 +418,11 @@ fn bind(body: &[u8], len: usize, tx: &mut Tx<'_>) -> Decision {
 /// passes, its Describe's replies are captured. `bind`: the Bind's body with its names' ends,
 /// whole, and its length.
 fn unnamed_use(tx: &mut Tx<'_>, bind: Option<(&[u8], usize, usize, usize)>) -> Option<Decision> {
-    let desc = tx.client.unnamed.as_ref().and_then(|u| u.desc.clone());
+    let desc = tx
+        .client
+        .unnamed
+        .as_ref()
+        .and_then(|u| u.described().cloned());
     match (named::held(tx), bind) {
         (named::Held::Wait, _) => return Some(Decision::Hold),
         (named::Held::Drop, Some(_)) => return Some(Decision::Replace),

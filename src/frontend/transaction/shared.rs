@@ -86,6 +86,17 @@ pub fn parse(tail: &[u8], class: &Class, tx: &mut Tx<'_>) -> Option<Decision> {
     Some(Decision::Replace)
 }
 
+/// Whether an error from a shared statement's Bind or Describe says it is stale (a result
+/// type changed, a type made again) or that something its text names is gone (a table,
+/// column, function, type or schema): a Parse of the text now would differ. A Bind's own
+/// errors (a parameter count, a value, a portal that exists) say nothing of the statement.
+pub fn stale_error(code: &[u8]) -> bool {
+    const CODES: [&[u8]; 8] = [
+        b"0A000", b"XX000", b"42P01", b"42703", b"42883", b"42704", b"3F000", b"42809",
+    ];
+    CODES.contains(&code)
+}
+
 /// Prepares the statement for `key` on this connection; its ParseComplete is the client's.
 fn prepare(tail: &[u8], class: &Class, k: u64, tx: &mut Tx<'_>) -> (Arc<Statement>, Arc<str>) {
     evict(tx);

@@ -47,7 +47,7 @@ pub fn retry(rx: &mut Rx<'_>, body: &[u8]) -> bool {
         .front()
         .and_then(|e| e.shared_name().cloned());
     let failed_shared = stale.is_some();
-    if let Some(n) = stale {
+    if let Some(n) = stale.filter(|_| super::shared::stale_error(msg::code(body))) {
         rx.prepared.unshare(&n);
     }
     let eligible = failed_shared
@@ -68,15 +68,7 @@ pub fn retry(rx: &mut Rx<'_>, body: &[u8]) -> bool {
         // as directly (the long run's seed 1030042). A Bind's own errors (42P03, a portal
         // that exists; 08P01; class 22) are its own.
         let code = msg::code(body);
-        let gone = [
-            &b"42P01"[..],
-            b"42703",
-            b"42883",
-            b"42704",
-            b"3F000",
-            b"42809",
-        ];
-        let reanalysed = probe || (failed_shared && gone.contains(&code));
+        let reanalysed = probe || (failed_shared && super::shared::stale_error(code));
         if reanalysed && code != b"0A000" && code != b"XX000" {
             undo(vec![(local, Outcome::Failed)], rx);
         } else {
