@@ -10,16 +10,7 @@ use common::*;
 
 /// Tags (a RowDescription with its column count) and SQLSTATEs: "1 2 T2 D C ZI".
 fn outline(msgs: &[Msg]) -> String {
-    msgs.iter()
-        .filter(|m| !matches!(m.tag, b'N' | b'S'))
-        .map(|m| match m.tag {
-            b'E' => format!("E:{}", m.code()),
-            b'Z' => format!("Z{}", m.body[0] as char),
-            b'T' => format!("T{}", u16::from_be_bytes([m.body[0], m.body[1]])),
-            t => (t as char).to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    common::wire::outline(msgs, true)
 }
 
 /// One request as drivers send it: Parse, Bind, Describe, Execute, Sync of `sql`, unnamed.

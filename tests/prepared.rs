@@ -8,17 +8,8 @@ use common::wire::{Ext, Msg, Raw, first_column};
 use common::*;
 use rotagate::wire::msg;
 
-/// Tags and SQLSTATEs, e.g. "1 2 D C Z" or "E:42P05 Z".
 fn outline(msgs: &[Msg]) -> String {
-    msgs.iter()
-        .filter(|m| !matches!(m.tag, b'N' | b'S'))
-        .map(|m| match m.tag {
-            b'E' => format!("E:{}", m.code()),
-            b'Z' => format!("Z{}", m.body[0] as char),
-            t => (t as char).to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    common::wire::outline(msgs, false)
 }
 
 async fn run(raw: &mut Raw, ext: Ext) -> String {

@@ -194,6 +194,21 @@ pub fn tags(msgs: &[Msg]) -> String {
     msgs.iter().map(|m| m.tag as char).collect()
 }
 
+/// Tags and SQLSTATEs, e.g. "1 2 D C ZI" or "E:42P05 ZI" (notices and ParameterStatus left
+/// out); with `columns`, a RowDescription shows its column count ("T2").
+pub fn outline(msgs: &[Msg], columns: bool) -> String {
+    msgs.iter()
+        .filter(|m| !matches!(m.tag, b'N' | b'S'))
+        .map(|m| match m.tag {
+            b'E' => format!("E:{}", m.code()),
+            b'Z' => format!("Z{}", m.body[0] as char),
+            b'T' if columns => format!("T{}", u16::from_be_bytes([m.body[0], m.body[1]])),
+            t => (t as char).to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Extended-protocol messages, built by hand.
 pub struct Ext(pub BytesMut);
 
