@@ -96,7 +96,24 @@ fn shared_stale(d: &Divergence) -> bool {
         e.starts_with("E[S=ERROR C=0A000 M=cached plan must not change result type")
             || e.starts_with("E[S=ERROR C=XX000 M=cache lookup failed for type")
     };
-    stale(&d.proxied[at]) && !stale(&d.direct[at])
+    if stale(&d.proxied[at]) && !stale(&d.direct[at]) {
+        return true;
+    }
+    // A first Bind that fails for its own reasons (a portal that exists, a parameter count, a
+    // value that does not convert) before PostgreSQL revalidates the statement: the client gets
+    // rotagate's ParseComplete and that error where directly the Parse failed (the long run's
+    // seed 1030714).
+    let gone = |e: &str| {
+        ["42P01", "42703", "42883", "42704", "3F000", "42809"]
+            .iter()
+            .any(|c| e.starts_with(&format!("E[S=ERROR C={c}")))
+    };
+    let own = |e: &str| {
+        ["42P03", "08P01", "22"]
+            .iter()
+            .any(|c| e.starts_with(&format!("E[S=ERROR C={c}")))
+    };
+    gone(&d.direct[at]) && d.proxied[at] == "1" && d.proxied.get(at + 1).is_some_and(|e| own(e))
 }
 
 /// The transcripts agree up to one error: 42P03 directly; through rotagate, the error of
