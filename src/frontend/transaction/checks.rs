@@ -100,6 +100,7 @@ pub fn failed(flow: &Flow) -> bool {
 pub fn params(body: &[u8], flow: &mut Flow) {
     flow.capture_params.clear();
     flow.capture_params.extend_from_slice(body);
+    flow.shared_params = matches!(flow.captures.front(), Some(Capture::Shared));
 }
 
 /// The RowDescription (None: NoData) that completes the capture at the front.

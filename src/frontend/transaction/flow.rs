@@ -124,6 +124,9 @@ pub struct Flow {
     pub replaying: bool,
     /// Nothing of the client's waits to be written upstream: a retry can go in front.
     pub can_retry: bool,
+    /// The ParameterDescription of a client's Describe of a shared statement came (and is
+    /// held in `capture_params`): an error now follows it, as PostgreSQL sends both.
+    pub shared_params: bool,
 }
 
 impl Flow {
@@ -163,6 +166,7 @@ impl Flow {
             retry,
             replaying,
             can_retry,
+            shared_params,
         } = self;
         // Usually empty already (a transaction ends with nothing owed): no drop loops then.
         if !replies.is_empty() {
@@ -189,7 +193,7 @@ impl Flow {
         (*segment, *unnamed_unconfirmed) = (0, 0);
         *unnamed_spec = Spec::Untouched;
         (*mapped, *replay, *retry) = (None, None, None);
-        (*opening, *replaying, *can_retry) = (false, false, false);
+        (*opening, *replaying, *can_retry, *shared_params) = (false, false, false, false);
     }
 
     /// A Sync, Query or FunctionCall was decided.

@@ -186,6 +186,16 @@ fn error(body: &[u8], rx: &mut Rx<'_>) -> Out {
         )
         .map_or(Out::Forward, Out::Replace),
     };
+    // A Describe of a shared statement: what came before the error goes first (`shared.rs`).
+    let held = whole && rx.flow.shared_params && failed.shared_name().is_some();
+    let out = match out {
+        Out::Replace(e) if held => Out::Replace(super::shared::after_params(&failed, rx.flow, &e)),
+        Out::Forward if held => {
+            let e = super::shared::framed(b'E', body);
+            Out::Replace(super::shared::after_params(&failed, rx.flow, &e))
+        }
+        other => other,
+    };
     let mut ended = vec![(failed, Outcome::Failed)];
     while let Some(skipped) = rx.flow.replies.pop_skipped() {
         ended.push((skipped, Outcome::Skipped));

@@ -97,6 +97,27 @@ pub fn stale_error(code: &[u8]) -> bool {
     CODES.contains(&code)
 }
 
+/// `error` (a whole message) for the client, after the ParameterDescription held for its
+/// Describe of a shared statement when that came first (`stale.rs`), as PostgreSQL sends both.
+pub fn after_params(failed: &Entry, flow: &mut super::flow::Flow, error: &[u8]) -> Bytes {
+    let held = std::mem::take(&mut flow.shared_params) && failed.shared_name().is_some();
+    if !held {
+        return Bytes::copy_from_slice(error);
+    }
+    let mut b = bytes::BytesMut::from(&framed(b't', &flow.capture_params)[..]);
+    b.extend_from_slice(error);
+    b.freeze()
+}
+
+/// A message of `tag` with `body`.
+pub fn framed(tag: u8, body: &[u8]) -> Bytes {
+    let mut b = bytes::BytesMut::with_capacity(5 + body.len());
+    b.put_u8(tag);
+    b.put_u32(4 + body.len() as u32);
+    b.put_slice(body);
+    b.freeze()
+}
+
 /// Prepares the statement for `key` on this connection; its ParseComplete is the client's.
 fn prepare(tail: &[u8], class: &Class, k: u64, tx: &mut Tx<'_>) -> (Arc<Statement>, Arc<str>) {
     evict(tx);

@@ -21,6 +21,7 @@ pub fn completes_describe(tag: u8, rx: &Rx<'_>) -> bool {
 /// statement: its ParameterDescription (held until now) and this, for the client.
 pub fn described(tag: u8, body: &[u8], rx: &mut Rx<'_>) -> Bytes {
     rx.flow.captures.pop_front();
+    rx.flow.shared_params = false;
     let mut b = bytes::BytesMut::new();
     b.put_u8(b't');
     b.put_u32(4 + rx.flow.capture_params.len() as u32);
@@ -70,6 +71,8 @@ pub fn retry(rx: &mut Rx<'_>, body: &[u8]) -> bool {
         let code = msg::code(body);
         let reanalysed = probe || (failed_shared && super::shared::stale_error(code));
         if reanalysed && code != b"0A000" && code != b"XX000" {
+            // The Parse fails: nothing of the Describe reaches the client.
+            rx.flow.shared_params = false;
             undo(vec![(local, Outcome::Failed)], rx);
         } else {
             rx.flow.replies.push_front(local);
