@@ -66,7 +66,9 @@ async fn three_clients_on_two_connections_see_what_sessions_of_their_own_see() {
 /// count error each time, as directly, and the statement stays shared); a first Bind to a
 /// portal that exists, of a shared statement whose table was dropped (1030714: the documented
 /// residual, where the program ends); a Describe in a later Sync of a shared statement whose
-/// table was dropped (1030773: its ParameterDescription, then the error, as directly).
+/// table was dropped (1030773: its ParameterDescription, then the error, as directly); two
+/// Parses served by shared statements in one pipeline, each probed, the replies of both in one
+/// read (1031216: the second ParseComplete waits for its own probe).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeds_the_long_run_diverged_on_stay_fixed() {
     check(

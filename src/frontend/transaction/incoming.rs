@@ -279,9 +279,9 @@ fn settle(e: Entry, outcome: Outcome, rx: &mut Rx<'_>) {
 /// Writes the replies rotagate owes at the front of the queue (they need no server message).
 /// A shared statement's ParseComplete waits for the reply to the next message unless `now`
 /// (that reply came) or nothing follows it.
-pub fn locals(rx: &mut Rx<'_>, out: &mut BytesMut, now: bool) {
+pub fn locals(rx: &mut Rx<'_>, out: &mut BytesMut, mut now: bool) {
     while let Some(Expect::Local(local)) = rx.flow.replies.front().map(|e| e.expect) {
-        if local == Local::SharedParse && !now && rx.flow.replies.len() > 1 {
+        if local == Local::SharedParse && !std::mem::take(&mut now) && rx.flow.replies.len() > 1 {
             return;
         }
         let e = rx.flow.replies.pop().expect("front exists");

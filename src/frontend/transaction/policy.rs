@@ -237,6 +237,9 @@ impl Policy for ServerPolicy<'_> {
         // ParameterDescription of a Describe of it is held (`shared::described`).
         let mut waiting = None;
         if self.owes_locals() {
+            // The replies before a waiting ParseComplete first; then this message is the reply
+            // to the message after that one (the long run's seed 1031216).
+            incoming::locals(&mut self.rx, out, false);
             let shared = self.waits_on_shared();
             // Its first use failed: the request may be decided again.
             if h.tag == b'E' && shared && super::stale::retry(&mut self.rx, body) {
