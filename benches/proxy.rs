@@ -12,7 +12,7 @@
 //! pg_doorman: set PG_DOORMAN to its binary (see benches/support/doorman.rs); its columns are
 //! `pgd` (one worker thread, the same pool and SCRAM client auth).
 //! BENCH_PREPARE_UNNAMED=1: transaction-mode rows also run rotagate with
-//! `pool.prepare_unnamed = false` (`off`), and print PostgreSQL's CPU per transaction behind
+//! `pool.prepare_unnamed = true` (`on`), and print PostgreSQL's CPU per transaction behind
 //! each proxy (`pg us`).
 
 #[path = "support/doorman.rs"]
@@ -236,7 +236,7 @@ struct Targets {
     /// pg_doorman (PG_DOORMAN, when set).
     pgd: Option<Target>,
     base: Option<Target>,
-    /// rotagate (one worker) with `pool.prepare_unnamed = false` (BENCH_PREPARE_UNNAMED, transaction
+    /// rotagate (one worker) with `pool.prepare_unnamed = true` (BENCH_PREPARE_UNNAMED, transaction
     /// mode), and the postmaster, whose processes' CPU is then counted for every target.
     pu: Option<(Target, u32)>,
 }
@@ -303,9 +303,9 @@ fn row(mode: &str, label: &str, args: &[String], t: &Targets, secs: u64) {
     );
 }
 
-/// The `pool.prepare_unnamed = false` columns: its TPS, its ratios to PgBouncer and
-/// pg_doorman, its CPU, then PostgreSQL's CPU per transaction behind rotagate with it (the
-/// default, `w1`) and without, PgBouncer and pg_doorman.
+/// The `pool.prepare_unnamed = true` columns: its TPS, its ratios to PgBouncer and
+/// pg_doorman, its CPU, then PostgreSQL's CPU per transaction behind rotagate without it (the
+/// default, `w1`) and with, PgBouncer and pg_doorman.
 fn prepared_once(u: &Result, r: &Result, b: &Result, dm: Option<&Result>) -> String {
     let vs = |x: f64| {
         if x > 0.0 {
@@ -319,7 +319,7 @@ fn prepared_once(u: &Result, r: &Result, b: &Result, dm: Option<&Result>) -> Str
             .map_or("-".into(), |v| format!("{v:.1}"))
     };
     format!(
-        " | off {:>8.0} {:>7} {:>7} {:>11} | pg us w1 {:>5} off {:>5} pgb {:>5} pgd {:>5}",
+        " | on {:>8.0} {:>7} {:>7} {:>11} | pg us w1 {:>5} on {:>5} pgb {:>5} pgd {:>5}",
         u.tps,
         vs(b.tps),
         vs(dm.map_or(0.0, |d| d.tps)),
@@ -387,15 +387,15 @@ fn main() {
     );
     if std::env::var_os("BENCH_PREPARE_UNNAMED").is_some() {
         println!(
-            "off: rotagate w1 with pool.prepare_unnamed = false (TPS, /pgb, /pgd, us/user); pg us: \
-             PostgreSQL's CPU per transaction (all its processes) behind w1, off, pgb, pgd"
+            "on: rotagate w1 with pool.prepare_unnamed = true (TPS, /pgb, /pgd, us/user); pg us: \
+             PostgreSQL's CPU per transaction (all its processes) behind w1, on, pgb, pgd"
         );
     }
     let scenarios = scenarios();
     for mode in ["transaction", "session"] {
         let (mut rg, rg_port) = start_rotagate(dir.path(), &pg, mode, None, 1, "");
         let (mut rg2, rg2_port) = start_rotagate(dir.path(), &pg, mode, None, 2, "");
-        let once = "prepare_unnamed = false\n";
+        let once = "prepare_unnamed = true\n";
         let mut pu = (mode == "transaction" && std::env::var_os("BENCH_PREPARE_UNNAMED").is_some())
             .then(|| start_rotagate(dir.path(), &pg, mode, None, 1, once));
         let bouncer = start_pgbouncer(dir.path(), &pg, mode);
@@ -434,7 +434,7 @@ fn main() {
                 .map(|(c, p)| target("before", *p, Some(c.id()))),
             pu: pu.as_ref().map(|(c, p)| {
                 (
-                    target("prepare_unnamed off", *p, Some(c.id())),
+                    target("prepare_unnamed on", *p, Some(c.id())),
                     postmaster(&pg),
                 )
             }),

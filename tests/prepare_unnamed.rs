@@ -83,8 +83,7 @@ async fn a_repeated_unnamed_statement_is_prepared_once_and_schema_changes_stay_u
     let mut direct = Raw::connect_to(addr, APP_USER, APP_PASSWORD, "direct").await;
     let want = program(&mut direct, &pg, "direct").await;
 
-    // On by default.
-    let (_proxy, mut raw) = through_one_connection(&pg, "").await;
+    let (_proxy, mut raw) = through_one_connection(&pg, "prepare_unnamed = true").await;
     let got = program(&mut raw, &pg, "appdb").await;
     assert_eq!(got, want, "through rotagate as directly");
     assert_eq!(

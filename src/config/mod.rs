@@ -214,7 +214,7 @@ pub struct PoolConfig {
     pub max_prepared_statements: usize,
     /// Bytes of named-statement text one client may keep in transaction mode.
     pub max_client_statement_bytes: usize,
-    /// `pool.prepare_unnamed` (default true): an unnamed Parse of a text and parameter types
+    /// `pool.prepare_unnamed` (default false): an unnamed Parse of a text and parameter types
     /// seen before on the connection is served by a named statement prepared once there
     /// (transaction mode).
     pub prepare_unnamed: bool,
@@ -246,7 +246,7 @@ impl Default for PoolConfig {
             query_timeout: None,
             max_prepared_statements: 250,
             max_client_statement_bytes: 1 << 20,
-            prepare_unnamed: true,
+            prepare_unnamed: false,
             acquire_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(600),
             max_lifetime: Duration::from_secs(3600),

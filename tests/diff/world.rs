@@ -74,7 +74,7 @@ pub fn documented(d: &Divergence) -> bool {
         || shared_stale(d)
 }
 
-/// Whether rotagate prepares repeated unnamed statements once (the default; not with
+/// Whether the tester runs rotagate with `pool.prepare_unnamed` (yes, unless
 /// `DIFF_PREPARE_UNNAMED=0`).
 fn prepare_unnamed() -> bool {
     std::env::var("DIFF_PREPARE_UNNAMED").map_or(true, |v| v != "0")
@@ -179,11 +179,13 @@ impl<'a> Worlds<'a> {
         reset(pg, "appdb_direct", clients).await;
         reset(pg, "appdb", clients).await;
         let mut builder = TestProxy::builder(pg).pool_size(pool as u32);
-        // `DIFF_PREPARE_UNNAMED=0`: without repeated unnamed statements prepared once (the
-        // default prepares them).
-        if !prepare_unnamed() {
-            builder = builder.pool("prepare_unnamed = false");
-        }
+        // With repeated unnamed statements prepared once (the riskier path), unless
+        // `DIFF_PREPARE_UNNAMED=0` (rotagate's default, off).
+        builder = builder.pool(if prepare_unnamed() {
+            "prepare_unnamed = true"
+        } else {
+            "prepare_unnamed = false"
+        });
         let proxy = builder.start().await;
         let mut w = Worlds {
             pg,
