@@ -126,6 +126,13 @@ pub fn describe_or_close(buf: &mut BytesMut, tag: u8, kind: u8, name: &[u8]) {
     finish(buf, at);
 }
 
+/// A message of `tag` with `body` as it is (a server message rotagate held and sends on).
+pub fn message(buf: &mut BytesMut, tag: u8, body: &[u8]) {
+    let at = begin(buf, tag);
+    buf.put_slice(body);
+    finish(buf, at);
+}
+
 /// A message with an empty body: ParseComplete ('1'), CloseComplete ('3'), Sync ('S'), ...
 pub fn empty(buf: &mut BytesMut, tag: u8) {
     let at = begin(buf, tag);

@@ -187,12 +187,13 @@ fn error(body: &[u8], rx: &mut Rx<'_>) -> Out {
         .map_or(Out::Forward, Out::Replace),
     };
     // A Describe of a shared statement: what came before the error goes first (`shared.rs`).
-    let held = whole && rx.flow.shared_params && failed.shared_name().is_some();
+    let held = std::mem::take(&mut rx.flow.shared_params) && failed.shared_name().is_some();
     let out = match out {
-        Out::Replace(e) if held => Out::Replace(super::shared::after_params(&failed, rx.flow, &e)),
-        Out::Forward if held => {
-            let e = super::shared::framed(b'E', body);
-            Out::Replace(super::shared::after_params(&failed, rx.flow, &e))
+        Out::Replace(e) if held && whole => Out::Replace(super::shared::after_params(rx.flow, &e)),
+        Out::Forward if held && whole => {
+            let mut e = BytesMut::new();
+            msg::message(&mut e, b'E', body);
+            Out::Replace(super::shared::after_params(rx.flow, &e))
         }
         other => other,
     };
@@ -218,14 +219,9 @@ pub fn undo(ended: Vec<(Entry, Outcome)>, rx: &mut Rx<'_>) {
     }
 }
 
-/// A finished entry that succeeded.
-pub fn finish_done(e: Entry, rx: &mut Rx<'_>) {
-    finish(e, Outcome::Done, rx);
-}
-
 /// What a finished entry's outcome does to the client's names and the connection's
 /// statements.
-fn finish(e: Entry, outcome: Outcome, rx: &mut Rx<'_>) {
+pub fn finish(e: Entry, outcome: Outcome, rx: &mut Rx<'_>) {
     confirm(e.note, outcome, rx);
     settle(e, outcome, rx);
 }

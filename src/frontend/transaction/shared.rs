@@ -24,6 +24,7 @@ use super::replies::{Effect, Entry, Expect, Local, Note};
 use super::statements::{Statement, fast_key};
 use super::tx::Tx;
 use crate::frontend::relay::lane::Decision;
+use crate::wire::scan::cstr_end;
 use crate::wire::{HEADER_LEN, msg};
 use bytes::{BufMut, Bytes};
 use std::sync::Arc;
@@ -97,24 +98,12 @@ pub fn stale_error(code: &[u8]) -> bool {
     CODES.contains(&code)
 }
 
-/// `error` (a whole message) for the client, after the ParameterDescription held for its
-/// Describe of a shared statement when that came first (`stale.rs`), as PostgreSQL sends both.
-pub fn after_params(failed: &Entry, flow: &mut super::flow::Flow, error: &[u8]) -> Bytes {
-    let held = std::mem::take(&mut flow.shared_params) && failed.shared_name().is_some();
-    if !held {
-        return Bytes::copy_from_slice(error);
-    }
-    let mut b = bytes::BytesMut::from(&framed(b't', &flow.capture_params)[..]);
+/// `error` (a whole message) for the client after the ParameterDescription held for its
+/// Describe of a shared statement, which came first (`stale.rs`), as PostgreSQL sends both.
+pub fn after_params(flow: &super::flow::Flow, error: &[u8]) -> Bytes {
+    let mut b = bytes::BytesMut::with_capacity(5 + flow.capture_params.len() + error.len());
+    msg::message(&mut b, b't', &flow.capture_params);
     b.extend_from_slice(error);
-    b.freeze()
-}
-
-/// A message of `tag` with `body`.
-pub fn framed(tag: u8, body: &[u8]) -> Bytes {
-    let mut b = bytes::BytesMut::with_capacity(5 + body.len());
-    b.put_u8(tag);
-    b.put_u32(4 + body.len() as u32);
-    b.put_slice(body);
     b.freeze()
 }
 
@@ -204,11 +193,13 @@ pub fn probe_before(tag: u8, msg: &[u8], tx: &mut Tx<'_>) {
     let first_use = match tag {
         // Bind: the portal's name, then the statement's (""). Until both are here the Bind is
         // decided again (`Decision::NeedMore`): nothing yet.
-        b'B' => match crate::wire::scan::cstr_end(&msg[HEADER_LEN..], 2) {
-            None => return,
-            Some(_) => memchr::memchr(0, &msg[HEADER_LEN..])
-                .is_some_and(|p| msg.get(HEADER_LEN + p + 1) == Some(&0)),
-        },
+        b'B' => {
+            let body = &msg[HEADER_LEN..];
+            let (Some(portal_end), Some(_)) = (cstr_end(body, 1), cstr_end(body, 2)) else {
+                return;
+            };
+            body[portal_end] == 0
+        }
         b'D' => msg.get(HEADER_LEN..HEADER_LEN + 2) == Some(&b"S\0"[..]),
         _ => false,
     };

@@ -4,10 +4,10 @@
 //! failed is decided again when nothing of it has run or reached the client.
 
 use super::flow::Capture;
-use super::incoming::{Rx, finish_done, undo};
+use super::incoming::{Rx, finish, undo};
 use super::replies::{Expect, Note, Outcome};
 use crate::wire::msg;
-use bytes::{BufMut, Bytes};
+use bytes::Bytes;
 
 /// Whether a server message `tag` completes a client's Describe of a shared statement.
 pub fn completes_describe(tag: u8, rx: &Rx<'_>) -> bool {
@@ -23,14 +23,10 @@ pub fn described(tag: u8, body: &[u8], rx: &mut Rx<'_>) -> Bytes {
     rx.flow.captures.pop_front();
     rx.flow.shared_params = false;
     let mut b = bytes::BytesMut::new();
-    b.put_u8(b't');
-    b.put_u32(4 + rx.flow.capture_params.len() as u32);
-    b.put_slice(&rx.flow.capture_params);
-    b.put_u8(tag);
-    b.put_u32(4 + body.len() as u32);
-    b.put_slice(body);
+    msg::message(&mut b, b't', &rx.flow.capture_params);
+    msg::message(&mut b, tag, body);
     let e = rx.flow.replies.pop().expect("front exists");
-    finish_done(e, rx);
+    finish(e, Outcome::Done, rx);
     b.freeze()
 }
 
