@@ -7,10 +7,12 @@ mod databases;
 mod env;
 mod pool;
 mod raw;
+mod readers;
 mod upstream;
 mod validate;
 
-pub use upstream::{HostPort, TargetSessionAttrs};
+pub use readers::ReadersConfig;
+pub use upstream::{ChannelBinding, HostPort, TargetSessionAttrs, UpstreamTls};
 
 use crate::crypto::SecretString;
 use std::fmt;
@@ -151,29 +153,11 @@ pub struct UpstreamConfig {
     /// the same on a candidate connection as on the serving one before a new credential or a
     /// new writer is published.
     pub parity_query: Option<String>,
+    /// A reader entry's settings (`load_balance_hosts = "random"`); None for a writer.
+    pub readers: Option<ReadersConfig>,
     /// `upstream.tls` was set; otherwise each host's mode is its own default
     /// ([`UpstreamConfig::tls_for`]).
     pub tls_explicit: bool,
-}
-
-/// SCRAM channel binding (`tls-server-end-point`) upstream, as libpq's `channel_binding`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChannelBinding {
-    /// Never: SCRAM-SHA-256 without binding.
-    Disable,
-    /// SCRAM-SHA-256-PLUS when the connection is TLS and the server offers it.
-    Prefer,
-    /// Only SCRAM-SHA-256-PLUS over TLS; any other login is refused.
-    Require,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamTls {
-    Disable,
-    Prefer,
-    Require,
-    VerifyCa,
-    VerifyFull,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -101,6 +101,10 @@ pub struct RawUpstream {
     pub channel_binding: Option<String>,
     pub allow_md5: Option<bool>,
     pub parity_query: Option<String>,
+    pub load_balance_hosts: Option<String>,
+    pub replica_check_interval: Option<String>,
+    pub max_replica_lag: Option<String>,
+    pub max_replica_lag_bytes: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

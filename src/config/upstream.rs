@@ -42,6 +42,26 @@ impl fmt::Display for HostPort {
     }
 }
 
+/// SCRAM channel binding (`tls-server-end-point`) upstream, as libpq's `channel_binding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelBinding {
+    /// Never: SCRAM-SHA-256 without binding.
+    Disable,
+    /// SCRAM-SHA-256-PLUS when the connection is TLS and the server offers it.
+    Prefer,
+    /// Only SCRAM-SHA-256-PLUS over TLS; any other login is refused.
+    Require,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamTls {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
 /// `target_session_attrs`: which of the hosts rotagate serves from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TargetSessionAttrs {
@@ -112,6 +132,7 @@ pub(super) fn upstream(c: &mut Check, r: Option<RawUpstream>) -> UpstreamConfig 
         );
     }
     let target_session_attrs = session_attrs(c, r.target_session_attrs.as_deref(), hosts.len());
+    let readers = super::readers::readers(c, &r, target_session_attrs, hosts.len());
     UpstreamConfig {
         port: hosts.first().map_or(5432, |h| h.port),
         target_session_attrs,
@@ -135,6 +156,7 @@ pub(super) fn upstream(c: &mut Check, r: Option<RawUpstream>) -> UpstreamConfig 
         channel_binding: channel_binding(c, r.channel_binding.as_deref(), tls),
         allow_md5: r.allow_md5.unwrap_or(false),
         parity_query: parity_query(c, r.parity_query),
+        readers,
         tls_explicit: r.tls.is_some(),
         host,
         hosts,

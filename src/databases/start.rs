@@ -7,7 +7,7 @@ use crate::config::{DatabaseConfig, SourceKind};
 use crate::frontend::Route;
 use crate::pool::Pools;
 use crate::rotation::breaker::Breaker;
-use crate::rotation::{Engine, EngineParts, RotationHandle, RotationStatus};
+use crate::rotation::{Engine, EngineParts, Readers, RotationHandle, RotationStatus};
 use crate::secrets::aws::sqs::Queues;
 use crate::secrets::cache::{Cache, CacheKey};
 use crate::secrets::fallback::Fallback;
@@ -44,7 +44,9 @@ pub(super) async fn database(
         creds.username.clone(),
     ));
     let target = Arc::new(UpstreamTarget::from_config(&cfg.upstream)?);
-    let pools = Arc::new(Pools::new(name, cfg.pool.clone(), target, creds, workers));
+    let readers = reader_targets(&target, cfg)?;
+    let pools = Pools::new(name, cfg.pool.clone(), (target, readers), creds, workers);
+    let pools = Arc::new(pools);
     let ready = Arc::new(AtomicBool::new(false));
     let stop = shutdown.child_token();
     let parts = EngineParts {
@@ -66,6 +68,10 @@ pub(super) async fn database(
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let engine = Engine::new(parts).run(rx, stop.clone(), tracker.clone());
     tracker.spawn(engine.instrument(tracing::info_span!("database", database = %name)));
+    if let Some(readers) = Readers::new(name, pools.clone(), cfg.upstream.clone(), status.clone()) {
+        let check = readers.run(stop.clone());
+        tracker.spawn(check.instrument(tracing::info_span!("database", database = %name)));
+    }
     Ok(Arc::new(Database {
         cfg: cfg.clone(),
         route: Arc::new(Route::new(pools.clone())),
@@ -75,6 +81,24 @@ pub(super) async fn database(
         ready,
         stop,
     }))
+}
+
+/// A reader entry's hosts, each with its own TLS settings (empty for a writer entry).
+fn reader_targets(
+    base: &UpstreamTarget,
+    cfg: &DatabaseConfig,
+) -> anyhow::Result<Vec<Arc<UpstreamTarget>>> {
+    if cfg.upstream.readers.is_none() {
+        return Ok(Vec::new());
+    }
+    let hosts = &cfg.upstream.hosts;
+    anyhow::ensure!(
+        hosts.len() <= crate::pool::spread::MAX_HOSTS,
+        "database {}: a reader entry takes at most {} hosts",
+        cfg.name,
+        crate::pool::spread::MAX_HOSTS
+    );
+    hosts.iter().map(|h| Ok(Arc::new(base.at(h)?))).collect()
 }
 
 type Source = (Arc<dyn SecretProvider>, Vec<Box<dyn EventSource>>);

@@ -11,10 +11,14 @@ mod clock_tests;
 mod connector;
 #[cfg(test)]
 mod core_tests;
+mod counts;
 mod generation;
 mod shared;
+pub mod spread;
 
+pub use counts::GenerationCounts;
 pub use generation::{Generation, Limits, Pooled};
+pub use spread::Spread;
 
 use crate::backend::{BackendError, ServerConn, UpstreamTarget};
 use crate::config::PoolConfig;
@@ -22,6 +26,7 @@ use crate::secrets::Credentials;
 use arc_swap::ArcSwap;
 use connector::Connector;
 use shared::Shared;
+use spread::Set;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -45,23 +50,11 @@ pub enum PoolError {
     Closed,
 }
 
-/// Counts for one live generation, summed over workers.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct GenerationCounts {
-    pub generation: u64,
-    pub connections: u32,
-    pub idle: u32,
-    pub current: bool,
-    /// Open connections on each worker (read one after another: a connection moving between
-    /// workers meanwhile can be counted twice or not at all; `connections` is exact).
-    pub by_worker: Vec<u32>,
-}
-
-/// One worker's generations.
+/// One worker's generations (each one [`Generation`] per host).
 struct Shard {
     connector: Arc<Connector>,
-    current: ArcSwap<Generation>,
-    draining: Mutex<Vec<Arc<Generation>>>,
+    current: ArcSwap<Set>,
+    draining: Mutex<Vec<Arc<Set>>>,
 }
 
 pub struct Pools {
@@ -82,15 +75,21 @@ pub struct Pools {
     pub read_only_seen: Arc<std::sync::atomic::AtomicBool>,
     /// The value `upstream.parity_query` last gave on the serving side (`rotation/parity.rs`).
     pub parity_seen: Mutex<Option<String>>,
+    /// A reader entry's hosts in rotation; None for a writer entry (one host per generation).
+    spread: Option<Arc<Spread>>,
+    /// A reader entry's hosts, in configured order (each generation has one object per host).
+    hosts: Vec<Arc<UpstreamTarget>>,
 }
 
 impl Pools {
     /// Pools serving `creds` as generation 1, one share per worker runtime in `workers` (at
     /// least one). No connection is opened until needed (or `min_idle` asks for some).
+    /// `readers` lists a reader entry's hosts (each then has `pool.size` of its own); empty
+    /// for a writer entry, served on `target` alone.
     pub fn new(
         database: &str,
         cfg: PoolConfig,
-        target: Arc<UpstreamTarget>,
+        (target, readers): (Arc<UpstreamTarget>, Vec<Arc<UpstreamTarget>>),
         creds: Credentials,
         workers: Vec<tokio::runtime::Handle>,
     ) -> Self {
@@ -113,7 +112,15 @@ impl Pools {
                 })
             })
             .collect();
-        let firsts = generations(&connectors, &cfg, 1, (creds, target));
+        let spread = (!readers.is_empty()).then(|| {
+            let hosts = readers.iter().map(|t| t.address()).collect();
+            Arc::new(Spread::new(&database, hosts))
+        });
+        let targets = match readers.is_empty() {
+            true => vec![target],
+            false => readers.clone(),
+        };
+        let firsts = generations(&connectors, &cfg, 1, creds, &targets);
         let shards = connectors
             .into_iter()
             .zip(firsts)
@@ -134,14 +141,38 @@ impl Pools {
             writer_doubt,
             read_only_seen,
             parity_seen: Mutex::new(None),
+            spread,
+            hosts: readers,
         }
+    }
+
+    /// A reader entry's hosts in rotation (None for a writer entry).
+    pub fn spread(&self) -> Option<&Arc<Spread>> {
+        self.spread.as_ref()
+    }
+
+    /// The host an acquire goes to: a writer entry's only one, or one in rotation at random.
+    fn pick(&self) -> Option<usize> {
+        match &self.spread {
+            None => Some(0),
+            Some(s) => s.pick(),
+        }
+    }
+
+    /// Counts a connection handed out on host `i` (a reader entry's per-host transactions).
+    fn handed(&self, i: usize, conn: Pooled) -> Pooled {
+        if let Some(s) = &self.spread {
+            s.count(i);
+        }
+        conn
     }
 
     /// An idle connection of the current generation, if one is there now (no waiting).
     pub fn try_idle(&self) -> Option<Pooled> {
+        let i = self.pick()?;
         self.shards
             .iter()
-            .find_map(|shard| shard.current.load().take_idle())
+            .find_map(|shard| shard.current.load().gens[i].take_idle())
     }
 
     /// A connection of the current generation for `worker`. An idle one is handed over at once
@@ -149,8 +180,10 @@ impl Pools {
     /// and moves to a generation published while it waits.
     pub async fn acquire(&self, worker: usize) -> Result<Pooled, PoolError> {
         let shard = &self.shards[worker];
-        if let Some(conn) = shard.current.load().take_idle() {
-            return Ok(conn);
+        if let Some(i) = self.pick()
+            && let Some(conn) = shard.current.load().gens[i].take_idle()
+        {
+            return Ok(self.handed(i, conn));
         }
         let started = Instant::now();
         let result = self.wait(shard).await;
@@ -161,24 +194,39 @@ impl Pools {
     async fn wait(&self, shard: &Shard) -> Result<Pooled, PoolError> {
         let waited = self.cfg.load().acquire_timeout;
         let deadline = tokio::time::Instant::now() + waited;
+        let mut last = None;
         loop {
             if self.closed.load(Ordering::Acquire) {
                 return Err(PoolError::Closed);
             }
-            let g = shard.current.load_full();
+            // Created before the pick: a change of rotation from here on wakes this client.
+            let changed = spread::changed(self.spread.as_deref());
+            let Some(i) = self.pick() else {
+                last = Some(spread::none_in_rotation());
+                match tokio::time::timeout_at(deadline, changed).await {
+                    Ok(()) => continue,
+                    Err(_) => return Err(PoolError::Timeout { waited, last }),
+                }
+            };
+            let g = shard.current.load().gens[i].clone();
             let rx = match g.take_or_wait() {
-                Ok(Ok(conn)) => return Ok(conn),
+                Ok(Ok(conn)) => return Ok(self.handed(i, conn)),
                 Ok(Err(rx)) => Waiter::new(rx, g.clone()),
                 Err(()) => continue,
             };
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(conn)) => return Ok(Pooled::new(conn, g)),
-                // Retired while waiting: the current generation is where connections come from.
-                Ok(None) => continue,
-                Err(_) => {
-                    let last = g.last_error();
-                    return Err(PoolError::Timeout { waited, last });
-                }
+            tokio::select! {
+                got = tokio::time::timeout_at(deadline, rx.recv()) => match got {
+                    Ok(Some(conn)) => return Ok(self.handed(i, Pooled::new(conn, g))),
+                    // Retired while waiting: the current generation is where connections come from.
+                    Ok(None) => continue,
+                    Err(_) => {
+                        let last = g.last_error().or(last);
+                        return Err(PoolError::Timeout { waited, last });
+                    }
+                },
+                // The rotation changed (this host may have left it): pick again. The place in
+                // the queue is given up, and a connection handed to it meanwhile goes back.
+                () = changed => continue,
             }
         }
     }
@@ -186,21 +234,31 @@ impl Pools {
     /// Whether a client on `worker` would wait for a connection until another client moves:
     /// every connection is kept by a client between its messages.
     pub fn saturated(&self, worker: usize) -> bool {
-        self.shards[worker].current.load().saturated()
+        let set = self.shards[worker].current.load();
+        self.in_rotation(&set).all(|g| g.saturated())
+    }
+
+    /// The objects of `set` for hosts in rotation (a writer entry's one).
+    fn in_rotation<'a>(&'a self, set: &'a Set) -> impl Iterator<Item = &'a Arc<Generation>> + 'a {
+        let on = move |i: &usize| self.spread.as_ref().is_none_or(|s| s.is_in(*i));
+        (0..set.gens.len()).filter(on).map(|i| &set.gens[i])
     }
 
     /// Resolves once [`Self::saturated`] holds on `worker` (it is looked at again at every
     /// rise of the kept gauge of the generation current when this began).
     pub async fn stuck(&self, worker: usize) {
-        let g = self.shards[worker].current.load_full();
+        let set = self.shards[worker].current.load_full();
         loop {
-            let rose = g.kept_gauge().rose();
-            let mut rose = std::pin::pin!(rose);
-            rose.as_mut().enable();
-            if g.saturated() {
+            let mut rises: Vec<_> = (set.gens.iter())
+                .map(|g| Box::pin(g.kept_gauge().rose()))
+                .collect();
+            for r in &mut rises {
+                r.as_mut().enable();
+            }
+            if self.saturated(worker) {
                 return;
             }
-            rose.await;
+            futures::future::select_all(rises).await;
         }
     }
 
@@ -210,12 +268,12 @@ impl Pools {
 
     /// The credential being served.
     pub fn current_creds(&self) -> Arc<Credentials> {
-        self.shards[0].current.load().creds.clone()
+        self.shards[0].current.load().first().creds.clone()
     }
 
     /// The server the current generation logs in to.
     pub fn target(&self) -> Arc<UpstreamTarget> {
-        self.shards[0].current.load().target.clone()
+        self.shards[0].current.load().first().target.clone()
     }
 
     /// The configured database these pools serve.
@@ -230,44 +288,10 @@ impl Pools {
         self.closed.store(true, Ordering::Release);
         let drain = self.cfg.load().drain_timeout;
         for shard in &self.shards {
-            shard.current.load().retire(drain);
-        }
-    }
-
-    /// Connection counts of the current and every still-draining generation.
-    pub fn counts(&self) -> Vec<GenerationCounts> {
-        let mut out: Vec<GenerationCounts> = Vec::new();
-        let n = self.shards.len();
-        for (k, shard) in self.shards.iter().enumerate() {
-            let current = shard.current.load_full();
-            let draining = shard.draining.lock().expect("draining lock").clone();
-            for (g, is_current) in
-                std::iter::once((current, true)).chain(draining.into_iter().map(|g| (g, false)))
-            {
-                let (open, idle) = g.counts();
-                if !is_current && open == 0 {
-                    continue;
-                }
-                match out.iter_mut().find(|c| c.generation == g.id) {
-                    Some(c) => {
-                        c.idle += idle;
-                        c.by_worker[k] = open;
-                    }
-                    None => {
-                        let mut by_worker = vec![0; n];
-                        by_worker[k] = open;
-                        out.push(GenerationCounts {
-                            generation: g.id,
-                            connections: g.shared.open(),
-                            idle,
-                            current: is_current,
-                            by_worker,
-                        })
-                    }
-                }
+            for g in &shard.current.load().gens {
+                g.retire(drain);
             }
         }
-        out
     }
 
     /// Makes `creds` the current generation on every worker; `validated` is the connection
@@ -282,7 +306,8 @@ impl Pools {
         self.publish_to(creds, self.target(), validated)
     }
 
-    /// [`Pools::publish`] for connections to `target` (another server: a failover).
+    /// [`Pools::publish`] for connections to `target` (another server: a failover). A reader
+    /// entry's generation covers all its hosts; `validated` joins the one on `target`.
     pub fn publish_to(
         &self,
         creds: Credentials,
@@ -292,25 +317,32 @@ impl Pools {
         let cfg = self.cfg.load_full();
         let id = self.current_id.load(Ordering::Acquire) + 1;
         let connectors: Vec<_> = self.shards.iter().map(|s| s.connector.clone()).collect();
-        let fresh = generations(&connectors, &cfg, id, (Arc::new(creds), target));
+        let targets = match self.hosts.is_empty() {
+            true => vec![target.clone()],
+            false => self.hosts.clone(),
+        };
+        let fresh = generations(&connectors, &cfg, id, Arc::new(creds), &targets);
         let mut validated = Box::new(validated);
         validated.generation = id;
-        fresh[0].adopt(validated);
+        at_host(&fresh[0], &target).adopt(validated);
         self.current_id.store(id, Ordering::Release);
-        for (shard, g) in self.shards.iter().zip(fresh) {
-            let old = shard.current.swap(g);
-            old.retire(cfg.drain_timeout);
+        for (shard, set) in self.shards.iter().zip(fresh) {
+            let old = shard.current.swap(set);
+            for g in &old.gens {
+                g.retire(cfg.drain_timeout);
+            }
             let mut draining = shard.draining.lock().expect("draining lock");
-            draining.retain(|g| g.counts().0 > 0);
+            draining.retain(|set| set.gens.iter().any(|g| g.counts().0 > 0));
             draining.push(old);
         }
         id
     }
 
-    /// Gives the current generation a connection the rotation engine validated.
-    pub fn adopt(&self, mut conn: ServerConn) {
+    /// Gives the current generation a connection the rotation engine validated on `target`.
+    pub fn adopt(&self, mut conn: ServerConn, target: &UpstreamTarget) {
         conn.generation = self.generation();
-        self.shards[0].current.load().adopt(Box::new(conn));
+        let set = self.shards[0].current.load();
+        at_host(&set, target).adopt(Box::new(conn));
     }
 
     /// Resolves once generation `id` has no connection left on any worker.
@@ -319,6 +351,7 @@ impl Pools {
             .shards
             .iter()
             .flat_map(|s| s.draining.lock().expect("draining lock").clone())
+            .flat_map(|set| set.gens.clone())
             .filter(|g| g.id == id)
             .collect();
         futures::future::join_all(olds.iter().map(|g| g.gone())).await;
@@ -342,34 +375,48 @@ pub fn share(total: u32, k: usize, n: usize) -> u32 {
     total / n + u32::from(k < total % n)
 }
 
-/// Generation `id` for every worker, sharing `pool.size` (and each with its reaper).
+/// The object of `set` on `target`'s host (the first when none is: a writer entry).
+fn at_host<'a>(set: &'a Set, target: &UpstreamTarget) -> &'a Arc<Generation> {
+    let host = target.address();
+    (set.gens.iter())
+        .find(|g| g.target.address() == host)
+        .unwrap_or(set.first())
+}
+
+/// Generation `id` for every worker, one object per host in `targets`, each host with its own
+/// `pool.size` shared by the workers (and each object with its reaper).
 fn generations(
     connectors: &[Arc<Connector>],
     cfg: &PoolConfig,
     id: u64,
-    (creds, target): (Arc<Credentials>, Arc<UpstreamTarget>),
-) -> Vec<Arc<Generation>> {
-    let shared = Arc::new(Shared::new(cfg.size));
+    creds: Arc<Credentials>,
+    targets: &[Arc<UpstreamTarget>],
+) -> Vec<Arc<Set>> {
     let n = connectors.len();
-    let all: Vec<_> = connectors
-        .iter()
-        .enumerate()
-        .map(|(k, connector)| {
-            let limits = Limits {
-                min_idle: share(cfg.min_idle, k, n),
-                idle_timeout: cfg.idle_timeout,
-                max_lifetime: cfg.max_lifetime,
-            };
-            let login = (creds.clone(), target.clone());
-            let g = Generation::new(id, login, limits, shared.clone(), connector.clone());
-            Arc::new(g)
-        })
-        .collect();
-    shared.set_siblings(&all);
-    for (g, connector) in all.iter().zip(connectors) {
-        connector.reap(g);
+    let mut sets: Vec<Set> = (0..n).map(|_| Set { gens: Vec::new() }).collect();
+    for target in targets {
+        let shared = Arc::new(Shared::new(cfg.size));
+        let all: Vec<_> = connectors
+            .iter()
+            .enumerate()
+            .map(|(k, connector)| {
+                let limits = Limits {
+                    min_idle: share(cfg.min_idle, k, n),
+                    idle_timeout: cfg.idle_timeout,
+                    max_lifetime: cfg.max_lifetime,
+                };
+                let login = (creds.clone(), target.clone());
+                let g = Generation::new(id, login, limits, shared.clone(), connector.clone());
+                Arc::new(g)
+            })
+            .collect();
+        shared.set_siblings(&all);
+        for ((g, connector), set) in all.into_iter().zip(connectors).zip(&mut sets) {
+            connector.reap(&g);
+            set.gens.push(g);
+        }
     }
-    all
+    sets.into_iter().map(Arc::new).collect()
 }
 
 /// A client's place in a generation's queue. Dropped early (timeout, cancel, client gone), it

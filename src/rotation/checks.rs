@@ -82,6 +82,7 @@ mod tests {
             channel_binding: crate::config::ChannelBinding::Prefer,
             allow_md5: false,
             parity_query: None,
+            readers: None,
             tls_explicit: true,
             hosts: vec![crate::config::HostPort {
                 host: "db.example.com".into(),

@@ -85,11 +85,15 @@ async fn until(deadline: Option<Instant>) {
 impl<U: Upstream> Engine<U> {
     pub fn new(parts: EngineParts<U>) -> Self {
         let up = &parts.endpoint;
-        let writer = Writer::new(
+        let mut writer = Writer::new(
             up.hosts.len(),
             up.target_session_attrs,
             up.writer_check_interval,
         );
+        if up.readers.is_some() {
+            // A reader entry's hosts are chosen by the reader check (`readers.rs`).
+            (writer.enabled, writer.found) = (false, true);
+        }
         Self {
             writer,
             p: parts,

@@ -89,6 +89,7 @@ impl Setup {
                 channel_binding: crate::config::ChannelBinding::Prefer,
                 allow_md5: false,
                 parity_query: None,
+                readers: None,
                 tls_explicit: true,
                 hosts: self.hosts.iter().map(|(name, _)| host(name)).collect(),
                 target_session_attrs: self.attrs,

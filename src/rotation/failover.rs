@@ -105,6 +105,9 @@ impl<U: Upstream> Engine<U> {
     /// Looks for the host to serve from and moves there when it is another one (or, for an RDS
     /// failover event, republishes on the same name so new connections resolve it again).
     pub(super) async fn search(&mut self, trigger: Trigger) -> Report {
+        if self.p.endpoint.readers.is_some() {
+            return self.recheck_readers(trigger);
+        }
         let started = Instant::now();
         self.writer.last_search = Some(started);
         self.writer.retry_at = None;
@@ -141,6 +144,23 @@ impl<U: Upstream> Engine<U> {
             username: Some(creds.username.clone()),
             reason: Some(reason),
             duration_ms: started.elapsed().as_millis() as u64,
+        }
+    }
+
+    /// A reader entry's hosts are chosen by its reader check (`readers.rs`): a search (an RDS
+    /// failover event, `POST /failover`) asks it to look again now.
+    fn recheck_readers(&self, trigger: Trigger) -> Report {
+        self.p.pools.writer_doubt().notify_one();
+        let creds = self.p.pools.current();
+        Report {
+            outcome: Outcome::Unchanged,
+            trigger,
+            source: self.p.provider.kind(),
+            generation: self.p.pools.generation(),
+            version: Some(creds.version.clone()),
+            username: Some(creds.username.clone()),
+            reason: Some("a reader entry: its hosts are checked again now".into()),
+            duration_ms: 0,
         }
     }
 
@@ -259,6 +279,10 @@ impl<U: Upstream> Engine<U> {
         if self.validated {
             self.p.ready.store(true, Ordering::Release);
         }
+        if self.p.endpoint.readers.is_some() {
+            // The reader check shows the hosts in rotation.
+            return;
+        }
         self.p.status.update(|s| s.writer = Some(host.to_string()));
         self.writer_gauges(Some(host));
     }
@@ -344,6 +368,8 @@ impl<U: Upstream> Engine<U> {
                 error: p.role.as_ref().err().cloned(),
                 serving: p.host == serving,
                 checked_at: unix(p.checked),
+                lag_seconds: None,
+                lag_bytes: None,
             })
             .collect();
         self.p.status.update(|s| s.hosts = hosts);

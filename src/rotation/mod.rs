@@ -14,12 +14,15 @@ mod engine_tests;
 mod failover;
 #[cfg(test)]
 mod failover_tests;
+mod lag;
 mod parity;
+pub mod readers;
 mod status;
 mod upstream;
 pub mod writer;
 
 pub use engine::{Engine, EngineParts};
+pub use readers::Readers;
 pub use status::{Outcome, Report, RotationStatus, Trigger};
 pub use upstream::Upstream;
 

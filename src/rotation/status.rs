@@ -56,8 +56,14 @@ pub struct HostView {
     pub role: Option<super::writer::Role>,
     /// Why it could not be asked (never a credential).
     pub error: Option<String>,
+    /// The writer served from; for a reader entry, in rotation.
     pub serving: bool,
     pub checked_at: u64,
+    /// A reader entry's standby: how far behind the primary, when that can be told.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lag_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lag_bytes: Option<u64>,
 }
 
 /// The last move to another host.

@@ -59,9 +59,11 @@ pub trait Upstream: Send + Sync + 'static {
     fn server_of(&self, proof: &Self::Proof) -> Option<String>;
 }
 
+/// The validated connection, the server it is logged in to, and which server that is.
+pub(super) type ReaderProof = (ServerConn, Arc<UpstreamTarget>, Option<String>);
+
 impl Upstream for Pools {
-    /// The validated connection and the server it is logged in to.
-    type Proof = (ServerConn, Arc<UpstreamTarget>, Option<String>);
+    type Proof = ReaderProof;
 
     fn generation(&self) -> u64 {
         Pools::generation(self)
@@ -81,6 +83,11 @@ impl Upstream for Pools {
         generation: u64,
         host: &HostPort,
     ) -> Result<Self::Proof, String> {
+        if let Some(spread) = self.spread()
+            && *host == self.serving()
+        {
+            return super::readers::validate(self, spread, creds, generation).await;
+        }
         let current = self.target();
         let target = match current.address() == *host {
             true => current,
@@ -109,8 +116,8 @@ impl Upstream for Pools {
         Pools::publish_to(self, creds, target, conn)
     }
 
-    fn adopt(&self, (conn, _, _): Self::Proof) {
-        Pools::adopt(self, conn)
+    fn adopt(&self, (conn, target, _): Self::Proof) {
+        Pools::adopt(self, conn, &target)
     }
 
     fn drain_timeout(&self) -> std::time::Duration {

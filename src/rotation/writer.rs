@@ -150,7 +150,8 @@ fn first_pass(attrs: TargetSessionAttrs, p: &Probe) -> bool {
     p.role.as_ref().is_ok_and(|r| wants(attrs, *r))
 }
 
-fn wants(attrs: TargetSessionAttrs, r: Role) -> bool {
+/// Whether `attrs` takes a host of role `r` (`prefer-standby`: on its first pass).
+pub(crate) fn wants(attrs: TargetSessionAttrs, r: Role) -> bool {
     match attrs {
         TargetSessionAttrs::Any => true,
         TargetSessionAttrs::ReadWrite | TargetSessionAttrs::Primary => r == Role::Primary,

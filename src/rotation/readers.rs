@@ -1,0 +1,339 @@
+//! The reader check (design 9.3): for a reader entry, every `replica_check_interval` (and at
+//! once when a host looks gone) each host is asked its role, its WAL position and its replay
+//! age, on a probe session kept open per host for the serving credential; [`super::lag`] turns
+//! the answers into the hosts in rotation, which the pools spread transactions over.
+//!
+//! A probe session is replaced by a fresh login when it fails, when the host's role changed,
+//! when the credential changed and every [`RENEW`] (so a moved DNS name is seen). A host that
+//! returns to the rotation passes `upstream.parity_query` first, when one is set.
+
+use super::checks::health_check;
+use super::lag::{self, Lag, Reading, WalClock};
+use super::status::{HostView, RotationStatus, unix};
+use super::writer::Role;
+use crate::backend::{self, ServerConn, UpstreamTarget, query};
+use crate::config::{HostPort, ReadersConfig, UpstreamConfig};
+use crate::pool::{Pools, Spread};
+use crate::secrets::Credentials;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// How long a probe session is kept before a fresh login replaces it.
+const RENEW: Duration = Duration::from_secs(300);
+/// A host that looks gone is looked at again after this pause (one failover, one check).
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// Role, WAL position and replay age in one round trip.
+const READ: &str = "SELECT pg_catalog.pg_is_in_recovery(), \
+     pg_catalog.current_setting('transaction_read_only'), \
+     (CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn() \
+      ELSE pg_catalog.pg_current_wal_lsn() END)::text, \
+     pg_catalog.date_part('epoch', pg_catalog.clock_timestamp() \
+      - pg_catalog.pg_last_xact_replay_timestamp())";
+
+/// A probe session kept open on one host.
+struct Session {
+    conn: ServerConn,
+    version: String,
+    opened: Instant,
+    role: Role,
+}
+
+/// The reader check of one database entry.
+pub struct Readers {
+    database: String,
+    pools: Arc<Pools>,
+    endpoint: UpstreamConfig,
+    cfg: ReadersConfig,
+    targets: Vec<Option<UpstreamTarget>>,
+    sessions: Vec<Option<Session>>,
+    clock: WalClock,
+    status: Arc<RotationStatus>,
+}
+
+impl Readers {
+    pub fn new(
+        database: &str,
+        pools: Arc<Pools>,
+        endpoint: UpstreamConfig,
+        status: Arc<RotationStatus>,
+    ) -> Option<Self> {
+        let cfg = endpoint.readers.clone()?;
+        let base = pools.target();
+        let targets = endpoint.hosts.iter().map(|h| base.at(h).ok()).collect();
+        let sessions = endpoint.hosts.iter().map(|_| None).collect();
+        Some(Self {
+            database: database.to_owned(),
+            pools,
+            endpoint,
+            cfg,
+            targets,
+            sessions,
+            clock: WalClock::default(),
+            status,
+        })
+    }
+
+    /// Checks at once, then every interval and whenever a host looks gone, until `stop`.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let doubt = self.pools.writer_doubt.clone();
+        loop {
+            self.check().await;
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(self.cfg.check_interval) => {}
+                () = doubt.notified() => tokio::time::sleep(DEBOUNCE).await,
+            }
+        }
+    }
+
+    /// One round: every host asked at once, the rotation set, the metrics and `/status`.
+    async fn check(&mut self) {
+        let creds = self.pools.current_creds();
+        let timeout = self.endpoint.connect_timeout * 2;
+        let asks = (self.targets.iter())
+            .zip(self.sessions.iter_mut())
+            .map(|(t, s)| ask(t.as_ref(), s, &creds, timeout));
+        let readings: Vec<Reading> = futures::future::join_all(asks).await;
+        let now = Instant::now();
+        let primary = (readings.iter())
+            .find(|r| r.role == Ok(Role::Primary))
+            .and_then(|r| r.lsn);
+        if let Some(lsn) = primary {
+            self.clock.record(now, lsn);
+        }
+        let with_lag: Vec<(Reading, Lag)> = (readings.into_iter())
+            .map(|r| {
+                let l = match r.role {
+                    Ok(Role::Standby) => lag::lag(primary, &self.clock, &r, now),
+                    _ => Lag::default(),
+                };
+                (r, l)
+            })
+            .collect();
+        let mut on = lag::choose(self.endpoint.target_session_attrs, &self.cfg, &with_lag);
+        self.hold_back_on_parity(&mut on).await;
+        self.apply(&on, &with_lag);
+    }
+
+    /// A host that would join the rotation must give the serving side's
+    /// `upstream.parity_query` value first (on its probe session).
+    async fn hold_back_on_parity(&mut self, on: &mut [bool]) {
+        let Some(q) = self.endpoint.parity_query.clone() else {
+            return;
+        };
+        let Some(spread) = self.pools.spread().cloned() else {
+            return;
+        };
+        for (i, on) in on.iter_mut().enumerate() {
+            if !*on || spread.is_in(i) {
+                continue;
+            }
+            let Some(s) = self.sessions[i].as_mut() else {
+                continue;
+            };
+            let timeout = self.endpoint.connect_timeout;
+            if let Err(e) = super::parity::check(&self.pools, &mut s.conn, &q, timeout).await {
+                tracing::warn!(database = %self.database, host = %self.endpoint.hosts[i], error = %e, "a reader stays out of rotation");
+                *on = false;
+            }
+        }
+    }
+
+    /// Publishes the rotation, and logs each host that joins or leaves it.
+    fn apply(&self, on: &[bool], readings: &[(Reading, Lag)]) {
+        let Some(spread) = self.pools.spread() else {
+            return;
+        };
+        let hosts = &self.endpoint.hosts;
+        for (i, (host, (r, l))) in hosts.iter().zip(readings).enumerate() {
+            let was = spread.is_in(i);
+            if was != on[i] {
+                let why = reason(r, l);
+                match on[i] {
+                    true => {
+                        tracing::info!(database = %self.database, host = %host, "reader host joins the rotation: {why}")
+                    }
+                    false => {
+                        tracing::warn!(database = %self.database, host = %host, "reader host leaves the rotation: {why}")
+                    }
+                }
+            }
+            self.gauges(host, on[i], l);
+        }
+        spread.set(on);
+        self.show(on, readings);
+    }
+
+    fn gauges(&self, host: &HostPort, on: bool, l: &Lag) {
+        let (db, h) = (self.database.clone(), host.to_string());
+        metrics::gauge!("rotagate_host_in_rotation", "database" => db.clone(), "host" => h.clone())
+            .set(if on { 1.0 } else { 0.0 });
+        if let Some(s) = l.seconds {
+            metrics::gauge!("rotagate_replica_lag_seconds", "database" => db.clone(), "host" => h.clone())
+                .set(s);
+        }
+        if let Some(b) = l.bytes {
+            metrics::gauge!("rotagate_replica_lag_bytes", "database" => db, "host" => h)
+                .set(b as f64);
+        }
+    }
+
+    fn show(&self, on: &[bool], readings: &[(Reading, Lag)]) {
+        let at = unix(SystemTime::now());
+        let hosts = (self.endpoint.hosts.iter())
+            .zip(readings)
+            .zip(on)
+            .map(|((h, (r, l)), on)| HostView {
+                host: h.to_string(),
+                role: r.role.as_ref().ok().copied(),
+                error: r.role.as_ref().err().cloned(),
+                serving: *on,
+                checked_at: at,
+                lag_seconds: l.seconds,
+                lag_bytes: l.bytes,
+            })
+            .collect();
+        let serving = self.pools.spread().map(|s| s.in_rotation());
+        self.status.update(|s| {
+            s.hosts = hosts;
+            s.writer = serving.filter(|v| !v.is_empty()).map(|v| {
+                v.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            });
+        });
+    }
+}
+
+/// A credential for a reader entry (a rotation, or the first one): validated on every host in
+/// rotation (on every host when none is yet), at once. A host that refuses it leaves the
+/// rotation, logged, and comes back once the reader check's login with it succeeds (a replica
+/// that has not yet replayed the password change, say); the validation fails only when every
+/// host refuses it. The proof is the first host's connection that passed.
+pub(super) async fn validate(
+    pools: &Pools,
+    spread: &Spread,
+    creds: &Credentials,
+    generation: u64,
+) -> Result<super::upstream::ReaderProof, String> {
+    let mut hosts = spread.in_rotation();
+    if hosts.is_empty() {
+        hosts = spread.hosts().to_vec();
+    }
+    let base = pools.target();
+    let tries = hosts.iter().map(|h| async {
+        let target = Arc::new(base.at(h).map_err(|e| e.to_string())?);
+        let conn = health_check(&target, creds, generation, pools.database())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((conn, target))
+    });
+    let results = futures::future::join_all(tries).await;
+    let mut proof = None;
+    let mut refused = Vec::new();
+    for (h, r) in hosts.iter().zip(results) {
+        match r {
+            Ok(ok) if proof.is_none() => proof = Some(ok),
+            Ok(_) => {}
+            Err(e) => {
+                if spread.take_out(h) {
+                    tracing::warn!(database = %pools.database(), host = %h, error = %e, "reader host refuses the credential being validated; out of rotation until it accepts it");
+                }
+                refused.push(format!("{h}: {e}"));
+            }
+        }
+    }
+    let (mut conn, target) = proof.ok_or_else(|| refused.join("; "))?;
+    if let Some(q) = target.parity_query.clone() {
+        super::parity::check(pools, &mut conn, &q, target.connect_timeout).await?;
+    }
+    Ok((conn, target, None))
+}
+
+/// Why a host is in or out, for the log.
+fn reason(r: &Reading, l: &Lag) -> String {
+    let role = match &r.role {
+        Ok(role) => role.name().to_owned(),
+        Err(e) => return e.clone(),
+    };
+    match (l.seconds, l.bytes) {
+        (Some(s), Some(b)) => format!("{role}, {s:.1} s and {b} bytes behind the primary"),
+        _ => role,
+    }
+}
+
+/// One host's answer, on its kept session when it has a good one, else on a fresh login.
+async fn ask(
+    target: Option<&UpstreamTarget>,
+    session: &mut Option<Session>,
+    creds: &Credentials,
+    timeout: Duration,
+) -> Reading {
+    let Some(target) = target else {
+        return failed("its TLS settings could not be built".into());
+    };
+    let kept = session
+        .take()
+        .filter(|s| s.version == creds.version && s.opened.elapsed() < RENEW && !s.conn.broken);
+    if let Some(mut s) = kept {
+        let got = tokio::time::timeout(timeout, read(&mut s.conn)).await;
+        if let Ok(Ok(r)) = got
+            && r.role == Ok(s.role)
+        {
+            *session = Some(s);
+            return r;
+        }
+        // An error, no answer or another role: a fresh login decides.
+    }
+    let fresh = async {
+        let mut conn = backend::connect(target, creds, 0)
+            .await
+            .map_err(|e| e.to_string())?;
+        let r = read(&mut conn).await?;
+        Ok::<_, String>((conn, r))
+    };
+    match tokio::time::timeout(timeout, fresh).await {
+        Err(_) => failed("did not answer in time".into()),
+        Ok(Err(e)) => failed(e),
+        Ok(Ok((conn, r))) => {
+            if let Ok(role) = r.role {
+                *session = Some(Session {
+                    conn,
+                    version: creds.version.clone(),
+                    opened: Instant::now(),
+                    role,
+                });
+            }
+            r
+        }
+    }
+}
+
+fn failed(e: String) -> Reading {
+    Reading {
+        role: Err(e),
+        lsn: None,
+        replay_age: None,
+    }
+}
+
+async fn read(conn: &mut ServerConn) -> Result<Reading, String> {
+    let rows = query::rows(conn, READ).await.map_err(|e| e.to_string())?;
+    let row = rows.into_iter().next().unwrap_or_default();
+    let col = |i: usize| row.get(i).cloned().flatten();
+    let role = match (col(0).as_deref(), col(1).as_deref()) {
+        (Some("t"), _) => Role::Standby,
+        (_, Some("on")) => Role::ReadOnly,
+        _ => Role::Primary,
+    };
+    let age = col(3).and_then(|s| s.parse::<f64>().ok());
+    Ok(Reading {
+        role: Ok(role),
+        lsn: col(2).as_deref().and_then(lag::parse_lsn),
+        replay_age: age.map(|a| Duration::from_secs_f64(a.max(0.0))),
+    })
+}

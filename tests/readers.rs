@@ -1,0 +1,295 @@
+//! Reader endpoints (design 9.3): a reader entry spreads transactions over the standbys in
+//! rotation, holds them within `max_replica_lag`, loses only the transactions in flight on a
+//! standby that dies, and rotates credentials under read load. A primary with two streaming
+//! standbys, made by the harness.
+
+mod common;
+
+use common::pg::Pg;
+use common::*;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The primary and two standbys.
+fn three() -> (Pg, Pg, Pg) {
+    let (primary, one) = primary_and_standby();
+    let two = primary.standby();
+    (primary, one, two)
+}
+
+/// rotagate with a reader entry over the three (primary first), checking every 200 ms.
+async fn reader_proxy(hosts: [&Pg; 3], extra: &str) -> TestProxy {
+    let list: Vec<String> = (hosts.iter())
+        .map(|pg| format!("\"127.0.0.1:{}\"", pg.port))
+        .collect();
+    let lines = format!(
+        "hosts = [{}]\ntarget_session_attrs = \"standby\"\nload_balance_hosts = \"random\"\n\
+         replica_check_interval = \"200ms\"\n{extra}",
+        list.join(", ")
+    );
+    let proxy = TestProxy::builder(hosts[0])
+        .upstream_hosts(&lines)
+        .pool("acquire_timeout = \"20s\"")
+        .start()
+        .await;
+    wait_until(20, "both standbys in rotation", || async {
+        in_rotation(&proxy).await.len() == 2
+    })
+    .await;
+    proxy
+}
+
+/// The hosts `/status` shows in rotation.
+async fn in_rotation(proxy: &TestProxy) -> Vec<String> {
+    let s: serde_json::Value = serde_json::from_str(&proxy.get("/status").await.1).unwrap();
+    let hosts = s["databases"][0]["upstream"]["hosts"].as_array().cloned();
+    let hosts = hosts.or_else(|| s["upstream"]["hosts"].as_array().cloned());
+    (hosts.unwrap_or_default().iter())
+        .filter(|h| h["serving"] == true)
+        .map(|h| h["host"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+fn at(pg: &Pg) -> String {
+    format!("127.0.0.1:{}", pg.port)
+}
+
+async fn port_of_read(client: &tokio_postgres::Client) -> Result<i32, tokio_postgres::Error> {
+    let row = client.query_one("SELECT inet_server_port()", &[]).await?;
+    Ok(row.get(0))
+}
+
+/// Reads through `client`, counted by the port that answered.
+async fn reads(client: &tokio_postgres::Client, n: usize) -> HashMap<i32, usize> {
+    let mut by_port = HashMap::new();
+    for _ in 0..n {
+        *by_port
+            .entry(port_of_read(client).await.unwrap())
+            .or_default() += 1;
+    }
+    by_port
+}
+
+/// The primary written to directly, until the returned flag is set.
+fn keep_writing(primary: &Pg) -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let url = format!(
+        "host=127.0.0.1 port={} user={APP_USER} password={APP_PASSWORD} dbname=appdb sslmode=disable",
+        primary.port
+    );
+    let flag = stop.clone();
+    tokio::spawn(async move {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        while !flag.load(Ordering::Relaxed) {
+            client
+                .execute("INSERT INTO fo (at) VALUES (clock_timestamp())", &[])
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    stop
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_spread_over_the_standbys_and_a_lagging_one_leaves_and_returns() {
+    let (primary, one, two) = three();
+    let proxy = reader_proxy([&primary, &one, &two], "max_replica_lag = \"1s\"").await;
+    let client = proxy.client().await;
+    let spread = reads(&client, 1000).await;
+    eprintln!("1,000 reads: {spread:?}");
+    assert_eq!(
+        spread.get(&i32::from(primary.port)),
+        None,
+        "no read on the primary"
+    );
+    for pg in [&one, &two] {
+        let n = spread.get(&i32::from(pg.port)).copied().unwrap_or(0);
+        assert!(n >= 350, "each standby takes at least 35%: {spread:?}");
+    }
+    let per_host = |pg: &Pg| format!("host=\"{}\"", at(pg));
+    assert!(
+        proxy
+            .metric("rotagate_host_transactions_total", &per_host(&one))
+            .await
+            >= 350.0
+    );
+
+    // Replay paused on one standby while the primary writes: it leaves within 2 s of lagging
+    // 1 s behind, and comes back after replay resumes.
+    let writing = keep_writing(&primary);
+    one.sql("SELECT pg_wal_replay_pause()");
+    let paused = Instant::now();
+    wait_until(10, "the paused standby out of rotation", || async {
+        in_rotation(&proxy).await == [at(&two)]
+    })
+    .await;
+    let out_after = paused.elapsed();
+    eprintln!("paused standby out of rotation {out_after:?} after the pause (bound 1 s)");
+    assert!(out_after <= Duration::from_secs(3), "{out_after:?}");
+    assert!(
+        proxy
+            .metric("rotagate_replica_lag_seconds", &per_host(&one))
+            .await
+            > 1.0
+    );
+    let during = reads(&client, 100).await;
+    assert_eq!(during.get(&i32::from(two.port)), Some(&100), "{during:?}");
+    one.sql("SELECT pg_wal_replay_resume()");
+    let resumed = Instant::now();
+    wait_until(10, "the standby back in rotation", || async {
+        in_rotation(&proxy).await.len() == 2
+    })
+    .await;
+    eprintln!(
+        "standby back in rotation {:?} after replay resumed",
+        resumed.elapsed()
+    );
+    writing.store(true, Ordering::Relaxed);
+    assert_eq!(
+        proxy
+            .metric("rotagate_host_in_rotation", &per_host(&one))
+            .await,
+        1.0
+    );
+    // The dashboard's reader panels chart series a reader entry serves.
+    let metrics = proxy.get("/metrics").await.1;
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/grafana-dashboard.json");
+    let dashboard = std::fs::read_to_string(path).unwrap();
+    for name in [
+        "rotagate_host_in_rotation",
+        "rotagate_host_transactions_total",
+        "rotagate_replica_lag_seconds",
+        "rotagate_replica_lag_bytes",
+    ] {
+        assert!(dashboard.contains(name), "the dashboard charts {name}");
+        assert!(
+            metrics.contains(&format!("\n{name}{{")),
+            "/metrics serves {name}"
+        );
+    }
+}
+
+/// Clients reading in a loop: reads by port, errors, and whether any connection closed.
+struct ReadLoad {
+    clients: Vec<Arc<tokio_postgres::Client>>,
+    ports: Arc<Mutex<HashMap<i32, usize>>>,
+    errors: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ReadLoad {
+    async fn start(proxy: &TestProxy, n: usize) -> Self {
+        let mut load = ReadLoad {
+            clients: Vec::new(),
+            ports: Arc::default(),
+            errors: Arc::default(),
+            stop: Arc::default(),
+            tasks: Vec::new(),
+        };
+        for _ in 0..n {
+            let c = Arc::new(proxy.client().await);
+            let (cc, ports, errors, stop) = (
+                c.clone(),
+                load.ports.clone(),
+                load.errors.clone(),
+                load.stop.clone(),
+            );
+            load.tasks.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) && !cc.is_closed() {
+                    match port_of_read(&cc).await {
+                        Ok(p) => *ports.lock().unwrap().entry(p).or_default() += 1,
+                        Err(e) => errors.lock().unwrap().push(format!("{e:?}")),
+                    }
+                }
+            }));
+            load.clients.push(c);
+        }
+        load
+    }
+
+    fn on(&self, pg: &Pg) -> usize {
+        let ports = self.ports.lock().unwrap();
+        ports.get(&i32::from(pg.port)).copied().unwrap_or(0)
+    }
+
+    /// Stops; the errors, after checking no client connection closed.
+    async fn finish(self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let closed = self.clients.iter().filter(|c| c.is_closed()).count();
+        assert_eq!(closed, 0, "client connections closed");
+        self.errors.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_killed_under_read_load_fails_only_the_reads_in_flight() {
+    let (primary, one, two) = three();
+    let proxy = reader_proxy([&primary, &one, &two], "").await;
+    let load = ReadLoad::start(&proxy, 4).await;
+    wait_until(20, "reads on both standbys", || async {
+        load.on(&one) >= 50 && load.on(&two) >= 50
+    })
+    .await;
+    one.crash();
+    let on_two = load.on(&two);
+    wait_until(20, "reads going on on the other standby", || async {
+        load.on(&two) >= on_two + 200
+    })
+    .await;
+    assert_eq!(in_rotation(&proxy).await, [at(&two)]);
+    let errors = load.errors.lock().unwrap().clone();
+    eprintln!(
+        "standby killed under 4 reading clients: {} failed reads: {errors:?}",
+        errors.len()
+    );
+    assert!(
+        errors.len() <= 4,
+        "at most one read in flight per client failed: {errors:?}"
+    );
+
+    // It comes back when it answers again.
+    one.restart();
+    wait_until(20, "the restarted standby back in rotation", || async {
+        in_rotation(&proxy).await.len() == 2
+    })
+    .await;
+    let on_one = load.on(&one);
+    wait_until(20, "reads on the restarted standby", || async {
+        load.on(&one) >= on_one + 50
+    })
+    .await;
+    let errors = load.finish().await;
+    assert!(errors.len() <= 4, "{errors:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_under_read_load_fails_no_read() {
+    let (primary, one, two) = three();
+    let proxy = reader_proxy([&primary, &one, &two], "").await;
+    let load = ReadLoad::start(&proxy, 4).await;
+    wait_until(20, "reads on both standbys", || async {
+        load.on(&one) >= 50 && load.on(&two) >= 50
+    })
+    .await;
+    proxy.rotate_to(&primary, APP_USER, "rotated-pw-2").await;
+    let (a, b) = (load.on(&one), load.on(&two));
+    wait_until(
+        20,
+        "reads on both standbys with the new credential",
+        || async { load.on(&one) >= a + 100 && load.on(&two) >= b + 100 },
+    )
+    .await;
+    assert_eq!(in_rotation(&proxy).await.len(), 2);
+    let errors = load.finish().await;
+    assert_eq!(errors, Vec::<String>::new(), "no read failed");
+}
