@@ -266,6 +266,12 @@ impl Pools {
         self.current_id.load(Ordering::Acquire)
     }
 
+    /// The current generation and its credential, read together.
+    pub fn current_login(&self) -> (u64, Arc<Credentials>) {
+        let set = self.shards[0].current.load();
+        (set.first().id, set.first().creds.clone())
+    }
+
     /// The credential being served.
     pub fn current_creds(&self) -> Arc<Credentials> {
         self.shards[0].current.load().first().creds.clone()

@@ -34,6 +34,9 @@ pub struct Spread {
     mask: AtomicU64,
     /// Feeds the pick (a counter through splitmix64: cheap, lock-free and evenly spread).
     draws: AtomicU64,
+    /// Hosts taken out for refusing a credential being validated, and that credential's
+    /// generation: kept out until a check made with that generation (or a later one) says.
+    held: std::sync::Mutex<(u64, u64)>,
     /// Told when the mask changes.
     pub changed: Notify,
     /// `rotagate_host_transactions_total{host}`: acquires per host.
@@ -54,6 +57,7 @@ impl Spread {
             hosts,
             mask: AtomicU64::new(0),
             draws: AtomicU64::new(seed()),
+            held: std::sync::Mutex::new((0, 0)),
             changed: Notify::new(),
             acquired,
         }
@@ -63,13 +67,23 @@ impl Spread {
         &self.hosts
     }
 
-    /// Puts exactly the hosts in `on` in rotation; true when that changed anything.
-    pub fn set(&self, on: &[bool]) -> bool {
+    /// Puts exactly the hosts in `on` in rotation, as a check made with generation `checked`
+    /// found them; true when that changed anything. A host held out for refusing a newer
+    /// generation's credential stays out.
+    pub fn set(&self, on: &[bool], checked: u64) -> bool {
         let mask = on
             .iter()
             .enumerate()
             .filter(|(_, on)| **on)
             .fold(0u64, |m, (i, _)| m | (1 << i));
+        let held = {
+            let mut held = self.held.lock().expect("held lock");
+            if checked >= held.1 {
+                *held = (0, 0);
+            }
+            held.0
+        };
+        let mask = mask & !held;
         let old = self.mask.swap(mask, Ordering::AcqRel);
         if old != mask {
             self.changed.notify_waiters();
@@ -77,11 +91,16 @@ impl Spread {
         old != mask
     }
 
-    /// Takes `host` out of rotation (it refused a new credential, say); true when it was in.
-    pub fn take_out(&self, host: &HostPort) -> bool {
+    /// Takes `host` out of rotation: it refused the credential validated for `generation`,
+    /// which is about to be published. True when it was in.
+    pub fn take_out(&self, host: &HostPort, generation: u64) -> bool {
         let Some(i) = self.hosts.iter().position(|h| h == host) else {
             return false;
         };
+        {
+            let mut held = self.held.lock().expect("held lock");
+            *held = (held.0 | (1 << i), generation.max(held.1));
+        }
         let old = self.mask.fetch_and(!(1 << i), Ordering::AcqRel);
         let was = old & (1 << i) != 0;
         if was {
@@ -180,18 +199,23 @@ mod tests {
     fn picks_only_hosts_in_rotation_and_spreads_evenly() {
         let s = Spread::new("db", hosts(3));
         assert_eq!(s.pick(), None);
-        assert!(s.set(&[true, false, true]));
-        assert!(!s.set(&[true, false, true]));
+        assert!(s.set(&[true, false, true], 1));
+        assert!(!s.set(&[true, false, true], 1));
         let mut seen = [0u32; 3];
         for _ in 0..10_000 {
             seen[s.pick().unwrap()] += 1;
         }
         assert_eq!(seen[1], 0);
         assert!(seen[0] > 4_500 && seen[2] > 4_500, "{seen:?}");
-        assert!(s.take_out(&hosts(3)[0]));
-        assert!(!s.take_out(&hosts(3)[0]));
+        assert!(s.take_out(&hosts(3)[0], 2));
+        assert!(!s.take_out(&hosts(3)[0], 2));
         assert_eq!(s.in_rotation(), vec![hosts(3)[2].clone()]);
         assert_eq!(s.pick(), Some(2));
+        // A check made with the old credential does not bring it back; one with the new does.
+        s.set(&[true, false, true], 1);
+        assert_eq!(s.in_rotation(), vec![hosts(3)[2].clone()]);
+        s.set(&[true, false, true], 2);
+        assert_eq!(s.in_rotation().len(), 2);
     }
 
     #[test]

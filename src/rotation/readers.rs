@@ -22,6 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 /// How long a probe session is kept before a fresh login replaces it.
 const RENEW: Duration = Duration::from_secs(300);
+/// How long a validation waits for replicas that refuse a new password to replay it.
+const REPLAY_WAIT: Duration = Duration::from_secs(2);
+const REPLAY_RETRY: Duration = Duration::from_millis(100);
 /// A host that looks gone is looked at again after this pause (one failover, one check).
 const DEBOUNCE: Duration = Duration::from_millis(50);
 
@@ -91,7 +94,7 @@ impl Readers {
 
     /// One round: every host asked at once, the rotation set, the metrics and `/status`.
     async fn check(&mut self) {
-        let creds = self.pools.current_creds();
+        let (checked, creds) = self.pools.current_login();
         let timeout = self.endpoint.connect_timeout * 2;
         let asks = (self.targets.iter())
             .zip(self.sessions.iter_mut())
@@ -115,7 +118,7 @@ impl Readers {
             .collect();
         let mut on = lag::choose(self.endpoint.target_session_attrs, &self.cfg, &with_lag);
         self.hold_back_on_parity(&mut on).await;
-        self.apply(&on, &with_lag);
+        self.apply(&on, &with_lag, checked);
     }
 
     /// A host that would join the rotation must give the serving side's
@@ -143,16 +146,18 @@ impl Readers {
     }
 
     /// Publishes the rotation, and logs each host that joins or leaves it.
-    fn apply(&self, on: &[bool], readings: &[(Reading, Lag)]) {
+    fn apply(&self, on: &[bool], readings: &[(Reading, Lag)], checked: u64) {
         let Some(spread) = self.pools.spread() else {
             return;
         };
         let hosts = &self.endpoint.hosts;
+        let was: Vec<bool> = (0..hosts.len()).map(|i| spread.is_in(i)).collect();
+        spread.set(on, checked);
+        let now: Vec<bool> = (0..hosts.len()).map(|i| spread.is_in(i)).collect();
         for (i, (host, (r, l))) in hosts.iter().zip(readings).enumerate() {
-            let was = spread.is_in(i);
-            if was != on[i] {
+            if was[i] != now[i] {
                 let why = reason(r, l);
-                match on[i] {
+                match now[i] {
                     true => {
                         tracing::info!(database = %self.database, host = %host, "reader host joins the rotation: {why}")
                     }
@@ -161,10 +166,9 @@ impl Readers {
                     }
                 }
             }
-            self.gauges(host, on[i], l);
+            self.gauges(host, now[i], l);
         }
-        spread.set(on);
-        self.show(on, readings);
+        self.show(&now, readings);
     }
 
     fn gauges(&self, host: &HostPort, on: bool, l: &Lag) {
@@ -210,46 +214,63 @@ impl Readers {
 }
 
 /// A credential for a reader entry (a rotation, or the first one): validated on every host in
-/// rotation (on every host when none is yet), at once. A host that refuses it leaves the
-/// rotation, logged, and comes back once the reader check's login with it succeeds (a replica
-/// that has not yet replayed the password change, say); the validation fails only when every
-/// host refuses it. The proof is the first host's connection that passed.
+/// rotation (on every host when none is yet), at once. A login refused as a bad password is
+/// tried again for up to [`REPLAY_WAIT`]: a replica refuses a new password until it has
+/// replayed the `ALTER ROLE` from the primary, milliseconds behind. A host that still refuses
+/// it leaves the rotation, logged, and comes back once the reader check's login with it
+/// succeeds; the validation fails only when every host refuses. The proof is the first host's
+/// connection that passed.
 pub(super) async fn validate(
     pools: &Pools,
     spread: &Spread,
     creds: &Credentials,
     generation: u64,
 ) -> Result<super::upstream::ReaderProof, String> {
-    let mut hosts = spread.in_rotation();
-    if hosts.is_empty() {
-        hosts = spread.hosts().to_vec();
+    let mut pending = spread.in_rotation();
+    if pending.is_empty() {
+        pending = spread.hosts().to_vec();
     }
     let base = pools.target();
-    let tries = hosts.iter().map(|h| async {
-        let target = Arc::new(base.at(h).map_err(|e| e.to_string())?);
-        let conn = health_check(&target, creds, generation, pools.database())
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>((conn, target))
-    });
-    let results = futures::future::join_all(tries).await;
+    let give_up = Instant::now() + REPLAY_WAIT;
     let mut proof = None;
     let mut refused = Vec::new();
-    for (h, r) in hosts.iter().zip(results) {
-        match r {
-            Ok(ok) if proof.is_none() => proof = Some(ok),
-            Ok(_) => {}
-            Err(e) => {
-                if spread.take_out(h) {
-                    tracing::warn!(database = %pools.database(), host = %h, error = %e, "reader host refuses the credential being validated; out of rotation until it accepts it");
-                }
-                refused.push(format!("{h}: {e}"));
+    loop {
+        let tries = pending.iter().map(|h| async {
+            let target = Arc::new(base.at(h).map_err(|e| (false, e.to_string()))?);
+            let conn = health_check(&target, creds, generation, pools.database())
+                .await
+                .map_err(|e| (e.is_auth_failure(), e.to_string()))?;
+            Ok::<_, (bool, String)>((conn, target))
+        });
+        let results = futures::future::join_all(tries).await;
+        let mut again = Vec::new();
+        for (h, r) in pending.iter().zip(results) {
+            match r {
+                Ok(ok) if proof.is_none() => proof = Some(ok),
+                Ok(_) => {}
+                Err((true, _)) if Instant::now() < give_up => again.push(h.clone()),
+                Err((_, e)) => refused.push((h.clone(), e)),
             }
         }
+        if again.is_empty() {
+            break;
+        }
+        pending = again;
+        tokio::time::sleep(REPLAY_RETRY).await;
     }
-    let (mut conn, target) = proof.ok_or_else(|| refused.join("; "))?;
+    let Some((mut conn, target)) = proof else {
+        // Every host refuses: the rotation fails and the serving hosts stay as they are.
+        let all: Vec<String> = refused.iter().map(|(h, e)| format!("{h}: {e}")).collect();
+        return Err(all.join("; "));
+    };
     if let Some(q) = target.parity_query.clone() {
         super::parity::check(pools, &mut conn, &q, target.connect_timeout).await?;
+    }
+    // Validated: the publish follows at once.
+    for (h, e) in refused {
+        if spread.take_out(&h, generation) {
+            tracing::warn!(database = %pools.database(), host = %h, error = %e, "reader host refuses the credential being validated; out of rotation until it accepts it");
+        }
     }
     Ok((conn, target, None))
 }
