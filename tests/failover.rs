@@ -270,6 +270,42 @@ async fn post_failover_moves_to_a_host_promoted_silently() {
     proxy.stop().await.unwrap();
 }
 
+/// Sessions ever opened on `pg`'s appdb (`pg_stat_database.sessions`, flushed when each ends).
+fn sessions(pg: &Pg) -> i64 {
+    let n = pg.sql("SELECT sessions FROM pg_stat_database WHERE datname = 'appdb'");
+    n.trim().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_periodic_check_asks_kept_probe_sessions_and_still_finds_a_silent_promotion() {
+    let (primary, standby) = primary_and_standby();
+    let lines = hosts_lines(&[&standby, &primary], "writer_check_interval = \"100ms\"");
+    let (proxy, client) = serving(&primary, &lines).await;
+    let checked = |s: serde_json::Value| s["upstream"]["hosts"][0]["checked_at"].as_u64();
+    let first = checked(status(&proxy).await).unwrap();
+    let before = [sessions(&primary), sessions(&standby)];
+    // About 20 checks: with a fresh login per host per check, 20 sessions on each.
+    wait_until(10, "two seconds of checks", || async {
+        checked(status(&proxy).await).unwrap() >= first + 2
+    })
+    .await;
+    let after = [sessions(&primary), sessions(&standby)];
+    for (b, a) in before.iter().zip(after) {
+        // One for each psql that read the count, and at most one probe session opened again.
+        assert!(
+            a - b <= 3,
+            "sessions opened during the checks: {before:?} -> {after:?}"
+        );
+    }
+    // A promotion changes a role on a kept session: the full search finds it.
+    standby.promote();
+    wait_until(10, "writes on the promoted standby", || async {
+        write(&client).await.ok() == Some(i32::from(standby.port))
+    })
+    .await;
+    proxy.stop().await.unwrap();
+}
+
 /// An RDS event from `tests/fixtures/rds/NAME.json`.
 fn rds_event(name: &str) -> serde_json::Value {
     let path = format!(

@@ -62,6 +62,12 @@ async fn in_rotation(proxy: &TestProxy) -> Vec<String> {
         .collect()
 }
 
+/// Sessions ever opened on `pg`'s appdb (`pg_stat_database.sessions`, flushed when each ends).
+fn sessions(pg: &Pg) -> i64 {
+    let n = pg.sql("SELECT sessions FROM pg_stat_database WHERE datname = 'appdb'");
+    n.trim().parse().unwrap()
+}
+
 fn at(pg: &Pg) -> String {
     format!("127.0.0.1:{}", pg.port)
 }
@@ -110,6 +116,24 @@ fn keep_writing(primary: &Pg) -> Arc<AtomicBool> {
 async fn reads_spread_over_the_standbys_and_a_lagging_one_leaves_and_returns() {
     let (primary, one, two) = three();
     let proxy = reader_proxy([&primary, &one, &two], "max_replica_lag = \"1s\"").await;
+    // Ten checks or more ask the kept probe sessions: no new session on any host.
+    let status = || async {
+        let s: serde_json::Value = serde_json::from_str(&proxy.get("/status").await.1).unwrap();
+        s["upstream"]["hosts"][0]["checked_at"].as_u64().unwrap()
+    };
+    let first = status().await;
+    let before = [sessions(&primary), sessions(&one), sessions(&two)];
+    wait_until(10, "two seconds of checks", || async {
+        status().await >= first + 2
+    })
+    .await;
+    let after = [sessions(&primary), sessions(&one), sessions(&two)];
+    for (b, a) in before.iter().zip(after) {
+        assert!(
+            a - b <= 2,
+            "sessions opened by the checks: {before:?} -> {after:?}"
+        );
+    }
     let client = proxy.client().await;
     let spread = reads(&client, 1000).await;
     eprintln!("1,000 reads: {spread:?}");

@@ -41,7 +41,7 @@ pub struct EngineParts<U> {
     pub ready: Arc<AtomicBool>,
 }
 
-pub struct Engine<U> {
+pub struct Engine<U: Upstream> {
     pub(super) p: EngineParts<U>,
     backoff: Backoff,
     retry_at: Option<Instant>,
@@ -49,6 +49,8 @@ pub struct Engine<U> {
     pub(super) validated: bool,
     /// Which host to serve from (see `failover.rs`).
     pub(super) writer: Writer,
+    /// The probe sessions the periodic writer check asks (see `probes.rs`).
+    pub(super) kept: U::Probes,
     persisted: u64,
     /// The last cache write, finished before the engine stops (nothing validated is lost).
     persisting: Option<tokio::task::JoinHandle<()>>,
@@ -96,6 +98,7 @@ impl<U: Upstream> Engine<U> {
         }
         Self {
             writer,
+            kept: Default::default(),
             p: parts,
             backoff: Backoff::default(),
             retry_at: None,

@@ -118,6 +118,12 @@ impl FakePools {
 
 impl Upstream for FakePools {
     type Proof = HostPort;
+    type Probes = ();
+
+    /// No kept sessions: every periodic check is a full search.
+    async fn recheck(&self, _: &mut (), _: &[HostPort], _: &Credentials) -> Option<Vec<Probe>> {
+        None
+    }
 
     fn generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)

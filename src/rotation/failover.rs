@@ -108,6 +108,12 @@ impl<U: Upstream> Engine<U> {
         if self.p.endpoint.readers.is_some() {
             return self.recheck_readers(trigger);
         }
+        if trigger == Trigger::WriterCheck
+            && self.writer.found
+            && let Some(report) = self.recheck().await
+        {
+            return report;
+        }
         let started = Instant::now();
         self.writer.last_search = Some(started);
         self.writer.retry_at = None;
@@ -145,6 +151,35 @@ impl<U: Upstream> Engine<U> {
             reason: Some(reason),
             duration_ms: started.elapsed().as_millis() as u64,
         }
+    }
+
+    /// The periodic check, on the kept probe sessions: when every host answers and the host
+    /// to serve from is still the serving one, nothing changes and no fresh login was made.
+    /// None (any host not answering, a role that moves the choice) calls for a full search.
+    async fn recheck(&mut self) -> Option<Report> {
+        let started = Instant::now();
+        let creds = self.p.pools.current();
+        let hosts = self.p.endpoint.hosts.clone();
+        let probes = (self.p.pools)
+            .recheck(&mut self.kept, &hosts, &creds)
+            .await?;
+        let serving = self.p.pools.serving();
+        if choose(self.p.endpoint.target_session_attrs, &probes)?.host != serving {
+            return None;
+        }
+        self.writer.last_search = Some(started);
+        let (outcome, reason) = self.settle(Trigger::WriterCheck, Found::Same, started);
+        self.show(&probes);
+        Some(Report {
+            outcome,
+            trigger: Trigger::WriterCheck,
+            source: self.p.provider.kind(),
+            generation: self.p.pools.generation(),
+            version: Some(creds.version.clone()),
+            username: Some(creds.username.clone()),
+            reason: Some(reason),
+            duration_ms: started.elapsed().as_millis() as u64,
+        })
     }
 
     /// A reader entry's hosts are chosen by its reader check (`readers.rs`): a search (an RDS

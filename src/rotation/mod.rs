@@ -16,6 +16,7 @@ mod failover;
 mod failover_tests;
 mod lag;
 mod parity;
+pub mod probes;
 pub mod readers;
 mod status;
 mod upstream;

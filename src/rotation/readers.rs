@@ -1,17 +1,16 @@
 //! The reader check (design 9.3): for a reader entry, every `replica_check_interval` (and at
 //! once when a host looks gone) each host is asked its role, its WAL position and its replay
-//! age, on a probe session kept open per host for the serving credential; [`super::lag`] turns
-//! the answers into the hosts in rotation, which the pools spread transactions over.
-//!
-//! A probe session is replaced by a fresh login when it fails, when the host's role changed,
-//! when the credential changed and every [`RENEW`] (so a moved DNS name is seen). A host that
-//! returns to the rotation passes `upstream.parity_query` first, when one is set.
+//! age, on a probe session kept open per host for the serving credential ([`super::probes`]);
+//! [`super::lag`] turns the answers into the hosts in rotation, which the pools spread
+//! transactions over. A host that returns to the rotation passes `upstream.parity_query`
+//! first, when one is set.
 
 use super::checks::health_check;
 use super::lag::{self, Lag, Reading, WalClock};
+use super::probes::Kept;
 use super::status::{HostView, RotationStatus, unix};
 use super::writer::Role;
-use crate::backend::{self, ServerConn, UpstreamTarget, query};
+use crate::backend::UpstreamTarget;
 use crate::config::{HostPort, ReadersConfig, UpstreamConfig};
 use crate::pool::{Pools, Spread};
 use crate::secrets::Credentials;
@@ -20,29 +19,11 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// How long a probe session is kept before a fresh login replaces it.
-const RENEW: Duration = Duration::from_secs(300);
 /// How long a validation waits for replicas that refuse a new password to replay it.
 const REPLAY_WAIT: Duration = Duration::from_secs(2);
 const REPLAY_RETRY: Duration = Duration::from_millis(100);
 /// A host that looks gone is looked at again after this pause (one failover, one check).
 const DEBOUNCE: Duration = Duration::from_millis(50);
-
-/// Role, WAL position and replay age in one round trip.
-const READ: &str = "SELECT pg_catalog.pg_is_in_recovery(), \
-     pg_catalog.current_setting('transaction_read_only'), \
-     (CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn() \
-      ELSE pg_catalog.pg_current_wal_lsn() END)::text, \
-     pg_catalog.date_part('epoch', pg_catalog.clock_timestamp() \
-      - pg_catalog.pg_last_xact_replay_timestamp())";
-
-/// A probe session kept open on one host.
-struct Session {
-    conn: ServerConn,
-    version: String,
-    opened: Instant,
-    role: Role,
-}
 
 /// The reader check of one database entry.
 pub struct Readers {
@@ -51,7 +32,7 @@ pub struct Readers {
     endpoint: UpstreamConfig,
     cfg: ReadersConfig,
     targets: Vec<Option<UpstreamTarget>>,
-    sessions: Vec<Option<Session>>,
+    kept: Kept,
     clock: WalClock,
     status: Arc<RotationStatus>,
 }
@@ -66,14 +47,13 @@ impl Readers {
         let cfg = endpoint.readers.clone()?;
         let base = pools.target();
         let targets = endpoint.hosts.iter().map(|h| base.at(h).ok()).collect();
-        let sessions = endpoint.hosts.iter().map(|_| None).collect();
         Some(Self {
             database: database.to_owned(),
             pools,
             endpoint,
             cfg,
             targets,
-            sessions,
+            kept: Kept::default(),
             clock: WalClock::default(),
             status,
         })
@@ -96,10 +76,7 @@ impl Readers {
     async fn check(&mut self) {
         let (checked, creds) = self.pools.current_login();
         let timeout = self.endpoint.connect_timeout * 2;
-        let asks = (self.targets.iter())
-            .zip(self.sessions.iter_mut())
-            .map(|(t, s)| ask(t.as_ref(), s, &creds, timeout));
-        let readings: Vec<Reading> = futures::future::join_all(asks).await;
+        let readings = self.kept.ask_all(&self.targets, &creds, timeout).await;
         let now = Instant::now();
         let primary = (readings.iter())
             .find(|r| r.role == Ok(Role::Primary))
@@ -134,11 +111,11 @@ impl Readers {
             if !*on || spread.is_in(i) {
                 continue;
             }
-            let Some(s) = self.sessions[i].as_mut() else {
+            let Some(conn) = self.kept.conn(i) else {
                 continue;
             };
             let timeout = self.endpoint.connect_timeout;
-            if let Err(e) = super::parity::check(&self.pools, &mut s.conn, &q, timeout).await {
+            if let Err(e) = super::parity::check(&self.pools, conn, &q, timeout).await {
                 tracing::warn!(database = %self.database, host = %self.endpoint.hosts[i], error = %e, "a reader stays out of rotation");
                 *on = false;
             }
@@ -285,76 +262,4 @@ fn reason(r: &Reading, l: &Lag) -> String {
         (Some(s), Some(b)) => format!("{role}, {s:.1} s and {b} bytes behind the primary"),
         _ => role,
     }
-}
-
-/// One host's answer, on its kept session when it has a good one, else on a fresh login.
-async fn ask(
-    target: Option<&UpstreamTarget>,
-    session: &mut Option<Session>,
-    creds: &Credentials,
-    timeout: Duration,
-) -> Reading {
-    let Some(target) = target else {
-        return failed("its TLS settings could not be built".into());
-    };
-    let kept = session
-        .take()
-        .filter(|s| s.version == creds.version && s.opened.elapsed() < RENEW && !s.conn.broken);
-    if let Some(mut s) = kept {
-        let got = tokio::time::timeout(timeout, read(&mut s.conn)).await;
-        if let Ok(Ok(r)) = got
-            && r.role == Ok(s.role)
-        {
-            *session = Some(s);
-            return r;
-        }
-        // An error, no answer or another role: a fresh login decides.
-    }
-    let fresh = async {
-        let mut conn = backend::connect(target, creds, 0)
-            .await
-            .map_err(|e| e.to_string())?;
-        let r = read(&mut conn).await?;
-        Ok::<_, String>((conn, r))
-    };
-    match tokio::time::timeout(timeout, fresh).await {
-        Err(_) => failed("did not answer in time".into()),
-        Ok(Err(e)) => failed(e),
-        Ok(Ok((conn, r))) => {
-            if let Ok(role) = r.role {
-                *session = Some(Session {
-                    conn,
-                    version: creds.version.clone(),
-                    opened: Instant::now(),
-                    role,
-                });
-            }
-            r
-        }
-    }
-}
-
-fn failed(e: String) -> Reading {
-    Reading {
-        role: Err(e),
-        lsn: None,
-        replay_age: None,
-    }
-}
-
-async fn read(conn: &mut ServerConn) -> Result<Reading, String> {
-    let rows = query::rows(conn, READ).await.map_err(|e| e.to_string())?;
-    let row = rows.into_iter().next().unwrap_or_default();
-    let col = |i: usize| row.get(i).cloned().flatten();
-    let role = match (col(0).as_deref(), col(1).as_deref()) {
-        (Some("t"), _) => Role::Standby,
-        (_, Some("on")) => Role::ReadOnly,
-        _ => Role::Primary,
-    };
-    let age = col(3).and_then(|s| s.parse::<f64>().ok());
-    Ok(Reading {
-        role: Ok(role),
-        lsn: col(2).as_deref().and_then(lag::parse_lsn),
-        replay_age: age.map(|a| Duration::from_secs_f64(a.max(0.0))),
-    })
 }

@@ -13,6 +13,9 @@ use std::future::Future;
 use std::sync::Arc;
 use tokio::sync::Notify;
 
+/// How long the periodic writer check waits for a host on its kept probe session.
+const RECHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub trait Upstream: Send + Sync + 'static {
     /// What a successful validation leaves behind (a logged-in connection) for the pool.
     type Proof: Send + 'static;
@@ -39,6 +42,16 @@ pub trait Upstream: Send + Sync + 'static {
         creds: &Credentials,
         attrs: TargetSessionAttrs,
     ) -> impl Future<Output = Vec<Probe>> + Send;
+    /// Probe sessions kept open between periodic writer checks (see `probes.rs`).
+    type Probes: Default + Send + 'static;
+    /// Every host's role, asked on the probe sessions in `kept` (a fresh login where a host has
+    /// none); None when a host could not answer, which calls for a full search.
+    fn recheck(
+        &self,
+        kept: &mut Self::Probes,
+        hosts: &[HostPort],
+        creds: &Credentials,
+    ) -> impl Future<Output = Option<Vec<Probe>>> + Send;
     /// Makes `creds` the next generation, on the host `proof` was validated on, with `proof`
     /// as its first connection; the old one starts draining. Returns the new generation.
     fn publish(&self, creds: Credentials, proof: Self::Proof) -> u64;
@@ -64,6 +77,33 @@ pub(super) type ReaderProof = (ServerConn, Arc<UpstreamTarget>, Option<String>);
 
 impl Upstream for Pools {
     type Proof = ReaderProof;
+    type Probes = super::probes::Kept;
+
+    async fn recheck(
+        &self,
+        kept: &mut Self::Probes,
+        hosts: &[HostPort],
+        creds: &Credentials,
+    ) -> Option<Vec<Probe>> {
+        let base = self.target();
+        let targets: Vec<_> = hosts.iter().map(|h| base.at(h).ok()).collect();
+        // Short: the engine waits on this, and a host that is slow to answer is a reason for
+        // the full search (whose patience with silent hosts is its own) anyway.
+        let timeout = base.connect_timeout.min(RECHECK_WAIT);
+        let readings = kept.ask_all(&targets, creds, timeout).await;
+        let checked = std::time::SystemTime::now();
+        (hosts.iter().zip(readings))
+            .map(|(h, r)| {
+                Some(Probe {
+                    host: h.clone(),
+                    role: Ok(r.role.ok()?),
+                    refused_login: false,
+                    checked,
+                    identity: None,
+                })
+            })
+            .collect()
+    }
 
     fn generation(&self) -> u64 {
         Pools::generation(self)
