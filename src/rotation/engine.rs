@@ -4,9 +4,9 @@
 use super::Request;
 use super::breaker::Breaker;
 use super::checks::check_endpoint;
-use super::failover::Writer;
 use super::status::{Outcome, Report, RotationStatus, Trigger};
 use super::upstream::Upstream;
+use super::writer::Writer;
 use crate::config::UpstreamConfig;
 use crate::secrets::Credentials;
 use crate::secrets::backoff::Backoff;
@@ -47,10 +47,8 @@ pub struct Engine<U: Upstream> {
     retry_at: Option<Instant>,
     last_auth_refetch: Option<Instant>,
     pub(super) validated: bool,
-    /// Which host to serve from (see `failover.rs`).
-    pub(super) writer: Writer,
-    /// The probe sessions the periodic writer check asks (see `probes.rs`).
-    pub(super) kept: U::Probes,
+    /// Which host to serve from (`writer.rs`; the engine's side is `failover.rs`).
+    pub(super) writer: Writer<U::Probes>,
     persisted: u64,
     /// The last cache write, finished before the engine stops (nothing validated is lost).
     persisting: Option<tokio::task::JoinHandle<()>>,
@@ -86,19 +84,9 @@ async fn until(deadline: Option<Instant>) {
 
 impl<U: Upstream> Engine<U> {
     pub fn new(parts: EngineParts<U>) -> Self {
-        let up = &parts.endpoint;
-        let mut writer = Writer::new(
-            up.hosts.len(),
-            up.target_session_attrs,
-            up.writer_check_interval,
-        );
-        if up.readers.is_some() {
-            // A reader entry's hosts are chosen by the reader check (`readers.rs`).
-            (writer.enabled, writer.found) = (false, true);
-        }
+        let writer = Writer::new(&parts.endpoint);
         Self {
             writer,
-            kept: Default::default(),
             p: parts,
             backoff: Backoff::default(),
             retry_at: None,

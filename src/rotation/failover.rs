@@ -14,82 +14,17 @@
 use super::engine::Engine;
 use super::status::{FailoverView, HostView, Outcome, Report, Trigger, name_of, unix};
 use super::upstream::Upstream;
-use super::writer::{Probe, choose};
+use super::writer::{FAST_FOR, Probe, RETRY_FIRST, RETRY_MAX};
 use crate::config::{HostPort, TargetSessionAttrs};
 use crate::secrets::Credentials;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
-/// Searches set off by doubt are at least this far apart: one failover makes one search.
-const DEBOUNCE: Duration = Duration::from_millis(100);
-/// After a search that found no host to serve from: the first pause, doubling up to the most
-/// for FAST_FOR after the trouble began (a promotion is usually seconds away), then up to
-/// `writer_check_interval`.
-const RETRY_FIRST: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_millis(250);
-const FAST_FOR: Duration = Duration::from_secs(30);
 /// A read-only error renews the pool on the same host name at most this often.
 const RENEW_EVERY: Duration = Duration::from_secs(5);
 /// While no host is found, the warning is repeated at most this often.
 const WARN_EVERY: Duration = Duration::from_secs(30);
-
-/// The engine's state of the search.
-#[derive(Debug)]
-pub(super) struct Writer {
-    /// Several hosts, or a `target_session_attrs` other than `any`.
-    pub enabled: bool,
-    /// A host `target_session_attrs` accepts is being served.
-    pub found: bool,
-    /// The next search after one that found nothing, and what set the first one off.
-    pub retry_at: Option<(Instant, Trigger)>,
-    retry: Duration,
-    /// The next periodic check.
-    pub next_check: Option<Instant>,
-    every: Duration,
-    last_search: Option<Instant>,
-    /// The first sign of trouble not yet resolved (for the detection-to-serving time).
-    detected: Option<Instant>,
-    warned: Option<Instant>,
-    /// The last renewal for a read-only error.
-    renewed: Option<Instant>,
-    /// Which server the serving generation's host led to when last probed (see
-    /// `Probe::identity`): a search that finds that server again publishes nothing.
-    pub server: Option<String>,
-}
-
-impl Writer {
-    pub fn new(hosts: usize, attrs: TargetSessionAttrs, every: Duration) -> Self {
-        let enabled = hosts > 1 || attrs != TargetSessionAttrs::Any;
-        Self {
-            enabled,
-            found: !enabled,
-            retry_at: None,
-            retry: RETRY_FIRST,
-            next_check: None,
-            every,
-            last_search: None,
-            detected: None,
-            warned: None,
-            renewed: None,
-            server: None,
-        }
-    }
-
-    /// A sign of trouble: when the search it sets off may start (debounced). None while a
-    /// retry is already scheduled (the doubt adds nothing to it).
-    pub fn doubted(&mut self, now: Instant) -> Option<Instant> {
-        self.detected.get_or_insert(now);
-        if self.retry_at.is_some() {
-            return None;
-        }
-        Some(self.last_search.map_or(now, |t| (t + DEBOUNCE).max(now)))
-    }
-
-    pub fn retry_deadline(&self) -> Option<Instant> {
-        self.retry_at.map(|(at, _)| at)
-    }
-}
 
 /// What one search decided.
 enum Found {
@@ -108,18 +43,11 @@ impl<U: Upstream> Engine<U> {
         if self.p.endpoint.readers.is_some() {
             return self.recheck_readers(trigger);
         }
-        if trigger == Trigger::WriterCheck
-            && self.writer.found
-            && let Some(report) = self.recheck().await
-        {
-            return report;
-        }
         let started = Instant::now();
-        self.writer.last_search = Some(started);
-        self.writer.retry_at = None;
         let creds = self.p.pools.current();
-        let attrs = self.p.endpoint.target_session_attrs;
-        let probes = self.probe_hosts(&creds).await;
+        let periodic = trigger == Trigger::WriterCheck;
+        let looked = self.writer.look(&*self.p.pools, &creds, periodic).await;
+        let probes = looked.probes;
         if probes.iter().any(|p| p.refused_login) {
             // The credential, not the host: refetch it (a rotation may be under way).
             self.p.pools.auth_failed().notify_one();
@@ -129,15 +57,17 @@ impl<U: Upstream> Engine<U> {
         // on the same host name (its connections resolve the name again).
         // Unless the probe shows the very server the pool was made on (a forged or repeated
         // event must not cut sessions).
-        let force = self.renew_on_read_only() || trigger == Trigger::RdsEvent;
+        let force = looked.fresh && (self.renew_on_read_only() || trigger == Trigger::RdsEvent);
         let known = &self.writer.server;
-        let same_server = |p: &Probe| p.identity.is_some() && p.identity == *known;
-        let found = match choose(attrs, &probes) {
+        let same_server = |h: &HostPort| {
+            let p = probes.iter().find(|p| p.host == *h);
+            p.is_some_and(|p| p.identity.is_some() && p.identity == *known)
+        };
+        let attrs = self.p.endpoint.target_session_attrs;
+        let found = match looked.chosen {
             None => Found::Nothing(no_match(attrs, &probes)),
-            Some(p) if p.host == self.p.pools.serving() && (!force || same_server(p)) => {
-                Found::Same
-            }
-            Some(p) => self.move_to(&p.host.clone(), &creds).await,
+            Some(h) if h == self.p.pools.serving() && (!force || same_server(&h)) => Found::Same,
+            Some(h) => self.move_to(&h, &creds).await,
         };
         let (outcome, reason) = self.settle(trigger, found, started);
         self.show(&probes);
@@ -151,35 +81,6 @@ impl<U: Upstream> Engine<U> {
             reason: Some(reason),
             duration_ms: started.elapsed().as_millis() as u64,
         }
-    }
-
-    /// The periodic check, on the kept probe sessions: when every host answers and the host
-    /// to serve from is still the serving one, nothing changes and no fresh login was made.
-    /// None (any host not answering, a role that moves the choice) calls for a full search.
-    async fn recheck(&mut self) -> Option<Report> {
-        let started = Instant::now();
-        let creds = self.p.pools.current();
-        let hosts = self.p.endpoint.hosts.clone();
-        let probes = (self.p.pools)
-            .recheck(&mut self.kept, &hosts, &creds)
-            .await?;
-        let serving = self.p.pools.serving();
-        if choose(self.p.endpoint.target_session_attrs, &probes)?.host != serving {
-            return None;
-        }
-        self.writer.last_search = Some(started);
-        let (outcome, reason) = self.settle(Trigger::WriterCheck, Found::Same, started);
-        self.show(&probes);
-        Some(Report {
-            outcome,
-            trigger: Trigger::WriterCheck,
-            source: self.p.provider.kind(),
-            generation: self.p.pools.generation(),
-            version: Some(creds.version.clone()),
-            username: Some(creds.username.clone()),
-            reason: Some(reason),
-            duration_ms: started.elapsed().as_millis() as u64,
-        })
     }
 
     /// A reader entry's hosts are chosen by its reader check (`readers.rs`): a search (an RDS
@@ -246,11 +147,9 @@ impl<U: Upstream> Engine<U> {
         candidate: &Credentials,
         generation: u64,
     ) -> Option<(HostPort, U::Proof)> {
-        let probes = self.probe_hosts(candidate).await;
-        self.show(&probes);
-        let host = choose(self.p.endpoint.target_session_attrs, &probes)?
-            .host
-            .clone();
+        let looked = self.writer.probe_with(&*self.p.pools, candidate).await;
+        self.show(&looked.probes);
+        let host = looked.chosen?;
         if host == self.p.pools.serving() {
             return None;
         }
@@ -261,14 +160,6 @@ impl<U: Upstream> Engine<U> {
             .await
             .ok()?;
         Some((host, proof))
-    }
-
-    /// Every configured host's answer to a login with `creds`, until the choice is settled.
-    async fn probe_hosts(&self, creds: &Credentials) -> Vec<Probe> {
-        let endpoint = &self.p.endpoint;
-        (self.p.pools)
-            .probe(&endpoint.hosts, creds, endpoint.target_session_attrs)
-            .await
     }
 
     /// Records a move made by a rotation (see [`Engine::validate_elsewhere`]).

@@ -1,9 +1,15 @@
-//! Which of `upstream.hosts` to serve from, as libpq's `target_session_attrs` decides: every
-//! host is tried at once (each within `connect_timeout`, with the serving credential), each is
-//! classified, and the first in list order that matches is chosen.
+//! Choosing which of `upstream.hosts` to serve from, for a writer entry: [`Writer`] holds the
+//! hosts, what to serve from (libpq's `target_session_attrs`), the probe sessions kept for the
+//! periodic check and the state of the search; it probes (through the [`Upstream`] seam, so
+//! the engine's paused-time tests run it on the fake pool), classifies and chooses. Every host
+//! is tried at once (each within `connect_timeout`, with the serving credential), each is
+//! classified, and the first in list order that matches is chosen. The engine
+//! (`failover.rs`) validates and publishes what it chose.
 
+use super::status::Trigger;
+use super::upstream::Upstream;
 use crate::backend::{self, UpstreamTarget, query};
-use crate::config::{HostPort, TargetSessionAttrs};
+use crate::config::{HostPort, TargetSessionAttrs, UpstreamConfig};
 use crate::secrets::Credentials;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -224,6 +230,133 @@ async fn one(conn: &mut backend::ServerConn, sql: &str) -> Result<String, String
         .first()
         .and_then(|r| r.first().cloned().flatten())
         .unwrap_or_default())
+}
+
+/// Searches set off by doubt are at least this far apart: one failover makes one search.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+/// After a search that found no host to serve from: the first pause, doubling up to the most
+/// for FAST_FOR after the trouble began (a promotion is usually seconds away), then up to
+/// `writer_check_interval`.
+pub(super) const RETRY_FIRST: Duration = Duration::from_millis(100);
+pub(super) const RETRY_MAX: Duration = Duration::from_millis(250);
+pub(super) const FAST_FOR: Duration = Duration::from_secs(30);
+
+/// Choosing the host to serve from: the hosts and what to serve from, the probe sessions kept
+/// for the periodic check, and the state of the search (found or not, when to look again).
+/// It probes, classifies and chooses; the engine validates and publishes what it chose.
+pub(super) struct Writer<P> {
+    hosts: Vec<HostPort>,
+    attrs: TargetSessionAttrs,
+    /// The probe sessions the periodic check asks (`probes.rs`; the fake pool keeps none).
+    kept: P,
+    /// Several hosts, or a `target_session_attrs` other than `any`.
+    pub enabled: bool,
+    /// A host `target_session_attrs` accepts is being served.
+    pub found: bool,
+    /// The next search after one that found nothing, and what set the first one off.
+    pub retry_at: Option<(Instant, Trigger)>,
+    pub retry: Duration,
+    /// The next periodic check.
+    pub next_check: Option<Instant>,
+    pub every: Duration,
+    pub last_search: Option<Instant>,
+    /// The first sign of trouble not yet resolved (for the detection-to-serving time).
+    pub detected: Option<Instant>,
+    pub warned: Option<Instant>,
+    /// The last renewal for a read-only error.
+    pub renewed: Option<Instant>,
+    /// Which server the serving generation's host led to when last probed (see
+    /// `Probe::identity`): a search that finds that server again publishes nothing.
+    pub server: Option<String>,
+}
+
+impl<P: Default> Writer<P> {
+    /// For `up`: enabled with several hosts or a `target_session_attrs` other than `any`,
+    /// unless a reader entry's check chooses its hosts (`readers.rs`).
+    pub fn new(up: &UpstreamConfig) -> Self {
+        let (hosts, attrs) = (up.hosts.clone(), up.target_session_attrs);
+        let enabled = (hosts.len() > 1 || attrs != TargetSessionAttrs::Any) && up.readers.is_none();
+        Self {
+            hosts,
+            attrs,
+            kept: P::default(),
+            enabled,
+            found: !enabled,
+            retry_at: None,
+            retry: RETRY_FIRST,
+            next_check: None,
+            every: up.writer_check_interval,
+            last_search: None,
+            detected: None,
+            warned: None,
+            renewed: None,
+            server: None,
+        }
+    }
+}
+
+impl<P> Writer<P> {
+    /// A sign of trouble: when the search it sets off may start (debounced). None while a
+    /// retry is already scheduled (the doubt adds nothing to it).
+    pub fn doubted(&mut self, now: Instant) -> Option<Instant> {
+        self.detected.get_or_insert(now);
+        if self.retry_at.is_some() {
+            return None;
+        }
+        Some(self.last_search.map_or(now, |t| (t + DEBOUNCE).max(now)))
+    }
+
+    pub fn retry_deadline(&self) -> Option<Instant> {
+        self.retry_at.map(|(at, _)| at)
+    }
+
+    /// Every host's answer and the one to serve from. A periodic check (`periodic`) while a
+    /// host is served asks the kept probe sessions first and stops there when every host
+    /// answers and the choice is still `serving` (`fresh` false); otherwise every host is
+    /// probed with a fresh login, until the choice is settled.
+    pub async fn look<U: Upstream<Probes = P>>(
+        &mut self,
+        up: &U,
+        creds: &Credentials,
+        periodic: bool,
+    ) -> Looked {
+        self.last_search = Some(Instant::now());
+        let serving = up.serving();
+        if periodic && self.found {
+            let kept = up.recheck(&mut self.kept, &self.hosts, creds).await;
+            if let Some(probes) = kept
+                && choose(self.attrs, &probes).is_some_and(|p| p.host == serving)
+            {
+                return Looked {
+                    probes,
+                    chosen: Some(serving),
+                    fresh: false,
+                };
+            }
+        }
+        self.retry_at = None;
+        self.probe_with(up, creds).await
+    }
+
+    /// Every host probed with `creds` (fresh logins), and the one to serve from.
+    pub async fn probe_with<U: Upstream>(&self, up: &U, creds: &Credentials) -> Looked {
+        let probes = up.probe(&self.hosts, creds, self.attrs).await;
+        let chosen = choose(self.attrs, &probes).map(|p| p.host.clone());
+        Looked {
+            probes,
+            chosen,
+            fresh: true,
+        }
+    }
+}
+
+/// What one look found.
+pub(super) struct Looked {
+    pub probes: Vec<Probe>,
+    /// The host to serve from, when one matches.
+    pub chosen: Option<HostPort>,
+    /// Whether every host was probed with a fresh login (not only the kept sessions).
+    pub fresh: bool,
 }
 
 /// The first host (in list order) that `attrs` accepts; `prefer-standby` falls back to any.
