@@ -450,3 +450,72 @@ async fn a_promoted_standby_leaves_and_prefer_standby_falls_back_to_the_primary(
     writing.store(true, Ordering::Relaxed);
     assert_eq!(port_of_read(&client).await.unwrap(), i32::from(one.port));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_entry_beside_its_writer_entry_shares_the_secret_and_rotates_with_it() {
+    let (primary, one, two) = three();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret.json");
+    write_secret(&secret, &primary, APP_USER, APP_PASSWORD);
+    let hosts: Vec<String> = [&primary, &one, &two]
+        .iter()
+        .map(|pg| format!("\"127.0.0.1:{}\"", pg.port))
+        .collect();
+    let entry = |name: &str, lines: &str| {
+        format!(
+            "[[databases]]\nname = \"{name}\"\n[databases.upstream]\nhosts = [{}]\n\
+             database = \"appdb\"\ntls = \"disable\"\n{lines}\n[databases.credentials]\n\
+             source = \"file\"\n[databases.credentials.file]\npath = \"{}\"\n",
+            hosts.join(", "),
+            secret.display()
+        )
+    };
+    let text = entry("app", "target_session_attrs = \"read-write\"")
+        + &entry(
+            "app_ro",
+            "target_session_attrs = \"standby\"\nload_balance_hosts = \"random\"\n\
+             replica_check_interval = \"200ms\"",
+        );
+    let proxy = TestProxy::builder(&primary).databases(&text).start().await;
+    let writer = proxy
+        .connect(&proxy.url_as(CLIENT_USER, CLIENT_PASSWORD, "app"))
+        .await
+        .unwrap();
+    let reader = proxy
+        .connect(&proxy.url_as(CLIENT_USER, CLIENT_PASSWORD, "app_ro"))
+        .await
+        .unwrap();
+    assert_eq!(
+        port_of_read(&writer).await.unwrap(),
+        i32::from(primary.port)
+    );
+    let standbys = [i32::from(one.port), i32::from(two.port)];
+    wait_until(20, "reads on both standbys", || async {
+        let spread = reads(&reader, 20).await;
+        standbys.iter().all(|p| spread.contains_key(p))
+    })
+    .await;
+
+    // One change of the secret rotates both entries.
+    primary.sql(&format!(
+        "ALTER ROLE {APP_USER} PASSWORD 'shared-rotated-1'"
+    ));
+    write_secret(&secret, &primary, APP_USER, "shared-rotated-1");
+    let generation = |name: &'static str| {
+        let proxy = &proxy;
+        async move {
+            let s: serde_json::Value = serde_json::from_str(&proxy.get("/status").await.1).unwrap();
+            s["databases"][name]["generation"].as_u64().unwrap_or(0)
+        }
+    };
+    wait_until(20, "both entries on the new credential", || async {
+        generation("app").await == 2 && generation("app_ro").await == 2
+    })
+    .await;
+    assert_eq!(
+        port_of_read(&writer).await.unwrap(),
+        i32::from(primary.port)
+    );
+    let spread = reads(&reader, 50).await;
+    assert!(spread.keys().all(|p| standbys.contains(p)), "{spread:?}");
+}
