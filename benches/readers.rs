@@ -10,10 +10,10 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use support::pg::{Pg, free_port};
 use support::pgbench::{Result, Target, cluster_ticks, pgbench};
-use support::{PASSWORD, USER, wait_port};
+use support::{PASSWORD, USER};
 
 const UP_USER: &str = "app_owner";
 const UP_PASSWORD: &str = "upstream-pw-1";
@@ -54,15 +54,8 @@ fn start(dir: &std::path::Path, hosts: &[&Pg]) -> (Child, u16, u16) {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rotagate"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_port(port, &mut child, "rotagate");
-    (child, port, admin)
+    let bin = env!("CARGO_BIN_EXE_rotagate").as_ref();
+    (support::spawn(bin, &config, port), port, admin)
 }
 
 /// The admin listener's answer to `GET path` (empty when it cannot be read).

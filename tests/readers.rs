@@ -265,8 +265,8 @@ impl ReadLoad {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_standby_killed_under_read_load_fails_only_the_reads_in_flight() {
+/// The three, a reader entry over them, and four clients reading on both standbys.
+async fn under_read_load() -> ((Pg, Pg, Pg), TestProxy, ReadLoad) {
     let (primary, one, two) = three();
     let proxy = reader_proxy([&primary, &one, &two], "").await;
     let load = ReadLoad::start(&proxy, 4).await;
@@ -274,6 +274,12 @@ async fn a_standby_killed_under_read_load_fails_only_the_reads_in_flight() {
         load.on(&one) >= 50 && load.on(&two) >= 50
     })
     .await;
+    ((primary, one, two), proxy, load)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_killed_under_read_load_fails_only_the_reads_in_flight() {
+    let ((_primary, one, two), proxy, load) = under_read_load().await;
     one.crash();
     let on_two = load.on(&two);
     wait_until(20, "reads going on on the other standby", || async {
@@ -308,13 +314,7 @@ async fn a_standby_killed_under_read_load_fails_only_the_reads_in_flight() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_under_read_load_fails_no_read() {
-    let (primary, one, two) = three();
-    let proxy = reader_proxy([&primary, &one, &two], "").await;
-    let load = ReadLoad::start(&proxy, 4).await;
-    wait_until(20, "reads on both standbys", || async {
-        load.on(&one) >= 50 && load.on(&two) >= 50
-    })
-    .await;
+    let ((primary, one, two), proxy, load) = under_read_load().await;
     proxy.rotate_to(&primary, APP_USER, "rotated-pw-2").await;
     let (a, b) = (load.on(&one), load.on(&two));
     wait_until(

@@ -103,13 +103,19 @@ pub fn start_binary_admin(
         ),
     )
     .unwrap();
+    (spawn(bin, &config, port), port, admin)
+}
+
+/// Runs `bin` on the config file `config` (warnings only, to nowhere) and waits until it
+/// listens on `port`.
+pub fn spawn(bin: &Path, config: &Path, port: u16) -> Child {
     let mut child = Command::new(bin)
         .args(["run", "--config"])
-        .arg(&config)
+        .arg(config)
         .env("RUST_LOG", "warn")
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     wait_port(port, &mut child, "rotagate");
-    (child, port, admin)
+    child
 }
