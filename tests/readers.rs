@@ -519,3 +519,44 @@ async fn a_reader_entry_beside_its_writer_entry_shares_the_secret_and_rotates_wi
     let spread = reads(&reader, 50).await;
     assert!(spread.keys().all(|p| standbys.contains(p)), "{spread:?}");
 }
+
+/// Sets the custom setting `rotagate.migration` on `pg` (a stand-in for the newest migration a
+/// server has) and reloads.
+fn migration(pg: &Pg, version: &str) {
+    let path = pg.dir().join("data/postgresql.auto.conf");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with("rotagate.migration"))
+        .collect();
+    let text = format!("{}\nrotagate.migration = '{version}'\n", kept.join("\n"));
+    std::fs::write(&path, text).unwrap();
+    common::pg::give_to_pg(&path);
+    pg.sql("SELECT pg_reload_conf()");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_whose_parity_value_differs_stays_out_until_it_agrees() {
+    let (primary, one, two) = three();
+    for pg in [&primary, &one] {
+        migration(pg, "41");
+    }
+    migration(&two, "40");
+    let extra = "parity_query = \"SELECT current_setting('rotagate.migration', true)\"";
+    let proxy = reader_proxy_with(&[&primary, &one, &two], "standby", extra).await;
+    wait_until(10, "the mismatch counted", || async {
+        proxy
+            .metric_or_zero("rotagate_parity_mismatches_total", "appdb")
+            .await
+            >= 1.0
+    })
+    .await;
+    assert_eq!(in_rotation(&proxy).await, [at(&one)]);
+    migration(&two, "41");
+    wait_until(
+        20,
+        "the standby in rotation once it agrees (asked again after 5 s)",
+        || async { in_rotation(&proxy).await.len() == 2 },
+    )
+    .await;
+}

@@ -22,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 /// How long a validation waits for replicas that refuse a new password to replay it.
 const REPLAY_WAIT: Duration = Duration::from_secs(2);
 const REPLAY_RETRY: Duration = Duration::from_millis(100);
+/// A host whose `parity_query` value differed is asked again after this long.
+const PARITY_RETRY: Duration = Duration::from_secs(5);
 /// A host that looks gone is looked at again after this pause (one failover, one check).
 const DEBOUNCE: Duration = Duration::from_millis(50);
 
@@ -33,6 +35,8 @@ pub struct Readers {
     cfg: ReadersConfig,
     targets: Vec<Option<UpstreamTarget>>,
     kept: Kept,
+    /// When each host last failed `parity_query` (it is asked again after [`PARITY_RETRY`]).
+    parity_failed: Vec<Option<Instant>>,
     clock: WalClock,
     status: Arc<RotationStatus>,
 }
@@ -54,6 +58,7 @@ impl Readers {
             cfg,
             targets,
             kept: Kept::default(),
+            parity_failed: Vec::new(),
             clock: WalClock::default(),
             status,
         })
@@ -107,17 +112,28 @@ impl Readers {
         let Some(spread) = self.pools.spread().cloned() else {
             return;
         };
+        self.parity_failed.resize(on.len(), None);
         for (i, on) in on.iter_mut().enumerate() {
             if !*on || spread.is_in(i) {
+                continue;
+            }
+            // A host that disagreed is asked again after a pause, not at every check.
+            let failed = self.parity_failed[i];
+            if failed.is_some_and(|t| t.elapsed() < PARITY_RETRY) {
+                *on = false;
                 continue;
             }
             let Some(conn) = self.kept.conn(i) else {
                 continue;
             };
             let timeout = self.endpoint.connect_timeout;
-            if let Err(e) = super::parity::check(&self.pools, conn, &q, timeout).await {
-                tracing::warn!(database = %self.database, host = %self.endpoint.hosts[i], error = %e, "a reader stays out of rotation");
-                *on = false;
+            match super::parity::check(&self.pools, conn, &q, timeout).await {
+                Ok(()) => self.parity_failed[i] = None,
+                Err(e) => {
+                    tracing::warn!(database = %self.database, host = %self.endpoint.hosts[i], error = %e, "a reader stays out of rotation");
+                    self.parity_failed[i] = Some(Instant::now());
+                    *on = false;
+                }
             }
         }
     }
