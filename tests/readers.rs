@@ -560,3 +560,29 @@ async fn a_standby_whose_parity_value_differs_stays_out_until_it_agrees() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_only_replicas_listed_lag_is_read_from_what_each_standby_received() {
+    let (primary, one, two) = three();
+    let proxy = reader_proxy_with(&[&one, &two], "standby", "max_replica_lag = \"1s\"").await;
+    wait_until(20, "both standbys in rotation", || async {
+        in_rotation(&proxy).await.len() == 2
+    })
+    .await;
+    let writing = keep_writing(&primary);
+    one.sql("SELECT pg_wal_replay_pause()");
+    let paused = Instant::now();
+    wait_until(10, "the paused standby out of rotation", || async {
+        in_rotation(&proxy).await == [at(&two)]
+    })
+    .await;
+    let out_after = paused.elapsed();
+    eprintln!("replicas only: paused standby out {out_after:?} after the pause (bound 1 s)");
+    assert!(out_after <= Duration::from_secs(3), "{out_after:?}");
+    one.sql("SELECT pg_wal_replay_resume()");
+    wait_until(10, "the standby back in rotation", || async {
+        in_rotation(&proxy).await.len() == 2
+    })
+    .await;
+    writing.store(true, Ordering::Relaxed);
+}

@@ -3,7 +3,9 @@
 //! which hosts are in rotation.
 //!
 //! Lag in bytes is the primary's `pg_current_wal_lsn()` less the standby's
-//! `pg_last_wal_replay_lsn()`. Lag in time is taken only while the standby is behind in bytes
+//! `pg_last_wal_replay_lsn()`; with no primary among the hosts, the standby's own
+//! `pg_last_wal_receive_lsn()` stands in for the primary's position (WAL still in flight on the
+//! network is then not counted). Lag in time is taken only while the standby is behind in bytes
 //! (an idle primary makes replay timestamps look old, so a caught-up standby is 0 s behind): it
 //! is the smaller of the age of the last replayed transaction and how long ago the primary was
 //! at the standby's replay position ([`WalClock`]). The second bounds the first after a long
@@ -28,10 +30,13 @@ pub struct Reading {
     pub lsn: Option<u64>,
     /// A standby's time since its last replayed transaction committed on the primary.
     pub replay_age: Option<Duration>,
+    /// A streaming standby's WAL received so far (`pg_last_wal_receive_lsn()`): where the
+    /// primary was, as far as the standby knows, when the primary is not among the hosts.
+    pub received: Option<u64>,
 }
 
-/// How far a standby is behind the primary; None where it cannot be told (no primary among
-/// the hosts, or the standby has replayed nothing yet).
+/// How far a standby is behind the primary; None where it cannot be told (the standby has
+/// replayed nothing yet, or neither the primary nor the standby's receive position is known).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Lag {
     pub bytes: Option<u64>,
@@ -151,6 +156,7 @@ mod tests {
             role: role.map_err(str::to_owned),
             lsn: Some(lsn),
             replay_age: Some(Duration::from_secs(age)),
+            received: None,
         }
     }
 

@@ -21,7 +21,8 @@ const READ: &str = "SELECT pg_catalog.pg_is_in_recovery(), \
      (CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn() \
       ELSE pg_catalog.pg_current_wal_lsn() END)::text, \
      pg_catalog.date_part('epoch', pg_catalog.clock_timestamp() \
-      - pg_catalog.pg_last_xact_replay_timestamp())";
+      - pg_catalog.pg_last_xact_replay_timestamp()), \
+     pg_catalog.pg_last_wal_receive_lsn()::text";
 
 /// A probe session kept open on one host.
 struct Session {
@@ -116,6 +117,7 @@ fn failed(e: String) -> Reading {
         role: Err(e),
         lsn: None,
         replay_age: None,
+        received: None,
     }
 }
 
@@ -133,5 +135,6 @@ async fn read(conn: &mut ServerConn) -> Result<Reading, String> {
         role: Ok(role),
         lsn: col(2).as_deref().and_then(lag::parse_lsn),
         replay_age: age.map(|a| Duration::from_secs_f64(a.max(0.0))),
+        received: col(4).as_deref().and_then(lag::parse_lsn),
     })
 }

@@ -38,6 +38,8 @@ pub struct Readers {
     /// When each host last failed `parity_query` (it is asked again after [`PARITY_RETRY`]).
     parity_failed: Vec<Option<Instant>>,
     clock: WalClock,
+    /// Each standby's received WAL over time, for lag when no primary is among the hosts.
+    received: Vec<WalClock>,
     status: Arc<RotationStatus>,
 }
 
@@ -60,6 +62,7 @@ impl Readers {
             kept: Kept::default(),
             parity_failed: Vec::new(),
             clock: WalClock::default(),
+            received: Vec::new(),
             status,
         })
     }
@@ -89,10 +92,17 @@ impl Readers {
         if let Some(lsn) = primary {
             self.clock.record(now, lsn);
         }
+        self.received.resize_with(readings.len(), WalClock::default);
         let with_lag: Vec<(Reading, Lag)> = (readings.into_iter())
-            .map(|r| {
-                let l = match r.role {
-                    Ok(Role::Standby) => lag::lag(primary, &self.clock, &r, now),
+            .zip(self.received.iter_mut())
+            .map(|(r, received)| {
+                let l = match (r.role.clone(), primary, r.received) {
+                    (Ok(Role::Standby), Some(_), _) => lag::lag(primary, &self.clock, &r, now),
+                    // No primary among the hosts: against what this standby has received.
+                    (Ok(Role::Standby), None, Some(got)) => {
+                        received.record(now, got);
+                        lag::lag(Some(got), received, &r, now)
+                    }
                     _ => Lag::default(),
                 };
                 (r, l)
