@@ -586,3 +586,37 @@ async fn with_only_replicas_listed_lag_is_read_from_what_each_standby_received()
     .await;
     writing.store(true, Ordering::Relaxed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_session_mode_each_session_goes_to_a_standby_in_rotation() {
+    let (primary, one, two) = three();
+    let list = format!("\"127.0.0.1:{}\", \"127.0.0.1:{}\"", one.port, two.port);
+    let proxy = TestProxy::builder(&primary)
+        .mode("session")
+        .pool_size(40)
+        .upstream_hosts(&format!(
+            "hosts = [{list}]\ntarget_session_attrs = \"standby\"\nload_balance_hosts = \"random\"\n\
+             replica_check_interval = \"200ms\""
+        ))
+        .start()
+        .await;
+    wait_until(20, "both standbys in rotation", || async {
+        in_rotation(&proxy).await.len() == 2
+    })
+    .await;
+    let mut by_port: HashMap<i32, usize> = HashMap::new();
+    for _ in 0..40 {
+        let c = proxy.client().await;
+        // A session stays on its host.
+        let first = port_of_read(&c).await.unwrap();
+        assert_eq!(port_of_read(&c).await.unwrap(), first);
+        *by_port.entry(first).or_default() += 1;
+    }
+    eprintln!("40 sessions: {by_port:?}");
+    for pg in [&one, &two] {
+        assert!(
+            by_port.get(&i32::from(pg.port)).copied().unwrap_or(0) >= 5,
+            "{by_port:?}"
+        );
+    }
+}
