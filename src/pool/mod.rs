@@ -235,7 +235,9 @@ impl Pools {
     /// every connection is kept by a client between its messages.
     pub fn saturated(&self, worker: usize) -> bool {
         let set = self.shards[worker].current.load();
-        self.in_rotation(&set).all(|g| g.saturated())
+        // With no host in rotation the wait is for the rotation, not for other clients.
+        let mut gens = self.in_rotation(&set).peekable();
+        gens.peek().is_some() && gens.all(|g| g.saturated())
     }
 
     /// The objects of `set` for hosts in rotation (a writer entry's one).

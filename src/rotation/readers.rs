@@ -83,7 +83,11 @@ impl Readers {
     /// One round: every host asked at once, the rotation set, the metrics and `/status`.
     async fn check(&mut self) {
         let (checked, creds) = self.pools.current_login();
-        let timeout = self.endpoint.connect_timeout * 2;
+        // One host that does not answer (a black hole) must not hold up the others' lag for
+        // long: a fresh login gets `connect_timeout`, but at most twice the interval (2 s at
+        // least).
+        let most = (self.cfg.check_interval * 2).max(Duration::from_secs(2));
+        let timeout = self.endpoint.connect_timeout.min(most);
         let readings = self.kept.ask_all(&self.targets, &creds, timeout).await;
         let now = Instant::now();
         let primary = (readings.iter())
