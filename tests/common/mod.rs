@@ -8,6 +8,7 @@ pub mod fault;
 pub mod pg;
 pub mod pki;
 pub mod process;
+pub mod readers;
 pub mod tools;
 pub mod wire;
 
