@@ -234,9 +234,12 @@ impl Pools {
     /// Whether a client on `worker` would wait for a connection until another client moves:
     /// every connection is kept by a client between its messages.
     pub fn saturated(&self, worker: usize) -> bool {
-        let set = self.shards[worker].current.load();
+        self.saturated_in(&self.shards[worker].current.load())
+    }
+
+    fn saturated_in(&self, set: &Set) -> bool {
         // With no host in rotation the wait is for the rotation, not for other clients.
-        let mut gens = self.in_rotation(&set).peekable();
+        let mut gens = self.in_rotation(set).peekable();
         gens.peek().is_some() && gens.all(|g| g.saturated())
     }
 
@@ -257,7 +260,7 @@ impl Pools {
             for r in &mut rises {
                 r.as_mut().enable();
             }
-            if self.saturated(worker) {
+            if self.saturated_in(&set) {
                 return;
             }
             futures::future::select_all(rises).await;
