@@ -1,5 +1,5 @@
 //! `[upstream]` settings of a reader entry (design 9.3): `load_balance_hosts = "random"` over
-//! several `hosts` with a `target_session_attrs` that reads (`standby`, `prefer-standby`,
+//! the `hosts` (usually several) with a `target_session_attrs` that reads (`standby`, `prefer-standby`,
 //! `read-only` or `any`) serves every matching host at once, each transaction (each session in
 //! session mode) on one of them, and holds standbys within `max_replica_lag`.
 
@@ -27,7 +27,6 @@ pub(super) fn readers(
     c: &mut Check,
     r: &RawUpstream,
     attrs: TargetSessionAttrs,
-    hosts: usize,
 ) -> Option<ReadersConfig> {
     let path = "upstream.load_balance_hosts";
     match r.load_balance_hosts.as_deref() {
@@ -67,9 +66,6 @@ pub(super) fn readers(
             "random spreads reads over several hosts: it needs target_session_attrs = standby, \
              prefer-standby, read-only or any (a writer entry serves one host)",
         );
-    }
-    if hosts < 2 {
-        c.err(path, "random needs at least two upstream.hosts");
     }
     let bytes = r.max_replica_lag_bytes;
     if bytes.is_some_and(|b| b < 0) {

@@ -132,7 +132,7 @@ pub(super) fn upstream(c: &mut Check, r: Option<RawUpstream>) -> UpstreamConfig 
         );
     }
     let target_session_attrs = session_attrs(c, r.target_session_attrs.as_deref(), hosts.len());
-    let readers = super::readers::readers(c, &r, target_session_attrs, hosts.len());
+    let readers = super::readers::readers(c, &r, target_session_attrs);
     UpstreamConfig {
         port: hosts.first().map_or(5432, |h| h.port),
         target_session_attrs,
