@@ -8,8 +8,25 @@ use common::pg::Pg;
 use common::readers::*;
 use common::*;
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+/// The primary written to, replay paused on `one`: `one` leaves the rotation (to `two` alone)
+/// within 2 s of lagging 1 s behind. Returns the writer's stop flag.
+async fn pause_until_out(proxy: &TestProxy, primary: &Pg, one: &Pg, two: &Pg) -> Arc<AtomicBool> {
+    let writing = keep_writing(primary);
+    one.sql("SELECT pg_wal_replay_pause()");
+    let paused = Instant::now();
+    wait_until(10, "the paused standby out of rotation", || async {
+        in_rotation(proxy).await == [at(two)]
+    })
+    .await;
+    let out_after = paused.elapsed();
+    eprintln!("paused standby out of rotation {out_after:?} after the pause (bound 1 s)");
+    assert!(out_after <= Duration::from_secs(3), "{out_after:?}");
+    writing
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_spread_over_the_standbys_and_a_lagging_one_leaves_and_returns() {
@@ -55,16 +72,7 @@ async fn reads_spread_over_the_standbys_and_a_lagging_one_leaves_and_returns() {
 
     // Replay paused on one standby while the primary writes: it leaves within 2 s of lagging
     // 1 s behind, and comes back after replay resumes.
-    let writing = keep_writing(&primary);
-    one.sql("SELECT pg_wal_replay_pause()");
-    let paused = Instant::now();
-    wait_until(10, "the paused standby out of rotation", || async {
-        in_rotation(&proxy).await == [at(&two)]
-    })
-    .await;
-    let out_after = paused.elapsed();
-    eprintln!("paused standby out of rotation {out_after:?} after the pause (bound 1 s)");
-    assert!(out_after <= Duration::from_secs(3), "{out_after:?}");
+    let writing = pause_until_out(&proxy, &primary, &one, &two).await;
     assert!(
         proxy
             .metric("rotagate_replica_lag_seconds", &per_host(&one))
@@ -226,16 +234,7 @@ async fn with_only_replicas_listed_lag_is_read_from_what_each_standby_received()
         in_rotation(&proxy).await.len() == 2
     })
     .await;
-    let writing = keep_writing(&primary);
-    one.sql("SELECT pg_wal_replay_pause()");
-    let paused = Instant::now();
-    wait_until(10, "the paused standby out of rotation", || async {
-        in_rotation(&proxy).await == [at(&two)]
-    })
-    .await;
-    let out_after = paused.elapsed();
-    eprintln!("replicas only: paused standby out {out_after:?} after the pause (bound 1 s)");
-    assert!(out_after <= Duration::from_secs(3), "{out_after:?}");
+    let writing = pause_until_out(&proxy, &primary, &one, &two).await;
     one.sql("SELECT pg_wal_replay_resume()");
     wait_until(10, "the standby back in rotation", || async {
         in_rotation(&proxy).await.len() == 2
