@@ -69,6 +69,16 @@ async fn reads_spread_over_the_standbys_and_a_lagging_one_leaves_and_returns() {
             .await
             >= 350.0
     );
+    assert!(
+        proxy
+            .metric("rotagate_host_connections", &per_host(&one))
+            .await
+            >= 1.0
+    );
+    let on_primary = proxy
+        .metric("rotagate_host_connections", &per_host(&primary))
+        .await;
+    assert_eq!(on_primary, 0.0, "no connection to the primary");
 
     // Replay paused on one standby while the primary writes: it leaves within 2 s of lagging
     // 1 s behind, and comes back after replay resumes.

@@ -86,6 +86,10 @@ fn refresh_gauges(db: &Database) {
         .set(f64::from(total - idle));
     ::metrics::gauge!("rotagate_credential_generation", "database" => name.clone())
         .set(db.pools.generation() as f64);
+    for (host, open) in db.pools.host_connections() {
+        ::metrics::gauge!("rotagate_host_connections", "database" => name.clone(), "host" => host.to_string())
+            .set(f64::from(open));
+    }
     if let Some(at) = db.status.view().validated_at {
         let age = SystemTime::now().duration_since(at).unwrap_or_default();
         ::metrics::gauge!("rotagate_credential_age_seconds", "database" => name)

@@ -14,8 +14,8 @@ pub struct ReadersConfig {
     /// `upstream.replica_check_interval` (default 1 s): how often each host's role and lag are
     /// asked.
     pub check_interval: Duration,
-    /// `upstream.max_replica_lag` (default 30 s; `"0"` turns the time bound off): a standby
-    /// whose replay is further behind the primary than this leaves the rotation.
+    /// `upstream.max_replica_lag` (default off, as design 9.3 says): a standby whose replay is
+    /// further behind the primary than this leaves the rotation.
     pub max_lag: Option<Duration>,
     /// `upstream.max_replica_lag_bytes` (default off): the same bound in bytes of WAL.
     pub max_lag_bytes: Option<u64>,
@@ -80,10 +80,7 @@ pub(super) fn readers(
             r.replica_check_interval.as_ref(),
             Duration::from_secs(1),
         ),
-        max_lag: match &r.max_replica_lag {
-            None => Some(Duration::from_secs(30)),
-            Some(v) => c.limit("upstream.max_replica_lag", Some(v)),
-        },
+        max_lag: c.limit("upstream.max_replica_lag", r.max_replica_lag.as_ref()),
         max_lag_bytes: bytes.filter(|b| *b > 0).map(|b| b as u64),
     })
 }
@@ -110,7 +107,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(r.check_interval, Duration::from_secs(1));
-        assert_eq!(r.max_lag, Some(Duration::from_secs(30)));
+        assert_eq!(r.max_lag, None);
         assert_eq!(r.max_lag_bytes, None);
         let set = readers(
             "target_session_attrs = \"prefer-standby\"\nload_balance_hosts = \"random\"\n\

@@ -60,4 +60,26 @@ impl Pools {
         }
         out
     }
+
+    /// A reader entry's open connections per host, over the current and draining
+    /// generations and every worker (empty for a writer entry).
+    pub fn host_connections(&self) -> Vec<(crate::config::HostPort, u32)> {
+        let Some(spread) = &self.spread else {
+            return Vec::new();
+        };
+        let mut open = vec![0u32; spread.hosts().len()];
+        let mut seen: Vec<*const Shared> = Vec::new();
+        for shard in &self.shards {
+            let draining = shard.draining.lock().expect("draining lock").clone();
+            for set in std::iter::once(shard.current.load_full()).chain(draining) {
+                for (i, g) in set.gens.iter().enumerate() {
+                    if i < open.len() && !seen.contains(&Arc::as_ptr(&g.shared)) {
+                        seen.push(Arc::as_ptr(&g.shared));
+                        open[i] += g.shared.open();
+                    }
+                }
+            }
+        }
+        spread.hosts().iter().cloned().zip(open).collect()
+    }
 }

@@ -335,7 +335,7 @@ impl Pools {
         let fresh = generations(&connectors, &cfg, id, Arc::new(creds), &targets);
         let mut validated = Box::new(validated);
         validated.generation = id;
-        at_host(&fresh[0], &target).adopt(validated);
+        self.keep(&fresh[0], &target, validated);
         self.current_id.store(id, Ordering::Release);
         for (shard, set) in self.shards.iter().zip(fresh) {
             let old = shard.current.swap(set);
@@ -353,7 +353,7 @@ impl Pools {
     pub fn adopt(&self, mut conn: ServerConn, target: &UpstreamTarget) {
         conn.generation = self.generation();
         let set = self.shards[0].current.load();
-        at_host(&set, target).adopt(Box::new(conn));
+        self.keep(&set, target, Box::new(conn));
     }
 
     /// Resolves once generation `id` has no connection left on any worker.
@@ -386,12 +386,19 @@ pub fn share(total: u32, k: usize, n: usize) -> u32 {
     total / n + u32::from(k < total % n)
 }
 
-/// The object of `set` on `target`'s host (the first when none is: a writer entry).
-fn at_host<'a>(set: &'a Set, target: &UpstreamTarget) -> &'a Arc<Generation> {
-    let host = target.address();
-    (set.gens.iter())
-        .find(|g| g.target.address() == host)
-        .unwrap_or(set.first())
+impl Pools {
+    /// Gives a validated connection on `target` to `set`'s object on that host; a reader
+    /// entry's host out of rotation (the first credential is validated on every host) keeps
+    /// none, which would only sit idle.
+    fn keep(&self, set: &Set, target: &UpstreamTarget, conn: Box<ServerConn>) {
+        let host = target.address();
+        let Some(i) = set.gens.iter().position(|g| g.target.address() == host) else {
+            return set.first().adopt(conn);
+        };
+        if self.spread.as_ref().is_none_or(|s| s.is_in(i)) {
+            set.gens[i].adopt(conn);
+        }
+    }
 }
 
 /// Generation `id` for every worker, one object per host in `targets`, each host with its own
