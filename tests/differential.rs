@@ -68,13 +68,16 @@ async fn three_clients_on_two_connections_see_what_sessions_of_their_own_see() {
 /// residual, where the program ends); a Describe in a later Sync of a shared statement whose
 /// table was dropped (1030773: its ParameterDescription, then the error, as directly); two
 /// Parses served by shared statements in one pipeline, each probed, the replies of both in one
-/// read (1031216: the second ParseComplete waits for its own probe).
+/// read (1031216: the second ParseComplete waits for its own probe); an Execute, then a Parse of
+/// a text a shared statement serves, then an Execute of another portal of the same UPDATE in
+/// the same pipeline (1042463: the Parse goes upstream, whose Parse makes the first Execute's
+/// changes visible to the second, as directly). The `prepare_unnamed` seeds run in both shapes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeds_the_long_run_diverged_on_stay_fixed() {
     check(
         &[
             1_000_011, 1_000_198, 1_000_269, 1_000_438, 1_000_512, 1_002_943, 1_007_231, 1_009_817,
-            1_010_505, 1_012_149,
+            1_010_505, 1_012_149, 1_030_049, 1_030_714, 1_030_773, 1_031_216, 1_042_463,
         ],
         3,
         2,
@@ -84,6 +87,7 @@ async fn seeds_the_long_run_diverged_on_stay_fixed() {
     check(
         &[
             1_000_246, 1_000_289, 1_000_914, 1_001_384, 1_001_418, 1_003_246, 1_004_127, 1_030_042,
+            1_030_049, 1_030_714, 1_030_773, 1_031_216,
         ],
         2,
         1,

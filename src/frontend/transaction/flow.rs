@@ -92,6 +92,9 @@ pub struct Flow {
     pub protocol: Option<&'static str>,
     /// Sync points (Sync, Query, FunctionCall) decided so far.
     pub segment: u32,
+    /// An Execute was decided since the last Sync point: a portal may be suspended, and a
+    /// Parse the client sends now is one PostgreSQL runs between portal executions.
+    pub executed: bool,
     /// Statements prepared upstream for the client in this hand-over, by statement.
     pub fresh: Vec<(Arc<Statement>, Arc<str>)>,
     /// Upstream names that stand for a client's name in this hand-over's error messages.
@@ -150,6 +153,7 @@ impl Flow {
             portal_drops,
             protocol,
             segment,
+            executed,
             fresh,
             aliases,
             captures,
@@ -191,6 +195,7 @@ impl Flow {
         (*unsynced, *skipping, *reread, *resumed) = (false, false, false, false);
         (*portal_drops, *protocol, *quiet_error, *hold) = (None, None, None, None);
         (*segment, *unnamed_unconfirmed) = (0, 0);
+        *executed = false;
         *unnamed_spec = Spec::Untouched;
         (*mapped, *replay, *retry) = (None, None, None);
         (*opening, *replaying, *can_retry, *shared_params) = (false, false, false, false);
@@ -199,6 +204,7 @@ impl Flow {
     /// A Sync, Query or FunctionCall was decided.
     pub fn next_segment(&mut self) {
         self.segment += 1;
+        self.executed = false;
     }
 
     /// Nothing owed either way and no extended-protocol message waits for its Sync.

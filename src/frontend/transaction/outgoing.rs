@@ -73,6 +73,7 @@ pub fn decide(tag: u8, msg: &[u8], len: usize, tx: &mut Tx<'_>) -> Decision {
         b'D' => describe(body, tx),
         b'C' => close(body, tx),
         b'E' => {
+            tx.flow.executed = true;
             let effect = match tx.flow.portal_drops.take() {
                 Some(discard_all) => drops(discard_all, true, tx),
                 None => Effect::None,

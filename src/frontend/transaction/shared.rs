@@ -37,8 +37,12 @@ const MAX_REPLAY: usize = 16 * 1024;
 pub fn parse(tail: &[u8], class: &Class, tx: &mut Tx<'_>) -> Option<Decision> {
     // In an aborted block PostgreSQL refuses a Parse; after a Query queued in this hand-over
     // the status it leaves is not known yet.
+    // After an Execute in the same pipeline, PostgreSQL's own Parse runs between portal
+    // executions (and makes the earlier one's changes visible to the next: seed 1042463);
+    // only a real Parse does the same.
     if !tx.cfg.prepare_unnamed
         || tx.flow.replaying
+        || tx.flow.executed
         || !class.is_plain()
         || tx.status == b'E'
         || tx.flow.replies.has_sync_point()
