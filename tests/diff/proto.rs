@@ -172,6 +172,17 @@ pub struct Proto {
     pub unsynced: bool,
     /// An extended-protocol message failed: the server skips everything up to Sync.
     pub skipping: bool,
+    /// A portal was left suspended (PortalSuspended) since the last command boundary (a Parse,
+    /// a completed command, a Sync): what its Execute changed is not yet visible to later
+    /// commands of the transaction.
+    pub suspended: bool,
+    /// A Bind or Describe of a statement came while `suspended`: rotagate may have prepared the
+    /// statement on its connection first, and PostgreSQL's Parse is a command boundary, so
+    /// those changes show early through rotagate (README's residual) until the client's own
+    /// next boundary.
+    pub early: bool,
+    /// `early` was set during the current step.
+    pub early_in_step: bool,
 }
 
 impl Proto {
@@ -211,6 +222,19 @@ pub async fn exchange(conn: &mut Raw, msgs: &[FMsg], p: &mut Proto) -> Transcrip
         if m.is_extended() {
             p.unsynced = true;
         }
+        let replied = t.len();
+        let binds = matches!(
+            m,
+            FMsg::Bind { .. }
+                | FMsg::Describe {
+                    statement: true,
+                    ..
+                }
+        );
+        if p.suspended && binds && !p.skipping {
+            p.early = true;
+            p.early_in_step = true;
+        }
         let done = match m {
             _ if p.skipping && !matches!(m, FMsg::Sync) => true,
             FMsg::Flush | FMsg::CopyData(_) | FMsg::CopyDone | FMsg::CopyFail => true,
@@ -237,11 +261,25 @@ pub async fn exchange(conn: &mut Raw, msgs: &[FMsg], p: &mut Proto) -> Transcrip
                 unit(conn, p, &mut t, |tag| matches!(tag, b'C' | b'I' | b's')).await
             }
         };
+        boundaries(&t[replied..], p);
         if !done {
             return t;
         }
     }
     t
+}
+
+/// Follows command boundaries in the replies to one message: a PortalSuspended leaves a
+/// portal's changes unseen; a ParseComplete, a CommandComplete or a ReadyForQuery is a boundary.
+fn boundaries(replies: &[String], p: &mut Proto) {
+    for r in replies {
+        if r == "s" {
+            p.suspended = true;
+        } else if r == "1" || r.starts_with('C') || r.starts_with('Z') {
+            p.suspended = false;
+            p.early = false;
+        }
+    }
 }
 
 /// Reads until `end(tag)` or an ErrorResponse (then the server skips to Sync). False when the
