@@ -38,6 +38,9 @@ pub async fn serve(listener: TcpListener, fe: Arc<Frontend>, tracker: TaskTracke
         match accepted {
             Ok((tcp, _)) => {
                 backoff = Duration::from_millis(10);
+                // Replies go out as they come: with Nagle's algorithm a small write waits for
+                // the client's (delayed) ACK of the one before (notices, a reply in parts).
+                let _ = tcp.set_nodelay(true);
                 metrics::counter!("rotagate_client_connections_accepted_total", "worker" => worker.to_string())
                     .increment(1);
                 let ticket = fe.pending.enter();
