@@ -75,7 +75,10 @@ async fn three_clients_on_two_connections_see_what_sessions_of_their_own_see() {
 /// connection lacked, after an `UPDATE ... RETURNING` portal was left suspended (1052077: the
 /// documented residual, rotagate's Parse there shows the update early, where the program ends).
 /// A Parse of a name the client holds, after a type was dropped and made again, that once got
-/// no reply (1022107; passes since, the change that fixed it not traced). The
+/// no reply (1022107; passes since, the change that fixed it not traced); a client's statement
+/// made before a type was dropped and made again, served through rotagate by another client's
+/// statement of the same text made after (1053616: the documented stale type residual, where
+/// a later message through rotagate fails on a stale type too). The
 /// `prepare_unnamed` seeds run in both shapes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeds_the_long_run_diverged_on_stay_fixed() {
@@ -92,7 +95,7 @@ async fn seeds_the_long_run_diverged_on_stay_fixed() {
     check(
         &[
             1_000_246, 1_000_289, 1_000_914, 1_001_384, 1_001_418, 1_003_246, 1_004_127, 1_030_042,
-            1_030_049, 1_030_714, 1_030_773, 1_031_216, 1_022_107,
+            1_030_049, 1_030_714, 1_030_773, 1_031_216, 1_022_107, 1_053_616,
         ],
         2,
         1,
