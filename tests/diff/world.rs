@@ -81,7 +81,7 @@ pub fn documented(d: &Divergence) -> bool {
 /// passes through rotagate, whose statement for it was made after the type (the long run's seed
 /// 1053616: the client's statement served by another client's statement of the same text).
 fn stale_type_first(d: &Divergence) -> bool {
-    let Some(at) = d.direct.iter().zip(&d.proxied).position(|(a, b)| a != b) else {
+    let Some(at) = d.first_difference() else {
         return false;
     };
     d.direct[at].starts_with("E[S=ERROR C=XX000 M=cache lookup failed for type")
@@ -96,7 +96,7 @@ fn stale_type_first(d: &Divergence) -> bool {
 /// 1052077: a COPY showed a row an `UPDATE ... RETURNING` fetched one row at a time had
 /// changed). The transcripts agree up to a row or a command tag of the same kind.
 fn early_visible(d: &Divergence) -> bool {
-    let Some(at) = d.direct.iter().zip(&d.proxied).position(|(a, b)| a != b) else {
+    let Some(at) = d.first_difference() else {
         return false;
     };
     let kind = |m: &str| m.chars().next();
@@ -119,7 +119,7 @@ fn shared_stale(d: &Divergence) -> bool {
     if !prepare_unnamed() {
         return false;
     }
-    let Some(at) = d.direct.iter().zip(&d.proxied).position(|(a, b)| a != b) else {
+    let Some(at) = d.first_difference() else {
         return false;
     };
     let stale = |e: &str| {
@@ -152,7 +152,7 @@ fn shared_stale(d: &Divergence) -> bool {
 /// 1010505).
 fn portal_first(d: &Divergence) -> bool {
     let (direct, proxied) = (&d.direct, &d.proxied);
-    let Some(at) = direct.iter().zip(proxied).position(|(a, b)| a != b) else {
+    let Some(at) = d.first_difference() else {
         return false;
     };
     let redone = |e: &str| {
@@ -175,7 +175,7 @@ fn plan_choice(d: &Divergence) -> bool {
     if d.direct != d.proxied && strip(&d.direct) == strip(&d.proxied) && data_error(&d.direct) {
         return true;
     }
-    let first = d.direct.iter().zip(&d.proxied).position(|(a, b)| a != b);
+    let first = d.first_difference();
     let at_bind = |a: &str, b: &str| a == "2" && b.starts_with("E[S=ERROR C=22");
     first.is_some_and(|i| {
         let (a, b) = (&d.direct[i], &d.proxied[i]);
@@ -192,6 +192,16 @@ pub struct Divergence {
     pub proxied: Transcript,
     /// The step ran while a suspended portal's changes could show early ([`Proto::early`]).
     pub early: bool,
+}
+
+impl Divergence {
+    /// Where the two transcripts first differ (None when one is a prefix of the other).
+    pub fn first_difference(&self) -> Option<usize> {
+        self.direct
+            .iter()
+            .zip(&self.proxied)
+            .position(|(a, b)| a != b)
+    }
 }
 
 pub struct Worlds<'a> {
